@@ -1,0 +1,1 @@
+"""Collaborative editing: CRDT documents over the Yjs sync protocol (issue to come)."""

@@ -1,0 +1,1 @@
+"""Gaming: matchmaking and authoritative match servers (issue to come)."""

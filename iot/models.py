@@ -1,0 +1,1 @@
+"""IoT: MQTT ingestion, time series, rules and alerts (issue to come)."""

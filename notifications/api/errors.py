@@ -1,0 +1,35 @@
+"""Every API error has one shape: ``{"errors": {field: [message, ...]}}`` (CONVENTIONS 13)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+
+def _as_lists(detail: Any) -> Any:
+    if isinstance(detail, dict):
+        return {key: _as_lists(value) for key, value in detail.items()}
+    if isinstance(detail, list):
+        if all(not isinstance(item, dict | list) for item in detail):
+            return [str(item) for item in detail]
+        return [_as_lists(item) for item in detail]
+    return [str(detail)]
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        detail = exc.detail
+        errors = _as_lists(detail) if isinstance(detail, dict) else {"non_field_errors": _as_lists(detail)}
+    elif isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
+        errors = {"authorization": [str(getattr(exc, "detail", exc))]}
+        response.status_code = status.HTTP_401_UNAUTHORIZED
+    else:
+        errors = {"detail": [str(getattr(exc, "detail", exc))]}
+    response.data = {"errors": errors}
+    return response

@@ -1,0 +1,402 @@
+"""The notification pipeline's tables.
+
+High-volume tables (deliveries, attempts, inbox items) carry ``created_at`` so that they
+can be partitioned by time later (DESIGN.md 2b). Every uniqueness rule that makes a
+pipeline step safe to re-run is a database constraint, not a Python check.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.core.validators import RegexValidator
+from django.db import models
+from django.db.models import Q
+from django.utils.timezone import now
+
+
+def time_ordered_uuid() -> uuid.UUID:
+    """A UUIDv7: random enough to be unguessable, ordered by creation so the primary-key
+    index stays append-mostly under heavy ingest."""
+    millis = time.time_ns() // 1_000_000
+    raw = bytearray(millis.to_bytes(6, "big") + os.urandom(10))
+    raw[6] = (raw[6] & 0x0F) | 0x70
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return uuid.UUID(bytes=bytes(raw))
+
+
+class Channel(models.TextChoices):
+    INAPP = "inapp", "In-app"
+    EMAIL = "email", "Email"
+    SMS = "sms", "SMS"
+    PUSH = "push", "Push"
+    WEBHOOK = "webhook", "Webhook"
+
+
+class Category(models.TextChoices):
+    CRITICAL = "critical", "Critical"
+    TRANSACTIONAL = "transactional", "Transactional"
+    SOCIAL = "social", "Social"
+    MARKETING = "marketing", "Marketing"
+
+
+# Fields each channel's template may define (DESIGN.md section 4).
+TEMPLATE_FIELDS: dict[str, tuple[str, ...]] = {
+    Channel.INAPP: ("title", "body", "url"),
+    Channel.EMAIL: ("subject", "html", "text"),
+    Channel.SMS: ("text",),
+    Channel.PUSH: ("title", "body"),
+    Channel.WEBHOOK: ("text",),
+}
+
+KEY_VALIDATOR = RegexValidator(
+    r"^[a-z0-9][a-z0-9_.:\-]{0,99}$",
+    "Use lowercase letters, digits and . _ : - (at most 100 characters), starting with a letter or digit.",
+)
+
+
+class ApiKey(models.Model):
+    """A producing service's credential. Only a SHA-256 of the secret is stored: keys are
+    256-bit random values, so a fast hash is as strong as a slow one here."""
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True, help_text="Public part, shown to identify the key.")
+    key_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+
+class QuietHoursPolicy(models.TextChoices):
+    DEFER = "defer", "Defer until quiet hours end"
+    DROP = "drop", "Drop during quiet hours"
+
+
+class NotificationType(models.Model):
+    key = models.CharField(max_length=100, unique=True, validators=[KEY_VALIDATOR])
+    name = models.CharField(max_length=200, blank=True)
+    category = models.CharField(max_length=20, choices=Category.choices, default=Category.TRANSACTIONAL)
+    channels = ArrayField(models.CharField(max_length=10, choices=Channel.choices), default=list)
+    default_locale = models.CharField(max_length=20, default="en")
+    aggregation_window_seconds = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Events for one recipient within the window become one delivery."
+    )
+    quiet_hours_policy = models.CharField(
+        max_length=10, choices=QuietHoursPolicy.choices, default=QuietHoursPolicy.DEFER
+    )
+    created_at = models.DateTimeField(default=now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["key"]
+
+    def __str__(self) -> str:
+        return self.key
+
+    @property
+    def is_critical(self) -> bool:
+        return self.category == Category.CRITICAL
+
+
+class NotificationTemplate(models.Model):
+    """The words of one channel of a type in one locale; ``content`` holds the channel's
+    fields (``TEMPLATE_FIELDS``) written in the sandboxed template language."""
+
+    notification_type = models.ForeignKey(NotificationType, on_delete=models.CASCADE, related_name="templates")
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    locale = models.CharField(max_length=20, default="en")
+    content = models.JSONField(default=dict)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["notification_type", "channel", "locale"], name="template_unique_type_channel_locale"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.notification_type_id}:{self.channel}:{self.locale}"
+
+
+class Recipient(models.Model):
+    external_id = models.CharField(max_length=200, unique=True)
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="recipient"
+    )
+    name = models.CharField(max_length=200, blank=True)
+    email = models.EmailField(blank=True)
+    phone = models.CharField(max_length=20, blank=True, help_text="E.164")
+    locale = models.CharField(max_length=20, default="en")
+    timezone = models.CharField(max_length=64, default="UTC")
+    quiet_hours_start = models.TimeField(null=True, blank=True)
+    quiet_hours_end = models.TimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return self.external_id
+
+
+class InboxSequence(models.Model):
+    """The last inbox sequence number handed out per recipient. A narrow row of its own so
+    that bumping it during fan-out does not rewrite the wide recipient row."""
+
+    recipient = models.OneToOneField(Recipient, primary_key=True, on_delete=models.CASCADE)
+    last_seq = models.BigIntegerField(default=0)
+
+
+class DevicePlatform(models.TextChoices):
+    FCM = "fcm", "Firebase Cloud Messaging"
+    APNS = "apns", "Apple Push Notification service"
+
+
+class Device(models.Model):
+    recipient = models.ForeignKey(Recipient, on_delete=models.CASCADE, related_name="devices")
+    platform = models.CharField(max_length=10, choices=DevicePlatform.choices)
+    token = models.CharField(max_length=512)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=now)
+    last_seen_at = models.DateTimeField(default=now)
+    deactivated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["platform", "token"], name="device_unique_platform_token")]
+
+    def __str__(self) -> str:
+        return f"{self.platform}:{self.token[:12]}…"
+
+
+class Topic(models.Model):
+    key = models.CharField(max_length=100, unique=True, validators=[KEY_VALIDATOR])
+    name = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=now)
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class Subscription(models.Model):
+    topic = models.ForeignKey(Topic, on_delete=models.CASCADE, related_name="subscriptions")
+    recipient = models.ForeignKey(Recipient, on_delete=models.CASCADE, related_name="subscriptions")
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        # (topic, recipient) is also the keyset order fan-out pages by.
+        constraints = [
+            models.UniqueConstraint(fields=["topic", "recipient"], name="subscription_unique_topic_recipient")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.topic_id}:{self.recipient_id}"
+
+
+class Preference(models.Model):
+    """One stored override. Scope: a type, or a category, or neither (all notifications);
+    only what differs from the type's defaults is stored."""
+
+    recipient = models.ForeignKey(Recipient, on_delete=models.CASCADE, related_name="preferences")
+    notification_type = models.ForeignKey(NotificationType, null=True, blank=True, on_delete=models.CASCADE)
+    category = models.CharField(max_length=20, choices=Category.choices, blank=True)
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    enabled = models.BooleanField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["recipient", "notification_type", "category", "channel"],
+                name="preference_unique_scope",
+                nulls_distinct=False,
+            ),
+            models.CheckConstraint(
+                condition=Q(notification_type__isnull=True) | Q(category=""),
+                name="preference_type_or_category",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        scope = self.notification_type_id or self.category or "*"
+        return f"{self.recipient_id}:{scope}:{self.channel}={'on' if self.enabled else 'off'}"
+
+
+class EventStatus(models.TextChoices):
+    ACCEPTED = "accepted", "Accepted"
+    SCHEDULED = "scheduled", "Scheduled"
+    PROCESSING = "processing", "Processing"
+    COMPLETED = "completed", "Completed"
+
+
+class Event(models.Model):
+    id = models.UUIDField(primary_key=True, default=time_ordered_uuid, editable=False)
+    notification_type = models.ForeignKey(NotificationType, on_delete=models.PROTECT, related_name="events")
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL)
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    request_fingerprint = models.CharField(max_length=64, help_text="SHA-256 of the canonical request body.")
+    data = models.JSONField(default=dict, blank=True)
+    # Explicit audiences are resolved to recipient ids at ingest, sorted, so fan-out pages
+    # them by keyset like a topic's subscribers.
+    recipient_ids = ArrayField(models.BigIntegerField(), null=True, blank=True)
+    topic = models.ForeignKey(Topic, null=True, blank=True, on_delete=models.PROTECT)
+    send_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=20, choices=EventStatus.choices, default=EventStatus.ACCEPTED)
+    planned_count = models.IntegerField(default=0, help_text="Recipients planned so far.")
+    created_at = models.DateTimeField(default=now, db_index=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["api_key", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="event_unique_idempotency_key",
+            ),
+            models.CheckConstraint(
+                condition=Q(recipient_ids__isnull=True) ^ Q(topic__isnull=True),
+                name="event_recipients_xor_topic",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.notification_type_id} {self.id}"
+
+
+class OutboxMessage(models.Model):
+    """Written in the same transaction as its event: the promise that the event will be
+    fanned out even if the broker is down when the API commits. ``cursor`` is the last
+    recipient id planned, so a fan-out cut off mid-way resumes where it stopped."""
+
+    event = models.OneToOneField(Event, on_delete=models.CASCADE, related_name="outbox")
+    available_at = models.DateTimeField(default=now)
+    leased_until = models.DateTimeField(null=True, blank=True)
+    cursor = models.BigIntegerField(default=0)
+    attempts = models.IntegerField(default=0)
+    created_at = models.DateTimeField(default=now)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["available_at"], condition=Q(processed_at__isnull=True), name="outbox_unprocessed_idx"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"outbox {self.id} for {self.event_id}"
+
+
+class DeliveryStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SCHEDULED = "scheduled", "Scheduled"
+    RETRYING = "retrying", "Retrying"
+    SENT = "sent", "Sent"
+    DELIVERED = "delivered", "Delivered"
+    READ = "read", "Read"
+    SUPPRESSED = "suppressed", "Suppressed"
+    FAILED = "failed", "Failed"
+    DEAD = "dead", "Dead"
+
+
+DELIVERY_KEY_NAMESPACE = uuid.UUID("6f1c1d0e-8a4b-4f7e-9d55-3c1f0a7b2e10")
+
+
+def delivery_idempotency_key(event_id: uuid.UUID | str, recipient_id: int, channel: str) -> uuid.UUID:
+    """Deterministic key of the one delivery an (event, recipient, channel) may have; it is
+    also what providers receive as their idempotency key."""
+    return uuid.uuid5(DELIVERY_KEY_NAMESPACE, f"{event_id}:{recipient_id}:{channel}")
+
+
+class Delivery(models.Model):
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries")
+    recipient = models.ForeignKey(Recipient, on_delete=models.CASCADE, related_name="deliveries")
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    status = models.CharField(max_length=20, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)
+    reason = models.CharField(max_length=200, blank=True)
+    idempotency_key = models.UUIDField(unique=True)
+    attempts = models.SmallIntegerField(default=0)
+    due_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=now)
+    updated_at = models.DateTimeField(default=now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "deliveries"
+        indexes = [
+            models.Index(fields=["event", "channel", "status"], name="delivery_event_channel_status"),
+            models.Index(
+                fields=["due_at"],
+                condition=Q(status__in=["scheduled", "retrying"]),
+                name="delivery_due_idx",
+            ),
+            models.Index(fields=["updated_at"], condition=Q(status="pending"), name="delivery_pending_idx"),
+            models.Index(fields=["recipient", "created_at"], name="delivery_recipient_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"delivery {self.id} {self.channel} {self.status}"
+
+
+class AttemptOutcome(models.TextChoices):
+    SUCCESS = "success", "Success"
+    TRANSIENT = "transient", "Transient error"
+    RATE_LIMITED = "rate_limited", "Rate limited"
+    PERMANENT = "permanent", "Permanent error"
+
+
+class DeliveryAttempt(models.Model):
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempt_log")
+    number = models.SmallIntegerField()
+    outcome = models.CharField(max_length=20, choices=AttemptOutcome.choices)
+    error = models.TextField(blank=True)
+    provider = models.CharField(max_length=50, blank=True)
+    provider_message_id = models.CharField(max_length=200, blank=True)
+    latency_ms = models.IntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["delivery", "number"], name="attempt_unique_delivery_number")
+        ]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number} of {self.delivery_id}: {self.outcome}"
+
+
+class InboxItem(models.Model):
+    """What the end user sees. ``seq`` starts at 1 per recipient and grows by one per item;
+    clients resume from it, so the socket may lose frames without losing notifications."""
+
+    recipient = models.ForeignKey(Recipient, on_delete=models.CASCADE, related_name="inbox_items")
+    seq = models.BigIntegerField()
+    delivery = models.OneToOneField(Delivery, on_delete=models.CASCADE, related_name="inbox_item")
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="inbox_items")
+    notification_type = models.CharField(max_length=100)
+    category = models.CharField(max_length=20, choices=Category.choices)
+    title = models.TextField(blank=True)
+    body = models.TextField(blank=True)
+    url = models.CharField(max_length=2000, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["recipient", "seq"], name="inbox_unique_recipient_seq")]
+        indexes = [
+            models.Index(fields=["recipient"], condition=Q(read_at__isnull=True), name="inbox_unread_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.recipient_id}#{self.seq}"

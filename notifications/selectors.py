@@ -1,0 +1,56 @@
+"""Reads, scoped to the acting principal (CONVENTIONS 2): an end user sees only their own
+inbox; another user's item is indistinguishable from a missing one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Count, QuerySet
+
+from notifications.models import Delivery, Event, InboxItem, Recipient
+from notifications.services.inbox import ITEM_COLUMNS
+
+INBOX_PAGE_MAX = 200
+
+
+def inbox_items(
+    *, recipient_id: int, after: int | None = None, before: int | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    """Items of one recipient. With ``after``: ascending from seq after+1 (resume). Without:
+    newest first, optionally older than ``before``."""
+    limit = max(1, min(limit, INBOX_PAGE_MAX))
+    qs = InboxItem.objects.filter(recipient_id=recipient_id)
+    if after is not None:
+        return list(qs.filter(seq__gt=after).order_by("seq").values(*ITEM_COLUMNS)[:limit])
+    if before is not None:
+        qs = qs.filter(seq__lt=before)
+    return list(qs.order_by("-seq").values(*ITEM_COLUMNS)[:limit])
+
+
+def inbox_unread_count(*, recipient_id: int) -> int:
+    return InboxItem.objects.filter(recipient_id=recipient_id, read_at__isnull=True).count()
+
+
+def inbox_last_seq(*, recipient_id: int) -> int:
+    from notifications.models import InboxSequence
+
+    return InboxSequence.objects.filter(recipient_id=recipient_id).values_list("last_seq", flat=True).first() or 0
+
+
+def recipient_for_user(*, user: Any) -> Recipient | None:
+    if user is None or not getattr(user, "is_authenticated", False):
+        return None
+    return Recipient.objects.filter(user=user).first()
+
+
+def event_delivery_summary(*, event: Event) -> dict[str, dict[str, int]]:
+    """{channel: {status: count}} for one event (one GROUP BY)."""
+    summary: dict[str, dict[str, int]] = {}
+    rows = Delivery.objects.filter(event=event).values("channel", "status").annotate(n=Count("id")).order_by()
+    for row in rows:
+        summary.setdefault(row["channel"], {})[row["status"]] = row["n"]
+    return summary
+
+
+def event_deliveries(*, event: Event) -> QuerySet[Delivery]:
+    return Delivery.objects.filter(event=event).select_related("recipient").order_by("id")

@@ -1,0 +1,2 @@
+"""Services: every write of the notification pipeline, called by views, tasks, consumers,
+commands and admin actions alike (CONVENTIONS.md)."""

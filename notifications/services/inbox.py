@@ -1,0 +1,289 @@
+"""In-app delivery and the end user's inbox: items, read state, live frames."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import Count
+from django.utils import timezone
+from psycopg.types.json import Jsonb
+
+from notifications.models import (
+    Delivery,
+    DeliveryStatus,
+    Event,
+    InboxItem,
+    InboxSequence,
+    NotificationTemplate,
+    NotificationType,
+    Recipient,
+)
+from notifications.services.connections import recipients_connected
+from notifications.services.metrics import metrics_increment
+from notifications.services.realtime import NOTIFICATION_MESSAGE, UNREAD_MESSAGE, realtime_publish
+from notifications.services.templating import TemplateRenderError, template_render, template_uses_recipient
+
+log = logging.getLogger(__name__)
+
+ITEM_COLUMNS = (
+    "id",
+    "seq",
+    "notification_type",
+    "category",
+    "title",
+    "body",
+    "url",
+    "data",
+    "read_at",
+    "created_at",
+    "event_id",
+)
+
+
+def inbox_item_payload(item: InboxItem | dict[str, Any]) -> dict[str, Any]:
+    """The JSON shape of an inbox item, the same in the API, socket frames and SSE."""
+    get = item.get if isinstance(item, dict) else lambda name: getattr(item, name)
+    read_at: datetime | None = get("read_at")
+    created_at: datetime = get("created_at")
+    return {
+        "id": get("id"),
+        "seq": get("seq"),
+        "type": get("notification_type"),
+        "category": get("category"),
+        "title": get("title"),
+        "body": get("body"),
+        "url": get("url"),
+        "data": get("data"),
+        "read": read_at is not None,
+        "read_at": read_at.isoformat() if read_at else None,
+        "created_at": created_at.isoformat(),
+        "event_id": str(get("event_id")),
+    }
+
+
+def _templates_for(notification_type: NotificationType) -> dict[str, dict[str, str]]:
+    return {
+        t.locale: t.content
+        for t in NotificationTemplate.objects.filter(notification_type=notification_type, channel="inapp")
+    }
+
+
+def _render(
+    content: dict[str, str], data: dict[str, Any], recipient: dict[str, Any] | None
+) -> tuple[str, str, str]:
+    context = {"data": data, "recipient": recipient or {}}
+    return (
+        template_render(source=content.get("title", ""), context=context),
+        template_render(source=content.get("body", ""), context=context),
+        template_render(source=content.get("url", ""), context=context),
+    )
+
+
+def inapp_dispatch(*, delivery_ids: list[int]) -> int:
+    """Write inbox items for the pending in-app deliveries among ``delivery_ids`` and push a
+    frame to each connected owner after commit. Returns how many items were written.
+
+    Rows are claimed with a compare-and-set (pending -> delivered) in the same transaction
+    as their inbox items, so a task run twice writes each item once.
+    """
+    if not delivery_ids:
+        return 0
+    now = timezone.now()
+    frames: list[tuple[int, dict[str, Any]]] = []
+    with transaction.atomic():
+        with connection.cursor() as db:
+            db.execute(
+                f"""UPDATE {Delivery._meta.db_table}
+                    SET status = 'delivered', attempts = attempts + 1, sent_at = %s, updated_at = %s
+                    WHERE id = ANY(%s) AND status = 'pending' AND channel = 'inapp'
+                    RETURNING id, event_id, recipient_id""",
+                [now, now, list(delivery_ids)],
+            )
+            claimed = db.fetchall()
+        if not claimed:
+            return 0
+        events = {
+            e.id: e
+            for e in Event.objects.select_related("notification_type").filter(id__in={row[1] for row in claimed})
+        }
+        templates = {event_id: _templates_for(e.notification_type) for event_id, e in events.items()}
+        recipients_needed = any(
+            template_uses_recipient(source)
+            for by_locale in templates.values()
+            for content in by_locale.values()
+            for source in content.values()
+        )
+        recipient_rows: dict[int, dict[str, Any]] = {}
+        locales: dict[int, str] = {}
+        for row in Recipient.objects.filter(id__in={r[2] for r in claimed}).values(
+            "id", "external_id", "name", "locale"
+        ):
+            locales[row["id"]] = row["locale"]
+            if recipients_needed:
+                recipient_rows[row["id"]] = row
+
+        rendered_once: dict[tuple[Any, str], tuple[str, str, str] | TemplateRenderError] = {}
+        ready: list[tuple[int, int, Any, tuple[str, str, str]]] = []
+        failed: list[tuple[int, str]] = []
+        for delivery_id, event_id, recipient_id in claimed:
+            event = events[event_id]
+            by_locale = templates[event_id]
+            locale = locales.get(recipient_id, "")
+            if locale not in by_locale:
+                locale = event.notification_type.default_locale
+            content = by_locale.get(locale)
+            if content is None:
+                failed.append((delivery_id, "no in-app template for this type"))
+                continue
+            try:
+                if any(template_uses_recipient(s) for s in content.values()):
+                    text = _render(content, event.data, recipient_rows.get(recipient_id))
+                else:
+                    cached = rendered_once.get((event_id, locale))
+                    if cached is None:
+                        try:
+                            cached = _render(content, event.data, None)
+                        except TemplateRenderError as exc:
+                            cached = exc
+                        rendered_once[(event_id, locale)] = cached
+                    if isinstance(cached, TemplateRenderError):
+                        raise cached
+                    text = cached
+            except TemplateRenderError as exc:
+                failed.append((delivery_id, str(exc)[:200]))
+                continue
+            ready.append((recipient_id, delivery_id, event_id, text))
+
+        for delivery_id, reason in failed:
+            Delivery.objects.filter(id=delivery_id).update(status=DeliveryStatus.FAILED, reason=reason)
+        items = _assign_sequence(ready, events)
+        written = _insert_items(items, now)
+        online = recipients_connected(r for r, *_ in items) if items else set()
+        if online:
+            unread = dict(
+                InboxItem.objects.filter(recipient_id__in=online, read_at__isnull=True)
+                .values("recipient_id")
+                .annotate(n=Count("id"))
+                .values_list("recipient_id", "n")
+            )
+            for row in written:
+                if row["recipient_id"] in online:
+                    payload = inbox_item_payload(row)
+                    frames.append(
+                        (row["recipient_id"], {"type": NOTIFICATION_MESSAGE, "seq": row["seq"], "item": payload})
+                    )
+            for recipient_id in online:
+                frames.append((recipient_id, {"type": UNREAD_MESSAGE, "count": unread.get(recipient_id, 0)}))
+        counts: Counter[str] = Counter({"deliveries:inapp:delivered": len(items)})
+        if failed:
+            counts["deliveries:inapp:failed"] = len(failed)
+        transaction.on_commit(lambda: metrics_increment(counts), robust=True)
+        if frames:
+            transaction.on_commit(lambda: realtime_publish(frames), robust=True)
+    return len(items)
+
+
+def _assign_sequence(
+    ready: list[tuple[int, int, Any, tuple[str, str, str]]], events: dict[Any, Event]
+) -> list[tuple[Any, ...]]:
+    """Hand out the next sequence numbers, one per item, gapless per recipient. Sequence
+    rows are locked in recipient order so concurrent dispatches cannot deadlock."""
+    if not ready:
+        return []
+    ready.sort(key=lambda row: (row[0], row[1]))
+    per_recipient = Counter(row[0] for row in ready)
+    recipient_ids = sorted(per_recipient)
+    with connection.cursor() as db:
+        db.execute(
+            f"""INSERT INTO {InboxSequence._meta.db_table} AS s (recipient_id, last_seq)
+                SELECT r, n FROM unnest(%s::bigint[], %s::bigint[]) AS t(r, n) ORDER BY r
+                ON CONFLICT (recipient_id) DO UPDATE SET last_seq = s.last_seq + EXCLUDED.last_seq
+                RETURNING recipient_id, last_seq""",
+            [recipient_ids, [per_recipient[r] for r in recipient_ids]],
+        )
+        next_seq = {rid: last - per_recipient[rid] + 1 for rid, last in db.fetchall()}
+    items: list[tuple[Any, ...]] = []
+    for recipient_id, delivery_id, event_id, text in ready:
+        seq = next_seq[recipient_id]
+        next_seq[recipient_id] = seq + 1
+        items.append((recipient_id, seq, delivery_id, event_id, events[event_id], text))
+    return items
+
+
+def _insert_items(items: list[tuple[Any, ...]], now: datetime) -> list[dict[str, Any]]:
+    if not items:
+        return []
+    with connection.cursor() as db:
+        db.execute(
+            f"""INSERT INTO {InboxItem._meta.db_table}
+                    (recipient_id, seq, delivery_id, event_id, notification_type, category, title, body, url,
+                     data, created_at)
+                SELECT r, s, d, e, nt, c, ti, b, u, dt, %s
+                FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::uuid[], %s::text[], %s::text[],
+                            %s::text[], %s::text[], %s::text[], %s::jsonb[]) AS t(r, s, d, e, nt, c, ti, b, u, dt)
+                RETURNING {", ".join(ITEM_COLUMNS)}, recipient_id""",
+            [
+                now,
+                [i[0] for i in items],
+                [i[1] for i in items],
+                [i[2] for i in items],
+                [i[3] for i in items],
+                [i[4].notification_type.key for i in items],
+                [i[4].notification_type.category for i in items],
+                [i[5][0] for i in items],
+                [i[5][1] for i in items],
+                [i[5][2] for i in items],
+                [Jsonb(i[4].data) for i in items],
+            ],
+        )
+        columns = [*ITEM_COLUMNS, "recipient_id"]
+        return [dict(zip(columns, row, strict=True)) for row in db.fetchall()]
+
+
+def _push_unread_count(recipient_id: int) -> None:
+    def push() -> None:
+        count = InboxItem.objects.filter(recipient_id=recipient_id, read_at__isnull=True).count()
+        realtime_publish([(recipient_id, {"type": UNREAD_MESSAGE, "count": count})])
+
+    transaction.on_commit(push, robust=True)
+
+
+def inbox_item_mark_read(*, recipient_id: int, item_id: int) -> InboxItem:
+    """Mark one of the recipient's items read (idempotent). Raises InboxItem.DoesNotExist
+    for an item that is not theirs, exactly as for one that does not exist."""
+    now = timezone.now()
+    with transaction.atomic():
+        item = InboxItem.objects.select_for_update().get(id=item_id, recipient_id=recipient_id)
+        if item.read_at is None:
+            item.read_at = now
+            item.save(update_fields=["read_at"])
+            Delivery.objects.filter(id=item.delivery_id, status=DeliveryStatus.DELIVERED).update(
+                status=DeliveryStatus.READ, updated_at=now
+            )
+            metrics_increment({"inbox_read": 1})
+            _push_unread_count(recipient_id)
+    return item
+
+
+def inbox_mark_all_read(*, recipient_id: int) -> int:
+    """Mark every unread item of the recipient read; returns how many changed."""
+    now = timezone.now()
+    with transaction.atomic():
+        delivery_ids = list(
+            InboxItem.objects.filter(recipient_id=recipient_id, read_at__isnull=True).values_list(
+                "delivery_id", flat=True
+            )
+        )
+        if not delivery_ids:
+            return 0
+        changed = InboxItem.objects.filter(recipient_id=recipient_id, read_at__isnull=True).update(read_at=now)
+        Delivery.objects.filter(id__in=delivery_ids, status=DeliveryStatus.DELIVERED).update(
+            status=DeliveryStatus.READ, updated_at=now
+        )
+        _push_unread_count(recipient_id)
+    metrics_increment({"inbox_read": changed})
+    return changed

@@ -1,0 +1,70 @@
+"""The relay from stored events to the fan-out queue, and the sweep that backs it up."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from kombu.exceptions import KombuError, OperationalError
+from redis import RedisError
+
+from notifications.models import OutboxMessage
+
+log = logging.getLogger(__name__)
+
+SWEEP_BATCH = 500
+
+
+def _enqueue_fanout(outbox_id: int) -> bool:
+    from notifications.tasks import event_fanout_task
+
+    try:
+        event_fanout_task.apply_async(args=[outbox_id], retry=False)
+    except (KombuError, OperationalError, RedisError, OSError) as exc:
+        log.warning("broker unavailable, the outbox sweep will enqueue later: %s", exc, extra={"outbox_id": outbox_id})
+        return False
+    return True
+
+
+def outbox_relay(*, outbox_id: int) -> bool:
+    """Enqueue the fan-out of one outbox row; True when the broker took it. On failure the
+    lease is dropped so that the next sweep picks the row up at once."""
+    if _enqueue_fanout(outbox_id):
+        return True
+    try:
+        OutboxMessage.objects.filter(id=outbox_id, processed_at__isnull=True).update(leased_until=None)
+    except Exception:  # noqa: BLE001 - the sweep still finds the row once its lease ends
+        log.exception("could not release outbox lease", extra={"outbox_id": outbox_id})
+    return False
+
+
+def outbox_sweep(*, limit: int = SWEEP_BATCH) -> int:
+    """Enqueue due outbox rows nobody holds: scheduled sends that came due, and rows whose
+    task was lost (broker flushed or down, worker killed). Returns how many were enqueued."""
+    now = timezone.now()
+    lease = timedelta(seconds=settings.OUTBOX_LEASE_SECONDS)
+    with transaction.atomic():
+        rows = list(
+            OutboxMessage.objects.select_for_update(skip_locked=True)
+            .filter(processed_at__isnull=True, available_at__lte=now)
+            .exclude(leased_until__gt=now)
+            .order_by("available_at")
+            .values_list("id", flat=True)[:limit]
+        )
+        if not rows:
+            return 0
+        OutboxMessage.objects.filter(id__in=rows).update(leased_until=now + lease)
+    enqueued = 0
+    for outbox_id in rows:
+        if not _enqueue_fanout(outbox_id):
+            break
+        enqueued += 1
+    if enqueued < len(rows):
+        # The broker is down: leave the rest for the next sweep instead of waiting a lease.
+        OutboxMessage.objects.filter(id__in=rows[enqueued:], processed_at__isnull=True).update(leased_until=None)
+    if enqueued:
+        log.info("outbox sweep enqueued %d fan-outs", enqueued)
+    return enqueued

@@ -1,0 +1,45 @@
+"""Per-user per-channel rate caps: fixed windows counted in Redis, one pipeline per page."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from functools import lru_cache
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+from notifications.services.redis_client import redis_sync
+
+
+@lru_cache(maxsize=16)
+def rate_cap(channel: str) -> tuple[int, int] | None:
+    """(count, seconds) for ``channel``, or None when uncapped."""
+    spec = settings.RATE_CAPS.get(channel)
+    if not spec or spec in {"0", "none", "off"}:
+        return None
+    try:
+        count, seconds = (int(part) for part in spec.split("/"))
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"RATE_CAP_{channel.upper()} must look like 100/60, got {spec!r}") from exc
+    return count, seconds
+
+
+def rate_caps_consume(*, channel: str, recipient_ids: Sequence[int]) -> set[int]:
+    """Count one send per recipient in the current window; returns the ids over the cap.
+
+    Counts are taken before the deliveries commit, so a page that is rolled back and planned
+    again counts twice: at most one page of a crashed fan-out errs towards suppressing.
+    """
+    cap = rate_cap(channel)
+    if cap is None or not recipient_ids:
+        return set()
+    limit, seconds = cap
+    window = int(time.time()) // seconds
+    pipe = redis_sync().pipeline(transaction=False)
+    for recipient_id in recipient_ids:
+        key = f"rl:{channel}:{recipient_id}:{window}"
+        pipe.incr(key)
+        pipe.expire(key, seconds + 5)
+    results = pipe.execute()
+    return {rid for rid, count in zip(recipient_ids, results[::2], strict=True) if int(count) > limit}

@@ -1,0 +1,39 @@
+"""Thin Celery tasks: ids in, call a service (CONVENTIONS 4). All are idempotent, so
+``acks_late`` redelivery after a crash is safe."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.db import OperationalError as DatabaseOperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from notifications.services.fanout import event_fanout
+from notifications.services.inbox import inapp_dispatch
+from notifications.services.outbox import outbox_sweep
+from notifications.services.sweeps import deliveries_redispatch_stale, deliveries_release_due
+
+# Infrastructure hiccups are retried briefly by Celery; anything longer is left to the
+# sweeps, which find the work again in PostgreSQL.
+_TRANSIENT = (DatabaseOperationalError, RedisConnectionError, RedisTimeoutError)
+_RETRY = {"autoretry_for": _TRANSIENT, "retry_backoff": 1, "retry_backoff_max": 30, "max_retries": 5}
+
+
+@shared_task(**_RETRY)
+def event_fanout_task(outbox_id: int) -> int:
+    return event_fanout(outbox_id=outbox_id).recipients
+
+
+@shared_task(**_RETRY)
+def inapp_dispatch_task(delivery_ids: list[int]) -> int:
+    return inapp_dispatch(delivery_ids=delivery_ids)
+
+
+@shared_task
+def outbox_sweep_task() -> int:
+    return outbox_sweep()
+
+
+@shared_task
+def deliveries_sweep_task() -> int:
+    return deliveries_release_due() + deliveries_redispatch_stale()

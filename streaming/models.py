@@ -1,0 +1,1 @@
+"""Live streaming: ingest, HLS ladder, stream chat (issue to come)."""
