@@ -161,8 +161,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke_selected(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
-        revoked = sum(api_key_revoke(api_key_id=key_id) for key_id in queryset.values_list("id", flat=True))
-        skipped = queryset.count() - revoked
+        key_ids = list(queryset.values_list("id", flat=True))
+        revoked = sum(api_key_revoke(api_key_id=key_id) for key_id in key_ids)
+        skipped = len(key_ids) - revoked
         message = f"Revoked {revoked} key{'s' if revoked != 1 else ''}."
         if skipped:
             message += f" {skipped} {'was' if skipped == 1 else 'were'} already revoked."

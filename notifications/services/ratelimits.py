@@ -9,7 +9,7 @@ from functools import lru_cache
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from notifications.services.redis_client import redis_sync
+from notifications.services.redis_client import redis_key, redis_sync
 
 
 @lru_cache(maxsize=16)
@@ -38,7 +38,7 @@ def rate_caps_consume(*, channel: str, recipient_ids: Sequence[int]) -> set[int]
     window = int(time.time()) // seconds
     pipe = redis_sync().pipeline(transaction=False)
     for recipient_id in recipient_ids:
-        key = f"rl:{channel}:{recipient_id}:{window}"
+        key = redis_key(f"rl:{channel}:{recipient_id}:{window}")
         pipe.incr(key)
         pipe.expire(key, seconds + 5)
     results = pipe.execute()

@@ -17,3 +17,8 @@ def redis_sync() -> redis.Redis:
 def redis_async() -> aioredis.Redis:
     """A client for the running event loop (asyncio clients must not cross loops)."""
     return aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=3)
+
+
+def redis_key(name: str) -> str:
+    """``name`` inside this deployment's REDIS_NAMESPACE."""
+    return f"{settings.REDIS_NAMESPACE}{name}"

@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "django.contrib.postgres",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_celery_beat",
     "channels",
     "notifications",
@@ -95,12 +96,15 @@ DATABASES = {
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_redis_url("REDIS_URL", "redis://127.0.0.1:6379/0")
+# Prefix of every Redis key and channel-layer channel of this deployment, so that several
+# deployments (or parallel test runs) can share one Redis without hearing each other.
+REDIS_NAMESPACE = env_str("REDIS_NAMESPACE", "")
 
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
-        "KEY_PREFIX": "cache",
+        "KEY_PREFIX": f"{REDIS_NAMESPACE}cache",
         "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 2},
     }
 }
@@ -111,7 +115,7 @@ CHANNEL_LAYERS = {
         # the list-based layer (DESIGN.md). It is at-most-once and unbounded, so the consumer
         # bounds its own send queue and clients resume from the database by sequence number.
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": env_str("CHANNEL_PREFIX", "rt")},
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{REDIS_NAMESPACE}rt"},
     }
 }
 
@@ -152,6 +156,10 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Swagger UI served from our own static files: no CDN, works offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Celery: at-least-once (DESIGN.md section 3) -------------------------------------------

@@ -1,7 +1,13 @@
 """Test settings: the same real services, faster hashing, quieter logs."""
 
-from project.settings.base import *  # noqa: F403
-from project.settings.env import env_str
+import os
+
+# One Redis namespace per test run, inherited by the processes end-to-end tests start, so
+# parallel runs and a running `make run` never hear each other's frames or counters.
+os.environ.setdefault("REDIS_NAMESPACE", f"t{os.getpid()}:")
+
+from project.settings.base import *  # noqa: E402, F403
+from project.settings.env import env_str  # noqa: E402
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 LOG_LEVEL = env_str("LOG_LEVEL", "WARNING")

@@ -1,0 +1,277 @@
+"""P1: in-app fan-out of one event to N topic subscribers, every row persisted.
+
+Recipients and subscriptions are seeded with SQL (``generate_series``) straight into the
+benchmark's own database; the notification type is created over HTTP; the clock starts
+just before the event is POSTed to the topic and stops when the database holds an inbox
+item for every recipient and every delivery is ``delivered``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from bench.stack import Progress, Stack, bench_stack
+from harness.processes import DEFAULT_WORKERS, WorkerSpec
+
+TYPE_KEY = "bench.p1"
+TOPIC_KEY = "bench-p1"
+TARGET_PER_SECOND = 20_000
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A worker layout and the settings a P1 run uses."""
+
+    name: str
+    workers: tuple[WorkerSpec, ...] = DEFAULT_WORKERS
+    env: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        workers = "; ".join(f"{w.name} -c{w.concurrency} on {','.join(w.queues)}" for w in self.workers)
+        settings = ", ".join(f"{k}={v}" for k, v in sorted(self.env.items()))
+        return f"{workers}" + (f"; {settings}" if settings else "")
+
+
+DEFAULT_LAYOUT = Layout("default (page 2000)", env={"FANOUT_PAGE_SIZE": "2000"})
+LAYOUTS: tuple[Layout, ...] = (
+    DEFAULT_LAYOUT,
+    Layout("page 1000", env={"FANOUT_PAGE_SIZE": "1000"}),
+    Layout("page 5000", env={"FANOUT_PAGE_SIZE": "5000"}),
+    Layout(
+        "inapp -c3, page 2000",
+        workers=(
+            WorkerSpec("fanout", ("fanout", "periodic", "default")),
+            WorkerSpec("inapp", ("inapp",), concurrency=3),
+        ),
+        env={"FANOUT_PAGE_SIZE": "2000"},
+    ),
+)
+
+
+@dataclass
+class P1Result:
+    layout: str
+    settings: str
+    recipients: int
+    # Seconds from just before the POST.
+    accepted_s: float
+    first_delivery_s: float
+    last_delivery_s: float
+    fanout_completed_s: float
+    first_inbox_s: float
+    last_inbox_s: float
+    observed_complete_s: float
+    deliveries: int
+    distinct_delivery_recipients: int
+    delivered: int
+    inbox_items: int
+    distinct_inbox_recipients: int
+    seed_s: float
+
+    @property
+    def per_second(self) -> float:
+        """Recipients per second, POST to the last inbox row (its creation timestamp)."""
+        return self.recipients / self.last_inbox_s if self.last_inbox_s > 0 else 0.0
+
+    @property
+    def per_second_observed(self) -> float:
+        """Recipients per second, POST to the poll that saw every row committed."""
+        return self.recipients / self.observed_complete_s if self.observed_complete_s > 0 else 0.0
+
+    @property
+    def fanout_s(self) -> float:
+        """Fan-out only: first to last delivery row created."""
+        return self.last_delivery_s - self.first_delivery_s
+
+    @property
+    def inapp_s(self) -> float:
+        """In-app only: first to last inbox row created."""
+        return self.last_inbox_s - self.first_inbox_s
+
+    @property
+    def all_persisted(self) -> bool:
+        n = self.recipients
+        return (
+            self.deliveries == n
+            and self.distinct_delivery_recipients == n
+            and self.delivered == n
+            and self.inbox_items == n
+            and self.distinct_inbox_recipients == n
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(
+            per_second=self.per_second,
+            per_second_observed=self.per_second_observed,
+            fanout_s=self.fanout_s,
+            inapp_s=self.inapp_s,
+            all_persisted=self.all_persisted,
+        )
+        return data
+
+    def summary(self) -> str:
+        return (
+            f"P1 [{self.layout}] {self.recipients:,} recipients: {self.per_second:,.0f} recipients/s end to end "
+            f"(POST -> last inbox row {self.last_inbox_s:.2f}s; all committed by {self.observed_complete_s:.2f}s "
+            f"= {self.per_second_observed:,.0f}/s); fan-out {self.fanout_s:.2f}s "
+            f"(event completed at {self.fanout_completed_s:.2f}s), in-app {self.inapp_s:.2f}s; "
+            f"persisted: {'yes' if self.all_persisted else 'NO'}"
+        )
+
+
+def seed(stack: Stack, recipients: int) -> float:
+    """Insert ``recipients`` recipients subscribed to TOPIC_KEY; returns the seconds taken."""
+    started = time.monotonic()
+    with stack.db_connect() as connection:
+        connection.execute(
+            """INSERT INTO notifications_recipient
+                   (external_id, name, email, phone, locale, timezone, created_at, updated_at)
+               SELECT 'p1-' || g, '', '', '', 'en', 'UTC', now(), now()
+               FROM generate_series(1, %s) AS g""",
+            [recipients],
+        )
+        topic_id = connection.execute(
+            "INSERT INTO notifications_topic (key, name, created_at) VALUES (%s, 'P1', now()) RETURNING id",
+            [TOPIC_KEY],
+        ).fetchone()[0]
+        connection.execute(
+            """INSERT INTO notifications_subscription (topic_id, recipient_id, created_at)
+               SELECT %s, id, now() FROM notifications_recipient WHERE external_id LIKE 'p1-%%'""",
+            [topic_id],
+        )
+        connection.execute("ANALYZE")
+    return time.monotonic() - started
+
+
+def create_type(stack: Stack, key: str = TYPE_KEY) -> None:
+    with stack.client() as client:
+        response = client.post(
+            "/api/v1/notification-types/",
+            json={
+                "key": key,
+                "category": "transactional",
+                "channels": ["inapp"],
+                "templates": {
+                    "inapp": {
+                        "title": "Benchmark {{ data.n }}",
+                        "body": "Event {{ data.n }} for everyone",
+                        "url": "/bench/{{ data.n }}",
+                    }
+                },
+            },
+        )
+        if response.status_code != 201:
+            raise RuntimeError(f"creating the type failed: {response.status_code} {response.text}")
+
+
+def _epoch(value: datetime | None) -> float:
+    return value.timestamp() if value is not None else 0.0
+
+
+def run_on_stack(
+    stack: Stack, *, recipients: int, layout: Layout, timeout: float = 600.0, progress: bool = True
+) -> P1Result:
+    seed_s = seed(stack, recipients)
+    create_type(stack)
+    with stack.client() as client:
+        posted_at = time.time()
+        response = client.post("/api/v1/events/", json={"type": TYPE_KEY, "topic": TOPIC_KEY, "data": {"n": 1}})
+        accepted_at = time.time()
+    if response.status_code != 202:
+        raise RuntimeError(f"POST /api/v1/events/ answered {response.status_code}: {response.text}")
+    event_id = response.json()["id"]
+
+    bar = Progress(f"P1 {layout.name}: inbox rows", recipients, enabled=progress)
+    deadline = time.monotonic() + timeout
+    with stack.db_connect() as connection:
+        while True:
+            inbox = connection.execute(
+                "SELECT count(*) FROM notifications_inboxitem WHERE event_id = %s", [event_id]
+            ).fetchone()[0]
+            bar.update(inbox)
+            if inbox >= recipients:
+                delivered = connection.execute(
+                    "SELECT count(*) FROM notifications_delivery WHERE event_id = %s AND status = 'delivered'",
+                    [event_id],
+                ).fetchone()[0]
+                if delivered >= recipients:
+                    observed_at = time.time()
+                    break
+            if time.monotonic() > deadline:
+                bar.finish(inbox)
+                raise TimeoutError(
+                    f"P1: {inbox:,} of {recipients:,} inbox rows after {timeout:.0f}s\n"
+                    f"{stack.platform.log_tails(30)}"
+                )
+            stack.check_alive()
+            time.sleep(0.1)
+        bar.finish(inbox)
+
+        d_total, d_distinct, d_delivered, d_first, d_last = connection.execute(
+            """SELECT count(*), count(DISTINCT recipient_id), count(*) FILTER (WHERE status = 'delivered'),
+                      min(created_at), max(created_at)
+               FROM notifications_delivery WHERE event_id = %s""",
+            [event_id],
+        ).fetchone()
+        i_total, i_distinct, i_first, i_last = connection.execute(
+            """SELECT count(*), count(DISTINCT recipient_id), min(created_at), max(created_at)
+               FROM notifications_inboxitem WHERE event_id = %s""",
+            [event_id],
+        ).fetchone()
+        completed_at = connection.execute(
+            "SELECT completed_at FROM notifications_event WHERE id = %s", [event_id]
+        ).fetchone()[0]
+
+    return P1Result(
+        layout=layout.name,
+        settings=layout.describe(),
+        recipients=recipients,
+        accepted_s=accepted_at - posted_at,
+        first_delivery_s=_epoch(d_first) - posted_at,
+        last_delivery_s=_epoch(d_last) - posted_at,
+        fanout_completed_s=(_epoch(completed_at) - posted_at) if completed_at else float("nan"),
+        first_inbox_s=_epoch(i_first) - posted_at,
+        last_inbox_s=_epoch(i_last) - posted_at,
+        observed_complete_s=observed_at - posted_at,
+        deliveries=d_total,
+        distinct_delivery_recipients=d_distinct,
+        delivered=d_delivered,
+        inbox_items=i_total,
+        distinct_inbox_recipients=i_distinct,
+        seed_s=seed_s,
+    )
+
+
+def run(
+    *,
+    template: str | None,
+    recipients: int = 100_000,
+    layout: Layout = DEFAULT_LAYOUT,
+    timeout: float = 600.0,
+    progress: bool = True,
+) -> P1Result:
+    """One P1 run on a fresh stack (uvicorn web, the layout's workers, one beat)."""
+    with bench_stack(template=template, workers=layout.workers, env=layout.env, label="p1") as stack:
+        return run_on_stack(stack, recipients=recipients, layout=layout, timeout=timeout, progress=progress)
+
+
+def run_layouts(
+    *, template: str | None, recipients: int, layouts: Sequence[Layout] = LAYOUTS, progress: bool = True
+) -> list[P1Result]:
+    results = []
+    for layout in layouts:
+        result = run(template=template, recipients=recipients, layout=layout, progress=progress)
+        print(result.summary(), flush=True)
+        results.append(result)
+    return results
+
+
+def best(results: Sequence[P1Result]) -> P1Result:
+    """The fastest run that persisted everything (else the fastest at all)."""
+    complete = [r for r in results if r.all_persisted] or list(results)
+    return max(complete, key=lambda r: r.per_second)

@@ -1,0 +1,44 @@
+"""Shared fixtures. Unit and API tests run Celery tasks eagerly in-process (the tasks are
+thin; the broker is exercised for real by tests/e2e, which start real workers)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from rest_framework.test import APIClient
+
+from project.celery import app as celery_app
+
+celery_app.conf.task_always_eager = True
+celery_app.conf.task_eager_propagates = True
+
+
+@pytest.fixture
+def api_key(db: Any) -> str:
+    from notifications.services.api_keys import api_key_create
+
+    _, raw = api_key_create(name="tests")
+    return raw
+
+
+@pytest.fixture
+def service_client(api_key: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Api-Key {api_key}")
+    return client
+
+
+@pytest.fixture
+def user_client(db: Any) -> Callable[[int], APIClient]:
+    """An API client acting as the end user who owns ``recipient_id`` (Bearer token)."""
+    from notifications.services.tokens import end_user_token_issue
+
+    def make(recipient_id: int) -> APIClient:
+        token, _ = end_user_token_issue(recipient_id=recipient_id)
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+        return client
+
+    return make

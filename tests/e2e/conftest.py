@@ -1,0 +1,211 @@
+"""End-to-end fixtures: a whole platform (web, workers, beat) on a private Redis and a
+temporary, migrated PostgreSQL database, driven only from the outside.
+
+Every process is started through ``harness.processes`` context managers, so it is stopped
+also when a test or the fixture itself fails. When a test fails, the tail of every
+process's log is attached to its report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from harness.processes import REPO_ROOT, PlatformProcesses, PrivateRedis, TemporaryDatabase
+
+# Stacks alive in this (xdist worker) process; their logs go into failure reports.
+ACTIVE_STACKS: list[Stack] = []
+
+BASE_ENV = {
+    "DJANGO_SETTINGS_MODULE": "project.settings",
+    "OUTBOX_LEASE_SECONDS": "5",
+    "SWEEP_INTERVAL_SECONDS": "1",
+    "DELIVERY_STALE_SECONDS": "5",
+    "RATE_CAP_INAPP": "100000/60",
+    "LOG_LEVEL": "INFO",
+    "LOG_FORMAT": "text",
+    "CELERY_LOG_LEVEL": "INFO",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+@dataclass
+class Stack:
+    """A running platform and the ways to reach it from outside."""
+
+    redis: PrivateRedis
+    database: TemporaryDatabase
+    processes: PlatformProcesses
+    env: dict[str, str]
+    api_key: str = ""
+    clients: list[httpx.Client] = field(default_factory=list)
+
+    @property
+    def web_url(self) -> str:
+        return self.processes.web_url
+
+    @property
+    def ws_url(self) -> str:
+        return self.processes.ws_url
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url
+
+    def manage(self, *args: str, timeout: float = 120.0) -> str:
+        """Run ``manage.py <args>`` with the stack's environment; return stdout + stderr."""
+        import subprocess
+
+        completed = subprocess.run(
+            [sys.executable, str(REPO_ROOT / "manage.py"), *args],
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+        if completed.returncode != 0:
+            raise RuntimeError(
+                f"manage.py {' '.join(args)} failed ({completed.returncode}):\n"
+                f"{completed.stdout.decode()}\n{completed.stderr.decode()}"
+            )
+        return completed.stdout.decode()
+
+    def client(self, *, api_key: str | None = None, timeout: float = 15.0, **kwargs: Any) -> httpx.Client:
+        """An httpx client on the web server; authenticated with ``api_key`` (default: the
+        stack's key; pass "" for none). Closed with the stack."""
+        key = self.api_key if api_key is None else api_key
+        headers = {"Authorization": f"Api-Key {key}"} if key else {}
+        client = httpx.Client(base_url=self.web_url, headers=headers, timeout=timeout, **kwargs)
+        self.clients.append(client)
+        return client
+
+    @property
+    def api(self) -> httpx.Client:
+        """The service client (API key)."""
+        if not hasattr(self, "_api"):
+            self._api = self.client()
+        return self._api
+
+    def end_user(self, token: str) -> httpx.Client:
+        """A client acting as the end user the token names (Bearer)."""
+        client = httpx.Client(
+            base_url=self.web_url, headers={"Authorization": f"Bearer {token}"}, timeout=15.0
+        )
+        self.clients.append(client)
+        return client
+
+    # -- arrangement over the public API --
+
+    def create_type(self, key: str, *, category: str = "transactional", **extra: Any) -> dict[str, Any]:
+        body = {
+            "key": key,
+            "category": category,
+            "channels": ["inapp"],
+            "templates": {
+                "inapp": {
+                    "title": "{{ data.title | default('Hello') }}",
+                    "body": "n={{ data.n | default(0) }}",
+                    "url": "/x/{{ data.n | default(0) }}",
+                }
+            },
+            **extra,
+        }
+        response = self.api.post("/api/v1/notification-types/", json=body)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def create_recipient(self, prefix: str = "user") -> tuple[str, str]:
+        """Upsert a fresh recipient; returns (external_id, end-user token)."""
+        external_id = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        response = self.api.put(
+            f"/api/v1/recipients/{external_id}/", json={"name": prefix, "timezone": "UTC"}
+        )
+        assert response.status_code == 201, response.text
+        return external_id, self.token(external_id)
+
+    def token(self, external_id: str) -> str:
+        response = self.api.post(f"/api/v1/recipients/{external_id}/token/")
+        assert response.status_code == 200, response.text
+        return str(response.json()["token"])
+
+    def post_event(self, **body: Any) -> httpx.Response:
+        return self.api.post("/api/v1/events/", json=body)
+
+    def send(self, **body: Any) -> str:
+        """POST an event that must be accepted; returns its id."""
+        response = self.post_event(**body)
+        assert response.status_code == 202, response.text
+        return str(response.json()["id"])
+
+    def db(self) -> psycopg.Connection[Any]:
+        """A direct autocommit connection to the stack's database (fault tests' checks)."""
+        return psycopg.connect(self.database.url, autocommit=True)
+
+    def log_tails(self, lines: int = 60) -> str:
+        return self.processes.log_tails(lines)
+
+    def close_clients(self) -> None:
+        for client in self.clients:
+            with contextlib.suppress(Exception):
+                client.close()
+        self.clients.clear()
+
+
+@contextlib.contextmanager
+def platform_stack(extra_env: Mapping[str, str] | None = None) -> Iterator[Stack]:
+    """Start Redis, a migrated temporary database and the platform; stop all on exit."""
+    with contextlib.ExitStack() as exit_stack:
+        redis = exit_stack.enter_context(PrivateRedis())
+        database = exit_stack.enter_context(
+            TemporaryDatabase(prefix="tmp_e2e", env={"DJANGO_SETTINGS_MODULE": "project.settings"})
+        )
+        env = {
+            **os.environ,
+            **BASE_ENV,
+            "DATABASE_URL": database.url,
+            "REDIS_URL": redis.url,
+            "CELERY_BROKER_URL": redis.url,
+            **(extra_env or {}),
+        }
+        processes = PlatformProcesses(env=env)
+        # PORT is fixed by PlatformProcesses; manage.py commands must see the same settings.
+        env = dict(processes.env)
+        stack = Stack(redis=redis, database=database, processes=processes, env=env)
+        processes.start_all()
+        exit_stack.callback(processes.stop_all)
+        exit_stack.callback(stack.close_clients)
+        ACTIVE_STACKS.append(stack)
+        exit_stack.callback(ACTIVE_STACKS.remove, stack)
+        stack.api_key = stack.manage("create_api_key", "e2e").strip().splitlines()[-1].strip()
+        assert stack.api_key, "create_api_key printed no key"
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    with platform_stack() as running:
+        yield running
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed and ACTIVE_STACKS:
+        for number, running in enumerate(ACTIVE_STACKS):
+            with contextlib.suppress(Exception):
+                report.sections.append((f"platform logs (stack {number})", running.log_tails()))
+                exits = running.processes.unexpected_exits()
+                if exits:
+                    report.sections.append((f"unexpected exits (stack {number})", repr(exits)))
+    return report

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import pytest
+import redis
+
+from harness import free_port
+from notifications.services import redis_client
+
+pytestmark = pytest.mark.django_db
+
+
+def test_it_reports_every_dependency_ok(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"database": "ok", "redis": "ok", "broker": "ok", "status": "ok"}
+
+
+def test_it_answers_503_naming_redis_when_redis_is_down(client, monkeypatch):
+    dead = redis.Redis(port=free_port(), socket_connect_timeout=0.5)
+    monkeypatch.setattr(redis_client, "redis_sync", lambda: dead)
+    monkeypatch.setattr("notifications.observability.redis_sync", lambda: dead)
+
+    response = client.get("/healthz")
+
+    assert response.status_code == 503
+    body = response.json()
+    assert body["redis"].startswith("down:") and body["database"] == "ok" and body["status"] == "degraded"
+
+
+def test_it_exports_prometheus_metrics(client, service_client, django_capture_on_commit_callbacks):
+    from tests.notifications.factories import NotificationTypeFactory, RecipientFactory
+
+    nt = NotificationTypeFactory()
+    alice = RecipientFactory()
+    with django_capture_on_commit_callbacks(execute=True):
+        service_client.post(
+            "/api/v1/events/",
+            {"type": nt.key, "recipients": [alice.external_id], "data": {"order_id": 1}},
+            format="json",
+        )
+
+    text = client.get("/metrics").content.decode()
+
+    assert "notifications_events_accepted_total" in text
+    assert 'notifications_deliveries_total{channel="inapp",status="delivered"}' in text
+    assert "notifications_fanout_recipients_total" in text
+    assert 'notifications_queue_depth{queue="fanout"}' in text
+    assert "notifications_outbox_lag_seconds" in text
