@@ -66,13 +66,15 @@ class InboxSequencer:
         if self.last_sent_seq is not None:
             if seq <= self.last_sent_seq:
                 return
-            if False:
+            if seq > self.last_sent_seq + 1:
                 async for stored_seq, stored_item in self._stored(after=self.last_sent_seq, below=seq):
                     yield stored_seq, stored_item
         self.last_sent_seq = seq
         yield seq, item
 
-    async def _stored(self, *, after: int, below: int | None = None) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+    async def _stored(
+        self, *, after: int, below: int | None = None
+    ) -> AsyncIterator[tuple[int, dict[str, Any]]]:
         cursor = after
         while True:
             rows = await database_sync_to_async(selectors.inbox_items)(
@@ -178,7 +180,9 @@ class InboxConsumer(AsyncJsonWebsocketConsumer):
         await self.channel_layer.group_discard(inbox_group(self.recipient_id), self.channel_name)
         if self.redis is not None:
             try:
-                await connection_unregister(self.redis, recipient_id=self.recipient_id, connection=self.channel_name)
+                await connection_unregister(
+                    self.redis, recipient_id=self.recipient_id, connection=self.channel_name
+                )
             except redis.RedisError as exc:
                 # The registration expires on its own within CONNECTION_TTL_SECONDS.
                 log.warning("inbox connection not unregistered: %s", exc)
@@ -188,7 +192,9 @@ class InboxConsumer(AsyncJsonWebsocketConsumer):
 
     # --- client frames -----------------------------------------------------------------
 
-    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
+    async def receive(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
+    ) -> None:
         if text_data is None:
             self._send_error("frame", "Send JSON text frames, not binary ones.")
             return
@@ -281,7 +287,9 @@ class InboxConsumer(AsyncJsonWebsocketConsumer):
         if self.redis is None or self.recipient_id is None:
             return
         try:
-            await connection_register(self.redis, recipient_id=self.recipient_id, connection=self.channel_name)
+            await connection_register(
+                self.redis, recipient_id=self.recipient_id, connection=self.channel_name
+            )
         except redis.RedisError as exc:
             # Without the registration dispatch skips live frames; the client still gets
             # every item when it resumes, so the socket stays open.

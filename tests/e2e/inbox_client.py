@@ -19,7 +19,9 @@ class InboxSocket:
     @classmethod
     def open(cls, ws_url: str, *, token: str | None = None, **kwargs: Any) -> InboxSocket:
         query = f"?token={token}" if token is not None else ""
-        return cls(connect(f"{ws_url}/ws/inbox/{query}", open_timeout=10, close_timeout=2, **kwargs))
+        connection = connect(f"{ws_url}/ws/inbox/{query}", open_timeout=10, close_timeout=2, **kwargs)
+        # Entered at once: this object's own context manager closes it.
+        return cls(connection.__enter__())
 
     def __enter__(self) -> InboxSocket:
         return self
@@ -67,6 +69,12 @@ class InboxSocket:
             if frame.get("type") == "notification":
                 seen.append(frame)
         return seen
+
+    def wait_unread_count(self, count: int, timeout: float = 10.0) -> None:
+        """Return once an unread_count frame with ``count`` arrives (or has arrived)."""
+        deadline = time.monotonic() + timeout
+        while count not in self.unread_counts():
+            self.frame_of_type("unread_count", max(0.01, deadline - time.monotonic()))
 
     def unread_counts(self) -> list[int]:
         return [f["count"] for f in self.frames if f.get("type") == "unread_count"]

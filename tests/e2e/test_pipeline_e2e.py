@@ -103,12 +103,12 @@ def test_it_pushes_one_frame_per_event_with_seq_increasing_by_one(stack: Stack, 
         assert frames[2]["item"]["body"] == "n=3"
         assert all(f["item"]["read"] is False for f in frames)
         # and unread_count frames follow the items
-        wait_until(lambda: 3 in socket.unread_counts() or socket.notifications_within(0.2) == [] and False, 10)
-        assert socket.unread_counts()[-1] == 3
+        socket.wait_unread_count(3)
 
     # bob got the explicit event and the topic event in his inbox
     bob_page = wait_inbox_seq(stack, stack.token(bob), 2)
-    assert [item["event_id"] for item in bob_page["results"]] == [sent[1], sent[2]]
+    assert sorted(item["seq"] for item in bob_page["results"]) == [1, 2]
+    assert sorted(item["event_id"] for item in bob_page["results"]) == sorted(sent[1:])
 
 
 def test_it_resumes_exactly_the_missed_items_in_order(stack: Stack, types: dict[str, Any]) -> None:
@@ -179,7 +179,6 @@ def test_it_accepts_a_repeated_idempotency_key_once(stack: Stack, types: dict[st
     assert again.status_code == 200, again.text
     assert again.json() == {"id": event_id, "status": "accepted"}
     assert once_more.status_code == 200 and once_more.json()["id"] == event_id
-    time.sleep(0)  # no wait needed: counts are final once delivered == recipients
     summary = event_summary(stack, event_id)
     assert summary["deliveries"] == {"inapp": {"delivered": 2}}, summary
     items = [item for item in inbox(stack, first_token)["results"] if item["event_id"] == event_id]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any, Generic, TypeVar
 
 import factory
 
@@ -14,7 +15,7 @@ from notifications.models import (
 )
 
 
-class NotificationTypeFactory(factory.django.DjangoModelFactory):
+class _NotificationTypeFactory(factory.django.DjangoModelFactory[NotificationType]):
     class Meta:
         model = NotificationType
         skip_postgeneration_save = True
@@ -34,7 +35,7 @@ class NotificationTypeFactory(factory.django.DjangoModelFactory):
             )
 
 
-class RecipientFactory(factory.django.DjangoModelFactory):
+class _RecipientFactory(factory.django.DjangoModelFactory[Recipient]):
     class Meta:
         model = Recipient
 
@@ -43,16 +44,35 @@ class RecipientFactory(factory.django.DjangoModelFactory):
     timezone = "UTC"
 
 
-class TopicFactory(factory.django.DjangoModelFactory):
+class _TopicFactory(factory.django.DjangoModelFactory[Topic]):
     class Meta:
         model = Topic
 
     key = factory.LazyFunction(lambda: f"topic-{uuid.uuid4().hex[:8]}")
 
 
-class SubscriptionFactory(factory.django.DjangoModelFactory):
+class _SubscriptionFactory(factory.django.DjangoModelFactory[Subscription]):
     class Meta:
         model = Subscription
 
-    topic = factory.SubFactory(TopicFactory)
-    recipient = factory.SubFactory(RecipientFactory)
+    topic = factory.SubFactory(_TopicFactory)
+    recipient = factory.SubFactory(_RecipientFactory)
+
+
+T = TypeVar("T")
+
+
+class _Typed(Generic[T]):
+    """factory_boy classes return ``Any`` to type checkers; this keeps tests typed."""
+
+    def __init__(self, factory_class: Any) -> None:
+        self.factory_class = factory_class
+
+    def __call__(self, **kwargs: Any) -> T:
+        return self.factory_class(**kwargs)  # type: ignore[no-any-return]
+
+
+NotificationTypeFactory: _Typed[NotificationType] = _Typed(_NotificationTypeFactory)
+RecipientFactory: _Typed[Recipient] = _Typed(_RecipientFactory)
+TopicFactory: _Typed[Topic] = _Typed(_TopicFactory)
+SubscriptionFactory: _Typed[Subscription] = _Typed(_SubscriptionFactory)
