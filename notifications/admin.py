@@ -27,6 +27,7 @@ from django.utils.http import urlencode
 
 from notifications.models import (
     TEMPLATE_FIELDS,
+    AggregationBatch,
     ApiKey,
     Channel,
     Delivery,
@@ -608,6 +609,16 @@ class DeliveryAttemptAdmin(PipelineOwnedAdmin):
     search_fields = ["provider_message_id__exact"]
     search_help_text = "Exact provider message id."
     raw_id_fields = ["delivery"]
+
+
+@admin.register(AggregationBatch)
+class AggregationBatchAdmin(PipelineOwnedAdmin):
+    list_display = ["id", "notification_type", "recipient", "channel", "count", "closes_at", "closed_at"]
+    list_filter = ["notification_type", "channel"]
+    list_select_related = ["notification_type", "recipient"]
+    search_fields = ["recipient__external_id__exact"]
+    search_help_text = "Exact recipient external id."
+    raw_id_fields = ["recipient", "leader"]
 
 
 class ReadFilter(admin.SimpleListFilter):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -55,13 +55,15 @@ class InboxSequencer:
         self.recipient_id = recipient_id
         self.last_sent_seq = last_sent_seq
 
-    async def resume(self, *, after: int) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+    async def resume(self, *, after: int) -> AsyncGenerator[tuple[int, dict[str, Any]], None]:
         """Every stored item with seq > ``after``, ascending."""
         self.last_sent_seq = after
         async for seq, item in self._stored(after=after):
             yield seq, item
 
-    async def live(self, *, seq: int, item: dict[str, Any]) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+    async def live(
+        self, *, seq: int, item: dict[str, Any]
+    ) -> AsyncGenerator[tuple[int, dict[str, Any]], None]:
         """The live item, preceded by any stored items the client has not had yet."""
         if self.last_sent_seq is not None:
             if seq <= self.last_sent_seq:
@@ -74,7 +76,7 @@ class InboxSequencer:
 
     async def _stored(
         self, *, after: int, below: int | None = None
-    ) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+    ) -> AsyncGenerator[tuple[int, dict[str, Any]], None]:
         cursor = after
         while True:
             rows = await database_sync_to_async(selectors.inbox_items)(

@@ -159,6 +159,9 @@ class InboxSequence(models.Model):
     recipient = models.OneToOneField(Recipient, primary_key=True, on_delete=models.CASCADE)
     last_seq = models.BigIntegerField(default=0)
 
+    def __str__(self) -> str:
+        return f"{self.recipient_id}@{self.last_seq}"
+
 
 class DevicePlatform(models.TextChoices):
     FCM = "fcm", "Firebase Cloud Messaging"
@@ -331,6 +334,7 @@ class Delivery(models.Model):
     created_at = models.DateTimeField(default=now)
     updated_at = models.DateTimeField(default=now)
     sent_at = models.DateTimeField(null=True, blank=True)
+    aggregate_count = models.IntegerField(default=1, db_default=1, help_text="How many events this delivery stands for.")
 
     class Meta:
         verbose_name_plural = "deliveries"
@@ -347,6 +351,34 @@ class Delivery(models.Model):
 
     def __str__(self) -> str:
         return f"delivery {self.id} {self.channel} {self.status}"
+
+
+class AggregationBatch(models.Model):
+    """Events of an aggregated type for one recipient and channel within the type's window.
+    The first event's delivery (the leader) waits until ``closes_at``; later ones are
+    suppressed into it and counted here, so one message says "Ana and 41 others…"."""
+
+    notification_type = models.ForeignKey(NotificationType, on_delete=models.CASCADE)
+    recipient = models.ForeignKey(Recipient, on_delete=models.CASCADE)
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    leader = models.OneToOneField(Delivery, on_delete=models.CASCADE, related_name="batch")
+    count = models.IntegerField(default=1)
+    samples = models.JSONField(default=list, blank=True, help_text="The data of the first events, at most 10.")
+    closes_at = models.DateTimeField()
+    closed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["notification_type", "recipient", "channel"],
+                condition=Q(closed_at__isnull=True),
+                name="batch_one_open_per_recipient_channel",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"batch {self.id}: {self.count} for {self.recipient_id}"
 
 
 class AttemptOutcome(models.TextChoices):

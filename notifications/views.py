@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import redis
@@ -15,7 +15,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET
@@ -83,7 +83,7 @@ def _parse_seq(raw: str | None) -> int | None:
     return value
 
 
-async def sse_inbox(request: HttpRequest) -> HttpResponse:
+async def sse_inbox(request: HttpRequest) -> HttpResponseBase:
     """``/sse/inbox/?token=``: the inbox socket's frames as server-sent events.
 
     ``id:`` is the item's seq, so a browser's EventSource resumes by itself through
@@ -115,7 +115,7 @@ async def sse_inbox(request: HttpRequest) -> HttpResponse:
 
 async def sse_inbox_stream(
     *, recipient_id: int, after: int | None, keepalive_seconds: float | None = None
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     """The event stream of one SSE client: stored items after ``after`` (when given), then
     live ones, each once and in seq order, with keepalive comments while idle. Leaves the
     group and the connection registry when the client goes away (close or cancel)."""

@@ -280,6 +280,7 @@ class DeliverySerializer(serializers.Serializer):  # type: ignore[type-arg]
     status = serializers.CharField()
     reason = serializers.CharField()
     attempts = serializers.IntegerField()
+    aggregate_count = serializers.IntegerField(help_text="How many events this delivery stands for")
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
 

@@ -30,6 +30,7 @@ from notifications.models import (
     Subscription,
     delivery_idempotency_key,
 )
+from notifications.services.aggregation import aggregation_plan, aggregation_record
 from notifications.services.dispatch import deliveries_enqueue_on_commit
 from notifications.services.metrics import metrics_increment
 from notifications.services.outbox import outbox_relay
@@ -77,9 +78,11 @@ def _explicit_page(recipient_ids: list[int], cursor: int, size: int) -> tuple[li
     return facts, chunk[-1]
 
 
-def deliveries_insert(*, event_id: object, planned: list[PlannedDelivery], now: datetime) -> list[tuple[int, str, str]]:
-    """Insert planned deliveries, skipping any that exist; returns (id, channel, status) of
-    the rows this call inserted."""
+def deliveries_insert(
+    *, event_id: object, planned: list[PlannedDelivery], now: datetime
+) -> list[tuple[int, int, str, str, str]]:
+    """Insert planned deliveries, skipping any that exist; returns (id, recipient_id,
+    channel, status, reason) of the rows this call inserted."""
     if not planned:
         return []
     with connection.cursor() as db:
@@ -91,7 +94,7 @@ def deliveries_insert(*, event_id: object, planned: list[PlannedDelivery], now: 
                 FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::uuid[], %s::timestamptz[])
                      AS t(r, c, s, re, k, d)
                 ON CONFLICT (idempotency_key) DO NOTHING
-                RETURNING id, channel, status""",
+                RETURNING id, recipient_id, channel, status, reason""",
             [
                 event_id,
                 now,
@@ -135,8 +138,13 @@ def _fanout_page(outbox_id: int) -> tuple[int, bool] | None:
             return 0, True
 
         planned = plan_page(notification_type=notification_type, recipients=facts, now=now)
+        planned, members = aggregation_plan(notification_type=notification_type, planned=planned, now=now)
         inserted = deliveries_insert(event_id=event.id, planned=planned, now=now)
-        deliveries_enqueue_on_commit((row[0], row[1]) for row in inserted if row[2] == DeliveryStatus.PENDING)
+        if notification_type.aggregation_window_seconds:
+            aggregation_record(
+                notification_type=notification_type, inserted=inserted, members=members, data=event.data, now=now
+            )
+        deliveries_enqueue_on_commit((row[0], row[2]) for row in inserted if row[3] == DeliveryStatus.PENDING)
         OutboxMessage.objects.filter(id=outbox.id).update(
             cursor=next_cursor, leased_until=now + timedelta(seconds=settings.OUTBOX_LEASE_SECONDS)
         )
@@ -144,7 +152,7 @@ def _fanout_page(outbox_id: int) -> tuple[int, bool] | None:
         if event.status != EventStatus.PROCESSING:
             event_update["status"] = EventStatus.PROCESSING
         Event.objects.filter(id=event.id).update(**event_update)
-        counts: Counter[str] = Counter(f"deliveries:{row[1]}:{row[2]}" for row in inserted)
+        counts: Counter[str] = Counter(f"deliveries:{row[2]}:{row[3]}" for row in inserted)
         counts["fanout_recipients"] = len(facts)
         transaction.on_commit(lambda: metrics_increment(counts), robust=True)
     return len(facts), False

@@ -22,6 +22,7 @@ from notifications.models import (
     NotificationType,
     Recipient,
 )
+from notifications.services.aggregation import aggregation_context
 from notifications.services.connections import recipients_connected
 from notifications.services.metrics import metrics_increment
 from notifications.services.realtime import NOTIFICATION_MESSAGE, UNREAD_MESSAGE, realtime_publish
@@ -73,9 +74,16 @@ def _templates_for(notification_type: NotificationType) -> dict[str, dict[str, s
 
 
 def _render(
-    content: dict[str, str], data: dict[str, Any], recipient: dict[str, Any] | None
+    content: dict[str, str],
+    data: dict[str, Any],
+    recipient: dict[str, Any] | None,
+    aggregate: dict[str, Any] | None = None,
 ) -> tuple[str, str, str]:
-    context = {"data": data, "recipient": recipient or {}}
+    context = {
+        "data": data,
+        "recipient": recipient or {},
+        "aggregate": aggregate or {"count": 1, "others": 0, "samples": [data]},
+    }
     return (
         template_render(source=content.get("title", ""), context=context),
         template_render(source=content.get("body", ""), context=context),
@@ -100,12 +108,14 @@ def inapp_dispatch(*, delivery_ids: list[int]) -> int:
                 f"""UPDATE {Delivery._meta.db_table}
                     SET status = 'delivered', attempts = attempts + 1, sent_at = %s, updated_at = %s
                     WHERE id = ANY(%s) AND status = 'pending' AND channel = 'inapp'
-                    RETURNING id, event_id, recipient_id""",
+                    RETURNING id, event_id, recipient_id, aggregate_count""",
                 [now, now, list(delivery_ids)],
             )
-            claimed = db.fetchall()
-        if not claimed:
+            claimed_rows = db.fetchall()
+        if not claimed_rows:
             return 0
+        claimed = [(row[0], row[1], row[2]) for row in claimed_rows]
+        aggregates = aggregation_context(delivery_ids=[row[0] for row in claimed_rows if row[3] > 1])
         events = {
             e.id: e
             for e in Event.objects.select_related("notification_type").filter(id__in={row[1] for row in claimed})
@@ -140,7 +150,9 @@ def inapp_dispatch(*, delivery_ids: list[int]) -> int:
                 failed.append((delivery_id, "no in-app template for this type"))
                 continue
             try:
-                if any(template_uses_recipient(s) for s in content.values()):
+                if delivery_id in aggregates:
+                    text = _render(content, event.data, recipient_rows.get(recipient_id), aggregates[delivery_id])
+                elif any(template_uses_recipient(s) for s in content.values()):
                     text = _render(content, event.data, recipient_rows.get(recipient_id))
                 else:
                     cached = rendered_once.get((event_id, locale))

@@ -10,6 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from notifications.models import Delivery, DeliveryStatus
+from notifications.services.aggregation import aggregation_close
 from notifications.services.dispatch import deliveries_enqueue_on_commit
 
 SWEEP_BATCH = 2000
@@ -31,6 +32,7 @@ def deliveries_release_due(*, limit: int = SWEEP_BATCH) -> int:
         Delivery.objects.filter(id__in=[r[0] for r in rows]).update(
             status=DeliveryStatus.PENDING, due_at=None, updated_at=now
         )
+        aggregation_close(leader_ids=[r[0] for r in rows], now=now)
         deliveries_enqueue_on_commit(rows)
     return len(rows)
 

@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from notifications.admin import CappedCountPaginator
 from notifications.models import (
+    AggregationBatch,
     ApiKey,
     AttemptOutcome,
     Category,
@@ -116,6 +117,14 @@ def pipeline() -> Pipeline:
         title="Your order shipped",
     )
     InboxSequence.objects.create(recipient=recipient, last_seq=1)
+    AggregationBatch.objects.create(
+        notification_type=notification_type,
+        recipient=recipient,
+        channel=Channel.INAPP,
+        leader=deliveries[4],
+        count=3,
+        closes_at=timezone.now(),
+    )
     return Pipeline(notification_type, recipient, topic, event, topic_event, api_key, deliveries)
 
 

@@ -1,8 +1,8 @@
 """The inbox websocket (DESIGN.md section 4): auth, frames, resume, ordering, slow clients.
 
 Async test bodies run through ``async_to_sync`` (no pytest-asyncio). Recipients get random
-ids because parallel test databases share one Redis: channel-layer groups and the
-connection registry are keyed by recipient id.
+ids as well as the per-run Redis namespace: channel-layer groups and the connection
+registry are keyed by recipient id, and parallel test databases hand out the same ids.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 from urllib.parse import urlencode
 
@@ -47,8 +47,8 @@ def recipient_create(**kwargs: Any) -> Recipient:
 
 
 def inbox_items_create(
-    recipient: Recipient, seqs: list[int], *, read: set[int] = frozenset()
-) -> list[InboxItem]:  # type: ignore[assignment]
+    recipient: Recipient, seqs: list[int], *, read: Collection[int] = frozenset()
+) -> list[InboxItem]:
     """Stored inbox items with the given seqs, as in-app dispatch would write them."""
     notification_type = NotificationTypeFactory()
     event = Event.objects.create(

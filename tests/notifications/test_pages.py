@@ -96,5 +96,4 @@ def test_it_serves_the_inbox_script_and_stylesheet() -> None:
     for path in ("/static/notifications/inbox.js", "/static/notifications/inbox.css"):
         response = Client().get(path)
         assert response.status_code == 200, path
-        body = b"".join(response.streaming_content) if response.streaming else response.content
-        assert body
+        assert response.getvalue()

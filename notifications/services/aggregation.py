@@ -1,0 +1,125 @@
+"""Aggregation windows: events of a high-volume type (likes) for one recipient within the
+type's window become one delivery that knows how many it stands for.
+
+The first event's delivery leads a batch and is scheduled for the end of the window; the
+deliveries of later events are recorded as suppressed "aggregated into <leader>" and counted
+in the batch. Open batches are locked while a page joins them, and the release locks them
+to close, so no event joins a batch whose message has already gone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import connection
+from psycopg.types.json import Jsonb
+
+from notifications.models import AggregationBatch, Delivery, DeliveryStatus, NotificationType
+from notifications.services.planning import PlannedDelivery
+
+AGGREGATING = "aggregating"
+SAMPLE_LIMIT = 10
+
+
+def aggregation_plan(
+    *, notification_type: NotificationType, planned: Sequence[PlannedDelivery], now: datetime
+) -> tuple[list[PlannedDelivery], dict[tuple[int, str], int]]:
+    """Turn pending deliveries into batch leaders or batch members. Returns the new plan and
+    {(recipient_id, channel): batch_id} for the members. Locks the open batches it joins."""
+    window = notification_type.aggregation_window_seconds
+    pending_ids = sorted({p.recipient_id for p in planned if p.status == DeliveryStatus.PENDING})
+    if not window or not pending_ids:
+        return list(planned), {}
+    with connection.cursor() as db:
+        db.execute(
+            f"""SELECT id, recipient_id, channel, leader_id FROM {AggregationBatch._meta.db_table}
+                WHERE notification_type_id = %s AND recipient_id = ANY(%s)
+                  AND closed_at IS NULL AND closes_at > %s
+                ORDER BY id FOR UPDATE""",
+            [notification_type.id, pending_ids, now],
+        )
+        open_batches = {(row[1], row[2]): (row[0], row[3]) for row in db.fetchall()}
+    plan: list[PlannedDelivery] = []
+    members: dict[tuple[int, str], int] = {}
+    closes_at = now + timedelta(seconds=window)
+    for item in planned:
+        if item.status != DeliveryStatus.PENDING:
+            plan.append(item)
+            continue
+        batch = open_batches.get((item.recipient_id, item.channel))
+        if batch is None:
+            plan.append(replace(item, status=DeliveryStatus.SCHEDULED, reason=AGGREGATING, due_at=closes_at))
+        else:
+            members[(item.recipient_id, item.channel)] = batch[0]
+            plan.append(replace(item, status=DeliveryStatus.SUPPRESSED, reason=f"aggregated into delivery {batch[1]}"))
+    return plan, members
+
+
+def aggregation_record(
+    *,
+    notification_type: NotificationType,
+    inserted: Sequence[tuple[int, int, str, str, str]],
+    members: dict[tuple[int, str], int],
+    data: dict[str, Any],
+    now: datetime,
+) -> None:
+    """After the deliveries insert: open batches for the new leaders and count the members
+    that were actually inserted (a re-run inserts nothing, so counts nothing)."""
+    window = notification_type.aggregation_window_seconds or 0
+    leaders = [(row[0], row[1], row[2]) for row in inserted if row[4] == AGGREGATING]
+    joined = sorted({members[(row[1], row[2])] for row in inserted if (row[1], row[2]) in members})
+    with connection.cursor() as db:
+        if leaders:
+            # A concurrent page may have opened the same batch first; this leader then goes
+            # out alone when its window ends (one extra message, nothing lost).
+            db.execute(
+                f"""INSERT INTO {AggregationBatch._meta.db_table}
+                        (notification_type_id, recipient_id, channel, leader_id, count, samples, closes_at,
+                         created_at)
+                    SELECT %s, r, c, l, 1, %s, %s, %s FROM unnest(%s::bigint[], %s::bigint[], %s::text[]) AS t(l, r, c)
+                    ON CONFLICT DO NOTHING""",
+                [
+                    notification_type.id,
+                    Jsonb([data]),
+                    now + timedelta(seconds=window),
+                    now,
+                    [leader[0] for leader in leaders],
+                    [leader[1] for leader in leaders],
+                    [leader[2] for leader in leaders],
+                ],
+            )
+        if joined:
+            db.execute(
+                f"""UPDATE {AggregationBatch._meta.db_table}
+                    SET count = count + 1,
+                        samples = CASE WHEN jsonb_array_length(samples) < %s THEN samples || %s ELSE samples END
+                    WHERE id = ANY(%s)""",
+                [SAMPLE_LIMIT, Jsonb([data]), joined],
+            )
+
+
+def aggregation_close(*, leader_ids: Sequence[int], now: datetime) -> None:
+    """Close the batches of released leaders and copy their counts onto the deliveries."""
+    if not leader_ids:
+        return
+    with connection.cursor() as db:
+        db.execute(
+            f"""WITH closed AS (
+                    UPDATE {AggregationBatch._meta.db_table} SET closed_at = %s
+                    WHERE leader_id = ANY(%s) AND closed_at IS NULL
+                    RETURNING leader_id, count)
+                UPDATE {Delivery._meta.db_table} d SET aggregate_count = closed.count
+                FROM closed WHERE d.id = closed.leader_id""",
+            [now, list(leader_ids)],
+        )
+
+
+def aggregation_context(*, delivery_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """{leader delivery id: {"count", "others", "samples"}} for template rendering."""
+    rows = AggregationBatch.objects.filter(leader_id__in=list(delivery_ids)).values("leader_id", "count", "samples")
+    return {
+        row["leader_id"]: {"count": row["count"], "others": row["count"] - 1, "samples": row["samples"]} for row in rows
+    }
