@@ -116,7 +116,9 @@ class NotificationTemplate(models.Model):
     """The words of one channel of a type in one locale; ``content`` holds the channel's
     fields (``TEMPLATE_FIELDS``) written in the sandboxed template language."""
 
-    notification_type = models.ForeignKey(NotificationType, on_delete=models.CASCADE, related_name="templates")
+    notification_type = models.ForeignKey(
+        NotificationType, on_delete=models.CASCADE, related_name="templates"
+    )
     channel = models.CharField(max_length=10, choices=Channel.choices)
     locale = models.CharField(max_length=20, default="en")
     content = models.JSONField(default=dict)
@@ -178,7 +180,9 @@ class Device(models.Model):
     deactivated_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["platform", "token"], name="device_unique_platform_token")]
+        constraints = [
+            models.UniqueConstraint(fields=["platform", "token"], name="device_unique_platform_token")
+        ]
 
     def __str__(self) -> str:
         return f"{self.platform}:{self.token[:12]}…"
@@ -334,7 +338,9 @@ class Delivery(models.Model):
     created_at = models.DateTimeField(default=now)
     updated_at = models.DateTimeField(default=now)
     sent_at = models.DateTimeField(null=True, blank=True)
-    aggregate_count = models.IntegerField(default=1, db_default=1, help_text="How many events this delivery stands for.")
+    aggregate_count = models.IntegerField(
+        default=1, db_default=1, help_text="How many events this delivery stands for."
+    )
 
     class Meta:
         verbose_name_plural = "deliveries"
@@ -363,7 +369,9 @@ class AggregationBatch(models.Model):
     channel = models.CharField(max_length=10, choices=Channel.choices)
     leader = models.OneToOneField(Delivery, on_delete=models.CASCADE, related_name="batch")
     count = models.IntegerField(default=1)
-    samples = models.JSONField(default=list, blank=True, help_text="The data of the first events, at most 10.")
+    samples = models.JSONField(
+        default=list, blank=True, help_text="The data of the first events, at most 10."
+    )
     closes_at = models.DateTimeField()
     closed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=now)
@@ -425,7 +433,9 @@ class InboxItem(models.Model):
     created_at = models.DateTimeField(default=now)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["recipient", "seq"], name="inbox_unique_recipient_seq")]
+        constraints = [
+            models.UniqueConstraint(fields=["recipient", "seq"], name="inbox_unique_recipient_seq")
+        ]
         indexes = [
             models.Index(fields=["recipient"], condition=Q(read_at__isnull=True), name="inbox_unread_idx"),
         ]

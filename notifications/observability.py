@@ -64,7 +64,9 @@ class _PlatformCollector:
         events.add_metric([], counters.get("events_accepted", 0))
         yield events
         deliveries = CounterMetricFamily(
-            "notifications_deliveries", "Delivery state changes by channel and status", labels=["channel", "status"]
+            "notifications_deliveries",
+            "Delivery state changes by channel and status",
+            labels=["channel", "status"],
         )
         for name, value in sorted(counters.items()):
             if name.startswith("deliveries:"):
@@ -80,7 +82,9 @@ class _PlatformCollector:
         reads.add_metric([], counters.get("inbox_read", 0))
         yield reads
 
-        depth = GaugeMetricFamily("notifications_queue_depth", "Messages waiting in each Celery queue", labels=["queue"])
+        depth = GaugeMetricFamily(
+            "notifications_queue_depth", "Messages waiting in each Celery queue", labels=["queue"]
+        )
         pipe = redis_sync().pipeline(transaction=False)
         for queue in QUEUES:
             pipe.llen(queue)
@@ -88,9 +92,9 @@ class _PlatformCollector:
             depth.add_metric([queue], length)
         yield depth
 
-        oldest = OutboxMessage.objects.filter(processed_at__isnull=True, available_at__lte=timezone.now()).aggregate(
-            oldest=Min("available_at")
-        )["oldest"]
+        oldest = OutboxMessage.objects.filter(
+            processed_at__isnull=True, available_at__lte=timezone.now()
+        ).aggregate(oldest=Min("available_at"))["oldest"]
         lag = GaugeMetricFamily(
             "notifications_outbox_lag_seconds", "Age of the oldest due event not yet fully fanned out"
         )
@@ -101,7 +105,7 @@ class _PlatformCollector:
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_PlatformCollector())  # type: ignore[arg-type]
+    registry.register(_PlatformCollector())
     started = time.monotonic()
     body = generate_latest(registry)
     scrape = f"# scrape took {time.monotonic() - started:.4f}s on {settings.PUBLIC_URL}\n".encode()

@@ -34,7 +34,10 @@ def inbox_unread_count(*, recipient_id: int) -> int:
 def inbox_last_seq(*, recipient_id: int) -> int:
     from notifications.models import InboxSequence
 
-    return InboxSequence.objects.filter(recipient_id=recipient_id).values_list("last_seq", flat=True).first() or 0
+    return (
+        InboxSequence.objects.filter(recipient_id=recipient_id).values_list("last_seq", flat=True).first()
+        or 0
+    )
 
 
 def recipient_for_user(*, user: Any) -> Recipient | None:

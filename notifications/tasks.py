@@ -16,15 +16,14 @@ from notifications.services.sweeps import deliveries_redispatch_stale, deliverie
 # Infrastructure hiccups are retried briefly by Celery; anything longer is left to the
 # sweeps, which find the work again in PostgreSQL.
 _TRANSIENT = (DatabaseOperationalError, RedisConnectionError, RedisTimeoutError)
-_RETRY = {"autoretry_for": _TRANSIENT, "retry_backoff": 1, "retry_backoff_max": 30, "max_retries": 5}
 
 
-@shared_task(**_RETRY)
+@shared_task(autoretry_for=_TRANSIENT, retry_backoff=1, retry_backoff_max=30, max_retries=5)
 def event_fanout_task(outbox_id: int) -> int:
     return event_fanout(outbox_id=outbox_id).recipients
 
 
-@shared_task(**_RETRY)
+@shared_task(autoretry_for=_TRANSIENT, retry_backoff=1, retry_backoff_max=30, max_retries=5)
 def inapp_dispatch_task(delivery_ids: list[int]) -> int:
     return inapp_dispatch(delivery_ids=delivery_ids)
 

@@ -2,15 +2,19 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from notifications import observability
-from notifications import views as pages
+import notifications.observability as observability
+import notifications.views as pages
 from notifications.api import urls as api_urls
 
 urlpatterns = [
     path("", pages.home, name="home"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_urls)),
-    path("api/schema/", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
+    path(
+        "api/schema/",
+        SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]),
+        name="schema",
+    ),
     path(
         "api/docs/",
         SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]),

@@ -57,7 +57,9 @@ class EndUserTokenAuthentication(authentication.BaseAuthentication):
 
     def authenticate(self, request: Request) -> tuple[Any, Any] | None:
         header = request.META.get("HTTP_AUTHORIZATION", "")
-        token = header[len("Bearer ") :] if header.startswith("Bearer ") else request.query_params.get("token")
+        token = (
+            header[len("Bearer ") :] if header.startswith("Bearer ") else request.query_params.get("token")
+        )
         if token:
             try:
                 recipient_id = end_user_token_verify(token=token)
@@ -68,10 +70,10 @@ class EndUserTokenAuthentication(authentication.BaseAuthentication):
         if user is None or isinstance(user, AnonymousUser) or not user.is_authenticated:
             return None
         self._enforce_csrf(request)
-        recipient_id = Recipient.objects.filter(user=user).values_list("id", flat=True).first()
-        if recipient_id is None:
+        linked = Recipient.objects.filter(user=user).values_list("id", flat=True).first()
+        if linked is None:
             raise exceptions.PermissionDenied("this account has no inbox")
-        return EndUserPrincipal(recipient_id), None
+        return EndUserPrincipal(linked), None
 
     def _enforce_csrf(self, request: Request) -> None:
         authentication.SessionAuthentication().enforce_csrf(request)
@@ -90,7 +92,7 @@ class IsEndUser(permissions.BasePermission):
         return isinstance(request.user, EndUserPrincipal)
 
 
-class ApiKeyScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]
+class ApiKeyScheme(OpenApiAuthenticationExtension):
     target_class = "notifications.api.auth.ApiKeyAuthentication"
     name = "ApiKey"
 
@@ -98,7 +100,7 @@ class ApiKeyScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-c
         return {"type": "apiKey", "in": "header", "name": "Authorization", "description": "Api-Key <key>"}
 
 
-class EndUserTokenScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]
+class EndUserTokenScheme(OpenApiAuthenticationExtension):
     target_class = "notifications.api.auth.EndUserTokenAuthentication"
     name = "EndUserToken"
 

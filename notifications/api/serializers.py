@@ -31,7 +31,7 @@ CHANNELS = [c.value for c in Channel]
 CATEGORIES = [c.value for c in Category]
 
 
-class StrictSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class StrictSerializer(serializers.Serializer):
     """Rejects fields it does not know, so typos are errors instead of silent no-ops."""
 
     def to_internal_value(self, data: Any) -> Any:
@@ -46,7 +46,9 @@ class RecipientSerializer(StrictSerializer):
     external_id = serializers.CharField(read_only=True)
     name = serializers.CharField(max_length=200, required=False, allow_blank=True)
     email = serializers.EmailField(required=False, allow_blank=True)
-    phone = serializers.CharField(max_length=32, required=False, allow_blank=True, help_text="E.164, e.g. +14155550100")
+    phone = serializers.CharField(
+        max_length=32, required=False, allow_blank=True, help_text="E.164, e.g. +14155550100"
+    )
     locale = serializers.CharField(max_length=20, required=False)
     timezone = serializers.CharField(max_length=64, required=False, help_text="IANA name, e.g. Europe/Lisbon")
     created_at = serializers.DateTimeField(read_only=True)
@@ -58,7 +60,9 @@ class RecipientSerializer(StrictSerializer):
         try:
             number = phonenumbers.parse(value, None)
         except phonenumbers.NumberParseException as exc:
-            raise serializers.ValidationError(f"{value!r} is not a phone number in E.164 form (+<country><number>)") from exc
+            raise serializers.ValidationError(
+                f"{value!r} is not a phone number in E.164 form (+<country><number>)"
+            ) from exc
         if not phonenumbers.is_valid_number(number):
             raise serializers.ValidationError(f"{value!r} is not a valid phone number")
         return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
@@ -82,7 +86,7 @@ class DeviceSerializer(StrictSerializer):
     created_at = serializers.DateTimeField(read_only=True)
 
 
-class TokenSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class TokenSerializer(serializers.Serializer):
     token = serializers.CharField()
     expires_at = serializers.DateTimeField()
 
@@ -112,7 +116,9 @@ class PreferencesSerializer(StrictSerializer):
     channels = serializers.DictField(child=serializers.BooleanField(), required=False, default=dict)
     categories = serializers.DictField(child=serializers.DictField(), required=False, default=dict)
     types = serializers.DictField(child=serializers.DictField(), required=False, default=dict)
-    quiet_hours = serializers.DictField(child=serializers.CharField(), required=False, allow_null=True, default=None)
+    quiet_hours = serializers.DictField(
+        child=serializers.CharField(), required=False, allow_null=True, default=None
+    )
 
     def validate_channels(self, value: Any) -> dict[str, bool]:
         return _channel_map(value, "channels")
@@ -171,7 +177,9 @@ class NotificationTypeSerializer(StrictSerializer):
     name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
     category = serializers.ChoiceField(choices=Category.choices)
     channels = serializers.ListField(child=serializers.ChoiceField(choices=Channel.choices), min_length=1)
-    templates = serializers.DictField(child=serializers.DictField(child=serializers.CharField(allow_blank=True)))
+    templates = serializers.DictField(
+        child=serializers.DictField(child=serializers.CharField(allow_blank=True))
+    )
     aggregation = AggregationSerializer(required=False, allow_null=True, default=None)
     quiet_hours_policy = serializers.ChoiceField(
         choices=QuietHoursPolicy.choices, required=False, default=QuietHoursPolicy.DEFER
@@ -211,7 +219,9 @@ class NotificationTypeSerializer(StrictSerializer):
                     field_errors[field] = [f"unknown field; {channel} templates have {', '.join(allowed)}"]
                 elif (problem := template_check(source=source)) is not None:
                     field_errors[field] = [problem]
-            required = {"inapp": ["title"], "email": ["subject"], "sms": ["text"], "push": ["body"]}.get(channel, [])
+            required = {"inapp": ["title"], "email": ["subject"], "sms": ["text"], "push": ["body"]}.get(
+                channel, []
+            )
             for field in required:
                 if not content.get(field):
                     field_errors.setdefault(field, []).append("this field is required")
@@ -232,9 +242,11 @@ class SubscribersSerializer(StrictSerializer):
 
 class EventCreateSerializer(StrictSerializer):
     type = serializers.CharField(max_length=100)
-    recipients = serializers.ListField(child=serializers.CharField(max_length=200), required=False, min_length=1)
+    recipients = serializers.ListField(
+        child=serializers.CharField(max_length=200), required=False, min_length=1
+    )
     topic = serializers.CharField(max_length=100, required=False)
-    data = serializers.DictField(required=False, default=dict)
+    data = serializers.DictField(required=False, default=dict)  # type: ignore[assignment]
     idempotency_key = serializers.CharField(max_length=255, required=False, allow_blank=False)
     send_at = serializers.DateTimeField(required=False, help_text="ISO 8601; later than now defers the send")
 
@@ -247,23 +259,29 @@ class EventCreateSerializer(StrictSerializer):
     def validate_data(self, value: dict[str, Any]) -> dict[str, Any]:
         size = len(json.dumps(value, separators=(",", ":")).encode())
         if size > settings.MAX_EVENT_DATA_BYTES:
-            raise serializers.ValidationError(f"data is {size} bytes; the limit is {settings.MAX_EVENT_DATA_BYTES}")
+            raise serializers.ValidationError(
+                f"data is {size} bytes; the limit is {settings.MAX_EVENT_DATA_BYTES}"
+            )
         return value
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         has_recipients, has_topic = "recipients" in attrs, "topic" in attrs
         if has_recipients == has_topic:
-            message = "give either recipients or topic, not both" if has_topic else "recipients or topic is required"
+            message = (
+                "give either recipients or topic, not both"
+                if has_topic
+                else "recipients or topic is required"
+            )
             raise serializers.ValidationError({"recipients": [message]})
         return attrs
 
 
-class EventAcceptedSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class EventAcceptedSerializer(serializers.Serializer):
     id = serializers.UUIDField()
     status = serializers.CharField()
 
 
-class EventSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class EventSerializer(serializers.Serializer):
     id = serializers.UUIDField()
     type = serializers.CharField(source="notification_type.key")
     status = serializers.CharField()
@@ -273,7 +291,7 @@ class EventSerializer(serializers.Serializer):  # type: ignore[type-arg]
     deliveries = serializers.DictField(child=serializers.DictField(child=serializers.IntegerField()))
 
 
-class DeliverySerializer(serializers.Serializer):  # type: ignore[type-arg]
+class DeliverySerializer(serializers.Serializer):
     id = serializers.IntegerField()
     recipient = serializers.CharField(source="recipient.external_id")
     channel = serializers.CharField()
@@ -285,7 +303,7 @@ class DeliverySerializer(serializers.Serializer):  # type: ignore[type-arg]
     updated_at = serializers.DateTimeField()
 
 
-class InboxItemSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class InboxItemSerializer(serializers.Serializer):
     """Documentation of ``inbox_item_payload`` (the one shape of an item everywhere)."""
 
     id = serializers.IntegerField()
@@ -295,14 +313,14 @@ class InboxItemSerializer(serializers.Serializer):  # type: ignore[type-arg]
     title = serializers.CharField()
     body = serializers.CharField()
     url = serializers.CharField()
-    data = serializers.DictField()
+    data = serializers.DictField()  # type: ignore[assignment]
     read = serializers.BooleanField()
     read_at = serializers.DateTimeField(allow_null=True)
     created_at = serializers.DateTimeField()
     event_id = serializers.UUIDField()
 
 
-class InboxPageSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class InboxPageSerializer(serializers.Serializer):
     results = InboxItemSerializer(many=True)
     unread_count = serializers.IntegerField()
     last_seq = serializers.IntegerField()

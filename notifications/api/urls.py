@@ -6,9 +6,15 @@ urlpatterns = [
     path("recipients/<str:external_id>/", views.RecipientView.as_view(), name="recipient"),
     path("recipients/<str:external_id>/devices/", views.DeviceView.as_view(), name="recipient-devices"),
     path("recipients/<str:external_id>/token/", views.TokenView.as_view(), name="recipient-token"),
-    path("recipients/<str:external_id>/preferences/", views.PreferencesView.as_view(), name="recipient-preferences"),
+    path(
+        "recipients/<str:external_id>/preferences/",
+        views.PreferencesView.as_view(),
+        name="recipient-preferences",
+    ),
     path("notification-types/", views.NotificationTypeListView.as_view(), name="notification-types"),
-    path("notification-types/<str:key>/", views.NotificationTypeDetailView.as_view(), name="notification-type"),
+    path(
+        "notification-types/<str:key>/", views.NotificationTypeDetailView.as_view(), name="notification-type"
+    ),
     path("topics/<str:key>/", views.TopicView.as_view(), name="topic"),
     path("topics/<str:key>/subscribers/", views.TopicSubscribersView.as_view(), name="topic-subscribers"),
     path("events/", views.EventListView.as_view(), name="events"),

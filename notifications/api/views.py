@@ -79,9 +79,12 @@ class RecipientView(APIView):
             return _errors({"external_id": ["at most 200 characters"]})
         serializer = RecipientSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        recipient, created = recipient_upsert(external_id=external_id, fields=recipient_fields(serializer.validated_data))
+        recipient, created = recipient_upsert(
+            external_id=external_id, fields=recipient_fields(serializer.validated_data)
+        )
         return Response(
-            RecipientSerializer(recipient).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+            RecipientSerializer(recipient).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
         )
 
 
@@ -96,11 +99,15 @@ class DeviceView(APIView):
         serializer = DeviceSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         device, created = device_register(recipient=recipient, **serializer.validated_data)
-        return Response(DeviceSerializer(device).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+        return Response(
+            DeviceSerializer(device).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )
 
 
 class TokenView(APIView):
-    @extend_schema(request=None, responses={200: TokenSerializer, 404: ERRORS}, summary="Issue an end-user token")
+    @extend_schema(
+        request=None, responses={200: TokenSerializer, 404: ERRORS}, summary="Issue an end-user token"
+    )
     def post(self, request: Request, external_id: str) -> Response:
         recipient = _recipient(external_id)
         token, expires_at = end_user_token_issue(recipient_id=recipient.id)
@@ -108,7 +115,9 @@ class TokenView(APIView):
 
 
 class PreferencesView(APIView):
-    @extend_schema(responses={200: PreferencesSerializer, 404: ERRORS}, summary="A recipient's stored preferences")
+    @extend_schema(
+        responses={200: PreferencesSerializer, 404: ERRORS}, summary="A recipient's stored preferences"
+    )
     def get(self, request: Request, external_id: str) -> Response:
         return Response(preferences_get(recipient=_recipient(external_id)).as_dict())
 
@@ -174,12 +183,16 @@ class NotificationTypeListView(APIView):
         serializer = NotificationTypeSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        created = notification_type_save(key=data["key"], fields=_type_fields(data), templates=data["templates"])
+        created = notification_type_save(
+            key=data["key"], fields=_type_fields(data), templates=data["templates"]
+        )
         return Response(_type_payload(created), status=status.HTTP_201_CREATED)
 
 
 class NotificationTypeDetailView(APIView):
-    @extend_schema(responses={200: NotificationTypeSerializer, 404: ERRORS}, summary="Get a notification type")
+    @extend_schema(
+        responses={200: NotificationTypeSerializer, 404: ERRORS}, summary="Get a notification type"
+    )
     def get(self, request: Request, key: str) -> Response:
         return Response(_type_payload(get_object_or_404(NotificationType, key=key)))
 
@@ -193,7 +206,9 @@ class NotificationTypeDetailView(APIView):
         serializer = NotificationTypeSerializer(instance=instance, data={**request.data, "key": key})
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        saved = notification_type_save(key=key, fields=_type_fields(data), templates=data["templates"], instance=instance)
+        saved = notification_type_save(
+            key=key, fields=_type_fields(data), templates=data["templates"], instance=instance
+        )
         return Response(_type_payload(saved))
 
 
@@ -210,7 +225,9 @@ class TopicSubscribersView(APIView):
         serializer.is_valid(raise_exception=True)
         recipients, missing = _recipients_by_external_id(serializer.validated_data["recipients"])
         if missing:
-            return _errors({"recipients": [f"unknown recipients: {', '.join(repr(m) for m in missing[:20])}"]})
+            return _errors(
+                {"recipients": [f"unknown recipients: {', '.join(repr(m) for m in missing[:20])}"]}
+            )
         topic, added = topic_subscribe(topic_key=key, recipients=recipients)
         return Response({"topic": topic.key, "added": added, "subscribers": topic.subscriptions.count()})
 
@@ -251,7 +268,13 @@ class EventListView(APIView):
     @extend_schema(
         request=EventCreateSerializer,
         parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
-        responses={202: EventAcceptedSerializer, 200: EventAcceptedSerializer, 400: ERRORS, 401: ERRORS, 409: ERRORS},
+        responses={
+            202: EventAcceptedSerializer,
+            200: EventAcceptedSerializer,
+            400: ERRORS,
+            401: ERRORS,
+            409: ERRORS,
+        },
         summary="Send an event",
     )
     def post(self, request: Request) -> Response:
@@ -266,7 +289,7 @@ class EventListView(APIView):
         data = serializer.validated_data
         try:
             result = event_ingest(
-                api_key=request.auth,
+                api_key=request.user.api_key,  # type: ignore[union-attr]
                 type_key=data["type"],
                 recipients=data.get("recipients"),
                 topic_key=data.get("topic"),
@@ -291,7 +314,9 @@ def _event(event_id: str) -> Event:
 
 
 class EventDetailView(APIView):
-    @extend_schema(responses={200: EventSerializer, 404: ERRORS}, summary="An event's status and delivery counts")
+    @extend_schema(
+        responses={200: EventSerializer, 404: ERRORS}, summary="An event's status and delivery counts"
+    )
     def get(self, request: Request, event_id: str) -> Response:
         event = _event(event_id)
         summary = selectors.event_delivery_summary(event=event)
@@ -355,7 +380,9 @@ class InboxView(EndUserView):
     @extend_schema(
         parameters=[
             OpenApiParameter("after", int, required=False, description="Items with seq > after, ascending"),
-            OpenApiParameter("before", int, required=False, description="Items with seq < before, newest first"),
+            OpenApiParameter(
+                "before", int, required=False, description="Items with seq < before, newest first"
+            ),
             OpenApiParameter("limit", int, required=False, description="1..200, default 50"),
         ],
         responses={200: InboxPageSerializer, 400: ERRORS, 401: ERRORS},
@@ -382,7 +409,9 @@ class InboxUnreadCountView(EndUserView):
 
 
 class InboxReadView(EndUserView):
-    @extend_schema(request=None, responses={200: InboxItemSerializer, 404: ERRORS}, summary="Mark an item read")
+    @extend_schema(
+        request=None, responses={200: InboxItemSerializer, 404: ERRORS}, summary="Mark an item read"
+    )
     def post(self, request: Request, item_id: int) -> Response:
         try:
             item = inbox_item_mark_read(recipient_id=request.user.recipient_id, item_id=item_id)  # type: ignore[union-attr]

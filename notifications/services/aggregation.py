@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from django.db import connection
 from psycopg.types.json import Jsonb
@@ -54,7 +54,9 @@ def aggregation_plan(
             plan.append(replace(item, status=DeliveryStatus.SCHEDULED, reason=AGGREGATING, due_at=closes_at))
         else:
             members[(item.recipient_id, item.channel)] = batch[0]
-            plan.append(replace(item, status=DeliveryStatus.SUPPRESSED, reason=f"aggregated into delivery {batch[1]}"))
+            plan.append(
+                replace(item, status=DeliveryStatus.SUPPRESSED, reason=f"aggregated into delivery {batch[1]}")
+            )
     return plan, members
 
 
@@ -83,7 +85,7 @@ def aggregation_record(
                     ON CONFLICT DO NOTHING""",
                 [
                     notification_type.id,
-                    Jsonb([data]),
+                    cast(Any, Jsonb([data])),
                     now + timedelta(seconds=window),
                     now,
                     [leader[0] for leader in leaders],
@@ -97,7 +99,7 @@ def aggregation_record(
                     SET count = count + 1,
                         samples = CASE WHEN jsonb_array_length(samples) < %s THEN samples || %s ELSE samples END
                     WHERE id = ANY(%s)""",
-                [SAMPLE_LIMIT, Jsonb([data]), joined],
+                [SAMPLE_LIMIT, cast(Any, Jsonb([data])), joined],
             )
 
 
@@ -119,7 +121,10 @@ def aggregation_close(*, leader_ids: Sequence[int], now: datetime) -> None:
 
 def aggregation_context(*, delivery_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
     """{leader delivery id: {"count", "others", "samples"}} for template rendering."""
-    rows = AggregationBatch.objects.filter(leader_id__in=list(delivery_ids)).values("leader_id", "count", "samples")
+    rows = AggregationBatch.objects.filter(leader_id__in=list(delivery_ids)).values(
+        "leader_id", "count", "samples"
+    )
     return {
-        row["leader_id"]: {"count": row["count"], "others": row["count"] - 1, "samples": row["samples"]} for row in rows
+        row["leader_id"]: {"count": row["count"], "others": row["count"] - 1, "samples": row["samples"]}
+        for row in rows
     }

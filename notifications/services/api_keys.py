@@ -49,4 +49,6 @@ def api_key_authenticate(*, raw: str) -> ApiKey | None:
 
 def api_key_revoke(*, api_key_id: int) -> bool:
     """Revoke a key; True when it was active."""
-    return ApiKey.objects.filter(id=api_key_id, revoked_at__isnull=True).update(revoked_at=timezone.now()) == 1
+    return (
+        ApiKey.objects.filter(id=api_key_id, revoked_at__isnull=True).update(revoked_at=timezone.now()) == 1
+    )

@@ -40,7 +40,7 @@ def deliveries_enqueue(*, by_channel: dict[str, list[int]]) -> None:
         for start in range(0, len(ids), DISPATCH_BATCH):
             batch = ids[start : start + DISPATCH_BATCH]
             try:
-                task.apply_async(args=[batch], retry=False)  # type: ignore[attr-defined]
+                task.apply_async(args=(batch,), retry=False)  # type: ignore[attr-defined]
             except (KombuError, OperationalError, RedisError, OSError) as exc:
                 log.warning("dispatch of %d %s deliveries not enqueued: %s", len(batch), channel, exc)
 

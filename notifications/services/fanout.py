@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -63,7 +64,9 @@ def _topic_page(topic_id: int, cursor: int, size: int) -> tuple[list[RecipientFa
     return facts, (facts[-1].id if facts else None)
 
 
-def _explicit_page(recipient_ids: list[int], cursor: int, size: int) -> tuple[list[RecipientFacts], int | None]:
+def _explicit_page(
+    recipient_ids: list[int], cursor: int, size: int
+) -> tuple[list[RecipientFacts], int | None]:
     start = bisect.bisect_right(recipient_ids, cursor)
     chunk = recipient_ids[start : start + size]
     if not chunk:
@@ -79,7 +82,7 @@ def _explicit_page(recipient_ids: list[int], cursor: int, size: int) -> tuple[li
 
 
 def deliveries_insert(
-    *, event_id: object, planned: list[PlannedDelivery], now: datetime
+    *, event_id: Any, planned: list[PlannedDelivery], now: datetime
 ) -> list[tuple[int, int, str, str, str]]:
     """Insert planned deliveries, skipping any that exist; returns (id, recipient_id,
     channel, status, reason) of the rows this call inserted."""
@@ -142,7 +145,11 @@ def _fanout_page(outbox_id: int) -> tuple[int, bool] | None:
         inserted = deliveries_insert(event_id=event.id, planned=planned, now=now)
         if notification_type.aggregation_window_seconds:
             aggregation_record(
-                notification_type=notification_type, inserted=inserted, members=members, data=event.data, now=now
+                notification_type=notification_type,
+                inserted=inserted,
+                members=members,
+                data=event.data,
+                now=now,
             )
         deliveries_enqueue_on_commit((row[0], row[2]) for row in inserted if row[3] == DeliveryStatus.PENDING)
         OutboxMessage.objects.filter(id=outbox.id).update(

@@ -49,7 +49,7 @@ def inbox_item_payload(item: InboxItem | dict[str, Any]) -> dict[str, Any]:
     """The JSON shape of an inbox item, the same in the API, socket frames and SSE."""
     get = item.get if isinstance(item, dict) else lambda name: getattr(item, name)
     read_at: datetime | None = get("read_at")
-    created_at: datetime = get("created_at")
+    created_at: datetime = get("created_at")  # type: ignore[assignment]
     return {
         "id": get("id"),
         "seq": get("seq"),
@@ -118,7 +118,9 @@ def inapp_dispatch(*, delivery_ids: list[int]) -> int:
         aggregates = aggregation_context(delivery_ids=[row[0] for row in claimed_rows if row[3] > 1])
         events = {
             e.id: e
-            for e in Event.objects.select_related("notification_type").filter(id__in={row[1] for row in claimed})
+            for e in Event.objects.select_related("notification_type").filter(
+                id__in={row[1] for row in claimed}
+            )
         }
         templates = {event_id: _templates_for(e.notification_type) for event_id, e in events.items()}
         recipients_needed = any(
@@ -129,12 +131,12 @@ def inapp_dispatch(*, delivery_ids: list[int]) -> int:
         )
         recipient_rows: dict[int, dict[str, Any]] = {}
         locales: dict[int, str] = {}
-        for row in Recipient.objects.filter(id__in={r[2] for r in claimed}).values(
+        for facts in Recipient.objects.filter(id__in={r[2] for r in claimed}).values(
             "id", "external_id", "name", "locale"
         ):
-            locales[row["id"]] = row["locale"]
+            locales[facts["id"]] = facts["locale"]
             if recipients_needed:
-                recipient_rows[row["id"]] = row
+                recipient_rows[facts["id"]] = dict(facts)
 
         rendered_once: dict[tuple[Any, str], tuple[str, str, str] | TemplateRenderError] = {}
         ready: list[tuple[int, int, Any, tuple[str, str, str]]] = []
@@ -151,7 +153,9 @@ def inapp_dispatch(*, delivery_ids: list[int]) -> int:
                 continue
             try:
                 if delivery_id in aggregates:
-                    text = _render(content, event.data, recipient_rows.get(recipient_id), aggregates[delivery_id])
+                    text = _render(
+                        content, event.data, recipient_rows.get(recipient_id), aggregates[delivery_id]
+                    )
                 elif any(template_uses_recipient(s) for s in content.values()):
                     text = _render(content, event.data, recipient_rows.get(recipient_id))
                 else:
@@ -186,7 +190,10 @@ def inapp_dispatch(*, delivery_ids: list[int]) -> int:
                 if row["recipient_id"] in online:
                     payload = inbox_item_payload(row)
                     frames.append(
-                        (row["recipient_id"], {"type": NOTIFICATION_MESSAGE, "seq": row["seq"], "item": payload})
+                        (
+                            row["recipient_id"],
+                            {"type": NOTIFICATION_MESSAGE, "seq": row["seq"], "item": payload},
+                        )
                     )
             for recipient_id in online:
                 frames.append((recipient_id, {"type": UNREAD_MESSAGE, "count": unread.get(recipient_id, 0)}))
@@ -292,7 +299,9 @@ def inbox_mark_all_read(*, recipient_id: int) -> int:
         )
         if not delivery_ids:
             return 0
-        changed = InboxItem.objects.filter(recipient_id=recipient_id, read_at__isnull=True).update(read_at=now)
+        changed = InboxItem.objects.filter(recipient_id=recipient_id, read_at__isnull=True).update(
+            read_at=now
+        )
         Delivery.objects.filter(id__in=delivery_ids, status=DeliveryStatus.DELIVERED).update(
             status=DeliveryStatus.READ, updated_at=now
         )

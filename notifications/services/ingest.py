@@ -44,7 +44,11 @@ class IngestResult:
 
 
 def _fingerprint(
-    type_key: str, recipients: list[str] | None, topic_key: str | None, data: dict[str, Any], send_at: datetime | None
+    type_key: str,
+    recipients: list[str] | None,
+    topic_key: str | None,
+    data: dict[str, Any],
+    send_at: datetime | None,
 ) -> str:
     canonical = json.dumps(
         {
@@ -107,7 +111,9 @@ def event_ingest(
         if missing:
             shown = ", ".join(repr(m) for m in missing[:20])
             more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
-            errors["recipients"] = [f"unknown recipients: {shown}{more}; create them with PUT /api/v1/recipients/{{id}}/"]
+            errors["recipients"] = [
+                f"unknown recipients: {shown}{more}; create them with PUT /api/v1/recipients/{{id}}/"
+            ]
         recipient_ids = sorted(found.values())
     elif topic_key is not None:
         topic = Topic.objects.filter(key=topic_key).first()

@@ -22,9 +22,11 @@ def _enqueue_fanout(outbox_id: int) -> bool:
     from notifications.tasks import event_fanout_task
 
     try:
-        event_fanout_task.apply_async(args=[outbox_id], retry=False)
+        event_fanout_task.apply_async(args=(outbox_id,), retry=False)
     except (KombuError, OperationalError, RedisError, OSError) as exc:
-        log.warning("broker unavailable, the outbox sweep will enqueue later: %s", exc, extra={"outbox_id": outbox_id})
+        log.warning(
+            "broker unavailable, the outbox sweep will enqueue later: %s", exc, extra={"outbox_id": outbox_id}
+        )
         return False
     return True
 
@@ -64,7 +66,9 @@ def outbox_sweep(*, limit: int = SWEEP_BATCH) -> int:
         enqueued += 1
     if enqueued < len(rows):
         # The broker is down: leave the rest for the next sweep instead of waiting a lease.
-        OutboxMessage.objects.filter(id__in=rows[enqueued:], processed_at__isnull=True).update(leased_until=None)
+        OutboxMessage.objects.filter(id__in=rows[enqueued:], processed_at__isnull=True).update(
+            leased_until=None
+        )
     if enqueued:
         log.info("outbox sweep enqueued %d fan-outs", enqueued)
     return enqueued

@@ -91,37 +91,51 @@ def plan_page(
 ) -> list[PlannedDelivery]:
     """One PlannedDelivery per recipient and channel of the type."""
     critical = notification_type.is_critical
-    overrides = {} if critical else preferences_resolve(
-        notification_type=notification_type, recipient_ids=[r.id for r in recipients]
+    overrides = (
+        {}
+        if critical
+        else preferences_resolve(
+            notification_type=notification_type, recipient_ids=[r.id for r in recipients]
+        )
     )
     quiet_channels = set(settings.QUIET_HOURS_CHANNELS)
     planned: list[PlannedDelivery] = []
     for channel in notification_type.channels:
         if not channel_has_transport(channel):
             planned.extend(
-                PlannedDelivery(r.id, channel, DeliveryStatus.FAILED, f"no transport configured for channel {channel}")
+                PlannedDelivery(
+                    r.id, channel, DeliveryStatus.FAILED, f"no transport configured for channel {channel}"
+                )
                 for r in recipients
             )
             continue
         candidates: list[int] = []
         for facts in recipients:
             if not critical and not overrides.get((facts.id, channel), True):
-                planned.append(PlannedDelivery(facts.id, channel, DeliveryStatus.SUPPRESSED, "preference: opted out"))
+                planned.append(
+                    PlannedDelivery(facts.id, channel, DeliveryStatus.SUPPRESSED, "preference: opted out")
+                )
                 continue
             quiet_end = None if critical or channel not in quiet_channels else quiet_hours_end(facts, now)
             if quiet_end is not None:
                 if notification_type.quiet_hours_policy == "drop":
-                    planned.append(PlannedDelivery(facts.id, channel, DeliveryStatus.SUPPRESSED, "quiet hours"))
+                    planned.append(
+                        PlannedDelivery(facts.id, channel, DeliveryStatus.SUPPRESSED, "quiet hours")
+                    )
                 else:
                     planned.append(
-                        PlannedDelivery(facts.id, channel, DeliveryStatus.SCHEDULED, "quiet hours", due_at=quiet_end)
+                        PlannedDelivery(
+                            facts.id, channel, DeliveryStatus.SCHEDULED, "quiet hours", due_at=quiet_end
+                        )
                     )
                 continue
             candidates.append(facts.id)
         over_cap = set() if critical else rate_caps_consume(channel=channel, recipient_ids=candidates)
         for recipient_id in candidates:
             if recipient_id in over_cap:
-                planned.append(PlannedDelivery(recipient_id, channel, DeliveryStatus.SUPPRESSED, "rate cap reached"))
+                planned.append(
+                    PlannedDelivery(recipient_id, channel, DeliveryStatus.SUPPRESSED, "rate cap reached")
+                )
             else:
                 planned.append(PlannedDelivery(recipient_id, channel, DeliveryStatus.PENDING))
     return planned

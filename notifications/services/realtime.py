@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis
 from channels.layers import get_channel_layer
@@ -31,12 +31,14 @@ def inbox_group(recipient_id: int) -> str:
 
 
 def _group_channel(group: str) -> str:
-    prefix = settings.CHANNEL_LAYERS["default"]["CONFIG"].get("prefix", "asgi")
+    config: dict[str, Any] = cast(Any, settings.CHANNEL_LAYERS)["default"]["CONFIG"]
+    prefix = config.get("prefix", "asgi")
     return f"{prefix}__group__{group}"
 
 
 def _client_for(channel: str) -> redis.Redis:
-    hosts: list[Any] = settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"]
+    config: dict[str, Any] = cast(Any, settings.CHANNEL_LAYERS)["default"]["CONFIG"]
+    hosts: list[Any] = config["hosts"]
     host = hosts[_consistent_hash(channel, len(hosts))]
     url = host if isinstance(host, str) else host["address"]
     if url not in _clients:

@@ -29,7 +29,11 @@ def end_user_token_verify(*, token: str) -> int:
         payload = signing.loads(token, salt=_SALT)
     except signing.BadSignature as exc:
         raise TokenInvalid("token signature is invalid") from exc
-    if not isinstance(payload, dict) or not isinstance(payload.get("r"), int) or not isinstance(payload.get("e"), int):
+    if (
+        not isinstance(payload, dict)
+        or not isinstance(payload.get("r"), int)
+        or not isinstance(payload.get("e"), int)
+    ):
         raise TokenInvalid("token payload is malformed")
     if payload["e"] < timezone.now().timestamp():
         raise TokenInvalid("token has expired")

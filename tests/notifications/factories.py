@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import factory
 
@@ -26,11 +26,12 @@ class _NotificationTypeFactory(factory.django.DjangoModelFactory[NotificationTyp
 
     @factory.post_generation
     def inapp_template(self, create: bool, extracted: dict[str, str] | None, **kwargs: object) -> None:
+        instance = cast(NotificationType, self)
         if create:
             NotificationTemplate.objects.create(
-                notification_type=self,
+                notification_type=instance,
                 channel="inapp",
-                locale=self.default_locale,
+                locale=instance.default_locale,
                 content=extracted or {"title": "Order {{ data.order_id }}", "body": "shipped", "url": ""},
             )
 
@@ -69,7 +70,7 @@ class _Typed(Generic[T]):
         self.factory_class = factory_class
 
     def __call__(self, **kwargs: Any) -> T:
-        return self.factory_class(**kwargs)  # type: ignore[no-any-return]
+        return cast(T, self.factory_class(**kwargs))
 
 
 NotificationTypeFactory: _Typed[NotificationType] = _Typed(_NotificationTypeFactory)

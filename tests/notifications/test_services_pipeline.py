@@ -70,7 +70,7 @@ def test_it_delivers_one_inbox_item_per_recipient_with_gapless_seq(key, django_c
 def test_it_returns_the_same_event_for_a_repeated_idempotency_key(key, django_capture_on_commit_callbacks):
     nt = NotificationTypeFactory()
     alice = RecipientFactory()
-    body = {
+    body: dict[str, Any] = {
         "type_key": nt.key,
         "recipients": [alice.external_id],
         "data": {"order_id": 7},

@@ -18,5 +18,7 @@ class Command(BaseCommand):
             key, raw = api_key_create(name=options["name"])
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
-        self.stderr.write(f"Created API key {key.prefix}… for {key.name!r}. Store it now: only its hash is kept.")
+        self.stderr.write(
+            f"Created API key {key.prefix}… for {key.name!r}. Store it now: only its hash is kept."
+        )
         self.stdout.write(raw)

@@ -12,7 +12,7 @@ from notifications.services.catalog import notification_type_save
 from notifications.services.recipients import recipient_upsert, topic_subscribe
 
 DEMO_PASSWORD = "demo-password"
-DEMO_TYPES = {
+DEMO_TYPES: dict[str, dict[str, Any]] = {
     "order.shipped": {
         "fields": {"name": "Order shipped", "category": "transactional", "channels": ["inapp"]},
         "templates": {
@@ -25,7 +25,9 @@ DEMO_TYPES = {
     },
     "post.liked": {
         "fields": {"name": "Post liked", "category": "social", "channels": ["inapp"]},
-        "templates": {"inapp": {"title": "{{ data.actor }} liked your post", "body": "{{ data.excerpt }}", "url": ""}},
+        "templates": {
+            "inapp": {"title": "{{ data.actor }} liked your post", "body": "{{ data.excerpt }}", "url": ""}
+        },
     },
 }
 
@@ -34,7 +36,9 @@ class Command(BaseCommand):
     help = "Seed a demo: an API key, a demo end user, two notification types, a topic with subscribers. Idempotent."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--subscribers", type=int, default=25, help="Extra recipients subscribed to 'news'")
+        parser.add_argument(
+            "--subscribers", type=int, default=25, help="Extra recipients subscribed to 'news'"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         with transaction.atomic():
@@ -42,10 +46,14 @@ class Command(BaseCommand):
                 from notifications.models import NotificationType
 
                 instance = NotificationType.objects.filter(key=key).first()
-                notification_type_save(key=key, fields=spec["fields"], templates=spec["templates"], instance=instance)
+                notification_type_save(
+                    key=key, fields=spec["fields"], templates=spec["templates"], instance=instance
+                )
 
             user_model = get_user_model()
-            user, created = user_model.objects.get_or_create(username="demo", defaults={"email": "demo@example.com"})
+            user, created = user_model.objects.get_or_create(
+                username="demo", defaults={"email": "demo@example.com"}
+            )
             if created:
                 user.set_password(DEMO_PASSWORD)
                 user.save()
@@ -56,7 +64,8 @@ class Command(BaseCommand):
             if demo.user_id != user.id:
                 Recipient.objects.filter(id=demo.id).update(user=user)
             admin, admin_created = user_model.objects.get_or_create(
-                username="admin", defaults={"is_staff": True, "is_superuser": True, "email": "admin@example.com"}
+                username="admin",
+                defaults={"is_staff": True, "is_superuser": True, "email": "admin@example.com"},
             )
             if admin_created:
                 admin.set_password(DEMO_PASSWORD)
@@ -64,7 +73,9 @@ class Command(BaseCommand):
 
             subscribers = [demo]
             for n in range(options["subscribers"]):
-                recipient, _ = recipient_upsert(external_id=f"demo-subscriber-{n:03d}", fields={"name": f"Subscriber {n}"})
+                recipient, _ = recipient_upsert(
+                    external_id=f"demo-subscriber-{n:03d}", fields={"name": f"Subscriber {n}"}
+                )
                 subscribers.append(recipient)
             topic_subscribe(topic_key="news", recipients=subscribers)
 
