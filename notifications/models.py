@@ -327,8 +327,13 @@ def delivery_idempotency_key(event_id: uuid.UUID | str, recipient_id: int, chann
 
 
 class Delivery(models.Model):
+    # Every index here is rewritten by each status change (status appears in the partial
+    # indexes' predicates, so updates are never HOT): keep the set minimal. The recipient
+    # lookup is served by (recipient, created_at), the per-event summary by the event FK.
     event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries")
-    recipient = models.ForeignKey(Recipient, on_delete=models.CASCADE, related_name="deliveries")
+    recipient = models.ForeignKey(
+        Recipient, on_delete=models.CASCADE, related_name="deliveries", db_index=False
+    )
     channel = models.CharField(max_length=10, choices=Channel.choices)
     status = models.CharField(max_length=20, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)
     reason = models.CharField(max_length=200, blank=True)
@@ -345,7 +350,6 @@ class Delivery(models.Model):
     class Meta:
         verbose_name_plural = "deliveries"
         indexes = [
-            models.Index(fields=["event", "channel", "status"], name="delivery_event_channel_status"),
             models.Index(
                 fields=["due_at"],
                 condition=Q(status__in=["scheduled", "retrying"]),
@@ -419,10 +423,13 @@ class InboxItem(models.Model):
     """What the end user sees. ``seq`` starts at 1 per recipient and grows by one per item;
     clients resume from it, so the socket may lose frames without losing notifications."""
 
-    recipient = models.ForeignKey(Recipient, on_delete=models.CASCADE, related_name="inbox_items")
+    # (recipient, seq) is unique and serves every per-user read; no separate FK indexes.
+    recipient = models.ForeignKey(
+        Recipient, on_delete=models.CASCADE, related_name="inbox_items", db_index=False
+    )
     seq = models.BigIntegerField()
     delivery = models.OneToOneField(Delivery, on_delete=models.CASCADE, related_name="inbox_item")
-    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="inbox_items")
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="inbox_items", db_index=False)
     notification_type = models.CharField(max_length=100)
     category = models.CharField(max_length=20, choices=Category.choices)
     title = models.TextField(blank=True)

@@ -9,10 +9,22 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
-from project.celery import app as celery_app
 
-celery_app.conf.task_always_eager = True
-celery_app.conf.task_eager_propagates = True
+@pytest.fixture(autouse=True, scope="session")
+def _eager_celery() -> None:
+    # Imported here, not at module level: importing project.celery sets a default
+    # DJANGO_SETTINGS_MODULE, which must not win over pytest-django's test settings.
+    from project.celery import app as celery_app
+
+    celery_app.conf.task_always_eager = True
+    celery_app.conf.task_eager_propagates = True
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _test_settings_in_use() -> None:
+    from django.conf import settings
+
+    assert settings.SETTINGS_MODULE == "project.settings.test", settings.SETTINGS_MODULE
 
 
 @pytest.fixture

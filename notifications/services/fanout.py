@@ -33,6 +33,7 @@ from notifications.models import (
 )
 from notifications.services.aggregation import aggregation_plan, aggregation_record
 from notifications.services.dispatch import deliveries_enqueue_on_commit
+from notifications.services.durability import relax_commit_durability
 from notifications.services.metrics import metrics_increment
 from notifications.services.outbox import outbox_relay
 from notifications.services.planning import PlannedDelivery, RecipientFacts, plan_page
@@ -94,7 +95,7 @@ def deliveries_insert(
                     (event_id, recipient_id, channel, status, reason, idempotency_key, attempts, due_at,
                      created_at, updated_at)
                 SELECT %s, r, c, s, re, k, 0, d, %s, %s
-                FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::uuid[], %s::timestamptz[])
+                FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::uuid[], %b::timestamptz[])
                      AS t(r, c, s, re, k, d)
                 ON CONFLICT (idempotency_key) DO NOTHING
                 RETURNING id, recipient_id, channel, status, reason""",
@@ -118,6 +119,7 @@ def _fanout_page(outbox_id: int) -> tuple[int, bool] | None:
     when the row is done or held by another worker."""
     now = timezone.now()
     with transaction.atomic():
+        relax_commit_durability()
         outbox = (
             OutboxMessage.objects.select_for_update(skip_locked=True)
             .select_related("event", "event__notification_type")

@@ -24,6 +24,7 @@ from notifications.models import (
 )
 from notifications.services.aggregation import aggregation_context
 from notifications.services.connections import recipients_connected
+from notifications.services.durability import relax_commit_durability
 from notifications.services.metrics import metrics_increment
 from notifications.services.realtime import NOTIFICATION_MESSAGE, UNREAD_MESSAGE, realtime_publish
 from notifications.services.templating import TemplateRenderError, template_render, template_uses_recipient
@@ -103,6 +104,7 @@ def inapp_dispatch(*, delivery_ids: list[int]) -> int:
     now = timezone.now()
     frames: list[tuple[int, dict[str, Any]]] = []
     with transaction.atomic():
+        relax_commit_durability()
         with connection.cursor() as db:
             db.execute(
                 f"""UPDATE {Delivery._meta.db_table}
@@ -123,6 +125,7 @@ def inapp_dispatch(*, delivery_ids: list[int]) -> int:
             )
         }
         templates = {event_id: _templates_for(e.notification_type) for event_id, e in events.items()}
+        multilingual = any(len(by_locale) > 1 for by_locale in templates.values())
         recipients_needed = any(
             template_uses_recipient(source)
             for by_locale in templates.values()
@@ -131,9 +134,9 @@ def inapp_dispatch(*, delivery_ids: list[int]) -> int:
         )
         recipient_rows: dict[int, dict[str, Any]] = {}
         locales: dict[int, str] = {}
-        for facts in Recipient.objects.filter(id__in={r[2] for r in claimed}).values(
-            "id", "external_id", "name", "locale"
-        ):
+        # The recipients' rows are read only when a template needs them (locale or fields).
+        wanted = {r[2] for r in claimed} if multilingual or recipients_needed else set()
+        for facts in Recipient.objects.filter(id__in=wanted).values("id", "external_id", "name", "locale"):
             locales[facts["id"]] = facts["locale"]
             if recipients_needed:
                 recipient_rows[facts["id"]] = dict(facts)
@@ -186,15 +189,25 @@ def inapp_dispatch(*, delivery_ids: list[int]) -> int:
                 .annotate(n=Count("id"))
                 .values_list("recipient_id", "n")
             )
-            for row in written:
-                if row["recipient_id"] in online:
-                    payload = inbox_item_payload(row)
-                    frames.append(
-                        (
-                            row["recipient_id"],
-                            {"type": NOTIFICATION_MESSAGE, "seq": row["seq"], "item": payload},
-                        )
+            for item_id, item in zip(written, items, strict=True):
+                recipient_id, seq, _delivery_id, event_id, event, (title, body, url) = item
+                if recipient_id in online:
+                    payload = inbox_item_payload(
+                        {
+                            "id": item_id,
+                            "seq": seq,
+                            "notification_type": event.notification_type.key,
+                            "category": event.notification_type.category,
+                            "title": title,
+                            "body": body,
+                            "url": url,
+                            "data": event.data,
+                            "read_at": None,
+                            "created_at": now,
+                            "event_id": event_id,
+                        }
                     )
+                    frames.append((recipient_id, {"type": NOTIFICATION_MESSAGE, "seq": seq, "item": payload}))
             for recipient_id in online:
                 frames.append((recipient_id, {"type": UNREAD_MESSAGE, "count": unread.get(recipient_id, 0)}))
         counts: Counter[str] = Counter({"deliveries:inapp:delivered": len(items)})
@@ -233,7 +246,8 @@ def _assign_sequence(
     return items
 
 
-def _insert_items(items: list[tuple[Any, ...]], now: datetime) -> list[dict[str, Any]]:
+def _insert_items(items: list[tuple[Any, ...]], now: datetime) -> list[int]:
+    """Insert the items; returns their ids in the order given."""
     if not items:
         return []
     with connection.cursor() as db:
@@ -242,9 +256,9 @@ def _insert_items(items: list[tuple[Any, ...]], now: datetime) -> list[dict[str,
                     (recipient_id, seq, delivery_id, event_id, notification_type, category, title, body, url,
                      data, created_at)
                 SELECT r, s, d, e, nt, c, ti, b, u, dt, %s
-                FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::uuid[], %s::text[], %s::text[],
-                            %s::text[], %s::text[], %s::text[], %s::jsonb[]) AS t(r, s, d, e, nt, c, ti, b, u, dt)
-                RETURNING {", ".join(ITEM_COLUMNS)}, recipient_id""",
+                FROM unnest(%b::bigint[], %b::bigint[], %b::bigint[], %b::uuid[], %b::text[], %b::text[],
+                            %b::text[], %b::text[], %b::text[], %b::jsonb[]) AS t(r, s, d, e, nt, c, ti, b, u, dt)
+                RETURNING id""",
             [
                 now,
                 [i[0] for i in items],
@@ -259,8 +273,8 @@ def _insert_items(items: list[tuple[Any, ...]], now: datetime) -> list[dict[str,
                 [Jsonb(i[4].data) for i in items],
             ],
         )
-        columns = [*ITEM_COLUMNS, "recipient_id"]
-        return [dict(zip(columns, row, strict=True)) for row in db.fetchall()]
+        # INSERT … SELECT FROM unnest … RETURNING yields rows in input order.
+        return [row[0] for row in db.fetchall()]
 
 
 def _push_unread_count(recipient_id: int) -> None:

@@ -9,6 +9,11 @@ os.environ.setdefault("REDIS_NAMESPACE", f"t{os.getpid()}:")
 from project.settings.base import *  # noqa: E402, F403
 from project.settings.env import env_str  # noqa: E402
 
+# The package's __init__ may have evaluated base before the namespace was set above.
+REDIS_NAMESPACE = os.environ["REDIS_NAMESPACE"]
+CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = f"{REDIS_NAMESPACE}rt"  # type: ignore[index]  # noqa: F405
+CACHES["default"]["KEY_PREFIX"] = f"{REDIS_NAMESPACE}cache"  # noqa: F405
+
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 LOG_LEVEL = env_str("LOG_LEVEL", "WARNING")
 LOGGING["root"]["level"] = LOG_LEVEL  # type: ignore[index]  # noqa: F405
