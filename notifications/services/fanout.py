@@ -50,7 +50,7 @@ class FanoutProgress:
     finished: bool
 
 
-def _topic_page(topic_id: int, cursor: int, size: int) -> tuple[list[RecipientFacts], int | None]:
+def _topic_page(topic_id: int, cursor: int, size: int) -> tuple[list[RecipientFacts], int | None, bool]:
     with connection.cursor() as db:
         db.execute(
             f"""SELECT {_FACTS_COLUMNS}
@@ -62,7 +62,7 @@ def _topic_page(topic_id: int, cursor: int, size: int) -> tuple[list[RecipientFa
             [topic_id, cursor, size],
         )
         facts = [RecipientFacts(*row) for row in db.fetchall()]
-    return facts, (facts[-1].id if facts else None)
+    return facts, (facts[-1].id if facts else None), len(facts) < size
 
 
 def _explicit_page(
@@ -71,7 +71,7 @@ def _explicit_page(
     start = bisect.bisect_right(recipient_ids, cursor)
     chunk = recipient_ids[start : start + size]
     if not chunk:
-        return [], None
+        return [], None, True
     with connection.cursor() as db:
         db.execute(
             f"SELECT {_FACTS_COLUMNS} FROM {Recipient._meta.db_table} r WHERE r.id = ANY(%s) ORDER BY r.id",
@@ -79,7 +79,7 @@ def _explicit_page(
         )
         facts = [RecipientFacts(*row) for row in db.fetchall()]
     # A recipient deleted since ingest is skipped; the cursor still moves past it.
-    return facts, chunk[-1]
+    return facts, chunk[-1], start + size >= len(recipient_ids)
 
 
 def deliveries_insert(
@@ -132,14 +132,12 @@ def _fanout_page(outbox_id: int) -> tuple[int, bool] | None:
         notification_type: NotificationType = event.notification_type
         size = settings.FANOUT_PAGE_SIZE
         if event.topic_id is not None:
-            facts, next_cursor = _topic_page(event.topic_id, outbox.cursor, size)
+            facts, next_cursor, last = _topic_page(event.topic_id, outbox.cursor, size)
         else:
-            facts, next_cursor = _explicit_page(event.recipient_ids or [], outbox.cursor, size)
+            facts, next_cursor, last = _explicit_page(event.recipient_ids or [], outbox.cursor, size)
 
         if next_cursor is None:
-            OutboxMessage.objects.filter(id=outbox.id).update(processed_at=now, leased_until=None)
-            Event.objects.filter(id=event.id).update(status=EventStatus.COMPLETED, completed_at=now)
-            log.info("fan-out finished", extra={"event_id": str(event.id), "recipients": event.planned_count})
+            _finish(outbox, event, now)
             return 0, True
 
         planned = plan_page(notification_type=notification_type, recipients=facts, now=now)
@@ -154,17 +152,29 @@ def _fanout_page(outbox_id: int) -> tuple[int, bool] | None:
                 now=now,
             )
         deliveries_enqueue_on_commit((row[0], row[2]) for row in inserted if row[3] == DeliveryStatus.PENDING)
-        OutboxMessage.objects.filter(id=outbox.id).update(
-            cursor=next_cursor, leased_until=now + timedelta(seconds=settings.OUTBOX_LEASE_SECONDS)
-        )
-        event_update: dict[str, object] = {"planned_count": event.planned_count + len(facts)}
-        if event.status != EventStatus.PROCESSING:
-            event_update["status"] = EventStatus.PROCESSING
-        Event.objects.filter(id=event.id).update(**event_update)
+        event.planned_count += len(facts)
+        if last:
+            # The short last page finishes the fan-out in its own transaction.
+            _finish(outbox, event, now)
+        else:
+            OutboxMessage.objects.filter(id=outbox.id).update(
+                cursor=next_cursor, leased_until=now + timedelta(seconds=settings.OUTBOX_LEASE_SECONDS)
+            )
+            Event.objects.filter(id=event.id).update(
+                planned_count=event.planned_count, status=EventStatus.PROCESSING
+            )
         counts: Counter[str] = Counter(f"deliveries:{row[2]}:{row[3]}" for row in inserted)
         counts["fanout_recipients"] = len(facts)
         transaction.on_commit(lambda: metrics_increment(counts), robust=True)
-    return len(facts), False
+    return len(facts), last
+
+
+def _finish(outbox: OutboxMessage, event: Event, now: datetime) -> None:
+    OutboxMessage.objects.filter(id=outbox.id).update(processed_at=now, leased_until=None)
+    Event.objects.filter(id=event.id).update(
+        status=EventStatus.COMPLETED, completed_at=now, planned_count=event.planned_count
+    )
+    log.info("fan-out finished", extra={"event_id": str(event.id), "recipients": event.planned_count})
 
 
 def event_fanout(*, outbox_id: int, slice_seconds: float | None = None) -> FanoutProgress:
@@ -178,10 +188,11 @@ def event_fanout(*, outbox_id: int, slice_seconds: float | None = None) -> Fanou
         if result is None:
             return FanoutProgress(pages, recipients, finished=True)
         count, finished = result
+        if count:
+            pages += 1
+            recipients += count
         if finished:
             return FanoutProgress(pages, recipients, finished=True)
-        pages += 1
-        recipients += count
         if time.monotonic() - started >= budget:
             outbox_relay(outbox_id=outbox_id)
             return FanoutProgress(pages, recipients, finished=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from datetime import datetime
 from typing import Any
@@ -67,11 +68,22 @@ def inbox_item_payload(item: InboxItem | dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# Templates change rarely and are read for every batch: keep them a few seconds per process.
+TEMPLATE_CACHE_SECONDS = 5.0
+_template_cache: dict[int, tuple[float, dict[str, dict[str, str]]]] = {}
+
+
 def _templates_for(notification_type: NotificationType) -> dict[str, dict[str, str]]:
-    return {
+    """{locale: content} of the type's in-app templates; edits apply within seconds."""
+    cached = _template_cache.get(notification_type.id)
+    if cached is not None and time.monotonic() - cached[0] < TEMPLATE_CACHE_SECONDS:
+        return cached[1]
+    templates = {
         t.locale: t.content
         for t in NotificationTemplate.objects.filter(notification_type=notification_type, channel="inapp")
     }
+    _template_cache[notification_type.id] = (time.monotonic(), templates)
+    return templates
 
 
 def _render(
