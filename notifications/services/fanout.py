@@ -67,7 +67,7 @@ def _topic_page(topic_id: int, cursor: int, size: int) -> tuple[list[RecipientFa
 
 def _explicit_page(
     recipient_ids: list[int], cursor: int, size: int
-) -> tuple[list[RecipientFacts], int | None]:
+) -> tuple[list[RecipientFacts], int | None, bool]:
     start = bisect.bisect_right(recipient_ids, cursor)
     chunk = recipient_ids[start : start + size]
     if not chunk:
