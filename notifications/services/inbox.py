@@ -228,6 +228,21 @@ def inapp_dispatch(*, delivery_ids: list[int]) -> int:
         transaction.on_commit(lambda: metrics_increment(counts), robust=True)
         if frames:
             transaction.on_commit(lambda: realtime_publish(frames), robust=True)
+    for delivery_id, reason in failed:
+        log.warning("in-app delivery failed: %s", reason, extra={"delivery_id": delivery_id})
+    by_event: dict[Any, list[int]] = {}
+    for item in items:
+        by_event.setdefault(item[3], []).append(item[2])
+    for event_id, delivered in by_event.items():
+        log.info(
+            "in-app delivered",
+            extra={
+                "event_id": str(event_id),
+                # Small batches name every delivery; large ones their id range.
+                "delivery_ids": delivered if len(delivered) <= 20 else [delivered[0], delivered[-1]],
+                "count": len(delivered),
+            },
+        )
     return len(items)
 
 
