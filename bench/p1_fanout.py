@@ -174,13 +174,15 @@ def _epoch(value: datetime | None) -> float:
 
 
 def run_on_stack(
-    stack: Stack, *, recipients: int, layout: Layout, timeout: float = 600.0, progress: bool = True
+    stack: Stack, *, recipients: int, layout: Layout, timeout: float = 1800.0, progress: bool = True
 ) -> P1Result:
     seed_s = seed(stack, recipients)
     create_type(stack)
     with stack.client() as client:
         posted_at = time.time()
-        response = client.post("/api/v1/events/", json={"type": TYPE_KEY, "topic": TOPIC_KEY, "data": {"n": 1}})
+        response = client.post(
+            "/api/v1/events/", json={"type": TYPE_KEY, "topic": TOPIC_KEY, "data": {"n": 1}}
+        )
         accepted_at = time.time()
     if response.status_code != 202:
         raise RuntimeError(f"POST /api/v1/events/ answered {response.status_code}: {response.text}")
@@ -252,7 +254,7 @@ def run(
     template: str | None,
     recipients: int = 100_000,
     layout: Layout = DEFAULT_LAYOUT,
-    timeout: float = 600.0,
+    timeout: float = 1800.0,
     progress: bool = True,
 ) -> P1Result:
     """One P1 run on a fresh stack (uvicorn web, the layout's workers, one beat)."""

@@ -268,9 +268,13 @@ async def measure(
             await listener.socket.close()
             if listener.task is not None:
                 listener.task.cancel()
-        await asyncio.gather(*(listener.task for listener in listeners if listener.task), return_exceptions=True)
+        await asyncio.gather(
+            *(listener.task for listener in listeners if listener.task), return_exceptions=True
+        )
 
-    latencies = [(arrivals[event_id] - before) * 1000 for event_id, before in sent_at.items() if event_id in arrivals]
+    latencies = [
+        (arrivals[event_id] - before) * 1000 for event_id, before in sent_at.items() if event_id in arrivals
+    ]
     received = len(latencies)
     with stack.db_connect() as connection:
         inbox_rows = connection.execute(
@@ -319,7 +323,13 @@ def run(
     with bench_stack(template=template, server=server, label="p2") as stack:
         result = asyncio.run(
             measure(
-                stack, clients=clients, rate=rate, seconds=seconds, senders=senders, grace=grace, progress=progress
+                stack,
+                clients=clients,
+                rate=rate,
+                seconds=seconds,
+                senders=senders,
+                grace=grace,
+                progress=progress,
             )
         )
         stack.check_alive()

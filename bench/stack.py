@@ -21,6 +21,7 @@ import httpx
 
 from harness.processes import (
     DEFAULT_WORKERS,
+    REPO_ROOT,
     PlatformProcesses,
     PrivateRedis,
     Server,
@@ -73,7 +74,7 @@ def progress_bar(label: str, done: int, total: int, started: float, width: int =
 
 class Progress:
     """A one-line text progress bar on stderr, redrawn in place (``\\r``) on a terminal and
-    printed every ``step`` fraction otherwise, so that logs stay readable."""
+    printed every tenth otherwise, so that logs stay readable."""
 
     def __init__(self, label: str, total: int, *, enabled: bool = True) -> None:
         self.label = label
@@ -92,7 +93,7 @@ class Progress:
             sys.stderr.flush()
             return
         fraction = done / self.total if self.total else 1.0
-        if fraction - self.last_printed >= 0.25 or (done >= self.total and self.last_printed < 1.0):
+        if fraction - self.last_printed >= 0.1 or (done >= self.total and self.last_printed < 1.0):
             self.last_printed = fraction
             sys.stderr.write(line + "\n")
             sys.stderr.flush()
@@ -150,7 +151,9 @@ class Stack:
         """RuntimeError naming any process that died during the benchmark."""
         exited = self.platform.unexpected_exits()
         if exited:
-            raise RuntimeError(f"processes exited during the benchmark: {exited}\n{self.platform.log_tails(30)}")
+            raise RuntimeError(
+                f"processes exited during the benchmark: {exited}\n{self.platform.log_tails(30)}"
+            )
 
 
 def create_api_key(database: TemporaryDatabase, name: str = "bench") -> str:
@@ -188,9 +191,11 @@ def bench_stack(
     web: bool = True,
     beat: bool = True,
     label: str = "bench",
+    cwd: Path | None = None,
 ) -> Iterator[Stack]:
     """Start private Redis, a database cloned from ``template`` (migrated when None), and
-    the platform's processes; stop and drop everything on exit."""
+    the platform's processes; stop and drop everything on exit. ``cwd`` runs the processes
+    from another checkout (to measure a candidate change side by side)."""
     LOG_ROOT.mkdir(parents=True, exist_ok=True)
     log_dir = LOG_ROOT / f"{label}-{server}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     with contextlib.ExitStack() as stack:
@@ -213,6 +218,7 @@ def bench_stack(
             workers=worker_specs,
             log_dir=log_dir,
             loglevel=merged_env.get("CELERY_LOG_LEVEL", "WARNING"),
+            cwd=cwd if cwd is not None else REPO_ROOT,
         )
         stack.callback(platform.stop_all)
         for spec in worker_specs:

@@ -198,6 +198,11 @@ def stack() -> Iterator[Stack]:
         yield running
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Registered here too, so that a serial run with ``-p no:xdist`` does not warn about it.
+    config.addinivalue_line("markers", "xdist_group(name): run in one xdist worker with --dist loadgroup")
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield

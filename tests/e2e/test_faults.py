@@ -29,7 +29,8 @@ def seed_topic_audience(stack: Stack, *, topic: str, size: int) -> None:
             [size],
         )
         topic_id = db.execute(
-            "INSERT INTO notifications_topic (key, name, created_at) VALUES (%s, '', now()) RETURNING id", [topic]
+            "INSERT INTO notifications_topic (key, name, created_at) VALUES (%s, '', now()) RETURNING id",
+            [topic],
         ).fetchone()[0]  # type: ignore[index]
         db.execute(
             """INSERT INTO notifications_subscription (topic_id, recipient_id, created_at)
@@ -99,8 +100,12 @@ def test_it_delivers_exactly_once_after_kill_9_of_both_workers_mid_fanout() -> N
         stack.processes.kill_worker("inapp", signal.SIGKILL)
         killed_at = time.monotonic()
         state_at_kill = fanout_state(stack, event_id)
-        print(f"killed both workers {killed_at - started:.1f}s after the POST at {at_kill} deliveries: {state_at_kill}")
-        assert state_at_kill["deliveries"] < AUDIENCE, "the fan-out finished before the kill; nothing was tested"
+        print(
+            f"killed both workers {killed_at - started:.1f}s after the POST at {at_kill} deliveries: {state_at_kill}"
+        )
+        assert state_at_kill["deliveries"] < AUDIENCE, (
+            "the fan-out finished before the kill; nothing was tested"
+        )
 
         stack.processes.start_worker("fanout")
         stack.processes.start_worker("inapp")
@@ -109,11 +114,15 @@ def test_it_delivers_exactly_once_after_kill_9_of_both_workers_mid_fanout() -> N
         # then every recipient ends with exactly one delivery and one inbox item
         def complete() -> dict[str, int] | None:
             state = fanout_state(stack, event_id)
-            done = state["items"] >= AUDIENCE and state["not_delivered"] == 0 and state["deliveries"] >= AUDIENCE
+            done = (
+                state["items"] >= AUDIENCE and state["not_delivered"] == 0 and state["deliveries"] >= AUDIENCE
+            )
             return state if done else None
 
         try:
-            final = wait_until(complete, 180, interval=1.0, message="in-app fan-out did not complete after the kill")
+            final = wait_until(
+                complete, 180, interval=1.0, message="in-app fan-out did not complete after the kill"
+            )
         except TimeoutError as error:
             raise AssertionError(f"{error}; state: {fanout_state(stack, event_id)}") from None
         finished = time.monotonic()
@@ -163,7 +172,11 @@ def test_it_loses_no_accepted_event_while_redis_is_down() -> None:
                 try:
                     response = client.post(
                         "/api/v1/events/",
-                        json={"type": "e2e.redis-down", "recipients": recipients, "data": {"phase": phase, "n": n}},
+                        json={
+                            "type": "e2e.redis-down",
+                            "recipients": recipients,
+                            "data": {"phase": phase, "n": n},
+                        },
                     )
                 except httpx.HTTPError as exc:
                     problems.append(f"{phase} #{n}: {exc!r}")

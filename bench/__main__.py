@@ -1,0 +1,142 @@
+"""``python -m bench [all|p1|p2|memory] [options]``: run benchmarks, print their figures,
+and (unless ``--no-write``) record them in ``docs/benchmarks.md``.
+
+    python -m bench                                  # P1, P2 on both servers, memory on both
+    python -m bench p1 --recipients 100000
+    python -m bench p2 --server uvicorn --rate 200 --seconds 20
+    python -m bench memory --connections 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from bench import memory, p1_fanout, p2_latency, report
+from bench.stack import template_database
+from harness.processes import Server
+
+SERVERS: tuple[Server, ...] = ("uvicorn", "daphne")
+# Alternative P1 layouts are only worth their time when the default run is not dominated by
+# something the layout cannot change (a stall): past this, they are skipped with a note.
+ALTERNATIVES_MAX_SECONDS = 120.0
+
+
+def _servers(choice: str) -> tuple[Server, ...]:
+    return SERVERS if choice == "both" else tuple(s for s in SERVERS if s == choice)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
+    parser.add_argument("benchmark", nargs="?", default="all", choices=("all", "p1", "p2", "memory"))
+    parser.add_argument("--recipients", type=int, default=100_000, help="P1 audience size (default 100,000)")
+    parser.add_argument(
+        "--layouts",
+        choices=("default", "all"),
+        default="all",
+        help="P1 worker layouts: the default only, or the alternatives too (default: all)",
+    )
+    parser.add_argument(
+        "--server", choices=("uvicorn", "daphne", "both"), default="both", help="P2/memory server"
+    )
+    parser.add_argument("--rate", type=float, default=200.0, help="P2 events per second (default 200)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="P2 duration (default 20)")
+    parser.add_argument("--clients", type=int, default=50, help="P2 connected clients (default 50)")
+    parser.add_argument(
+        "--grace", type=float, default=90.0, help="P2 seconds to wait for late frames (default 90)"
+    )
+    parser.add_argument(
+        "--connections", type=int, default=2000, help="idle sockets for memory (default 2,000)"
+    )
+    parser.add_argument("--no-write", action="store_true", help="print figures only; leave docs/ alone")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser.parse_args(argv)
+
+
+def run_p1(args: argparse.Namespace, template: str) -> dict[str, Any]:
+    progress = not args.no_progress
+    default = p1_fanout.run(template=template, recipients=args.recipients, progress=progress)
+    print(default.summary(), flush=True)
+    results = [default]
+    note = ""
+    if args.layouts == "all":
+        if default.observed_complete_s <= ALTERNATIVES_MAX_SECONDS:
+            for layout in p1_fanout.LAYOUTS:
+                if layout.name == p1_fanout.DEFAULT_LAYOUT.name:
+                    continue
+                result = p1_fanout.run(
+                    template=template, recipients=args.recipients, layout=layout, progress=progress
+                )
+                print(result.summary(), flush=True)
+                results.append(result)
+        else:
+            note = (
+                f"Alternative layouts were not run: the default run took {default.observed_complete_s:.0f} s, "
+                "dominated by waits that no worker layout changes (see Observations)."
+            )
+            print(f"P1: {note}", flush=True)
+    best = p1_fanout.best(results)
+    print(f"P1 best: {best.per_second:,.0f} recipients/s with {best.layout} ({best.settings})", flush=True)
+    return {
+        "p1": best.as_dict(),
+        "p1_layouts": {r.layout: r.as_dict() for r in results},
+        "p1_note": note,
+    }
+
+
+def run_p2(args: argparse.Namespace, template: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for server in _servers(args.server):
+        result = p2_latency.run(
+            template=template,
+            server=server,
+            clients=args.clients,
+            rate=args.rate,
+            seconds=args.seconds,
+            grace=args.grace,
+            progress=not args.no_progress,
+        )
+        print(result.summary(), flush=True)
+        out[server] = result.as_dict()
+    return {"p2": out}
+
+
+def run_memory(args: argparse.Namespace, template: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for server in _servers(args.server):
+        result = memory.run(
+            template=template, server=server, connections=args.connections, progress=not args.no_progress
+        )
+        print(result.summary(), flush=True)
+        out[server] = result.as_dict()
+    return {"memory": out}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    updates: dict[str, Any] = {}
+    with template_database() as template:
+        if args.benchmark in ("all", "p1"):
+            updates.update(run_p1(args, template))
+        if args.benchmark in ("all", "p2"):
+            updates.update(run_p2(args, template))
+        if args.benchmark in ("all", "memory"):
+            updates.update(run_memory(args, template))
+    if args.no_write:
+        return 0
+    if args.benchmark == "all":
+        # A full run replaces everything, so nothing stale survives from older runs.
+        report.RESULTS_PATH.unlink(missing_ok=True)
+    results = report.save_results(updates)
+    chosen, reason = report.choose_server(results)
+    if chosen:
+        print(f"Better ASGI server: {chosen} ({reason})", flush=True)
+    print(f"Wrote {report.write(results)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

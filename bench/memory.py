@@ -1,0 +1,183 @@
+"""Memory per idle inbox websocket held by one ASGI process (P3's per-connection figure).
+
+One web process (no workers, no beat) on a private Redis and a temporary database. C
+recipients are seeded with SQL and get a token each over the API; after a warm-up the
+resident memory (VmRSS, summed over the process tree, from /proc) is read, C sockets are
+opened and each waits for its first ``unread_count`` frame, and the memory is read again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+
+from bench.stack import Progress, Stack, bench_stack, raise_fd_limit, rss_kib_tree
+from harness.processes import Server
+
+TARGET_KB_PER_CONNECTION = 30.0
+
+
+@dataclass
+class MemoryResult:
+    server: str
+    connections: int
+    opened: int
+    rss_before_kib: int
+    rss_after_kib: int
+    connect_seconds: float
+    redis_clients_before: int
+    redis_clients_after: int
+
+    @property
+    def kib_per_connection(self) -> float:
+        return (self.rss_after_kib - self.rss_before_kib) / self.opened if self.opened else float("nan")
+
+    @property
+    def redis_clients_per_connection(self) -> float:
+        if not self.opened:
+            return float("nan")
+        return (self.redis_clients_after - self.redis_clients_before) / self.opened
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["kib_per_connection"] = self.kib_per_connection
+        data["redis_clients_per_connection"] = self.redis_clients_per_connection
+        return data
+
+    def summary(self) -> str:
+        return (
+            f"Memory [{self.server}] {self.opened}/{self.connections} idle sockets: "
+            f"{self.kib_per_connection:.1f} KiB per connection (RSS {self.rss_before_kib / 1024:.1f} -> "
+            f"{self.rss_after_kib / 1024:.1f} MiB; opened in {self.connect_seconds:.1f}s; "
+            f"{self.redis_clients_per_connection:.2f} Redis connections per socket)"
+        )
+
+
+def seed_recipients(stack: Stack, count: int) -> None:
+    with stack.db_connect() as connection:
+        connection.execute(
+            """INSERT INTO notifications_recipient
+                   (external_id, name, email, phone, locale, timezone, created_at, updated_at)
+               SELECT 'mem-' || g, '', '', '', 'en', 'UTC', now(), now() FROM generate_series(1, %s) AS g""",
+            [count],
+        )
+
+
+async def _tokens(stack: Stack, count: int, concurrency: int = 16) -> list[str]:
+    gate = asyncio.Semaphore(concurrency)
+    async with stack.async_client(connections=concurrency) as client:
+
+        async def one(index: int) -> str:
+            async with gate:
+                response = await client.post(f"/api/v1/recipients/mem-{index}/token/")
+                response.raise_for_status()
+                token: str = response.json()["token"]
+                return token
+
+        return list(await asyncio.gather(*(one(index) for index in range(1, count + 1))))
+
+
+async def _open(url: str) -> ClientConnection:
+    socket = await connect(url, open_timeout=60, ping_interval=None, max_size=2**20)
+    # The first frame is the unread count: the consumer is fully set up once it arrives.
+    await asyncio.wait_for(socket.recv(), 60)
+    return socket
+
+
+async def _open_all(
+    stack: Stack, tokens: Sequence[str], concurrency: int, progress: Progress | None = None
+) -> list[ClientConnection]:
+    gate = asyncio.Semaphore(concurrency)
+    sockets: list[ClientConnection] = []
+
+    async def one(token: str) -> None:
+        async with gate:
+            sockets.append(await _open(f"{stack.ws_url}/ws/inbox/?token={token}"))
+            if progress is not None:
+                progress.update(len(sockets))
+
+    await asyncio.gather(*(one(token) for token in tokens))
+    return sockets
+
+
+def _redis_clients(stack: Stack) -> int:
+    import redis
+
+    client = redis.Redis.from_url(stack.redis.url)
+    try:
+        info: dict[str, Any] = client.info("clients")
+        return int(info["connected_clients"])
+    finally:
+        client.close()
+
+
+def _settled_rss(pid: int, seconds: float = 3.0) -> int:
+    """RSS after it stops moving (or ``seconds`` pass): the last of a few readings."""
+    readings = [rss_kib_tree(pid)]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        readings.append(rss_kib_tree(pid))
+        if len(readings) >= 3 and readings[-1] == readings[-2] == readings[-3]:
+            break
+    return readings[-1]
+
+
+async def measure(
+    stack: Stack, *, connections: int, concurrency: int = 50, progress: bool = True
+) -> MemoryResult:
+    warmup = min(20, connections)
+    seed_recipients(stack, connections + warmup)
+    tokens = await _tokens(stack, connections + warmup)
+    pid = stack.web_pid()
+
+    # Warm-up: open and close a few sockets, so that lazy imports, thread pools and Redis
+    # pools that every socket shares are in the baseline, not charged to the sockets.
+    for _ in range(2):
+        sockets = await _open_all(stack, tokens[connections:], concurrency)
+        await asyncio.gather(*(socket.close() for socket in sockets))
+    await asyncio.sleep(1.0)
+    gc.collect()
+    before = _settled_rss(pid)
+    redis_before = _redis_clients(stack)
+
+    bar = Progress(f"Memory {stack.platform.server}: sockets open", connections, enabled=progress)
+    started = time.monotonic()
+    sockets = await _open_all(stack, tokens[:connections], concurrency, bar)
+    connect_seconds = time.monotonic() - started
+    bar.finish(len(sockets))
+    await asyncio.sleep(1.0)
+    after = _settled_rss(pid)
+    redis_after = _redis_clients(stack)
+    opened = len(sockets)
+    await asyncio.gather(*(socket.close() for socket in sockets), return_exceptions=True)
+    return MemoryResult(
+        server=stack.platform.server,
+        connections=connections,
+        opened=opened,
+        rss_before_kib=before,
+        rss_after_kib=after,
+        connect_seconds=connect_seconds,
+        redis_clients_before=redis_before,
+        redis_clients_after=redis_after,
+    )
+
+
+def run(
+    *, template: str | None, server: Server = "uvicorn", connections: int = 2000, progress: bool = True
+) -> MemoryResult:
+    """Measure on a fresh stack with only the web process running."""
+    # Each socket costs the client one fd and the server one or two (socket, Redis).
+    raise_fd_limit(3 * connections + 1024)
+    with bench_stack(template=template, server=server, workers=(), beat=False, label="mem") as stack:
+        try:
+            return asyncio.run(measure(stack, connections=connections, progress=progress))
+        except (httpx.HTTPError, OSError, TimeoutError) as exc:
+            raise RuntimeError(f"memory benchmark failed: {exc}\n{stack.platform.log_tails(30)}") from exc
