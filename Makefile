@@ -46,6 +46,7 @@ typecheck: venv
 
 # Exit status 5 means pytest collected nothing: a broken test path must not pass CI.
 test: venv services
+	@bash scripts/ensure_browser.sh
 	$(RUFF) check .
 	$(RUFF) format --check .
 	$(MYPY) .
