@@ -59,7 +59,7 @@ def free_port(host: str = LOCALHOST) -> int:
 
 
 def wait_until(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     timeout: float,
     interval: float = 0.05,
     message: str = "condition not met",

@@ -81,7 +81,9 @@ class Stack:
             )
         return completed.stdout.decode()
 
-    def client(self, *, api_key: str | None = None, timeout: float = 15.0, **kwargs: Any) -> httpx.Client:
+    def client(
+        self, *, api_key: str | None = None, timeout: float | httpx.Timeout = 15.0, **kwargs: Any
+    ) -> httpx.Client:
         """An httpx client on the web server; authenticated with ``api_key`` (default: the
         stack's key; pass "" for none). Closed with the stack."""
         key = self.api_key if api_key is None else api_key
