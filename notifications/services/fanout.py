@@ -74,7 +74,7 @@ def _explicit_page(
         return [], None, True
     with connection.cursor() as db:
         db.execute(
-            f"SELECT {_FACTS_COLUMNS} FROM {Recipient._meta.db_table} r WHERE r.id = ANY(%s) ORDER BY r.id",
+            f"SELECT {_FACTS_COLUMNS} FROM {Recipient._meta.db_table} r WHERE r.id = ANY(%b) ORDER BY r.id",
             [chunk],
         )
         facts = [RecipientFacts(*row) for row in db.fetchall()]

@@ -72,7 +72,7 @@ def preferences_resolve(
             f"""SELECT recipient_id, channel, enabled,
                        CASE WHEN notification_type_id IS NOT NULL THEN 3 WHEN category <> '' THEN 2 ELSE 1 END
                 FROM {table}
-                WHERE recipient_id = ANY(%s)
+                WHERE recipient_id = ANY(%b)
                   AND (notification_type_id = %s
                        OR (notification_type_id IS NULL AND category IN (%s, '')))""",
             [list(recipient_ids), notification_type.id, notification_type.category],
