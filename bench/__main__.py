@@ -117,20 +117,24 @@ def run_memory(args: argparse.Namespace, template: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    updates: dict[str, Any] = {}
-    with template_database() as template:
-        if args.benchmark in ("all", "p1"):
-            updates.update(run_p1(args, template))
-        if args.benchmark in ("all", "p2"):
-            updates.update(run_p2(args, template))
-        if args.benchmark in ("all", "memory"):
-            updates.update(run_memory(args, template))
-    if args.no_write:
-        return 0
-    if args.benchmark == "all":
+    runs = [
+        (name, function)
+        for name, function in (("p1", run_p1), ("p2", run_p2), ("memory", run_memory))
+        if args.benchmark in ("all", name)
+    ]
+    if not args.no_write and args.benchmark == "all":
         # A full run replaces everything, so nothing stale survives from older runs.
         report.RESULTS_PATH.unlink(missing_ok=True)
-    results = report.save_results(updates)
+    results: dict[str, Any] = {}
+    with template_database() as template:
+        for _, function in runs:
+            updates = function(args, template)
+            if not args.no_write:
+                # Saved after each benchmark, so a later failure keeps the figures measured so far.
+                results = report.save_results(updates)
+                report.write(results)
+    if args.no_write:
+        return 0
     chosen, reason = report.choose_server(results)
     if chosen:
         print(f"Better ASGI server: {chosen} ({reason})", flush=True)

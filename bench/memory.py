@@ -70,7 +70,9 @@ def seed_recipients(stack: Stack, count: int) -> None:
         )
 
 
-async def _tokens(stack: Stack, count: int, concurrency: int = 16) -> list[str]:
+async def _tokens(stack: Stack, count: int, concurrency: int = 4) -> list[str]:
+    # Few at a time: every concurrent request holds a database connection of its own in
+    # the web process (see the Observations in docs/benchmarks.md).
     gate = asyncio.Semaphore(concurrency)
     async with stack.async_client(connections=concurrency) as client:
 

@@ -230,6 +230,14 @@ def _observations(results: dict[str, Any]) -> list[str]:
             "tasks (fan-out and in-app) with about a dozen SQL statements between them, plus the API request; on "
             "two cores that saturates well below 200 events/s, so a queue builds up for the length of the run."
         )
+    if p2_values and all(p["achieved_rate"] < 0.9 * p["target_rate"] for p in p2_values):
+        notes.append(
+            "P2: the API itself did not accept the target rate through 8 concurrent connections. Under ASGI Django "
+            "runs each request's sync code in a fresh thread (ThreadSensitiveContext), and with `CONN_MAX_AGE=60` "
+            "every such thread opens a PostgreSQL connection of its own that outlives the request: 16 concurrent "
+            "token requests left 56 idle connections to one web process, and sustained load reaches "
+            "`max_connections` (an earlier memory run got 500s: 'too many clients already')."
+        )
     memory = results.get("memory", {})
     if any(m.get("redis_clients_per_connection", 0) >= 0.9 for m in memory.values()):
         notes.append(
@@ -316,7 +324,7 @@ def render(results: dict[str, Any]) -> str:
                 f"| {server} | {p2['clients']} | {p2['target_rate']:.0f} / {p2['achieved_rate']:.0f} /s | "
                 f"{p2['accepted']:,} | {_fmt(p2['p50_ms'])} ms | {_fmt(p2['p95_ms'])} ms | {_fmt(p2['p99_ms'])} ms | "
                 f"{_fmt(p2['max_ms'])} ms | {p2['late_over_1s']} | {p2['lost']} | "
-                f"{_fmt(p2['accept_p50_ms'])} / {_fmt(p2['accept_p99_ms'])} ms | {p2['http_errors']} |"
+                f"{_fmt(p2.get('accept_p50_ms'))} / {_fmt(p2.get('accept_p99_ms'))} ms | {p2['http_errors']} |"
             )
         lines.append("")
 
@@ -335,6 +343,20 @@ def render(results: dict[str, Any]) -> str:
                 f"{_fmt(memory['redis_clients_per_connection'], 2)} | {_fmt(memory['connect_seconds'])} s |"
             )
         lines.append("")
+
+    sources = sorted(
+        {
+            str(entry["source"])
+            for entry in [
+                results.get("p1") or {},
+                *results.get("p2", {}).values(),
+                *results.get("memory", {}).values(),
+            ]
+            if entry.get("source")
+        }
+    )
+    if sources:
+        lines += ["Provenance of some figures: " + "; ".join(sources) + ".", ""]
 
     notes = _observations(results)
     if notes:

@@ -189,7 +189,7 @@ class InboxConsumer(AsyncJsonWebsocketConsumer):
                 # The registration expires on its own within CONNECTION_TTL_SECONDS.
                 log.warning("inbox connection not unregistered: %s", exc)
             finally:
-                await self.redis.aclose()
+                # The client is shared by every connection of this event loop: not closed here.
                 self.redis = None
 
     # --- client frames -----------------------------------------------------------------

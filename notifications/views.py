@@ -165,8 +165,6 @@ async def sse_inbox_stream(
         except redis.RedisError as exc:
             # The registration expires on its own within CONNECTION_TTL_SECONDS.
             log.warning("SSE connection not unregistered: %s", exc)
-        finally:
-            await client.aclose()
 
 
 async def _release_channel(layer: Any, channel: str, receiving: asyncio.Future[Any] | None) -> None:

@@ -116,12 +116,15 @@ def deliveries_insert(
 
 def _fanout_page(outbox_id: int) -> tuple[int, bool] | None:
     """Plan one page under the outbox row's lock. Returns (recipients, finished), or None
-    when the row is done or held by another worker."""
+    when the row is done or another worker holds it (that worker carries on)."""
     now = timezone.now()
     with transaction.atomic():
         relax_commit_durability()
+        # of=("self",): lock the outbox row only. Without it PostgreSQL also locks the joined
+        # event and type rows FOR UPDATE, which conflicts with the KEY SHARE locks that every
+        # delivery and inbox insert referencing the event takes, so pages were skipped.
         outbox = (
-            OutboxMessage.objects.select_for_update(skip_locked=True)
+            OutboxMessage.objects.select_for_update(skip_locked=True, of=("self",))
             .select_related("event", "event__notification_type")
             .filter(id=outbox_id, processed_at__isnull=True)
             .first()
