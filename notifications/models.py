@@ -321,23 +321,24 @@ DELIVERY_KEY_NAMESPACE = uuid.UUID("6f1c1d0e-8a4b-4f7e-9d55-3c1f0a7b2e10")
 
 
 def delivery_idempotency_key(event_id: uuid.UUID | str, recipient_id: int, channel: str) -> uuid.UUID:
-    """Deterministic key of the one delivery an (event, recipient, channel) may have; it is
-    also what providers receive as their idempotency key."""
+    """Deterministic key of the one delivery an (event, recipient, channel) may have, derived
+    from the unique triple the database enforces; providers receive it as their
+    idempotency key."""
     return uuid.uuid5(DELIVERY_KEY_NAMESPACE, f"{event_id}:{recipient_id}:{channel}")
 
 
 class Delivery(models.Model):
     # Every index here is rewritten by each status change (status appears in the partial
-    # indexes' predicates, so updates are never HOT): keep the set minimal. The recipient
-    # lookup is served by (recipient, created_at), the per-event summary by the event FK.
-    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries")
+    # indexes' predicates, so updates are never HOT): keep the set minimal. The unique
+    # (event, recipient, channel) index is the idempotency key and serves per-event reads;
+    # within one fan-out it grows at its right edge, unlike a random UUID key.
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries", db_index=False)
     recipient = models.ForeignKey(
         Recipient, on_delete=models.CASCADE, related_name="deliveries", db_index=False
     )
     channel = models.CharField(max_length=10, choices=Channel.choices)
     status = models.CharField(max_length=20, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)
     reason = models.CharField(max_length=200, blank=True)
-    idempotency_key = models.UUIDField(unique=True)
     attempts = models.SmallIntegerField(default=0)
     due_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=now)
@@ -349,6 +350,11 @@ class Delivery(models.Model):
 
     class Meta:
         verbose_name_plural = "deliveries"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["event", "recipient", "channel"], name="delivery_unique_event_recipient_channel"
+            )
+        ]
         indexes = [
             models.Index(
                 fields=["due_at"],
@@ -361,6 +367,10 @@ class Delivery(models.Model):
 
     def __str__(self) -> str:
         return f"delivery {self.id} {self.channel} {self.status}"
+
+    @property
+    def idempotency_key(self) -> uuid.UUID:
+        return delivery_idempotency_key(self.event_id, self.recipient_id, self.channel)
 
 
 class AggregationBatch(models.Model):

@@ -29,7 +29,6 @@ from notifications.models import (
     OutboxMessage,
     Recipient,
     Subscription,
-    delivery_idempotency_key,
 )
 from notifications.services.aggregation import aggregation_plan, aggregation_record
 from notifications.services.dispatch import deliveries_enqueue_on_commit
@@ -92,12 +91,11 @@ def deliveries_insert(
     with connection.cursor() as db:
         db.execute(
             f"""INSERT INTO {Delivery._meta.db_table}
-                    (event_id, recipient_id, channel, status, reason, idempotency_key, attempts, due_at,
-                     created_at, updated_at)
-                SELECT %s, r, c, s, re, k, 0, d, %s, %s
-                FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::uuid[], %b::timestamptz[])
-                     AS t(r, c, s, re, k, d)
-                ON CONFLICT (idempotency_key) DO NOTHING
+                    (event_id, recipient_id, channel, status, reason, attempts, due_at, created_at, updated_at)
+                SELECT %s, r, c, s, re, 0, d, %s, %s
+                FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::timestamptz[])
+                     AS t(r, c, s, re, d)
+                ON CONFLICT (event_id, recipient_id, channel) DO NOTHING
                 RETURNING id, recipient_id, channel, status, reason""",
             [
                 event_id,
@@ -107,7 +105,6 @@ def deliveries_insert(
                 [p.channel for p in planned],
                 [p.status for p in planned],
                 [p.reason for p in planned],
-                [delivery_idempotency_key(str(event_id), p.recipient_id, p.channel) for p in planned],
                 [p.due_at for p in planned],
             ],
         )

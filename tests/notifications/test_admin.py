@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -57,9 +56,7 @@ class Pipeline:
 
 
 def _delivery(event: Event, recipient: Recipient, channel: str, status: str) -> Delivery:
-    return Delivery.objects.create(
-        event=event, recipient=recipient, channel=channel, status=status, idempotency_key=uuid.uuid4()
-    )
+    return Delivery.objects.create(event=event, recipient=recipient, channel=channel, status=status)
 
 
 @pytest.fixture
@@ -72,6 +69,7 @@ def pipeline() -> Pipeline:
     )
     recipient = Recipient.objects.create(external_id="user-1", name="Ada", email="ada@example.com")
     other = Recipient.objects.create(external_id="user-2", name="Bob")
+    third = Recipient.objects.create(external_id="user-3", name="Cy")
     Device.objects.create(recipient=recipient, platform=DevicePlatform.FCM, token="tok-" + "x" * 40)
     Preference.objects.create(
         recipient=recipient, category=Category.MARKETING, channel=Channel.EMAIL, enabled=False
@@ -98,7 +96,7 @@ def pipeline() -> Pipeline:
     deliveries = [
         _delivery(event, recipient, Channel.EMAIL, DeliveryStatus.SENT),
         _delivery(event, other, Channel.EMAIL, DeliveryStatus.SENT),
-        _delivery(event, recipient, Channel.EMAIL, DeliveryStatus.FAILED),
+        _delivery(event, third, Channel.EMAIL, DeliveryStatus.FAILED),
         _delivery(event, recipient, Channel.SMS, DeliveryStatus.PENDING),
         _delivery(event, recipient, Channel.INAPP, DeliveryStatus.DELIVERED),
     ]

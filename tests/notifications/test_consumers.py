@@ -51,12 +51,16 @@ def inbox_items_create(
 ) -> list[InboxItem]:
     """Stored inbox items with the given seqs, as in-app dispatch would write them."""
     notification_type = NotificationTypeFactory()
-    event = Event.objects.create(
-        notification_type=notification_type,
-        recipient_ids=[recipient.id],
-        request_fingerprint="x",
-        data={"n": len(seqs)},
-    )
+    # One event per item: a recipient has at most one delivery per event and channel.
+    events = [
+        Event.objects.create(
+            notification_type=notification_type,
+            recipient_ids=[recipient.id],
+            request_fingerprint="x",
+            data={"seq": seq},
+        )
+        for seq in seqs
+    ]
     now = timezone.now()
     deliveries = Delivery.objects.bulk_create(
         Delivery(
@@ -64,16 +68,15 @@ def inbox_items_create(
             recipient=recipient,
             channel="inapp",
             status=DeliveryStatus.DELIVERED,
-            idempotency_key=uuid.uuid4(),
         )
-        for _ in seqs
+        for event in events
     )
     items = InboxItem.objects.bulk_create(
         InboxItem(
             recipient=recipient,
             seq=seq,
             delivery=delivery,
-            event=event,
+            event=delivery.event,
             notification_type=notification_type.key,
             category=notification_type.category,
             title=f"Item {seq}",
