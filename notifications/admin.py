@@ -32,8 +32,10 @@ from notifications.models import (
     Channel,
     Delivery,
     DeliveryAttempt,
+    DeliverySchedule,
     DeliveryStatus,
     Device,
+    DispatchBatch,
     Event,
     InboxItem,
     InboxSequence,
@@ -609,6 +611,24 @@ class DeliveryAttemptAdmin(PipelineOwnedAdmin):
     search_fields = ["provider_message_id__exact"]
     search_help_text = "Exact provider message id."
     raw_id_fields = ["delivery"]
+
+
+@admin.register(DispatchBatch)
+class DispatchBatchAdmin(PipelineOwnedAdmin):
+    list_display = ["id", "channel", "size", "created_at", "leased_until", "done_at"]
+    list_filter = ["channel"]
+    search_fields = ["=id"]
+
+    @admin.display(description="deliveries")
+    def size(self, obj: DispatchBatch) -> int:
+        return len(obj.delivery_ids)
+
+
+@admin.register(DeliverySchedule)
+class DeliveryScheduleAdmin(PipelineOwnedAdmin):
+    list_display = ["delivery", "due_at"]
+    raw_id_fields = ["delivery"]
+    ordering = ["due_at"]
 
 
 @admin.register(AggregationBatch)

@@ -328,11 +328,17 @@ def delivery_idempotency_key(event_id: uuid.UUID | str, recipient_id: int, chann
 
 
 class Delivery(models.Model):
-    # Every index here is rewritten by each status change (status appears in the partial
-    # indexes' predicates, so updates are never HOT): keep the set minimal. The unique
-    # (event, recipient, channel) index is the idempotency key and serves per-event reads;
-    # within one fan-out it grows at its right edge, unlike a random UUID key.
-    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries", db_index=False)
+    # No index may mention status, attempts, due_at, sent_at or updated_at: then a status
+    # change is a HOT update (no index entries written; the table keeps free space on each
+    # page, see the fillfactor migration). Work queues over deliveries live in their own
+    # small tables instead (DispatchBatch, DeliverySchedule). The unique
+    # (event, recipient, channel) index is the idempotency key and serves per-event reads.
+    # No database-level foreign key to the event: every row inserted would take a KEY SHARE
+    # lock on the one event row, and thousands of those from concurrent transactions turn
+    # into MultiXact churn at commit. Deletion still cascades through the ORM.
+    event = models.ForeignKey(
+        Event, on_delete=models.CASCADE, related_name="deliveries", db_index=False, db_constraint=False
+    )
     recipient = models.ForeignKey(
         Recipient, on_delete=models.CASCADE, related_name="deliveries", db_index=False
     )
@@ -356,12 +362,6 @@ class Delivery(models.Model):
             )
         ]
         indexes = [
-            models.Index(
-                fields=["due_at"],
-                condition=Q(status__in=["scheduled", "retrying"]),
-                name="delivery_due_idx",
-            ),
-            models.Index(fields=["updated_at"], condition=Q(status="pending"), name="delivery_pending_idx"),
             models.Index(fields=["recipient", "created_at"], name="delivery_recipient_created"),
         ]
 
@@ -371,6 +371,41 @@ class Delivery(models.Model):
     @property
     def idempotency_key(self) -> uuid.UUID:
         return delivery_idempotency_key(self.event_id, self.recipient_id, self.channel)
+
+
+class DispatchBatch(models.Model):
+    """Pending deliveries of one channel handed to its queue, written in the transaction
+    that made them pending: the outbox of dispatch. A batch whose task was lost (broker
+    flushed, worker killed) is enqueued again by the sweep when its lease runs out; the
+    dispatch claims each delivery by compare-and-set, so running a batch twice is harmless."""
+
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    delivery_ids = ArrayField(models.BigIntegerField())
+    created_at = models.DateTimeField(default=now)
+    leased_until = models.DateTimeField()
+    done_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "dispatch batches"
+        indexes = [
+            models.Index(fields=["leased_until"], condition=Q(done_at__isnull=True), name="dispatch_open_idx")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.channel} batch {self.id} ({len(self.delivery_ids)})"
+
+
+class DeliverySchedule(models.Model):
+    """The durable due time of a scheduled delivery (quiet hours, aggregation window; later
+    retries), released by the sweep: never a broker ETA."""
+
+    delivery = models.OneToOneField(
+        Delivery, primary_key=True, on_delete=models.CASCADE, related_name="schedule"
+    )
+    due_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.delivery_id} due {self.due_at:%Y-%m-%d %H:%M:%S}"
 
 
 class AggregationBatch(models.Model):
@@ -439,7 +474,9 @@ class InboxItem(models.Model):
     )
     seq = models.BigIntegerField()
     delivery = models.OneToOneField(Delivery, on_delete=models.CASCADE, related_name="inbox_item")
-    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="inbox_items", db_index=False)
+    event = models.ForeignKey(
+        Event, on_delete=models.CASCADE, related_name="inbox_items", db_index=False, db_constraint=False
+    )
     notification_type = models.CharField(max_length=100)
     category = models.CharField(max_length=20, choices=Category.choices)
     title = models.TextField(blank=True)

@@ -8,10 +8,11 @@ from django.db import OperationalError as DatabaseOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from notifications.services.dispatch import dispatch_batches_sweep
 from notifications.services.fanout import event_fanout
-from notifications.services.inbox import inapp_dispatch
+from notifications.services.inbox import inapp_dispatch_batch
 from notifications.services.outbox import outbox_sweep
-from notifications.services.sweeps import deliveries_redispatch_stale, deliveries_release_due
+from notifications.services.scheduling import deliveries_release_due
 
 # Infrastructure hiccups are retried briefly by Celery; anything longer is left to the
 # sweeps, which find the work again in PostgreSQL.
@@ -24,8 +25,8 @@ def event_fanout_task(outbox_id: int) -> int:
 
 
 @shared_task(autoretry_for=_TRANSIENT, retry_backoff=1, retry_backoff_max=30, max_retries=5)
-def inapp_dispatch_task(delivery_ids: list[int]) -> int:
-    return inapp_dispatch(delivery_ids=delivery_ids)
+def inapp_dispatch_task(batch_id: int) -> int:
+    return inapp_dispatch_batch(batch_id=batch_id)
 
 
 @shared_task
@@ -35,4 +36,4 @@ def outbox_sweep_task() -> int:
 
 @shared_task
 def deliveries_sweep_task() -> int:
-    return deliveries_release_due() + deliveries_redispatch_stale()
+    return deliveries_release_due() + dispatch_batches_sweep()

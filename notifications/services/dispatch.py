@@ -1,7 +1,10 @@
-"""Handing pending deliveries to their channel's queue.
+"""Handing pending deliveries to their channel's queue, durably.
 
-Each channel with a transport registers the task that sends it; the email, SMS, push and
-webhook transports join this table in their own issue.
+Pending deliveries are grouped into DispatchBatch rows in the transaction that made them
+pending; the task for each batch is enqueued after commit. If the enqueue or the task is
+lost, the batch stays open and the sweep enqueues it again when its lease runs out.
+Each channel with a transport registers its task; the email, SMS, push and webhook
+transports join this table in their own issue.
 """
 
 from __future__ import annotations
@@ -9,10 +12,15 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 
-from django.db import transaction
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
 from kombu.exceptions import KombuError, OperationalError
 from redis import RedisError
+
+from notifications.models import DispatchBatch
 
 log = logging.getLogger(__name__)
 
@@ -29,26 +37,84 @@ def channel_has_transport(channel: str) -> bool:
     return channel in {"inapp"}
 
 
-def deliveries_enqueue(*, by_channel: dict[str, list[int]]) -> None:
-    """Enqueue dispatch tasks now. A lost enqueue leaves the rows pending, and the stale
-    sweep dispatches them again, so failures here are logged, not raised."""
+def dispatch_lease() -> timedelta:
+    return timedelta(seconds=settings.DELIVERY_STALE_SECONDS)
+
+
+def dispatch_batches_enqueue(*, batches: Iterable[tuple[int, str]]) -> None:
+    """Enqueue (batch_id, channel) tasks now. Failures are logged, not raised: the batch
+    stays open and the sweep enqueues it again."""
     tasks = _tasks()
-    for channel, ids in by_channel.items():
+    for batch_id, channel in batches:
         task = tasks.get(channel)
         if task is None:
             continue
-        for start in range(0, len(ids), DISPATCH_BATCH):
-            batch = ids[start : start + DISPATCH_BATCH]
-            try:
-                task.apply_async(args=(batch,), retry=False)  # type: ignore[attr-defined]
-            except (KombuError, OperationalError, RedisError, OSError) as exc:
-                log.warning("dispatch of %d %s deliveries not enqueued: %s", len(batch), channel, exc)
+        try:
+            task.apply_async(args=(batch_id,), retry=False)  # type: ignore[attr-defined]
+        except (KombuError, OperationalError, RedisError, OSError) as exc:
+            log.warning("dispatch batch %d (%s) not enqueued: %s", batch_id, channel, exc)
 
 
-def deliveries_enqueue_on_commit(rows: Iterable[tuple[int, str]]) -> None:
-    """Enqueue (delivery_id, channel) pairs once the current transaction commits."""
+def deliveries_dispatch(rows: Iterable[tuple[int, str]], *, now: datetime | None = None) -> list[int]:
+    """Inside a transaction: record (delivery_id, channel) pairs as dispatch batches and
+    enqueue them once it commits. Returns the batch ids."""
     by_channel: dict[str, list[int]] = defaultdict(list)
     for delivery_id, channel in rows:
-        by_channel[channel].append(delivery_id)
-    if by_channel:
-        transaction.on_commit(lambda: deliveries_enqueue(by_channel=dict(by_channel)), robust=True)
+        if channel_has_transport(channel):
+            by_channel[channel].append(delivery_id)
+    if not by_channel:
+        return []
+    now = now or timezone.now()
+    channels: list[str] = []
+    chunks: list[list[int]] = []
+    for channel, ids in by_channel.items():
+        for start in range(0, len(ids), DISPATCH_BATCH):
+            channels.append(channel)
+            chunks.append(ids[start : start + DISPATCH_BATCH])
+    with connection.cursor() as db:
+        # One statement for every batch of the page; arrays of arrays must be rectangular,
+        # so each batch travels as a text literal.
+        db.execute(
+            f"""INSERT INTO {DispatchBatch._meta.db_table} (channel, delivery_ids, created_at, leased_until)
+                SELECT c, i::bigint[], %s, %s FROM unnest(%s::text[], %s::text[]) AS t(c, i)
+                RETURNING id, channel""",
+            [now, now + dispatch_lease(), channels, ["{" + ",".join(map(str, c)) + "}" for c in chunks]],
+        )
+        created = [(row[0], row[1]) for row in db.fetchall()]
+    transaction.on_commit(lambda: dispatch_batches_enqueue(batches=created), robust=True)
+    return [batch_id for batch_id, _ in created]
+
+
+def dispatch_batch_claim(*, batch_id: int, channel: str) -> list[int] | None:
+    """Inside a transaction: lock an open batch and mark it done, returning its delivery
+    ids; None when it is done already or another worker holds it. If the transaction rolls
+    back, the batch is open again."""
+    batch = (
+        DispatchBatch.objects.select_for_update(skip_locked=True)
+        .filter(id=batch_id, channel=channel, done_at__isnull=True)
+        .values_list("delivery_ids", flat=True)
+        .first()
+    )
+    if batch is None:
+        return None
+    DispatchBatch.objects.filter(id=batch_id).update(done_at=timezone.now())
+    return list(batch)
+
+
+def dispatch_batches_sweep(*, limit: int = 500) -> int:
+    """Enqueue again the open batches whose lease ran out (their task was lost). Returns
+    how many were enqueued."""
+    now = timezone.now()
+    with transaction.atomic():
+        rows = list(
+            DispatchBatch.objects.select_for_update(skip_locked=True)
+            .filter(done_at__isnull=True, leased_until__lt=now)
+            .order_by("leased_until")
+            .values_list("id", "channel")[:limit]
+        )
+        if not rows:
+            return 0
+        DispatchBatch.objects.filter(id__in=[r[0] for r in rows]).update(leased_until=now + dispatch_lease())
+        transaction.on_commit(lambda: dispatch_batches_enqueue(batches=rows), robust=True)
+    log.info("dispatch sweep enqueued %d lost batches", len(rows))
+    return len(rows)

@@ -31,11 +31,12 @@ from notifications.models import (
     Subscription,
 )
 from notifications.services.aggregation import aggregation_plan, aggregation_record
-from notifications.services.dispatch import deliveries_enqueue_on_commit
+from notifications.services.dispatch import deliveries_dispatch
 from notifications.services.durability import relax_commit_durability
 from notifications.services.metrics import metrics_increment
 from notifications.services.outbox import outbox_relay
 from notifications.services.planning import PlannedDelivery, RecipientFacts, plan_page
+from notifications.services.scheduling import deliveries_schedule
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,13 @@ def _fanout_page(outbox_id: int) -> tuple[int, bool] | None:
                 data=event.data,
                 now=now,
             )
-        deliveries_enqueue_on_commit((row[0], row[2]) for row in inserted if row[3] == DeliveryStatus.PENDING)
+        deliveries_dispatch(
+            ((row[0], row[2]) for row in inserted if row[3] == DeliveryStatus.PENDING), now=now
+        )
+        due = {(p.recipient_id, p.channel): p.due_at for p in planned if p.status == DeliveryStatus.SCHEDULED}
+        deliveries_schedule(
+            [(row[0], due[(row[1], row[2])]) for row in inserted if row[3] == DeliveryStatus.SCHEDULED]
+        )
         event.planned_count += len(facts)
         if last:
             # The short last page finishes the fan-out in its own transaction.

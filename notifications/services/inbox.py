@@ -24,6 +24,7 @@ from notifications.models import (
 )
 from notifications.services.aggregation import aggregation_context
 from notifications.services.connections import recipients_connected
+from notifications.services.dispatch import dispatch_batch_claim
 from notifications.services.durability import relax_commit_durability
 from notifications.services.metrics import metrics_increment
 from notifications.services.realtime import NOTIFICATION_MESSAGE, UNREAD_MESSAGE, realtime_publish
@@ -101,6 +102,16 @@ def _render(
         template_render(source=content.get("body", ""), context=context),
         template_render(source=content.get("url", ""), context=context),
     )
+
+
+def inapp_dispatch_batch(*, batch_id: int) -> int:
+    """Run one in-app dispatch batch (see DispatchBatch); returns the items written. The
+    batch is marked done in the same transaction as its inbox items."""
+    with transaction.atomic():
+        delivery_ids = dispatch_batch_claim(batch_id=batch_id, channel="inapp")
+        if delivery_ids is None:
+            return 0
+        return inapp_dispatch(delivery_ids=delivery_ids)
 
 
 def inapp_dispatch(*, delivery_ids: list[int]) -> int:

@@ -25,9 +25,11 @@ from notifications.models import (
     Channel,
     Delivery,
     DeliveryAttempt,
+    DeliverySchedule,
     DeliveryStatus,
     Device,
     DevicePlatform,
+    DispatchBatch,
     Event,
     InboxItem,
     InboxSequence,
@@ -123,6 +125,10 @@ def pipeline() -> Pipeline:
         count=3,
         closes_at=timezone.now(),
     )
+    DispatchBatch.objects.create(
+        channel=Channel.SMS, delivery_ids=[deliveries[3].id], leased_until=timezone.now()
+    )
+    DeliverySchedule.objects.create(delivery=deliveries[4], due_at=timezone.now())
     return Pipeline(notification_type, recipient, topic, event, topic_event, api_key, deliveries)
 
 

@@ -6,10 +6,10 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from notifications.models import AggregationBatch, Delivery, InboxItem
+from notifications.models import AggregationBatch, Delivery, DeliverySchedule, InboxItem
 from notifications.services.api_keys import api_key_create
 from notifications.services.ingest import event_ingest
-from notifications.services.sweeps import deliveries_release_due
+from notifications.services.scheduling import deliveries_release_due
 from tests.notifications.factories import NotificationTypeFactory, RecipientFactory
 
 pytestmark = pytest.mark.django_db
@@ -41,7 +41,7 @@ def test_it_collapses_events_within_the_window_into_one_delivery(django_capture_
     assert AggregationBatch.objects.get(recipient=alice).count == 3
     assert InboxItem.objects.count() == 0
 
-    Delivery.objects.filter(id__in=leaders.values("id")).update(due_at=timezone.now() - timedelta(seconds=1))
+    DeliverySchedule.objects.filter(delivery__in=leaders).update(due_at=timezone.now() - timedelta(seconds=1))
     with django_capture_on_commit_callbacks(execute=True):
         assert deliveries_release_due() == 2
 

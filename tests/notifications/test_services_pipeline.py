@@ -13,6 +13,8 @@ from django.utils import timezone
 
 from notifications.models import (
     Delivery,
+    DeliverySchedule,
+    DispatchBatch,
     Event,
     InboxItem,
     OutboxMessage,
@@ -20,11 +22,12 @@ from notifications.models import (
     Recipient,
 )
 from notifications.services.api_keys import api_key_create
+from notifications.services.dispatch import dispatch_batches_sweep
 from notifications.services.fanout import event_fanout
 from notifications.services.inbox import inapp_dispatch
 from notifications.services.ingest import IdempotencyConflict, IngestError, event_ingest
 from notifications.services.outbox import outbox_sweep
-from notifications.services.sweeps import deliveries_redispatch_stale, deliveries_release_due
+from notifications.services.scheduling import deliveries_release_due
 from tests.notifications.factories import (
     NotificationTypeFactory,
     RecipientFactory,
@@ -266,7 +269,8 @@ def test_it_defers_during_quiet_hours_in_the_recipients_timezone_and_releases_la
     assert timedelta(minutes=28) < delivery.due_at - timezone.now() < timedelta(minutes=31)
     assert deliveries_release_due() == 0
 
-    Delivery.objects.filter(id=delivery.id).update(due_at=timezone.now() - timedelta(seconds=1))
+    assert DeliverySchedule.objects.get(delivery=delivery).due_at == delivery.due_at
+    DeliverySchedule.objects.filter(delivery=delivery).update(due_at=timezone.now() - timedelta(seconds=1))
     with django_capture_on_commit_callbacks(execute=True):
         assert deliveries_release_due() == 1
     delivery.refresh_from_db()
@@ -368,22 +372,25 @@ def test_it_holds_scheduled_events_until_send_at(key, django_capture_on_commit_c
     assert InboxItem.objects.filter(recipient=alice).count() == 1
 
 
-def test_it_redispatches_stale_pending_deliveries(key, settings):
+def test_it_dispatches_again_a_batch_whose_task_was_lost(key, django_capture_on_commit_callbacks):
     nt = NotificationTypeFactory()
     alice = RecipientFactory()
     event = event_ingest(
         api_key=key, type_key=nt.key, recipients=[alice.external_id], data={"order_id": 1}
     ).event
-    event_fanout(outbox_id=event.outbox.id)  # dispatch enqueue lost: on_commit never ran
+    event_fanout(outbox_id=event.outbox.id)  # the dispatch enqueue was lost: on_commit never ran
     assert Delivery.objects.get(event=event).status == "pending"
-    assert deliveries_redispatch_stale() == 0
+    batch = DispatchBatch.objects.get(done_at__isnull=True)
+    assert batch.channel == "inapp" and batch.delivery_ids == [Delivery.objects.get(event=event).id]
+    assert dispatch_batches_sweep() == 0  # still leased
 
-    Delivery.objects.filter(event=event).update(
-        updated_at=timezone.now() - timedelta(seconds=settings.DELIVERY_STALE_SECONDS + 1)
-    )
-    assert deliveries_redispatch_stale() == 1
-    delivery = Delivery.objects.get(event=event)
-    assert delivery.updated_at > timezone.now() - timedelta(seconds=5)
+    DispatchBatch.objects.filter(id=batch.id).update(leased_until=timezone.now() - timedelta(seconds=1))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert dispatch_batches_sweep() == 1
+    assert Delivery.objects.get(event=event).status == "delivered"
+    assert DispatchBatch.objects.get(id=batch.id).done_at is not None
+    assert InboxItem.objects.filter(recipient=alice).count() == 1
+    assert dispatch_batches_sweep() == 0
 
 
 def test_it_skips_recipients_deleted_after_ingest(key, django_capture_on_commit_callbacks):
