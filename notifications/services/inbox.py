@@ -128,10 +128,15 @@ def inapp_dispatch(*, delivery_ids: list[int]) -> int:
     with transaction.atomic():
         relax_commit_durability()
         with connection.cursor() as db:
+            # Primary-key lookups only: given "channel = …" the planner scans the whole
+            # (event, recipient, channel) index testing each row against the id array, and
+            # with young statistics it picks sequential scans or hash joins (0.4 s per
+            # 2,000 ids at 60,000 rows). The ids come from an in-app batch.
+            db.execute("SET LOCAL enable_seqscan TO OFF")
             db.execute(
                 f"""UPDATE {Delivery._meta.db_table}
                     SET status = 'delivered', attempts = attempts + 1, sent_at = %s, updated_at = %s
-                    WHERE id = ANY(%b) AND status = 'pending' AND channel = 'inapp'
+                    WHERE id = ANY(%b) AND status = 'pending'
                     RETURNING id, event_id, recipient_id, aggregate_count""",
                 [now, now, list(delivery_ids)],
             )

@@ -46,6 +46,8 @@ def deliveries_release_due(*, limit: int = SWEEP_BATCH) -> int:
             return 0
         DeliverySchedule.objects.filter(delivery_id__in=due).delete()
         with connection.cursor() as db:
+            # Primary-key lookups, whatever the statistics say (see inbox.inapp_dispatch).
+            db.execute("SET LOCAL enable_seqscan TO OFF")
             db.execute(
                 f"""UPDATE {Delivery._meta.db_table}
                     SET status = 'pending', due_at = NULL, updated_at = %s
