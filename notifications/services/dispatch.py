@@ -41,36 +41,11 @@ def dispatch_lease() -> timedelta:
     return timedelta(seconds=settings.DELIVERY_STALE_SECONDS)
 
 
-def _run_inline(batch_id: int, channel: str) -> bool:
-    """Dispatch a small in-app batch in this process; False when it must be queued."""
-    if channel != "inapp":
-        return False
-    from notifications.services.inbox import inapp_dispatch_batch
-
-    try:
-        inapp_dispatch_batch(batch_id=batch_id)
-    except Exception:  # noqa: BLE001 - the queued task (or the sweep) will run it instead
-        log.exception("inline dispatch of batch %d failed; queueing it", batch_id)
-        return False
-    return True
-
-
-def dispatch_batches_enqueue(
-    *, batches: Iterable[tuple[int, str]], sizes: dict[int, int] | None = None
-) -> None:
+def dispatch_batches_enqueue(*, batches: Iterable[tuple[int, str]]) -> None:
     """Enqueue (batch_id, channel) tasks now. Failures are logged, not raised: the batch
-    stays open and the sweep enqueues it again.
-
-    In-app batches of at most INAPP_INLINE_MAX deliveries (``sizes``) are dispatched right
-    here instead, by the worker that planned them: for the common one-recipient event that
-    saves a broker hop and a task (a third of its cost). Writing an inbox row is local
-    database work, like planning; large batches still go to the in-app queue, whose
-    workers scale on their own."""
+    stays open and the sweep enqueues it again."""
     tasks = _tasks()
-    inline_max = settings.INAPP_INLINE_MAX
     for batch_id, channel in batches:
-        if sizes and sizes.get(batch_id, inline_max + 1) <= inline_max and _run_inline(batch_id, channel):
-            continue
         task = tasks.get(channel)
         if task is None:
             continue
@@ -102,13 +77,11 @@ def deliveries_dispatch(rows: Iterable[tuple[int, str]], *, now: datetime | None
         db.execute(
             f"""INSERT INTO {DispatchBatch._meta.db_table} (channel, delivery_ids, created_at, leased_until)
                 SELECT c, i::bigint[], %s, %s FROM unnest(%s::text[], %s::text[]) AS t(c, i)
-                RETURNING id, channel, cardinality(delivery_ids)""",
+                RETURNING id, channel""",
             [now, now + dispatch_lease(), channels, ["{" + ",".join(map(str, c)) + "}" for c in chunks]],
         )
-        returned = db.fetchall()
-    created = [(row[0], row[1]) for row in returned]
-    sizes = {row[0]: row[2] for row in returned}
-    transaction.on_commit(lambda: dispatch_batches_enqueue(batches=created, sizes=sizes), robust=True)
+        created = [(row[0], row[1]) for row in db.fetchall()]
+    transaction.on_commit(lambda: dispatch_batches_enqueue(batches=created), robust=True)
     return [batch_id for batch_id, _ in created]
 
 

@@ -32,6 +32,8 @@ from notifications.models import (
 )
 from notifications.services.aggregation import aggregation_plan, aggregation_record
 from notifications.services.dispatch import deliveries_dispatch
+from notifications.services.inbox import inapp_dispatch
+from notifications.services.inbox import inapp_dispatch
 from notifications.services.durability import relax_commit_durability
 from notifications.services.metrics import metrics_increment
 from notifications.services.outbox import outbox_relay
@@ -152,9 +154,15 @@ def _fanout_page(outbox_id: int) -> tuple[int, bool] | None:
                 data=event.data,
                 now=now,
             )
-        deliveries_dispatch(
-            ((row[0], row[2]) for row in inserted if row[3] == DeliveryStatus.PENDING), now=now
-        )
+        pending = [(row[0], row[2]) for row in inserted if row[3] == DeliveryStatus.PENDING]
+        inline = [delivery_id for delivery_id, channel in pending if channel == "inapp"]
+        if inline and len(inline) <= settings.INAPP_INLINE_MAX:
+            # A small page (the common one-recipient event) writes its inbox items in this
+            # same transaction: no dispatch batch, no broker hop, no second commit. Larger
+            # pages go to the in-app queue, whose workers scale on their own.
+            inapp_dispatch(delivery_ids=inline)
+            pending = [(delivery_id, channel) for delivery_id, channel in pending if channel != "inapp"]
+        deliveries_dispatch(pending, now=now)
         due = {(p.recipient_id, p.channel): p.due_at for p in planned if p.status == DeliveryStatus.SCHEDULED}
         deliveries_schedule(
             [(row[0], due[(row[1], row[2])]) for row in inserted if row[3] == DeliveryStatus.SCHEDULED]

@@ -125,7 +125,8 @@ def inapp_dispatch(*, delivery_ids: list[int]) -> int:
         return 0
     now = timezone.now()
     frames: list[tuple[int, dict[str, Any]]] = []
-    with transaction.atomic():
+    # No savepoint: called inside a fan-out page or a batch claim, it fails with its caller.
+    with transaction.atomic(savepoint=False):
         relax_commit_durability()
         with connection.cursor() as db:
             # Primary-key lookups only: given "channel = …" the planner scans the whole

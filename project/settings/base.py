@@ -226,8 +226,8 @@ OUTBOX_LEASE_SECONDS = env_int("OUTBOX_LEASE_SECONDS", 60, minimum=1)
 # Pending deliveries older than this with nobody working on them are dispatched again.
 DELIVERY_STALE_SECONDS = env_int("DELIVERY_STALE_SECONDS", 120, minimum=1)
 SWEEP_INTERVAL_SECONDS = env_float("SWEEP_INTERVAL_SECONDS", 5.0)
-# In-app batches up to this size are written by the fan-out worker right after its page
-# commits instead of going through the in-app queue (0 sends every batch to the queue).
+# Fan-out pages with at most this many in-app deliveries write their inbox items in the
+# page's own transaction instead of going through the in-app queue (0: always the queue).
 INAPP_INLINE_MAX = env_int("INAPP_INLINE_MAX", 50, minimum=0)
 # Per-user per-channel caps: "count/seconds". Critical types are not capped.
 RATE_CAPS = {

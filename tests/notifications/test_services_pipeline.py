@@ -108,6 +108,7 @@ def test_it_names_unknown_type_recipients_and_topic_and_stores_nothing(key):
 
 def test_it_fans_out_a_topic_in_pages_and_running_again_sends_nothing_twice(key, settings):
     settings.FANOUT_PAGE_SIZE = 40
+    settings.INAPP_INLINE_MAX = 0
     nt = NotificationTypeFactory()
     topic = TopicFactory()
     for _ in range(130):
@@ -158,7 +159,8 @@ def test_it_stops_after_its_time_slice_and_resumes_from_the_cursor(key, settings
     assert Delivery.objects.filter(event=event).count() == 35
 
 
-def test_it_writes_each_inbox_item_once_when_dispatch_runs_twice(key):
+def test_it_writes_each_inbox_item_once_when_dispatch_runs_twice(key, settings):
+    settings.INAPP_INLINE_MAX = 0
     nt = NotificationTypeFactory()
     alice = RecipientFactory()
     event = event_ingest(
@@ -372,7 +374,8 @@ def test_it_holds_scheduled_events_until_send_at(key, django_capture_on_commit_c
     assert InboxItem.objects.filter(recipient=alice).count() == 1
 
 
-def test_it_dispatches_again_a_batch_whose_task_was_lost(key, django_capture_on_commit_callbacks):
+def test_it_dispatches_again_a_batch_whose_task_was_lost(key, settings, django_capture_on_commit_callbacks):
+    settings.INAPP_INLINE_MAX = 0
     nt = NotificationTypeFactory()
     alice = RecipientFactory()
     event = event_ingest(
@@ -404,3 +407,27 @@ def test_it_skips_recipients_deleted_after_ingest(key, django_capture_on_commit_
     event_fanout(outbox_id=event.outbox.id)
 
     assert list(Delivery.objects.filter(event=event).values_list("recipient_id", flat=True)) == [alice.id]
+
+
+def test_it_writes_small_pages_inbox_items_in_the_fan_out_transaction(key, settings):
+    settings.INAPP_INLINE_MAX = 5
+    nt = NotificationTypeFactory()
+    few, many = [RecipientFactory() for _ in range(3)], [RecipientFactory() for _ in range(8)]
+
+    small = event_ingest(
+        api_key=key, type_key=nt.key, recipients=[r.external_id for r in few], data={"order_id": 1}
+    )
+    event_fanout(outbox_id=small.event.outbox.id)  # no on-commit hooks run: nothing queued
+    large = event_ingest(
+        api_key=key, type_key=nt.key, recipients=[r.external_id for r in many], data={"order_id": 2}
+    )
+    event_fanout(outbox_id=large.event.outbox.id)
+
+    assert InboxItem.objects.filter(event=small.event).count() == 3
+    assert not DispatchBatch.objects.filter(
+        delivery_ids__overlap=list(Delivery.objects.filter(event=small.event).values_list("id", flat=True))
+    ).exists()
+    assert InboxItem.objects.filter(event=large.event).count() == 0
+    assert DispatchBatch.objects.get(done_at__isnull=True).delivery_ids == sorted(
+        Delivery.objects.filter(event=large.event).values_list("id", flat=True)
+    )
