@@ -32,9 +32,8 @@ from notifications.models import (
 )
 from notifications.services.aggregation import aggregation_plan, aggregation_record
 from notifications.services.dispatch import deliveries_dispatch
-from notifications.services.inbox import inapp_dispatch
-from notifications.services.inbox import inapp_dispatch
 from notifications.services.durability import relax_commit_durability
+from notifications.services.inbox import inapp_dispatch
 from notifications.services.metrics import metrics_increment
 from notifications.services.outbox import outbox_relay
 from notifications.services.planning import PlannedDelivery, RecipientFacts, plan_page
