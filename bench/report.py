@@ -30,7 +30,6 @@ P2_P99_TARGET = 250.0
 MEMORY_TARGET_KIB = 30.0
 # A P2 latency this long means an event waited for its outbox lease to run out and the
 # sweep to enqueue it again (OUTBOX_LEASE_SECONDS defaults to 60).
-LEASE_STALL_MS = 55_000.0
 
 
 # --- The machine ---------------------------------------------------------------------------
@@ -113,7 +112,7 @@ def save_results(updates: dict[str, Any]) -> dict[str, Any]:
     into the stored results and return the merged whole."""
     results = load_results()
     for section, value in updates.items():
-        if section in ("p2", "memory", "p1_layouts") and isinstance(value, dict):
+        if section in ("p2", "p2_low", "memory", "p1_layouts") and isinstance(value, dict):
             results.setdefault(section, {}).update(value)
         else:
             results[section] = value
@@ -127,8 +126,9 @@ def save_results(updates: dict[str, Any]) -> dict[str, Any]:
 
 def choose_server(results: dict[str, Any]) -> tuple[str | None, str]:
     """The better ASGI server by P2 p99 (when they differ by more than 10%), else by memory
-    per idle connection; returns (server, reason)."""
-    p2: dict[str, Any] = results.get("p2", {})
+    per idle connection; returns (server, reason). P2 below saturation decides when it was
+    measured: at a rate the machine cannot sustain both servers only measure the backlog."""
+    p2: dict[str, Any] = results.get("p2_low") or results.get("p2", {})
     memory: dict[str, Any] = results.get("memory", {})
     servers = [s for s in ("uvicorn", "daphne") if s in p2 or s in memory]
     if len(servers) < 2:
@@ -184,7 +184,8 @@ def _summary_rows(results: dict[str, Any]) -> list[str]:
             f"| P1 fan-out, {p1['recipients']:,} recipients ({p1['layout']}) | {_fmt(rate, 0)} recipients/s "
             f"(all persisted: {'yes' if p1.get('all_persisted') else 'no'}) | ≥ 20,000 recipients/s | {_met(ok)} |"
         )
-    for server, p2 in sorted(results.get("p2", {}).items()):
+    p2_rows = [*sorted(results.get("p2", {}).items()), *sorted(results.get("p2_low", {}).items())]
+    for server, p2 in p2_rows:
         ok = p2["lost"] == 0 and p2["p50_ms"] <= P2_P50_TARGET and p2["p99_ms"] <= P2_P99_TARGET
         rows.append(
             f"| P2 accept → frame, {server}, {p2['target_rate']:.0f} events/s | p50 {_fmt(p2['p50_ms'])} ms, "
@@ -201,50 +202,32 @@ def _summary_rows(results: dict[str, Any]) -> list[str]:
 
 
 def _observations(results: dict[str, Any]) -> list[str]:
-    """Notes derived from the figures themselves (so they disappear once fixed)."""
+    """Notes derived from the figures themselves (so they disappear once they no longer hold)."""
     notes = []
-    stalled = [
-        server
-        for server, p2 in results.get("p2", {}).items()
-        if p2.get("max_ms", 0) >= LEASE_STALL_MS or p2["lost"]
-    ]
-    if stalled:
+    lost = sorted(server for server, p2 in results.get("p2", {}).items() if p2["lost"])
+    if lost:
         notes.append(
-            f"P2 on {', '.join(sorted(stalled))}: some events took a minute or more (or never arrived within the "
-            "grace period). That is the outbox lease (`OUTBOX_LEASE_SECONDS`, 60 s) running out before the sweep "
-            "enqueues the fan-out again: the fan-out task gave up on the event because its page lock "
-            "(`SELECT ... FOR UPDATE SKIP LOCKED` on the outbox row joined to its event and notification type) "
-            "skipped a row locked by concurrent work on the same event or type, and treats a skipped row as finished."
-        )
-    p1 = results.get("p1")
-    if p1 and p1.get("fanout_s", 0) > 10 * max(1.0, p1["recipients"] / 20_000):
-        notes.append(
-            "P1: fan-out advanced in bursts of a few pages separated by about a minute, the same outbox-lease wait "
-            "as above (in-app dispatch of the first pages holds a key-share lock on the event row, so the next "
-            "page's `FOR UPDATE SKIP LOCKED` skips the outbox row)."
+            f"P2 on {', '.join(lost)}: frames did not arrive within the grace period. The socket is at-most-once "
+            "by design (clients resume by seq), but lost frames in a benchmark mean a stall worth a look."
         )
     p2_values = list(results.get("p2", {}).values())
     if p2_values and all(p["p50_ms"] > P2_P50_TARGET * 10 for p in p2_values):
         notes.append(
-            "P2: the median is far above target at this rate even without stalls: every event costs two Celery "
-            "tasks (fan-out and in-app) with about a dozen SQL statements between them, plus the API request; on "
-            "two cores that saturates well below 200 events/s, so a queue builds up for the length of the run."
+            "P2 at the target rate saturates this 2-core machine: per one-recipient event the API request (about "
+            "12 ms: auth, validation, event and outbox rows, a synchronous commit) and the fan-out task (about "
+            "15 ms, writing the inbox row in the same transaction) cost some 25-30 ms of CPU across Python and "
+            "PostgreSQL, with the load generator's 50 sockets on the same cores. Past roughly 50-70 events/s a "
+            "backlog grows for the whole run, so the percentiles measure the queue, not the path; the row below "
+            "saturation shows the path."
         )
     if p2_values and all(p["achieved_rate"] < 0.9 * p["target_rate"] for p in p2_values):
         notes.append(
-            "P2: the API itself did not accept the target rate through 8 concurrent connections. Under ASGI Django "
-            "runs each request's sync code in a fresh thread (ThreadSensitiveContext), and with `CONN_MAX_AGE=60` "
-            "every such thread opens a PostgreSQL connection of its own that outlives the request: 16 concurrent "
-            "token requests left 56 idle connections to one web process, and sustained load reaches "
-            "`max_connections` (an earlier memory run got 500s: 'too many clients already')."
+            "P2: the API did not accept the target rate through the load generator's connections: the web "
+            "process is CPU-bound at that rate on two cores (it shares them with the workers and PostgreSQL)."
         )
     memory = results.get("memory", {})
     if any(m.get("redis_clients_per_connection", 0) >= 0.9 for m in memory.values()):
-        notes.append(
-            "Memory: each inbox socket opens its own Redis connection (the consumer creates a client, with its "
-            "own pool, per socket for the connection registry), about one Redis client per socket; that costs "
-            "memory and a file descriptor in the web process and in Redis."
-        )
+        notes.append("Memory: about one Redis connection per socket; the registry client should be shared.")
     return notes
 
 
@@ -310,7 +293,7 @@ def render(results: dict[str, Any]) -> str:
             lines += ["", str(results["p1_note"])]
         lines.append("")
 
-    p2_all: dict[str, Any] = results.get("p2", {})
+    p2_all = [*sorted(results.get("p2", {}).items()), *sorted(results.get("p2_low", {}).items())]
     if p2_all:
         lines += [
             "## P2: API accept → websocket frame",
@@ -319,7 +302,7 @@ def render(results: dict[str, Any]) -> str:
             "HTTP p50 / p99 | HTTP errors |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for server, p2 in sorted(p2_all.items()):
+        for server, p2 in p2_all:
             lines.append(
                 f"| {server} | {p2['clients']} | {p2['target_rate']:.0f} / {p2['achieved_rate']:.0f} /s | "
                 f"{p2['accepted']:,} | {_fmt(p2['p50_ms'])} ms | {_fmt(p2['p95_ms'])} ms | {_fmt(p2['p99_ms'])} ms | "

@@ -605,7 +605,7 @@ class PlatformProcesses:
         return [
             self.python, "-m", "uvicorn", "project.asgi:application",
             "--host", LOCALHOST, "--port", str(self.port),
-            "--ws", "websockets", "--lifespan", "off", "--no-access-log",
+            "--ws", "websockets-sansio", "--lifespan", "off", "--no-access-log",
             "--log-level", "warning", "--timeout-graceful-shutdown", "5",
         ]  # fmt: skip
 
