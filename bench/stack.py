@@ -27,6 +27,7 @@ from harness.processes import (
     Server,
     TemporaryDatabase,
     WorkerSpec,
+    proc_stats,
     wait_until,
 )
 
@@ -240,16 +241,9 @@ def wait_for(predicate: Any, timeout: float, message: str, interval: float = 0.0
 def rss_kib_tree(pid: int) -> int:
     """Resident memory (VmRSS, KiB) of ``pid`` and all its descendants, from /proc."""
     children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
+    for child, fields in proc_stats():
         if len(fields) > 1:
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
+            children.setdefault(int(fields[1]), []).append(child)
     total = 0
     pending = [pid]
     seen: set[int] = set()

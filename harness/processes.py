@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -155,9 +155,9 @@ def _kill_leftovers() -> None:
 atexit.register(_kill_leftovers)
 
 
-def _live_group_members(pgid: int) -> list[int]:
-    """Pids in process group ``pgid`` that are not zombies (Linux /proc)."""
-    members = []
+def proc_stats() -> Iterator[tuple[int, list[str]]]:
+    """(pid, fields of /proc/<pid>/stat after the command name: state ppid pgrp ...) for
+    every process that is still there when read (Linux)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -165,11 +165,14 @@ def _live_group_members(pgid: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        # Fields after the parenthesised command name: state ppid pgrp ...
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
+        yield int(entry.name), stat[stat.rfind(")") + 2 :].split()
+
+
+def _live_group_members(pgid: int) -> list[int]:
+    """Pids in process group ``pgid`` that are not zombies."""
+    return [
+        pid for pid, fields in proc_stats() if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid
+    ]
 
 
 def _signal_group(pid: int, sig: int) -> None:
