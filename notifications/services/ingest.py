@@ -147,7 +147,8 @@ def event_ingest(
             )
             if not deferred:
                 outbox_id = outbox.id
-                transaction.on_commit(lambda: outbox_relay(outbox_id=outbox_id))
+                # robust: the event is stored; a failed relay must not turn the answer into a 500.
+                transaction.on_commit(lambda: outbox_relay(outbox_id=outbox_id), robust=True)
     except IntegrityError:
         # Two requests with one idempotency key raced; the loser answers like a replay.
         if idempotency_key:
