@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db import DatabaseError, DataError, IntegrityError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -20,6 +21,15 @@ def _as_lists(detail: Any) -> Any:
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, DatabaseError) and not isinstance(exc, IntegrityError | DataError):
+        # PostgreSQL unreachable or restarting: say so and invite a retry rather than 500.
+        # Nothing was accepted: ingest stores an event only with its commit.
+        unavailable = Response(
+            {"errors": {"service": ["the database is unavailable; nothing was stored, retry shortly"]}},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+        unavailable["Retry-After"] = "5"
+        return unavailable
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
