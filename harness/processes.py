@@ -80,6 +80,22 @@ def wait_until(
         time.sleep(min(interval, remaining))
 
 
+def assert_steady(
+    read: Callable[[], T], seconds: float, interval: float = 0.5, message: str = "changed"
+) -> T:
+    """Poll ``read`` for ``seconds`` and fail as soon as its value differs from the first:
+    proves that nothing more happens (no late duplicate), which waiting for a condition
+    cannot. Returns the steady value."""
+    first = read()
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        time.sleep(min(interval, remaining))
+        current = read()
+        if current != first:
+            raise AssertionError(f"{message}: {first!r} -> {current!r}")
+    return first
+
+
 def port_is_open(host: str, port: int, timeout: float = 0.5) -> bool:
     """Return True when something accepts TCP connections on ``host:port``."""
     try:

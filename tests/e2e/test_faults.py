@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from harness.processes import wait_until
+from harness.processes import assert_steady, wait_until
 from tests.e2e.conftest import Stack, platform_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fault, pytest.mark.xdist_group("e2e-faults")]
@@ -126,15 +126,16 @@ def test_it_delivers_exactly_once_after_kill_9_of_both_workers_mid_fanout() -> N
         except TimeoutError as error:
             raise AssertionError(f"{error}; state: {fanout_state(stack, event_id)}") from None
         finished = time.monotonic()
-        # a moment later nothing more appears (no late duplicates from redelivered tasks)
-        time.sleep(2 * 5)
-        settled = fanout_state(stack, event_id)
         timing = (
             f"POST -> kill {killed_at - started:.1f}s, restart -> complete {finished - restarted_at:.1f}s, "
             f"total {finished - started:.1f}s"
         )
+        # and for two sweep leases afterwards nothing more appears (no late duplicates
+        # from redelivered tasks)
+        settled = assert_steady(
+            lambda: fanout_state(stack, event_id), 2 * 5, message=f"state changed after completion ({timing})"
+        )
         print(timing, settled)
-
         assert settled == final, f"state changed after completion: {final} -> {settled} ({timing})"
         assert final["deliveries"] == final["delivery_recipients"] == AUDIENCE, (final, timing)
         assert final["items"] == final["item_recipients"] == AUDIENCE, (final, timing)

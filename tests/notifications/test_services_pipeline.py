@@ -3,8 +3,9 @@ with eager Celery tasks against the real PostgreSQL and Redis."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.db import connection
@@ -41,6 +42,15 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def key() -> Any:
     return api_key_create(name="pipeline")[0]
+
+
+def _quiet_window_around_now(zone: str, margin: timedelta) -> tuple[time, time]:
+    """Quiet hours from ``margin`` before to ``margin`` after the current time in ``zone``."""
+    local_now = timezone.now().astimezone(ZoneInfo(zone))
+    return (
+        (local_now - margin).time().replace(second=0, microsecond=0),
+        (local_now + margin).time().replace(second=0, microsecond=0),
+    )
 
 
 def _send(key: Any, capture: Any, **kwargs: Any) -> Event:
@@ -231,9 +241,7 @@ def test_it_suppresses_opted_out_channels_by_precedence(key, django_capture_on_c
 
 def test_it_lets_critical_types_bypass_opt_outs_and_quiet_hours(key, django_capture_on_commit_callbacks):
     nt = NotificationTypeFactory(category="critical")
-    now_utc = timezone.now()
-    start = (now_utc - timedelta(hours=1)).time().replace(second=0, microsecond=0)
-    end = (now_utc + timedelta(hours=1)).time().replace(second=0, microsecond=0)
+    start, end = _quiet_window_around_now("UTC", timedelta(hours=1))
     alice = RecipientFactory(quiet_hours_start=start, quiet_hours_end=end)
     Preference.objects.create(recipient=alice, channel="inapp", enabled=False)
 
@@ -252,9 +260,7 @@ def test_it_defers_during_quiet_hours_in_the_recipients_timezone_and_releases_la
     key, django_capture_on_commit_callbacks
 ):
     nt = NotificationTypeFactory()
-    tokyo_now = timezone.now().astimezone(__import__("zoneinfo").ZoneInfo("Asia/Tokyo"))
-    start = (tokyo_now - timedelta(minutes=30)).time().replace(second=0, microsecond=0)
-    end = (tokyo_now + timedelta(minutes=30)).time().replace(second=0, microsecond=0)
+    start, end = _quiet_window_around_now("Asia/Tokyo", timedelta(minutes=30))
     alice = RecipientFactory(timezone="Asia/Tokyo", quiet_hours_start=start, quiet_hours_end=end)
 
     event = _send(
@@ -282,9 +288,7 @@ def test_it_defers_during_quiet_hours_in_the_recipients_timezone_and_releases_la
 
 def test_it_drops_during_quiet_hours_when_the_type_says_drop(key, django_capture_on_commit_callbacks):
     nt = NotificationTypeFactory(quiet_hours_policy="drop")
-    now_utc = timezone.now()
-    start = (now_utc - timedelta(hours=1)).time().replace(second=0, microsecond=0)
-    end = (now_utc + timedelta(hours=1)).time().replace(second=0, microsecond=0)
+    start, end = _quiet_window_around_now("UTC", timedelta(hours=1))
     alice = RecipientFactory(quiet_hours_start=start, quiet_hours_end=end)
 
     event = _send(
