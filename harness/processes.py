@@ -553,6 +553,8 @@ class WorkerSpec:
 DEFAULT_WORKERS: tuple[WorkerSpec, ...] = (
     WorkerSpec("fanout", ("fanout", "periodic", "default")),
     WorkerSpec("inapp", ("inapp",)),
+    # Provider sends: I/O-bound, each process calls providers from a thread pool.
+    WorkerSpec("send", ("push", "sms", "email", "webhook")),
 )
 
 

@@ -98,6 +98,10 @@ class NotificationType(models.Model):
     quiet_hours_policy = models.CharField(
         max_length=10, choices=QuietHoursPolicy.choices, default=QuietHoursPolicy.DEFER
     )
+    # Channel fallback rules: [{"from": "push", "to": "sms", "after_seconds": 60}]: when the
+    # "from" delivery has not reached the user (delivered, opened, read) within the delay,
+    # or failed for good, the event is delivered on "to" as well.
+    fallbacks = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(default=now)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -259,6 +263,8 @@ class Event(models.Model):
     recipient_ids = ArrayField(models.BigIntegerField(), null=True, blank=True)
     topic = models.ForeignKey(Topic, null=True, blank=True, on_delete=models.PROTECT)
     send_at = models.DateTimeField(null=True, blank=True)
+    # The end user's IP that caused the event (an OTP request, say), for per-IP SMS limits.
+    origin_ip = models.GenericIPAddressField(null=True, blank=True)
     status = models.CharField(max_length=20, choices=EventStatus.choices, default=EventStatus.ACCEPTED)
     planned_count = models.IntegerField(default=0, help_text="Recipients planned so far.")
     created_at = models.DateTimeField(default=now, db_index=True)
@@ -312,6 +318,10 @@ class DeliveryStatus(models.TextChoices):
     SENT = "sent", "Sent"
     DELIVERED = "delivered", "Delivered"
     READ = "read", "Read"
+    # Provider tracking (email opens and clicks, bounces reported after acceptance).
+    OPENED = "opened", "Opened"
+    CLICKED = "clicked", "Clicked"
+    BOUNCED = "bounced", "Bounced"
     SUPPRESSED = "suppressed", "Suppressed"
     FAILED = "failed", "Failed"
     DEAD = "dead", "Dead"
@@ -353,6 +363,13 @@ class Delivery(models.Model):
     aggregate_count = models.IntegerField(
         default=1, db_default=1, help_text="How many events this delivery stands for."
     )
+    # A sender's compare-and-set claim: while in the future, nobody else sends this delivery.
+    # Its exact value identifies the claim, so a sender whose claim expired and was taken
+    # over cannot overwrite the new owner's result.
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    # Attempts made before the last dead-letter replay: the retry budget counts from here.
+    retry_base = models.SmallIntegerField(default=0, db_default=0)
+    provider = models.CharField(max_length=50, blank=True, db_default="", default="")
 
     class Meta:
         verbose_name_plural = "deliveries"
@@ -453,11 +470,17 @@ class DeliveryAttempt(models.Model):
     provider = models.CharField(max_length=50, blank=True)
     provider_message_id = models.CharField(max_length=200, blank=True)
     latency_ms = models.IntegerField(null=True, blank=True)
+    # The device token, address or URL called (a push delivery calls each device).
+    target = models.CharField(max_length=512, blank=True, default="")
+    detail = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=now)
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["delivery", "number"], name="attempt_unique_delivery_number")
+            models.UniqueConstraint(
+                fields=["delivery", "number", "target", "provider"],
+                name="attempt_unique_delivery_number_target",
+            )
         ]
 
     def __str__(self) -> str:
@@ -496,3 +519,111 @@ class InboxItem(models.Model):
 
     def __str__(self) -> str:
         return f"{self.recipient_id}#{self.seq}"
+
+
+class DeadLetter(models.Model):
+    """A delivery whose retries ran out: listed for staff, replayable. The queue of dead
+    letters is this small table, not an index on the delivery status (HOT updates)."""
+
+    delivery = models.OneToOneField(
+        Delivery, primary_key=True, on_delete=models.CASCADE, related_name="dead_letter"
+    )
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    notification_type = models.CharField(max_length=100)
+    reason = models.CharField(max_length=200)
+    attempts = models.SmallIntegerField()
+    created_at = models.DateTimeField(default=now)
+    replayed_at = models.DateTimeField(null=True, blank=True)
+    replay_count = models.SmallIntegerField(default=0)
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["created_at"], condition=Q(replayed_at__isnull=True), name="deadletter_open_idx"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"dead {self.channel} delivery {self.delivery_id}"
+
+
+class SuppressionKind(models.TextChoices):
+    EMAIL = "email", "Email address"
+    PHONE = "phone", "Phone number"
+
+
+class SuppressionReason(models.TextChoices):
+    HARD_BOUNCE = "hard_bounce", "Hard bounce"
+    COMPLAINT = "complaint", "Spam complaint"
+    SMS_STOP = "sms_stop", "Replied STOP"
+    INVALID = "invalid", "Invalid destination"
+    MANUAL = "manual", "Added by staff"
+
+
+class Suppression(models.Model):
+    """An address nothing is sent to, whatever the category: hard bounces, complaints and
+    STOP replies protect the sender's reputation and the law. Addresses are stored
+    normalised (lower-case email, E.164 phone)."""
+
+    kind = models.CharField(max_length=10, choices=SuppressionKind.choices)
+    address = models.CharField(max_length=320)
+    reason = models.CharField(max_length=20, choices=SuppressionReason.choices)
+    detail = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["kind", "address"], name="suppression_unique_address")]
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.address} ({self.reason})"
+
+
+class WebhookKind(models.TextChoices):
+    SLACK = "slack", "Slack incoming webhook"
+    TEAMS = "teams", "Microsoft Teams incoming webhook"
+    GENERIC = "generic", "Signed HTTPS webhook"
+
+
+class WebhookEndpoint(models.Model):
+    recipient = models.ForeignKey(Recipient, on_delete=models.CASCADE, related_name="webhooks")
+    kind = models.CharField(max_length=10, choices=WebhookKind.choices)
+    url = models.URLField(max_length=2000)
+    secret = models.CharField(max_length=100, blank=True, help_text="Signing secret of generic webhooks.")
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["recipient", "url"], name="webhook_unique_recipient_url")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.url}"
+
+
+class FallbackCheck(models.Model):
+    """A durable question for later: "has this delivery reached the user?" When it has not
+    by ``due_at`` (or failed for good before), the event is delivered on ``to_channel``."""
+
+    delivery = models.OneToOneField(
+        Delivery, primary_key=True, on_delete=models.CASCADE, related_name="fallback_check"
+    )
+    to_channel = models.CharField(max_length=10, choices=Channel.choices)
+    due_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.delivery_id} -> {self.to_channel} at {self.due_at:%H:%M:%S}"
+
+
+class DeliveryEvent(models.Model):
+    """What a provider told us after accepting: delivered, opened, clicked, bounced,
+    complained, deferred. Kept as history; the delivery's status follows it forward only."""
+
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="tracking")
+    kind = models.CharField(max_length=20)
+    provider = models.CharField(max_length=50)
+    occurred_at = models.DateTimeField(default=now)
+    detail = models.JSONField(default=dict, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.delivery_id} {self.kind}"

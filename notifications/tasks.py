@@ -9,10 +9,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from notifications.services.dispatch import dispatch_batches_sweep
+from notifications.services.fallback import fallback_checks_due
 from notifications.services.fanout import event_fanout
 from notifications.services.inbox import inapp_dispatch_batch
 from notifications.services.outbox import outbox_sweep
 from notifications.services.scheduling import deliveries_release_due
+from notifications.services.sending import provider_dispatch_batch
 
 # Infrastructure hiccups are retried briefly by Celery; anything longer is left to the
 # sweeps, which find the work again in PostgreSQL.
@@ -29,6 +31,11 @@ def inapp_dispatch_task(batch_id: int) -> int:
     return inapp_dispatch_batch(batch_id=batch_id)
 
 
+@shared_task(autoretry_for=_TRANSIENT, retry_backoff=1, retry_backoff_max=30, max_retries=5)
+def provider_dispatch_task(batch_id: int, channel: str) -> int:
+    return provider_dispatch_batch(batch_id=batch_id, channel=channel)
+
+
 @shared_task
 def outbox_sweep_task() -> int:
     return outbox_sweep()
@@ -36,4 +43,4 @@ def outbox_sweep_task() -> int:
 
 @shared_task
 def deliveries_sweep_task() -> int:
-    return deliveries_release_due() + dispatch_batches_sweep()
+    return deliveries_release_due() + dispatch_batches_sweep() + fallback_checks_due()

@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 import notifications.observability as observability
+import notifications.provider_webhooks as provider_webhooks
 import notifications.views as pages
 from notifications.api import urls as api_urls
 
@@ -25,4 +26,9 @@ urlpatterns = [
     path("inbox/", pages.inbox_page, name="inbox"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("sse/inbox/", pages.sse_inbox, name="sse-inbox"),
+    path("unsubscribe/<str:token>/", pages.unsubscribe, name="unsubscribe"),
+    # Provider callbacks (signed by the provider; no session, no CSRF).
+    path("providers/twilio/status/", provider_webhooks.twilio_status, name="twilio-status"),
+    path("providers/twilio/inbound/", provider_webhooks.twilio_inbound, name="twilio-inbound"),
+    path("anymail/mailgun/tracking/", provider_webhooks.mailgun_tracking, name="mailgun-tracking"),
 ]

@@ -3,8 +3,8 @@
 Pending deliveries are grouped into DispatchBatch rows in the transaction that made them
 pending; the task for each batch is enqueued after commit. If the enqueue or the task is
 lost, the batch stays open and the sweep enqueues it again when its lease runs out.
-Each channel with a transport registers its task; the email, SMS, push and webhook
-transports join this table in their own issue.
+Each channel with a transport registers its task: in-app writes inbox rows, the others
+call their providers (services/sending.py).
 """
 
 from __future__ import annotations
@@ -25,16 +25,24 @@ from notifications.models import DispatchBatch
 log = logging.getLogger(__name__)
 
 DISPATCH_BATCH = 2000
+# Provider sends are slow I/O: smaller batches spread a burst over every sending worker.
+PROVIDER_DISPATCH_BATCH = 200
 
 
 def _tasks() -> dict[str, object]:
-    from notifications.tasks import inapp_dispatch_task
+    from notifications.tasks import inapp_dispatch_task, provider_dispatch_task
 
-    return {"inapp": inapp_dispatch_task}
+    return {
+        "inapp": inapp_dispatch_task,
+        "email": provider_dispatch_task,
+        "sms": provider_dispatch_task,
+        "push": provider_dispatch_task,
+        "webhook": provider_dispatch_task,
+    }
 
 
 def channel_has_transport(channel: str) -> bool:
-    return channel in {"inapp"}
+    return channel == "inapp" or bool(settings.CHANNEL_PROVIDERS.get(channel))
 
 
 def dispatch_lease() -> timedelta:
@@ -50,7 +58,8 @@ def dispatch_batches_enqueue(*, batches: Iterable[tuple[int, str]]) -> None:
         if task is None:
             continue
         try:
-            task.apply_async(args=(batch_id,), retry=False)  # type: ignore[attr-defined]
+            args = (batch_id,) if channel == "inapp" else (batch_id, channel)
+            task.apply_async(args=args, queue=channel, retry=False)  # type: ignore[attr-defined]
         except (KombuError, OperationalError, RedisError, OSError) as exc:
             log.warning("dispatch batch %d (%s) not enqueued: %s", batch_id, channel, exc)
 
@@ -68,9 +77,10 @@ def deliveries_dispatch(rows: Iterable[tuple[int, str]], *, now: datetime | None
     channels: list[str] = []
     chunks: list[list[int]] = []
     for channel, ids in by_channel.items():
-        for start in range(0, len(ids), DISPATCH_BATCH):
+        size = DISPATCH_BATCH if channel == "inapp" else PROVIDER_DISPATCH_BATCH
+        for start in range(0, len(ids), size):
             channels.append(channel)
-            chunks.append(ids[start : start + DISPATCH_BATCH])
+            chunks.append(ids[start : start + size])
     with connection.cursor() as db:
         # One statement for every batch of the page; arrays of arrays must be rectangular,
         # so each batch travels as a text literal.

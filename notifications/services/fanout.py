@@ -33,6 +33,7 @@ from notifications.models import (
 from notifications.services.aggregation import aggregation_plan, aggregation_record
 from notifications.services.dispatch import deliveries_dispatch
 from notifications.services.durability import relax_commit_durability
+from notifications.services.fallback import fallback_checks_plan
 from notifications.services.inbox import inapp_dispatch
 from notifications.services.metrics import metrics_increment
 from notifications.services.outbox import outbox_relay
@@ -166,6 +167,16 @@ def _fanout_page(outbox_id: int) -> tuple[int, bool] | None:
         deliveries_schedule(
             [(row[0], due[(row[1], row[2])]) for row in inserted if row[3] == DeliveryStatus.SCHEDULED]
         )
+        if notification_type.fallbacks:
+            fallback_checks_plan(
+                notification_type=notification_type,
+                rows=[
+                    (row[0], row[2], due.get((row[1], row[2])))
+                    for row in inserted
+                    if row[3] in (DeliveryStatus.PENDING, DeliveryStatus.SCHEDULED)
+                ],
+                now=now,
+            )
         event.planned_count += len(facts)
         if last:
             # The short last page finishes the fan-out in its own transaction.

@@ -1,5 +1,5 @@
-"""Durable due times: deliveries deferred by quiet hours or an aggregation window wait in
-DeliverySchedule rows and are released by the sweep (beat), never by broker ETAs. Rows are
+"""Durable due times: deliveries deferred by quiet hours, an aggregation window or a retry
+backoff wait in DeliverySchedule rows and are released by the sweep (beat), never by broker ETAs. Rows are
 claimed with SKIP LOCKED, so a second beat only wastes work."""
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ def deliveries_schedule(rows: Sequence[tuple[int, datetime | None]]) -> None:
 
 
 def deliveries_release_due(*, limit: int = SWEEP_BATCH) -> int:
-    """Release scheduled deliveries whose time has come: pending, and dispatched. Returns
-    how many were released."""
+    """Release deliveries whose time has come (scheduled ones become pending, retrying ones
+    stay retrying) and dispatch them. Returns how many were released."""
     now = timezone.now()
     with transaction.atomic():
         due = list(
@@ -50,10 +50,11 @@ def deliveries_release_due(*, limit: int = SWEEP_BATCH) -> int:
             db.execute("SET LOCAL enable_seqscan TO OFF")
             db.execute(
                 f"""UPDATE {Delivery._meta.db_table}
-                    SET status = 'pending', due_at = NULL, updated_at = %s
-                    WHERE id = ANY(%b) AND status = %s
+                    SET status = CASE WHEN status = %s THEN 'pending' ELSE status END,
+                        due_at = NULL, updated_at = %s
+                    WHERE id = ANY(%b) AND status = ANY(%b)
                     RETURNING id, channel""",
-                [now, due, DeliveryStatus.SCHEDULED],
+                [DeliveryStatus.SCHEDULED, now, due, [DeliveryStatus.SCHEDULED, DeliveryStatus.RETRYING]],
             )
             released = [(row[0], row[1]) for row in db.fetchall()]
         aggregation_close(leader_ids=[row[0] for row in released], now=now)

@@ -17,6 +17,7 @@ from project.settings.env import (
     env_redis_url,
     env_str,
 )
+from project.settings.providers import build_providers
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -46,6 +47,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_celery_beat",
     "channels",
+    "anymail",
     "notifications",
     "presence",
     "collaboration",
@@ -208,6 +210,8 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "notifications.tasks.event_fanout_task": {"queue": "fanout"},
     "notifications.tasks.inapp_dispatch_task": {"queue": "inapp"},
+    # Provider sends are routed per channel at enqueue time (queues email, sms, push,
+    # webhook), so a slow provider of one channel never delays another.
     "notifications.tasks.*_sweep_task": {"queue": "periodic"},
 }
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
@@ -283,3 +287,74 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"queue": "periodic", "expires": SWEEP_INTERVAL_SECONDS * 2},
     },
 }
+
+# --- Providers (issue 3) -------------------------------------------------------------------
+# Every provider is reached through its real client library. Without real credentials the
+# clients point at the provider sandbox (`manage.py provider_sandbox`, started by make run),
+# which speaks each provider's wire protocol; setting a provider's credentials in the
+# environment (MAILGUN_API_KEY, TWILIO_ACCOUNT_SID, FCM_SERVICE_ACCOUNT_FILE, APNS_KEY_FILE)
+# points that provider at the real service instead.
+PROVIDER_SANDBOX_HOST = env_str("PROVIDER_SANDBOX_HOST", "127.0.0.1")
+PROVIDER_SANDBOX_HTTP_PORT = env_int("PROVIDER_SANDBOX_HTTP_PORT", 8100, minimum=1)
+PROVIDER_SANDBOX_APNS_PORT = env_int("PROVIDER_SANDBOX_APNS_PORT", 8101, minimum=1)
+PROVIDER_SANDBOX_SMTP_PORT = env_int("PROVIDER_SANDBOX_SMTP_PORT", 8102, minimum=1)
+# Keys and certificates the sandbox generates and the transports use (FCM service account,
+# APNs ES256 key, the TLS CA of the sandbox's APNs endpoint).
+PROVIDER_SANDBOX_DIR = Path(env_str("PROVIDER_SANDBOX_DIR", str(BASE_DIR / "var" / "sandbox")))
+PROVIDERS = build_providers(
+    sandbox_host=PROVIDER_SANDBOX_HOST,
+    http_port=PROVIDER_SANDBOX_HTTP_PORT,
+    apns_port=PROVIDER_SANDBOX_APNS_PORT,
+    smtp_port=PROVIDER_SANDBOX_SMTP_PORT,
+    sandbox_dir=PROVIDER_SANDBOX_DIR,
+)
+# Providers of each channel in failover order. Push is chosen by the device's platform.
+CHANNEL_PROVIDERS = {
+    "email": env_list("EMAIL_PROVIDERS", ["mailgun", "smtp"]),
+    "sms": env_list("SMS_PROVIDERS", ["twilio", "twilio-backup"]),
+    "push": ["fcm", "apns"],
+    "webhook": ["webhook"],
+}
+# From-addresses per category (marketing mail often comes from its own domain).
+EMAIL_FROM = {
+    "critical": env_str("EMAIL_FROM_CRITICAL", "Security <security@mg.sandbox.test>"),
+    "transactional": env_str("EMAIL_FROM_TRANSACTIONAL", "Notifications <notify@mg.sandbox.test>"),
+    "social": env_str("EMAIL_FROM_SOCIAL", "Notifications <notify@mg.sandbox.test>"),
+    "marketing": env_str("EMAIL_FROM_MARKETING", "News <news@mg.sandbox.test>"),
+}
+ANYMAIL = {
+    "MAILGUN_API_KEY": PROVIDERS["mailgun"]["api_key"],
+    "MAILGUN_API_URL": PROVIDERS["mailgun"]["api_url"],
+    "MAILGUN_WEBHOOK_SIGNING_KEY": PROVIDERS["mailgun"]["webhook_signing_key"],
+    # Basic-auth credentials the ESP puts in the tracking webhook URL (anymail checks them
+    # besides the Mailgun signature).
+    "WEBHOOK_SECRET": env_str("ANYMAIL_WEBHOOK_SECRET", "sandbox:sandbox-webhook-secret"),
+}
+# Generic webhooks are signed the Standard Webhooks way: HMAC-SHA256 over "<id>.<timestamp>.<body>".
+WEBHOOK_SIGNATURE_TOLERANCE_SECONDS = env_int("WEBHOOK_SIGNATURE_TOLERANCE_SECONDS", 300, minimum=1)
+
+# --- Sending: retries, breakers, pacing ---------------------------------------------------
+SEND_MAX_ATTEMPTS = env_int("SEND_MAX_ATTEMPTS", 6, minimum=1)
+SEND_BACKOFF_BASE_SECONDS = env_float("SEND_BACKOFF_BASE_SECONDS", 2.0)
+SEND_BACKOFF_CAP_SECONDS = env_float("SEND_BACKOFF_CAP_SECONDS", 900.0)
+# Deliveries claimed per database round trip by a sender, and provider calls in flight
+# per worker process.
+SEND_CHUNK = env_int("SEND_CHUNK", 50, minimum=1)
+SEND_CONCURRENCY = env_int("SEND_CONCURRENCY", 16, minimum=1)
+# A claimed delivery whose sender vanished is sent again after this long.
+SEND_CLAIM_SECONDS = env_int("SEND_CLAIM_SECONDS", 60, minimum=5)
+SEND_TIMEOUT_SECONDS = env_float("SEND_TIMEOUT_SECONDS", 10.0)
+BREAKER_WINDOW_SECONDS = env_int("BREAKER_WINDOW_SECONDS", 30, minimum=1)
+BREAKER_MIN_CALLS = env_int("BREAKER_MIN_CALLS", 10, minimum=1)
+BREAKER_FAILURE_RATIO = env_float("BREAKER_FAILURE_RATIO", 0.5)
+BREAKER_OPEN_SECONDS = env_float("BREAKER_OPEN_SECONDS", 10.0)
+
+# --- SMS abuse protection -----------------------------------------------------------------
+SMS_ALLOWED_COUNTRIES = env_list(
+    "SMS_ALLOWED_COUNTRIES", ["US", "CA", "GB", "DE", "FR", "NL", "ES", "IT", "SE"]
+)
+SMS_LIMIT_PER_DESTINATION = env_str("SMS_LIMIT_PER_DESTINATION", "10/3600")
+SMS_LIMIT_PER_PREFIX = env_str("SMS_LIMIT_PER_PREFIX", "1000/3600")
+SMS_LIMIT_PER_IP = env_str("SMS_LIMIT_PER_IP", "20/3600")
+SMS_PREFIX_DIGITS = env_int("SMS_PREFIX_DIGITS", 6, minimum=2)
+SMS_DAILY_SPEND_CAP = env_float("SMS_DAILY_SPEND_CAP", 500.0)

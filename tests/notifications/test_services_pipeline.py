@@ -326,7 +326,10 @@ def test_it_suppresses_past_the_per_user_rate_cap(key, settings, django_capture_
     assert statuses == [("delivered", ""), ("delivered", ""), ("suppressed", "rate cap reached")]
 
 
-def test_it_marks_channels_without_a_transport_failed_with_a_reason(key, django_capture_on_commit_callbacks):
+def test_it_marks_channels_without_a_transport_failed_with_a_reason(
+    key, django_capture_on_commit_callbacks, settings
+):
+    settings.CHANNEL_PROVIDERS = {**settings.CHANNEL_PROVIDERS, "sms": []}
     nt = NotificationTypeFactory(channels=["inapp", "sms"])
     alice = RecipientFactory()
 

@@ -1,0 +1,213 @@
+"""What providers tell us back, applied: dead push tokens, bounced and complaining
+addresses, STOP replies, and the delivery receipts that move a delivery forward.
+
+Every function here is idempotent: providers repeat callbacks, and a replayed callback
+must change nothing (DESIGN.md section 6).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from notifications.models import (
+    Delivery,
+    DeliveryEvent,
+    DeliveryStatus,
+    Device,
+    FallbackCheck,
+    Suppression,
+    SuppressionKind,
+    SuppressionReason,
+)
+from notifications.services.metrics import metrics_increment
+from notifications.transports.base import Feedback, OutboundMessage, TransportError
+
+log = logging.getLogger(__name__)
+
+
+def suppression_add(*, kind: str, address: str, reason: str, detail: str = "") -> bool:
+    """Put an address on the suppression list. Returns False when it was there already."""
+    address = address.strip().lower() if kind == SuppressionKind.EMAIL else address.strip()
+    try:
+        with transaction.atomic():
+            _, created = Suppression.objects.get_or_create(
+                kind=kind, address=address, defaults={"reason": reason, "detail": detail[:300]}
+            )
+    except IntegrityError:
+        return False
+    if created:
+        log.info("suppressed %s %s (%s)", kind, address, reason)
+    return created
+
+
+def suppression_remove(*, kind: str, address: str, reasons: tuple[str, ...] | None = None) -> int:
+    address = address.strip().lower() if kind == SuppressionKind.EMAIL else address.strip()
+    rows = Suppression.objects.filter(kind=kind, address=address)
+    if reasons:
+        rows = rows.filter(reason__in=reasons)
+    deleted, _ = rows.delete()
+    return deleted
+
+
+def device_unregistered(*, platform: str, token: str, unregistered_at: datetime | None = None) -> bool:
+    """Deactivate a push token the provider no longer knows. APNs says since when the token
+    is invalid: a token registered again after that moment is kept (the app reinstalled).
+    Returns whether a device was deactivated."""
+    now = timezone.now()
+    devices = Device.objects.filter(platform=platform, token=token, active=True)
+    if unregistered_at is not None:
+        devices = devices.filter(last_seen_at__lte=unregistered_at)
+    return devices.update(active=False, deactivated_at=now) > 0
+
+
+def device_remove(*, platform: str, token: str) -> bool:
+    """Forget a token that is not valid for this app at all."""
+    deleted, _ = Device.objects.filter(platform=platform, token=token).delete()
+    return deleted > 0
+
+
+def feedback_apply(*, message: OutboundMessage, error: TransportError) -> None:
+    """Act on what a failed send says about its destination."""
+    kind = error.feedback
+    if kind == Feedback.UNREGISTERED and message.channel == "push":
+        at_ms = error.detail.get("unregistered_at")
+        at = datetime.fromtimestamp(int(at_ms) / 1000, tz=UTC) if at_ms else None
+        device_unregistered(
+            platform=str(message.options.get("platform")), token=message.to, unregistered_at=at
+        )
+    elif kind == Feedback.BAD_TOKEN and message.channel == "push":
+        device_remove(platform=str(message.options.get("platform")), token=message.to)
+    elif kind == Feedback.HARD_BOUNCE and message.channel == "email":
+        suppression_add(
+            kind=SuppressionKind.EMAIL,
+            address=message.to,
+            reason=SuppressionReason.HARD_BOUNCE,
+            detail=error.reason,
+        )
+    elif kind == Feedback.COMPLAINT and message.channel == "email":
+        suppression_add(
+            kind=SuppressionKind.EMAIL,
+            address=message.to,
+            reason=SuppressionReason.COMPLAINT,
+            detail=error.reason,
+        )
+    elif kind == Feedback.OPTED_OUT and message.channel == "sms":
+        suppression_add(
+            kind=SuppressionKind.PHONE,
+            address=message.to,
+            reason=SuppressionReason.SMS_STOP,
+            detail=error.reason,
+        )
+
+
+# Receipts move a delivery forward only: a late "delivered" never undoes "opened".
+_FORWARD: dict[str, tuple[str, tuple[str, ...]]] = {
+    "delivered": (DeliveryStatus.DELIVERED, (DeliveryStatus.SENT,)),
+    "opened": (DeliveryStatus.OPENED, (DeliveryStatus.SENT, DeliveryStatus.DELIVERED)),
+    "clicked": (
+        DeliveryStatus.CLICKED,
+        (DeliveryStatus.SENT, DeliveryStatus.DELIVERED, DeliveryStatus.OPENED),
+    ),
+    "bounced": (DeliveryStatus.BOUNCED, (DeliveryStatus.SENT, DeliveryStatus.DELIVERED)),
+    "failed": (DeliveryStatus.FAILED, (DeliveryStatus.SENT, DeliveryStatus.DELIVERED)),
+}
+TRACKING_KINDS = (*_FORWARD, "complained", "deferred", "sent")
+
+
+def delivery_track(
+    *,
+    delivery_id: int,
+    kind: str,
+    provider: str,
+    occurred_at: datetime | None = None,
+    reason: str = "",
+    detail: dict[str, Any] | None = None,
+    dedupe_key: str = "",
+) -> bool:
+    """Record a provider's receipt for a delivery and move its status forward when the
+    receipt allows. ``dedupe_key`` (the provider's event id) makes a repeated receipt a
+    no-op. Returns whether anything changed."""
+    if kind not in TRACKING_KINDS:
+        raise ValueError(f"unknown tracking kind {kind!r}")
+    now = timezone.now()
+    detail = dict(detail or {})
+    if dedupe_key:
+        detail["dedupe_key"] = dedupe_key
+    with transaction.atomic():
+        delivery = Delivery.objects.select_for_update().filter(id=delivery_id).first()
+        if delivery is None:
+            return False
+        if (
+            dedupe_key
+            and DeliveryEvent.objects.filter(delivery_id=delivery_id, detail__dedupe_key=dedupe_key).exists()
+        ):
+            return False
+        DeliveryEvent.objects.create(
+            delivery_id=delivery_id,
+            kind=kind,
+            provider=provider,
+            occurred_at=occurred_at or now,
+            detail=detail,
+        )
+        changed = False
+        if kind in _FORWARD:
+            target, sources = _FORWARD[kind]
+            if delivery.status in sources:
+                Delivery.objects.filter(id=delivery_id, status=delivery.status).update(
+                    status=target, reason=reason[:200], updated_at=now
+                )
+                changed = True
+                if target in (DeliveryStatus.BOUNCED, DeliveryStatus.FAILED):
+                    # Failed for good after the provider accepted it: a fallback channel
+                    # need not wait for its deadline (as when the send itself fails).
+                    FallbackCheck.objects.filter(delivery_id=delivery_id).update(due_at=now)
+        elif kind == "deferred" and delivery.status == DeliveryStatus.SENT:
+            # A soft bounce: the mail did not arrive; send it again after a backoff.
+            from notifications.services.scheduling import deliveries_schedule
+            from notifications.services.sending import retry_delay
+
+            due = now + timedelta(
+                seconds=retry_delay(attempt=max(1, delivery.attempts - delivery.retry_base))
+            )
+            Delivery.objects.filter(id=delivery_id, status=DeliveryStatus.SENT).update(
+                status=DeliveryStatus.RETRYING,
+                reason=f"soft bounce: {reason}"[:200],
+                due_at=due,
+                updated_at=now,
+            )
+            deliveries_schedule([(delivery_id, due)])
+            changed = True
+        if changed:
+            status = _FORWARD[kind][0] if kind in _FORWARD else DeliveryStatus.RETRYING
+            transaction.on_commit(
+                lambda: metrics_increment({f"deliveries:{delivery.channel}:{status}": 1}), robust=True
+            )
+    return changed
+
+
+STOP_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"}
+START_WORDS = {"START", "UNSTOP", "YES", "OPTIN"}
+
+
+def sms_inbound(*, from_number: str, body: str) -> str | None:
+    """Apply an inbound SMS keyword. Returns "stop", "start" or None (not a keyword)."""
+    word = body.strip().upper()
+    if word in STOP_WORDS:
+        suppression_add(
+            kind=SuppressionKind.PHONE,
+            address=from_number,
+            reason=SuppressionReason.SMS_STOP,
+            detail=f"replied {word}",
+        )
+        return "stop"
+    if word in START_WORDS:
+        suppression_remove(
+            kind=SuppressionKind.PHONE, address=from_number, reasons=(SuppressionReason.SMS_STOP,)
+        )
+        return "start"
+    return None
