@@ -553,15 +553,32 @@ def _record(jobs: list[Job], token: datetime) -> Counter[str]:
 # --- entry points ----------------------------------------------------------------------
 
 
-def deliveries_send(*, delivery_ids: list[int]) -> int:
+def _claimed_elsewhere(delivery_ids: list[int], now: datetime) -> datetime | None:
+    """The latest live claim another sender holds on sendable deliveries among
+    ``delivery_ids`` (None when there is none). Such a sender may have died: its claim
+    expiring is the only sign, so whoever runs the batch must look again after it."""
+    with connection.cursor() as db:
+        db.execute(
+            f"""SELECT max(claimed_until) FROM {Delivery._meta.db_table}
+                WHERE id = ANY(%b) AND status = ANY(%b) AND claimed_until >= %s""",
+            [delivery_ids, list(_SENDABLE), now],
+        )
+        row = db.fetchone()
+    return row[0] if row else None
+
+
+def deliveries_send(*, delivery_ids: list[int]) -> tuple[int, datetime | None]:
     """Claim, send and record one chunk. Returns how many deliveries this call settled
-    (any outcome); deliveries another sender owns, or not due, are skipped."""
+    (any outcome) and, when some are claimed by another sender, until when: the caller
+    must try those again after that (the other sender may be dead). Deliveries not due
+    yet are skipped: their schedule row releases them."""
     if not delivery_ids:
-        return 0
+        return 0, None
     now = timezone.now()
     token, claimed = deliveries_claim(delivery_ids=delivery_ids, now=now)
+    busy_until = _claimed_elsewhere(delivery_ids, now) if len(claimed) < len(delivery_ids) else None
     if not claimed:
-        return 0
+        return 0, busy_until
     jobs = _prepare(claimed)
     to_send = [job for job in jobs if job.verdict is None and job.messages]
     if len(to_send) > 1:
@@ -577,13 +594,15 @@ def deliveries_send(*, delivery_ids: list[int]) -> int:
                 "delivery settled",
                 extra={"event_id": str(job.claimed.event_id), "delivery_ids": [job.claimed.id]},
             )
-    return len(claimed)
+    return len(claimed), busy_until
 
 
 def provider_dispatch_batch(*, batch_id: int, channel: str) -> int:
     """Send an open dispatch batch in chunks, renewing its lease as it goes; marks it done
-    at the end. Running a batch twice, or at once on two workers, sends nothing twice: each
-    chunk is claimed delivery by delivery."""
+    at the end, unless some of its deliveries are claimed by a sender that may have died:
+    then the batch stays open until that claim expires and the sweep runs it again.
+    Running a batch twice, or at once on two workers, sends nothing twice: each chunk is
+    claimed delivery by delivery."""
     with transaction.atomic():
         ids = (
             DispatchBatch.objects.select_for_update(skip_locked=True)
@@ -595,11 +614,20 @@ def provider_dispatch_batch(*, batch_id: int, channel: str) -> int:
             return 0
         DispatchBatch.objects.filter(id=batch_id).update(leased_until=timezone.now() + dispatch_lease())
     settled = 0
+    recheck_at: datetime | None = None
     size = settings.SEND_CHUNK
     for start in range(0, len(ids), size):
-        settled += deliveries_send(delivery_ids=list(ids[start : start + size]))
+        count, busy_until = deliveries_send(delivery_ids=list(ids[start : start + size]))
+        settled += count
+        if busy_until is not None:
+            recheck_at = max(recheck_at or busy_until, busy_until)
         DispatchBatch.objects.filter(id=batch_id, done_at__isnull=True).update(
             leased_until=timezone.now() + dispatch_lease()
         )
-    DispatchBatch.objects.filter(id=batch_id).update(done_at=timezone.now())
+    if recheck_at is not None:
+        DispatchBatch.objects.filter(id=batch_id, done_at__isnull=True).update(
+            leased_until=recheck_at + timedelta(seconds=1)
+        )
+    else:
+        DispatchBatch.objects.filter(id=batch_id).update(done_at=timezone.now())
     return settled

@@ -20,7 +20,16 @@ import httpx
 import psycopg
 import pytest
 
-from harness.processes import REPO_ROOT, PlatformProcesses, PrivateRedis, TemporaryDatabase
+from harness.processes import (
+    DEFAULT_WORKERS,
+    REPO_ROOT,
+    PlatformProcesses,
+    PrivateRedis,
+    TemporaryDatabase,
+    WorkerSpec,
+    free_port,
+)
+from harness.sandbox import SandboxProcess
 
 # Stacks alive in this (xdist worker) process; their logs go into failure reports.
 ACTIVE_STACKS: list[Stack] = []
@@ -48,6 +57,7 @@ class Stack:
     env: dict[str, str]
     api_key: str = ""
     clients: list[httpx.Client] = field(default_factory=list)
+    sandbox: SandboxProcess | None = None
 
     @property
     def web_url(self) -> str:
@@ -155,7 +165,10 @@ class Stack:
         return psycopg.connect(self.database.url, autocommit=True)
 
     def log_tails(self, lines: int = 60) -> str:
-        return self.processes.log_tails(lines)
+        tails = self.processes.log_tails(lines)
+        if self.sandbox is not None:
+            tails += f"\n--- provider sandbox ---\n{self.sandbox.log_tail(lines)}"
+        return tails
 
     def close_clients(self) -> None:
         for client in self.clients:
@@ -165,25 +178,45 @@ class Stack:
 
 
 @contextlib.contextmanager
-def platform_stack(extra_env: Mapping[str, str] | None = None) -> Iterator[Stack]:
-    """Start Redis, a migrated temporary database and the platform; stop all on exit."""
+def platform_stack(
+    extra_env: Mapping[str, str] | None = None,
+    *,
+    with_sandbox: bool = False,
+    workers: tuple[WorkerSpec, ...] = DEFAULT_WORKERS,
+    sandbox_dir: Any = None,
+) -> Iterator[Stack]:
+    """Start Redis, a migrated temporary database and the platform (and, ``with_sandbox``,
+    a provider sandbox whose callbacks reach the platform); stop all on exit."""
     with contextlib.ExitStack() as exit_stack:
         redis = exit_stack.enter_context(PrivateRedis())
         database = exit_stack.enter_context(
             TemporaryDatabase(prefix="tmp_e2e", env={"DJANGO_SETTINGS_MODULE": "project.settings"})
         )
+        port = free_port()
+        sandbox = None
+        sandbox_env: dict[str, str] = {}
+        if with_sandbox:
+            import tempfile
+            from pathlib import Path
+
+            directory = Path(sandbox_dir or tempfile.mkdtemp(prefix="sandbox-"))
+            sandbox = exit_stack.enter_context(
+                SandboxProcess(directory=directory, platform_url=f"http://127.0.0.1:{port}")
+            )
+            sandbox_env = sandbox.env()
         env = {
             **os.environ,
             **BASE_ENV,
             "DATABASE_URL": database.url,
             "REDIS_URL": redis.url,
             "CELERY_BROKER_URL": redis.url,
+            **sandbox_env,
             **(extra_env or {}),
         }
-        processes = PlatformProcesses(env=env)
+        processes = PlatformProcesses(env=env, port=port, workers=workers)
         # PORT is fixed by PlatformProcesses; manage.py commands must see the same settings.
         env = dict(processes.env)
-        stack = Stack(redis=redis, database=database, processes=processes, env=env)
+        stack = Stack(redis=redis, database=database, processes=processes, env=env, sandbox=sandbox)
         processes.start_all()
         exit_stack.callback(processes.stop_all)
         exit_stack.callback(stack.close_clients)
