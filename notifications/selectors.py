@@ -5,9 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Prefetch, QuerySet
 
-from notifications.models import Delivery, Event, InboxItem, Recipient
+from notifications.models import (
+    DeadLetter,
+    Delivery,
+    DeliveryAttempt,
+    Event,
+    InboxItem,
+    Recipient,
+    Suppression,
+    WebhookEndpoint,
+)
+from notifications.services.deadletters import DeadLetterFilter, deadletters_open
 from notifications.services.inbox import ITEM_COLUMNS
 
 INBOX_PAGE_MAX = 200
@@ -57,3 +67,32 @@ def event_delivery_summary(*, event: Event) -> dict[str, dict[str, int]]:
 
 def event_deliveries(*, event: Event) -> QuerySet[Delivery]:
     return Delivery.objects.filter(event=event).select_related("recipient").order_by("id")
+
+
+def deadletters_open_list(*, where: DeadLetterFilter | None = None) -> QuerySet[DeadLetter]:
+    """Open (not replayed) dead letters matching ``where``, with each delivery's recipient
+    and attempt history (oldest first) loaded in two more queries per page, not per row."""
+    attempts = DeliveryAttempt.objects.order_by("number", "created_at", "id")
+    return (
+        deadletters_open(where)
+        .select_related("delivery__recipient")
+        .prefetch_related(Prefetch("delivery__attempt_log", queryset=attempts))
+    )
+
+
+def suppressions_list(*, kind: str = "", address: str = "") -> QuerySet[Suppression]:
+    """Suppressed addresses, optionally of one kind and one exact (normalised) address."""
+    rows = Suppression.objects.all()
+    if kind:
+        rows = rows.filter(kind=kind)
+    if address:
+        rows = rows.filter(address=address)
+    return rows
+
+
+def suppression_get(*, kind: str, address: str) -> Suppression | None:
+    return Suppression.objects.filter(kind=kind, address=address).first()
+
+
+def webhook_endpoints(*, recipient: Recipient) -> QuerySet[WebhookEndpoint]:
+    return WebhookEndpoint.objects.filter(recipient=recipient).order_by("id")

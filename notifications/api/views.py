@@ -9,7 +9,7 @@ from django.db.models import Count
 from django.http import Http404
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
@@ -19,6 +19,10 @@ from rest_framework.views import APIView
 from notifications import selectors
 from notifications.api.auth import EndUserTokenAuthentication, IsEndUser
 from notifications.api.serializers import (
+    DeadLetterFilterSerializer,
+    DeadLetterPageSerializer,
+    DeadLetterReplaySerializer,
+    DeadLetterSerializer,
     DeliverySerializer,
     DeviceSerializer,
     EventAcceptedSerializer,
@@ -29,12 +33,30 @@ from notifications.api.serializers import (
     NotificationTypeSerializer,
     PreferencesSerializer,
     RecipientSerializer,
+    ReplayedSerializer,
     SubscribersSerializer,
+    SuppressionPageSerializer,
+    SuppressionQuerySerializer,
+    SuppressionSerializer,
     TokenSerializer,
+    WebhookEndpointSerializer,
+    dead_letter_filter,
+    query_params_for,
     recipient_fields,
+    suppression_address,
 )
-from notifications.models import Event, InboxItem, NotificationType, Recipient, Topic
+from notifications.models import (
+    Channel,
+    Event,
+    InboxItem,
+    NotificationType,
+    Recipient,
+    SuppressionKind,
+    Topic,
+)
 from notifications.services.catalog import notification_type_save, notification_type_templates
+from notifications.services.deadletters import deadletters_replay
+from notifications.services.feedback import suppression_add, suppression_remove
 from notifications.services.inbox import inbox_item_mark_read, inbox_item_payload, inbox_mark_all_read
 from notifications.services.ingest import IdempotencyConflict, IngestError, event_ingest
 from notifications.services.recipients import (
@@ -44,6 +66,8 @@ from notifications.services.recipients import (
     recipient_upsert,
     topic_subscribe,
     topic_unsubscribe,
+    webhook_endpoint_add,
+    webhook_endpoint_remove,
 )
 from notifications.services.tokens import end_user_token_issue
 
@@ -152,6 +176,7 @@ def _type_payload(notification_type: NotificationType) -> dict[str, Any]:
         "aggregation": {"window_seconds": window} if window else None,
         "quiet_hours_policy": notification_type.quiet_hours_policy,
         "default_locale": notification_type.default_locale,
+        "fallbacks": notification_type.fallbacks or [],
         "created_at": notification_type.created_at.isoformat(),
     }
 
@@ -165,6 +190,7 @@ def _type_fields(data: dict[str, Any]) -> dict[str, Any]:
         "aggregation_window_seconds": aggregation.get("window_seconds"),
         "quiet_hours_policy": data["quiet_hours_policy"],
         "default_locale": data["default_locale"],
+        "fallbacks": data.get("fallbacks", []),
     }
 
 
@@ -296,6 +322,7 @@ class EventListView(APIView):
                 data=data["data"],
                 idempotency_key=data.get("idempotency_key"),
                 send_at=data.get("send_at"),
+                origin_ip=data.get("origin_ip"),
             )
         except IngestError as exc:
             return _errors(exc.errors)
@@ -360,6 +387,195 @@ class EventDeliveriesView(APIView):
         paginator = DeliveryPagination()
         page = paginator.paginate_queryset(qs, request, view=self)
         return paginator.get_paginated_response(DeliverySerializer(page, many=True).data)
+
+
+class DeadLetterPagination(CursorPagination):
+    # Newest first; the delivery id breaks ties between letters of the same instant.
+    ordering = ("-created_at", "-delivery_id")
+    page_size = 100
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+
+
+class DeadLetterListView(APIView):
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("channel", str, required=False, enum=[c.value for c in Channel]),
+            OpenApiParameter("type", str, required=False, description="Notification type key"),
+            OpenApiParameter("reason", str, required=False, description="Part of the reason"),
+            OpenApiParameter("after", OpenApiTypes.DATETIME, required=False, description="Dead since"),
+            OpenApiParameter("before", OpenApiTypes.DATETIME, required=False, description="Dead before"),
+            OpenApiParameter("page_size", int, required=False),
+            OpenApiParameter("cursor", str, required=False),
+        ],
+        responses={200: DeadLetterPageSerializer, 400: ERRORS, 401: ERRORS},
+        summary="Open dead letters, newest first (paginated)",
+        description="Deliveries whose retries ran out and that were not replayed yet, each with "
+        "its attempt history in `errors`.",
+    )
+    def get(self, request: Request) -> Response:
+        where = DeadLetterFilterSerializer(
+            data=query_params_for(DeadLetterFilterSerializer, request.query_params)
+        )
+        where.is_valid(raise_exception=True)
+        rows = selectors.deadletters_open_list(where=dead_letter_filter(where.validated_data))
+        paginator = DeadLetterPagination()
+        page = paginator.paginate_queryset(rows, request, view=self)
+        return paginator.get_paginated_response(DeadLetterSerializer(page, many=True).data)
+
+
+class DeadLetterReplayView(APIView):
+    @extend_schema(
+        request=DeadLetterReplaySerializer,
+        responses={200: ReplayedSerializer, 400: ERRORS, 401: ERRORS},
+        summary="Replay dead letters: by ids, by filter, or all",
+        description='Exactly one of `{"ids": [...]}`, `{"filter": {...}}` or `{"all": true}`. Each '
+        "replayed delivery gets a fresh retry budget and is sent again; letters already "
+        "replayed are skipped.",
+    )
+    def post(self, request: Request) -> Response:
+        if not isinstance(request.data, dict):
+            return _errors({"non_field_errors": ["the body must be a JSON object"]})
+        serializer = DeadLetterReplaySerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        if "ids" in data:
+            replayed = deadletters_replay(delivery_ids=list(dict.fromkeys(data["ids"])))
+        elif "filter" in data:
+            replayed = deadletters_replay(where=dead_letter_filter(data["filter"]))
+        else:
+            replayed = deadletters_replay(everything=True)
+        return Response({"replayed": replayed})
+
+
+class DeadLetterReplayOneView(APIView):
+    @extend_schema(
+        request=None,
+        responses={200: ReplayedSerializer, 401: ERRORS, 404: ERRORS},
+        summary="Replay one dead letter",
+        operation_id="v1_dead_letter_replay_one",
+    )
+    def post(self, request: Request, delivery_id: int) -> Response:
+        if deadletters_replay(delivery_ids=[delivery_id]) == 0:
+            raise Http404(f"no open dead letter for delivery {delivery_id}")
+        return Response({"replayed": 1})
+
+
+class SuppressionPagination(CursorPagination):
+    ordering = "-id"
+    page_size = 100
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+
+
+class SuppressionListView(APIView):
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("kind", str, required=False, enum=[k.value for k in SuppressionKind]),
+            OpenApiParameter("address", str, required=False, description="One exact address"),
+            OpenApiParameter("page_size", int, required=False),
+            OpenApiParameter("cursor", str, required=False),
+        ],
+        responses={200: SuppressionPageSerializer, 400: ERRORS, 401: ERRORS},
+        summary="The suppression list, newest first (paginated)",
+    )
+    def get(self, request: Request) -> Response:
+        query = SuppressionQuerySerializer(
+            data=query_params_for(SuppressionQuerySerializer, request.query_params)
+        )
+        query.is_valid(raise_exception=True)
+        rows = selectors.suppressions_list(
+            kind=query.validated_data.get("kind", ""), address=query.validated_data.get("address", "")
+        )
+        paginator = SuppressionPagination()
+        page = paginator.paginate_queryset(rows, request, view=self)
+        return paginator.get_paginated_response(SuppressionSerializer(page, many=True).data)
+
+    @extend_schema(
+        request=SuppressionSerializer,
+        responses={201: SuppressionSerializer, 200: SuppressionSerializer, 400: ERRORS, 401: ERRORS},
+        summary="Suppress an address (nothing is sent to it, whatever the category)",
+        description="201 when added; 200 with the existing entry when the address is listed already.",
+    )
+    def post(self, request: Request) -> Response:
+        serializer = SuppressionSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        created = suppression_add(
+            kind=data["kind"], address=data["address"], reason=data["reason"], detail=data["detail"]
+        )
+        entry = selectors.suppression_get(kind=data["kind"], address=data["address"])
+        return Response(
+            SuppressionSerializer(entry).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
+
+
+class SuppressionDetailView(APIView):
+    @extend_schema(
+        request=None,
+        responses={204: None, 400: ERRORS, 401: ERRORS, 404: ERRORS},
+        summary="Take an address off the suppression list",
+    )
+    def delete(self, request: Request, kind: str, address: str) -> Response:
+        if kind not in SuppressionKind.values:
+            return _errors(
+                {"kind": [f"unknown kind {kind!r}; expected one of {', '.join(SuppressionKind.values)}"]}
+            )
+        try:
+            stored = suppression_address(kind, address)
+        except serializers.ValidationError:
+            stored = address  # Not valid now, so it cannot be listed; the lookup says 404.
+        if suppression_remove(kind=kind, address=stored) == 0:
+            raise Http404(f"{address!r} is not on the {kind} suppression list")
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class WebhookEndpointListView(APIView):
+    @extend_schema(
+        responses={
+            200: inline_serializer("WebhookEndpointList", {"results": WebhookEndpointSerializer(many=True)}),
+            401: ERRORS,
+            404: ERRORS,
+        },
+        summary="A recipient's webhook endpoints",
+    )
+    def get(self, request: Request, external_id: str) -> Response:
+        endpoints = selectors.webhook_endpoints(recipient=_recipient(external_id))
+        return Response({"results": WebhookEndpointSerializer(endpoints, many=True).data})
+
+    @extend_schema(
+        request=WebhookEndpointSerializer,
+        responses={
+            201: WebhookEndpointSerializer,
+            200: WebhookEndpointSerializer,
+            400: ERRORS,
+            401: ERRORS,
+            404: ERRORS,
+        },
+        summary="Add a webhook endpoint (Slack, Teams or signed generic)",
+        description="201 when added; 200 when the recipient had this URL already (its kind and "
+        "secret are replaced and it is reactivated). The secret is never returned.",
+    )
+    def post(self, request: Request, external_id: str) -> Response:
+        recipient = _recipient(external_id)
+        serializer = WebhookEndpointSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        endpoint, created = webhook_endpoint_add(recipient=recipient, **serializer.validated_data)
+        return Response(
+            WebhookEndpointSerializer(endpoint).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
+
+
+class WebhookEndpointDetailView(APIView):
+    @extend_schema(
+        request=None, responses={204: None, 401: ERRORS, 404: ERRORS}, summary="Remove a webhook endpoint"
+    )
+    def delete(self, request: Request, external_id: str, endpoint_id: int) -> Response:
+        if not webhook_endpoint_remove(recipient=_recipient(external_id), endpoint_id=endpoint_id):
+            raise Http404(f"recipient {external_id!r} has no webhook endpoint {endpoint_id}")
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class EndUserView(APIView):

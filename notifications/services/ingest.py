@@ -49,15 +49,20 @@ def _fingerprint(
     topic_key: str | None,
     data: dict[str, Any],
     send_at: datetime | None,
+    origin_ip: str | None = None,
 ) -> str:
+    body: dict[str, Any] = {
+        "type": type_key,
+        "recipients": recipients,
+        "topic": topic_key,
+        "data": data,
+        "send_at": send_at.isoformat() if send_at else None,
+    }
+    # Only when given: fingerprints stored before origin_ip existed must still match.
+    if origin_ip:
+        body["origin_ip"] = origin_ip
     canonical = json.dumps(
-        {
-            "type": type_key,
-            "recipients": recipients,
-            "topic": topic_key,
-            "data": data,
-            "send_at": send_at.isoformat() if send_at else None,
-        },
+        body,
         sort_keys=True,
         separators=(",", ":"),
         default=str,
@@ -83,15 +88,19 @@ def event_ingest(
     data: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
     send_at: datetime | None = None,
+    origin_ip: str | None = None,
 ) -> IngestResult:
     """Store an event for fan-out. Returns the event and whether it is new; the same
     idempotency key with the same body returns the first event (created=False).
 
     Raises IngestError naming the field, or IdempotencyConflict. Nothing is stored unless
-    the event and its outbox row both are.
+    the event and its outbox row both are. ``origin_ip`` is the end user's address that
+    caused the event (per-IP SMS limits); it is part of the idempotency fingerprint only
+    when given.
     """
     data = data or {}
-    fingerprint = _fingerprint(type_key, recipients, topic_key, data, send_at)
+    origin_ip = origin_ip or None
+    fingerprint = _fingerprint(type_key, recipients, topic_key, data, send_at, origin_ip)
     if idempotency_key:
         replay = _replay(api_key, idempotency_key, fingerprint)
         if replay:
@@ -136,6 +145,7 @@ def event_ingest(
                 recipient_ids=recipient_ids,
                 topic=topic,
                 send_at=send_at,
+                origin_ip=origin_ip,
                 status=EventStatus.SCHEDULED if deferred else EventStatus.ACCEPTED,
             )
             outbox = OutboxMessage.objects.create(

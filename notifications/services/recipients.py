@@ -1,4 +1,4 @@
-"""Recipients, their devices, preferences and topic subscriptions."""
+"""Recipients, their devices, webhook endpoints, preferences and topic subscriptions."""
 
 from __future__ import annotations
 
@@ -9,7 +9,15 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from notifications.models import Device, NotificationType, Preference, Recipient, Subscription, Topic
+from notifications.models import (
+    Device,
+    NotificationType,
+    Preference,
+    Recipient,
+    Subscription,
+    Topic,
+    WebhookEndpoint,
+)
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,34 @@ def device_register(*, recipient: Recipient, platform: str, token: str) -> tuple
         device.last_seen_at = now
         device.save(update_fields=["recipient", "active", "deactivated_at", "last_seen_at"])
     return device, False
+
+
+def webhook_endpoint_add(
+    *, recipient: Recipient, kind: str, url: str, secret: str = ""
+) -> tuple[WebhookEndpoint, bool]:
+    """Add a webhook endpoint to the recipient. The same URL again replaces its kind and
+    secret and reactivates it (one endpoint per URL). Returns (endpoint, created)."""
+    with transaction.atomic():
+        endpoint = WebhookEndpoint.objects.select_for_update().filter(recipient=recipient, url=url).first()
+        if endpoint is None:
+            try:
+                with transaction.atomic():
+                    created = WebhookEndpoint.objects.create(
+                        recipient=recipient, kind=kind, url=url, secret=secret
+                    )
+                    return created, True
+            except IntegrityError:
+                # A concurrent request added the same URL first; update that one.
+                endpoint = WebhookEndpoint.objects.select_for_update().get(recipient=recipient, url=url)
+        endpoint.kind, endpoint.secret, endpoint.active = kind, secret, True
+        endpoint.save(update_fields=["kind", "secret", "active"])
+    return endpoint, False
+
+
+def webhook_endpoint_remove(*, recipient: Recipient, endpoint_id: int) -> bool:
+    """Delete one of the recipient's endpoints; False when it has no such endpoint."""
+    deleted, _ = WebhookEndpoint.objects.filter(recipient=recipient, id=endpoint_id).delete()
+    return deleted > 0
 
 
 def preferences_get(*, recipient: Recipient) -> PreferenceSet:
