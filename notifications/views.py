@@ -17,7 +17,7 @@ from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.shortcuts import render
-from django.views.decorators.csrf import ensure_csrf_cookie
+from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 from django.views.decorators.http import require_GET
 
 from notifications import selectors
@@ -27,6 +27,7 @@ from notifications.services.inbox import inbox_item_payload
 from notifications.services.realtime import NOTIFICATION_MESSAGE, UNREAD_MESSAGE, inbox_group
 from notifications.services.redis_client import redis_async
 from notifications.services.tokens import TokenInvalid, end_user_token_verify
+from notifications.services.unsubscribe import unsubscribe_apply, unsubscribe_parse
 
 log = logging.getLogger(__name__)
 
@@ -184,3 +185,24 @@ async def _sse_register(client: Any, *, recipient_id: int, channel: str) -> None
         await connection_register(client, recipient_id=recipient_id, connection=channel)
     except redis.RedisError as exc:
         log.warning("SSE connection not registered: %s", exc)
+
+
+# --- one-click unsubscribe (RFC 8058) ---------------------------------------------------
+
+
+@csrf_exempt
+def unsubscribe(request: HttpRequest, token: str) -> HttpResponse:
+    """GET shows a confirmation form; POST unsubscribes. The POST needs no cookie and no
+    CSRF token: mail providers send it as ``List-Unsubscribe=One-Click`` from their
+    servers, and the signed token in the URL is the authority. Link scanners only GET."""
+    scope = unsubscribe_parse(token)
+    if scope is None:
+        return render(request, "notifications/unsubscribe.html", {"invalid": True}, status=404)
+    context = {"scope": scope, "category": scope.category, "token": token}
+    if request.method == "GET":
+        return render(request, "notifications/unsubscribe.html", context)
+    if request.method != "POST":
+        return HttpResponse(status=405, headers={"Allow": "GET, POST"})
+    if not unsubscribe_apply(scope=scope):
+        return render(request, "notifications/unsubscribe.html", {"invalid": True}, status=404)
+    return render(request, "notifications/unsubscribe.html", {**context, "done": True})

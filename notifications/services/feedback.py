@@ -138,6 +138,8 @@ def delivery_track(
     detail = dict(detail or {})
     if dedupe_key:
         detail["dedupe_key"] = dedupe_key
+    if reason:
+        detail.setdefault("reason", reason)
     with transaction.atomic():
         delivery = Delivery.objects.select_for_update().filter(id=delivery_id).first()
         if delivery is None:
@@ -188,6 +190,34 @@ def delivery_track(
                 lambda: metrics_increment({f"deliveries:{delivery.channel}:{status}": 1}), robust=True
             )
     return changed
+
+
+# How far each receipt moves a delivery, for picking the furthest of several.
+_RANK = {"delivered": 1, "opened": 2, "clicked": 3, "bounced": 4, "failed": 4}
+
+
+def receipts_apply_early(*, delivery_ids: list[int], now: datetime) -> int:
+    """Inside the transaction that records sends as sent: apply receipts that arrived
+    while the sender was still in flight (a Twilio "delivered" can beat the sender's own
+    commit). ``delivery_track`` stored them but could not move a delivery that was not
+    sent yet. Returns how many deliveries moved."""
+    if not delivery_ids:
+        return 0
+    furthest: dict[int, tuple[int, str, str]] = {}
+    for delivery_id, kind, detail in DeliveryEvent.objects.filter(
+        delivery_id__in=delivery_ids, kind__in=list(_FORWARD)
+    ).values_list("delivery_id", "kind", "detail"):
+        rank = _RANK.get(kind, 0)
+        if delivery_id not in furthest or rank > furthest[delivery_id][0]:
+            reason = str((detail or {}).get("reason", "")) if isinstance(detail, dict) else ""
+            furthest[delivery_id] = (rank, kind, reason)
+    moved = 0
+    for delivery_id, (_, kind, reason) in furthest.items():
+        target, sources = _FORWARD[kind]
+        moved += Delivery.objects.filter(id=delivery_id, status__in=sources).update(
+            status=target, reason=reason[:200], updated_at=now
+        )
+    return moved
 
 
 STOP_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"}
