@@ -23,14 +23,17 @@ from notifications.models import (
     AttemptOutcome,
     Category,
     Channel,
+    DeadLetter,
     Delivery,
     DeliveryAttempt,
+    DeliveryEvent,
     DeliverySchedule,
     DeliveryStatus,
     Device,
     DevicePlatform,
     DispatchBatch,
     Event,
+    FallbackCheck,
     InboxItem,
     InboxSequence,
     NotificationTemplate,
@@ -39,7 +42,9 @@ from notifications.models import (
     Preference,
     Recipient,
     Subscription,
+    Suppression,
     Topic,
+    WebhookEndpoint,
 )
 from notifications.services.api_keys import api_key_authenticate, api_key_create
 
@@ -129,6 +134,19 @@ def pipeline() -> Pipeline:
         channel=Channel.SMS, delivery_ids=[deliveries[3].id], leased_until=timezone.now()
     )
     DeliverySchedule.objects.create(delivery=deliveries[4], due_at=timezone.now())
+    DeadLetter.objects.create(
+        delivery=deliveries[2],
+        channel=Channel.EMAIL,
+        notification_type=notification_type.key,
+        reason="mailbox unknown",
+        attempts=1,
+    )
+    Suppression.objects.create(kind="email", address="gone@example.com", reason="hard_bounce")
+    WebhookEndpoint.objects.create(
+        recipient=recipient, kind="generic", url="https://hooks.example.com/x", secret="s3cret-value"
+    )
+    FallbackCheck.objects.create(delivery=deliveries[3], to_channel=Channel.EMAIL, due_at=timezone.now())
+    DeliveryEvent.objects.create(delivery=deliveries[0], kind="delivered", provider="mailgun")
     return Pipeline(notification_type, recipient, topic, event, topic_event, api_key, deliveries)
 
 
