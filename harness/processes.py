@@ -721,6 +721,23 @@ class PlatformProcesses:
         process.start()
         return process
 
+    def start_sandbox(self) -> ManagedProcess:
+        """Start ``manage.py provider_sandbox`` on the ports of the platform's settings
+        (PROVIDER_SANDBOX_*_PORT) and wait until its HTTP port answers. For ``make run``;
+        tests and benchmarks use ``harness.sandbox.SandboxProcess`` on free ports."""
+        argv = [self.python, str(self.cwd / "manage.py"), "provider_sandbox"]
+        process = self._process("sandbox", argv)
+        process.start()
+        host = self.env.get("PROVIDER_SANDBOX_HOST", LOCALHOST)
+        port = int(self.env.get("PROVIDER_SANDBOX_HTTP_PORT", "8100"))
+        deadline = time.monotonic() + self.web_timeout
+        while not port_is_open(host, port):
+            self._raise_if_exited(process)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"provider sandbox not listening on {host}:{port}; log {process.log_path}")
+            time.sleep(0.1)
+        return process
+
     def start_all(self) -> None:
         """Start workers and beat, then the web server, and wait until all are ready.
 

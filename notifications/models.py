@@ -337,6 +337,12 @@ def delivery_idempotency_key(event_id: uuid.UUID | str, recipient_id: int, chann
     return uuid.uuid5(DELIVERY_KEY_NAMESPACE, f"{event_id}:{recipient_id}:{channel}")
 
 
+def target_idempotency_key(delivery_key: uuid.UUID | str, target: str) -> uuid.UUID:
+    """Key of one provider call of a delivery that fans out to several targets (each of a
+    user's devices, each webhook endpoint): stable across retries, distinct per target."""
+    return uuid.uuid5(DELIVERY_KEY_NAMESPACE, f"{delivery_key}:{target}")
+
+
 class Delivery(models.Model):
     # No index may mention status, attempts, due_at, sent_at or updated_at: then a status
     # change is a HOT update (no index entries written; the table keeps free space on each

@@ -20,7 +20,7 @@ from django.utils import timezone
 from kombu.exceptions import KombuError, OperationalError
 from redis import RedisError
 
-from notifications.models import DispatchBatch
+from notifications.models import Delivery, DispatchBatch
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +68,21 @@ def deliveries_dispatch(rows: Iterable[tuple[int, str]], *, now: datetime | None
     """Inside a transaction: record (delivery_id, channel) pairs as dispatch batches and
     enqueue them once it commits. Returns the batch ids."""
     by_channel: dict[str, list[int]] = defaultdict(list)
+    stranded: list[int] = []
     for delivery_id, channel in rows:
         if channel_has_transport(channel):
             by_channel[channel].append(delivery_id)
+        else:
+            stranded.append(delivery_id)
+    now = now or timezone.now()
+    if stranded:
+        # A channel whose providers were removed from settings since the delivery was
+        # planned (a replay, a retry, a fallback): settle it rather than leave it pending.
+        Delivery.objects.filter(id__in=stranded, status__in=["pending", "retrying"]).update(
+            status="failed", reason="no provider configured for this channel", updated_at=now
+        )
     if not by_channel:
         return []
-    now = now or timezone.now()
     channels: list[str] = []
     chunks: list[list[int]] = []
     for channel, ids in by_channel.items():

@@ -7,7 +7,7 @@ at once when the delivery fails for good).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -60,7 +60,7 @@ def fallback_checks_plan(
     FallbackCheck.objects.bulk_create(checks, ignore_conflicts=True)
 
 
-def _reached(rows: list[dict[str, Any]]) -> set[int]:
+def _reached(rows: Sequence[Mapping[str, Any]]) -> set[int]:
     """Source deliveries whose user has the message by now: the delivery says so, the
     in-app copy of the same event was read, or the user is active in the app."""
     reached = {row["id"] for row in rows if row["status"] in REACHED}

@@ -196,7 +196,7 @@ def breaker_open_until(*, provider: str) -> float | None:
         raw = redis_sync().hmget(_breaker_key(provider), ["state", "open_until"])
     except redis.RedisError:
         return None
-    state, until = raw  # type: ignore[misc]
+    state, until = raw
     if state != b"open" or until is None:
         return None
     return float(until)

@@ -48,10 +48,11 @@ from notifications.models import (
     Suppression,
     SuppressionKind,
     WebhookEndpoint,
+    target_idempotency_key,
 )
 from notifications.services.aggregation import aggregation_context
 from notifications.services.dispatch import dispatch_lease
-from notifications.services.feedback import feedback_apply
+from notifications.services.feedback import feedback_apply, receipts_apply_early
 from notifications.services.metrics import metrics_increment
 from notifications.services.provider_health import (
     breaker_allows,
@@ -214,8 +215,9 @@ def _prepare(claimed: list[Claimed]) -> list[Job]:
             Suppression.objects.filter(
                 kind=SuppressionKind.EMAIL,
                 address__in=[
-                    (recipients.get(c.recipient_id) or {}).get("email", "").lower()
+                    str(recipients[c.recipient_id]["email"]).strip().lower()
                     for c in by_channel["email"]
+                    if c.recipient_id in recipients
                 ],
             ).values_list("address", flat=True)
         )
@@ -242,7 +244,11 @@ def _prepare(claimed: list[Claimed]) -> list[Job]:
             continue
         context = {
             "data": event["data"],
-            "recipient": {k: recipient[k] for k in ("external_id", "name", "locale")},
+            "recipient": {
+                "external_id": recipient["external_id"],
+                "name": recipient["name"],
+                "locale": recipient["locale"],
+            },
             "aggregate": aggregates.get(c.id) or {"count": 1, "others": 0, "samples": [event["data"]]},
         }
         try:
@@ -262,7 +268,7 @@ def _prepare(claimed: list[Claimed]) -> list[Job]:
             "content": rendered,
         }
         if c.channel == "email":
-            address = (recipient["email"] or "").strip()
+            address = (recipient["email"] or "").strip()  # as suppression_add normalises
             if not address:
                 job.verdict, job.reason = DeliveryStatus.FAILED, "recipient has no email address"
             elif address.lower() in suppressed_emails:
@@ -295,14 +301,19 @@ def _prepare(claimed: list[Claimed]) -> list[Job]:
                 job.verdict, job.reason = DeliveryStatus.FAILED, "no active device"
             collapse = (event["data"] or {}).get("collapse_key") if isinstance(event["data"], dict) else None
             data = {"event_id": str(c.event_id), "type": ntype.key, "delivery_id": str(c.id)}
+            # APNs allows 64 bytes of collapse id; cut on a character boundary.
+            collapse_id = str(collapse).encode()[:64].decode(errors="ignore") if collapse else None
             for platform, token in targets:
                 job.messages.append(
                     OutboundMessage(
                         to=token,
                         options={"platform": platform},
-                        collapse_key=str(collapse)[:64] if collapse else None,
+                        collapse_key=collapse_id,
                         data=data,
-                        **common,
+                        **{
+                            **common,
+                            "idempotency_key": str(target_idempotency_key(key, f"{platform}:{token}")),
+                        },
                     )
                 )
         elif c.channel == "webhook":
@@ -316,7 +327,10 @@ def _prepare(claimed: list[Claimed]) -> list[Job]:
                     continue
                 job.messages.append(
                     OutboundMessage(
-                        to=url, options={"kind": kind, "secret": secret}, data=event["data"], **common
+                        to=url,
+                        options={"kind": kind, "secret": secret},
+                        data=event["data"],
+                        **{**common, "idempotency_key": str(target_idempotency_key(key, url))},
                     )
                 )
         if job.verdict is None and not job.messages:
@@ -547,6 +561,9 @@ def _record(jobs: list[Job], token: datetime) -> Counter[str]:
             FallbackCheck.objects.filter(delivery_id__in=finished).update(due_at=now)
         for message, error in feedback:
             feedback_apply(message=message, error=error)
+        receipts_apply_early(
+            delivery_ids=[i for i in owned if outcomes[i].status == DeliveryStatus.SENT], now=now
+        )
     return counts
 
 

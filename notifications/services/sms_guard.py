@@ -21,8 +21,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from notifications.models import Suppression, SuppressionKind
 from notifications.services.redis_client import redis_key, redis_sync
-from notifications.transports.base import TransportError
-from notifications.transports.sms import sms_cost_estimate, sms_normalise, sms_segments
+from notifications.transports.sms import InvalidPhoneNumber, sms_cost_estimate, sms_normalise, sms_segments
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,7 @@ def _scripts() -> tuple[Any, Any]:
 def sms_spend_today() -> float:
     day = datetime.now(UTC).strftime("%Y%m%d")
     raw = redis_sync().get(redis_key(f"sms:spend:{day}"))
-    return float(raw) if raw else 0.0  # type: ignore[arg-type]
+    return float(raw) if raw else 0.0
 
 
 def sms_guard_check(*, phone: str, text: str, origin_ip: str | None, critical: bool = False) -> SmsVerdict:
@@ -86,8 +85,8 @@ def sms_guard_check(*, phone: str, text: str, origin_ip: str | None, critical: b
         return SmsVerdict(False, reason="recipient has no phone number")
     try:
         e164, region = sms_normalise(phone)
-    except TransportError as exc:
-        return SmsVerdict(False, reason=exc.reason)
+    except InvalidPhoneNumber as exc:
+        return SmsVerdict(False, reason=str(exc)[:200])
     allowed = {c.upper() for c in settings.SMS_ALLOWED_COUNTRIES}
     if allowed and region.upper() not in allowed:
         return SmsVerdict(False, e164, reason=f"country {region} is not in SMS_ALLOWED_COUNTRIES")

@@ -305,6 +305,16 @@ def test_it_enforces_sms_velocity_per_originating_ip(
     assert _delivery(second, "sms").status == "suppressed" and "IP" in _delivery(second, "sms").reason
 
 
+def test_it_fails_an_sms_to_a_malformed_number_without_calling_twilio(
+    providers, key, django_capture_on_commit_callbacks
+):
+    event = _send(key, django_capture_on_commit_callbacks, _type(["sms"]), [RecipientFactory(phone="+1234")])
+
+    delivery = _delivery(event, "sms")
+    assert delivery.status == "failed" and "+1234" in delivery.reason
+    assert providers.control.messages("twilio") == []
+
+
 def test_it_refuses_sms_to_countries_outside_the_allow_list(
     providers, key, django_capture_on_commit_callbacks, settings
 ):
@@ -493,3 +503,59 @@ def test_retry_delay_is_jittered_capped_and_honours_retry_after(settings):
     assert max(delays) <= 60.0 and len({round(d, 3) for d in delays}) > 100
     assert all(1.0 <= retry_delay(attempt=1) <= 2.0 for _ in range(50))
     assert all(retry_delay(attempt=1, retry_after=30) >= 30 for _ in range(50))
+
+
+def test_it_applies_a_delivery_receipt_that_arrived_before_the_send_was_recorded(
+    providers, key, django_capture_on_commit_callbacks, monkeypatch
+):
+    from notifications.services import feedback, sending
+
+    alice = RecipientFactory(phone="+14155550129")
+    original = sending._run
+
+    def run_then_receipt(job: Any) -> Any:
+        # The provider's "delivered" callback lands while the sender is still in flight.
+        done = original(job)
+        feedback.delivery_track(
+            delivery_id=job.claimed.id, kind="delivered", provider="twilio", dedupe_key="cb-1"
+        )
+        return done
+
+    monkeypatch.setattr(sending, "_run", run_then_receipt)
+    event = _send(key, django_capture_on_commit_callbacks, _type(["sms"]), [alice])
+
+    assert _delivery(event, "sms").status == "delivered"
+
+
+def test_it_pushes_to_every_active_device_with_a_key_per_device(
+    providers, key, django_capture_on_commit_callbacks
+):
+    alice = RecipientFactory()
+    _device(alice, "phone-a", platform="fcm")
+    _device(alice, "phone-b", platform="fcm")
+    _device(alice, "tablet", platform="apns")
+    event = _send(key, django_capture_on_commit_callbacks, _type(["push"]), [alice])
+
+    delivery = _delivery(event, "push")
+    assert delivery.status == "sent"
+    assert DeliveryAttempt.objects.filter(delivery=delivery, outcome="success").count() == 3
+    stats = providers.control.stats()["providers"]
+    assert (stats["fcm"]["accepted"], stats["fcm"]["duplicates"], stats["apns"]["accepted"]) == (2, 0, 1)
+
+
+def test_it_does_not_push_again_to_a_device_that_accepted_before_a_retry(
+    providers, key, django_capture_on_commit_callbacks, settings
+):
+    settings.BREAKER_MIN_CALLS = 100  # two failures in three calls would open it here
+    alice = RecipientFactory()
+    _device(alice, "steady-device", platform="fcm")
+    _device(alice, "sandbox-flaky-multi", platform="fcm")
+    event = _send(key, django_capture_on_commit_callbacks, _type(["push"]), [alice])
+    assert _delivery(event, "push").status == "retrying"
+
+    _retry_now(django_capture_on_commit_callbacks)
+    _retry_now(django_capture_on_commit_callbacks)
+
+    assert _delivery(event, "push").status == "sent"
+    steady = [m for m in providers.control.messages("fcm") if m["to"] == "steady-device"]
+    assert len(steady) == 1

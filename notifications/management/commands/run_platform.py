@@ -30,6 +30,11 @@ from harness.processes import DEFAULT_WORKERS, PlatformProcesses, Server, Worker
 SERVERS: tuple[Server, ...] = ("uvicorn", "daphne")
 
 
+def sandboxed_providers() -> list[str]:
+    """Providers that point at the sandbox (no real credentials in the environment)."""
+    return [name for name, config in settings.PROVIDERS.items() if config.get("sandbox")]
+
+
 class StopRequested(Exception):
     """Raised by the SIGINT/SIGTERM handler to leave whatever the command was waiting on."""
 
@@ -149,6 +154,12 @@ class Command(BaseCommand):
                 f"workers and one beat; logs in {platform.log_dir}/"
             )
             try:
+                if sandboxed_providers():
+                    self.stdout.write(
+                        "Providers without real credentials use the provider sandbox: "
+                        + ", ".join(sandboxed_providers())
+                    )
+                    platform.start_sandbox()
                 platform.start_all()
             except (RuntimeError, TimeoutError) as error:
                 self.stderr.write(f"The platform did not start: {error}")
@@ -181,6 +192,14 @@ class Command(BaseCommand):
 
     def print_urls(self, platform: PlatformProcesses) -> None:
         web, ws = platform.web_url, platform.ws_url
+        sandbox = (
+            [
+                "  provider sandbox "
+                f"http://{settings.PROVIDER_SANDBOX_HOST}:{settings.PROVIDER_SANDBOX_HTTP_PORT}/_sandbox/"
+            ]
+            if "sandbox" in platform.processes
+            else []
+        )
         lines = [
             "",
             "The platform is running:",
@@ -190,6 +209,9 @@ class Command(BaseCommand):
             f"  inbox          {web}/inbox/",
             f"  health         {web}/healthz",
             f"  metrics        {web}/metrics",
+            f"  provider health {web}/admin/notifications/delivery/provider-health/",
+            f"  delivery charts {web}/admin/notifications/delivery/charts/",
+            *sandbox,
             f"  inbox socket   {ws}/ws/inbox/?token=…  (token: POST /api/v1/recipients/<external_id>/token/)",
             f"  logs           {platform.log_dir}/ "
             f"({', '.join(path.name for path in platform.log_paths().values())})",

@@ -6,7 +6,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 
-from notifications.models import ApiKey, Recipient
+from notifications.models import ApiKey, Device, Recipient
 from notifications.services.api_keys import api_key_create
 from notifications.services.catalog import notification_type_save
 from notifications.services.recipients import recipient_upsert, topic_subscribe
@@ -20,6 +20,40 @@ DEMO_TYPES: dict[str, dict[str, Any]] = {
                 "title": "Order {{ data.order_id }} has shipped",
                 "body": "It should arrive {{ data.eta | default('soon') }}.",
                 "url": "/orders/{{ data.order_id }}",
+            }
+        },
+    },
+    "login.suspicious": {
+        # A critical account event: push first, SMS if the push has not reached the user
+        # within a minute, and an email record every time.
+        "fields": {
+            "name": "Suspicious login",
+            "category": "critical",
+            "channels": ["inapp", "push", "email"],
+            "fallbacks": [{"from": "push", "to": "sms", "after_seconds": 60}],
+        },
+        "templates": {
+            "inapp": {
+                "title": "New sign-in from {{ data.city | default('a new place') }}",
+                "body": "",
+                "url": "",
+            },
+            "push": {"title": "New sign-in", "body": "Was this you? {{ data.city | default('') }}"},
+            "sms": {"text": "New sign-in to your account from {{ data.city | default('a new place') }}."},
+            "email": {
+                "subject": "New sign-in to your account",
+                "html": "<p>Someone signed in from <b>{{ data.city | default('a new place') }}</b>.</p>",
+                "text": "Someone signed in from {{ data.city | default('a new place') }}.",
+            },
+        },
+    },
+    "newsletter.weekly": {
+        "fields": {"name": "Weekly newsletter", "category": "marketing", "channels": ["email"]},
+        "templates": {
+            "email": {
+                "subject": "This week: {{ data.headline }}",
+                "html": "<h1>{{ data.headline }}</h1><p>{{ data.body | default('') }}</p>",
+                "text": "{{ data.headline }}\n\n{{ data.body | default('') }}",
             }
         },
     },
@@ -59,8 +93,16 @@ class Command(BaseCommand):
                 user.save()
             demo, _ = recipient_upsert(
                 external_id="demo-user",
-                fields={"name": "Demo User", "email": "demo@example.com", "timezone": "UTC", "locale": "en"},
+                fields={
+                    "name": "Demo User",
+                    "email": "demo@example.com",
+                    "phone": "+14155550100",
+                    "timezone": "UTC",
+                    "locale": "en",
+                },
             )
+            # A push token the provider sandbox accepts (make run points FCM at it).
+            Device.objects.get_or_create(platform="fcm", token="demo-fcm-token", defaults={"recipient": demo})
             if demo.user_id != user.id:
                 Recipient.objects.filter(id=demo.id).update(user=user)
             admin, admin_created = user_model.objects.get_or_create(
@@ -85,7 +127,10 @@ class Command(BaseCommand):
 
         out = self.stdout.write
         out("Demo data ready:")
-        out("  notification types: order.shipped (transactional), post.liked (social)")
+        out(
+            "  notification types: order.shipped (transactional), post.liked (social), "
+            "login.suspicious (critical: in-app, push, email; SMS fallback), newsletter.weekly (marketing email)"
+        )
         out(f"  topic 'news' with {len(subscribers)} subscribers (demo-user and demo-subscriber-000…)")
         out(f"  end user: log in at /accounts/login/ as demo / {DEMO_PASSWORD}, then open /inbox/")
         out(f"  staff:    log in at /admin/ as admin / {DEMO_PASSWORD}")
