@@ -160,8 +160,11 @@ def delivery_track(
         if kind in _FORWARD:
             target, sources = _FORWARD[kind]
             if delivery.status in sources:
+                # The reason says why a delivery did not reach the user; a receipt that it
+                # did clears it.
+                failure = target in (DeliveryStatus.BOUNCED, DeliveryStatus.FAILED)
                 Delivery.objects.filter(id=delivery_id, status=delivery.status).update(
-                    status=target, reason=reason[:200], updated_at=now
+                    status=target, reason=reason[:200] if failure else "", updated_at=now
                 )
                 changed = True
                 if target in (DeliveryStatus.BOUNCED, DeliveryStatus.FAILED):
@@ -214,8 +217,9 @@ def receipts_apply_early(*, delivery_ids: list[int], now: datetime) -> int:
     moved = 0
     for delivery_id, (_, kind, reason) in furthest.items():
         target, sources = _FORWARD[kind]
+        failure = target in (DeliveryStatus.BOUNCED, DeliveryStatus.FAILED)
         moved += Delivery.objects.filter(id=delivery_id, status__in=sources).update(
-            status=target, reason=reason[:200], updated_at=now
+            status=target, reason=reason[:200] if failure else "", updated_at=now
         )
     return moved
 

@@ -1,0 +1,276 @@
+"""What the sandbox remembers: recorded requests, per-provider counters, faults, opt-outs and
+the per-destination attempt counters behind the "N times, then accepted" magic values.
+
+Everything lives in memory and is touched only from the sandbox's one event loop, so no
+locks are needed; nothing is written to disk per request (the HTTP and APNs servers must
+sustain thousands of requests per second on two cores).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+# Providers as they appear in recordings, stats and faults. "mailgun-webhook" and
+# "twilio-callback" are the sandbox's own outbound calls to the platform.
+PROVIDERS: tuple[str, ...] = (
+    "oauth",
+    "fcm",
+    "apns",
+    "twilio",
+    "mailgun",
+    "mailgun-webhook",
+    "twilio-callback",
+    "smtp",
+    "webhook",
+)
+OUTBOUND_PROVIDERS = frozenset({"mailgun-webhook", "twilio-callback"})
+MAX_RECORDS = 500_000
+# A "timeout" fault (status 0) holds the request this long unless the fault says otherwise.
+DEFAULT_TIMEOUT_HOLD_MS = 30_000
+
+
+@dataclass
+class Fault:
+    """A scripted failure of one provider: a fraction ``rate`` of its requests is answered
+    with ``status`` (0: held for ``latency_ms`` without an answer; below 400: only delayed by
+    ``latency_ms``, then handled normally) until ``expires_at`` (None: until cleared)."""
+
+    provider: str
+    status: int
+    rate: float = 1.0
+    latency_ms: int = 0
+    seconds: float | None = None
+    retry_after: int | None = None
+    created_at: float = field(default_factory=time.time)
+    expires_at: float | None = None
+    synthetic: bool = False
+
+    def active(self, now: float) -> bool:
+        return self.expires_at is None or now < self.expires_at
+
+    @property
+    def hold_seconds(self) -> float:
+        """How long a timeout fault holds a request."""
+        return (self.latency_ms or DEFAULT_TIMEOUT_HOLD_MS) / 1000
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "status": self.status,
+            "rate": self.rate,
+            "latency_ms": self.latency_ms,
+            "seconds": self.seconds,
+            "retry_after": self.retry_after,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+        }
+
+
+@dataclass
+class ProviderCounters:
+    requests: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    keys: set[str] = field(default_factory=set)
+
+    def as_json(self) -> dict[str, int]:
+        return {
+            "requests": self.requests,
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "keys": len(self.keys),
+            "duplicates": self.duplicates,
+        }
+
+
+def is_accepted(status: int) -> bool:
+    """2xx for HTTP providers, 250 for SMTP."""
+    return 200 <= status < 300
+
+
+class SandboxState:
+    """The sandbox's memory. ``latency_ms`` and ``error_rate`` are the global knobs: a delay
+    added to every provider request, and the fraction of them answered 503."""
+
+    def __init__(
+        self, *, latency_ms: int = 0, error_rate: float = 0.0, max_records: int = MAX_RECORDS
+    ) -> None:
+        self.latency_ms = latency_ms
+        self.error_rate = error_rate
+        self.records: deque[dict[str, Any]] = deque(maxlen=max_records)
+        self.seq = 0
+        self.counters: dict[str, ProviderCounters] = {name: ProviderCounters() for name in PROVIDERS}
+        self.faults: dict[str, Fault] = {}
+        self.opted_out: set[str] = set()
+        self._attempts: dict[tuple[str, str], int] = {}
+        # The longest a request waited between arrival and recording (held by a fault).
+        self.max_lag = 0.0
+        self.started_at = time.time()
+
+    # -- recording --
+
+    def record(
+        self,
+        provider: str,
+        *,
+        status: int,
+        key: str | None = None,
+        to: str | None = None,
+        summary: dict[str, Any] | None = None,
+        received_at: float | None = None,
+    ) -> dict[str, Any]:
+        """Record one request and what it was answered; return the record.
+
+        An accepted request whose idempotency ``key`` this provider already accepted counts
+        as a duplicate: the headline figure of a kill -9 test. The sandbox's own callbacks
+        carry their message's key (to find them) and several per message by design, so
+        they never count as duplicates.
+        """
+        self.seq += 1
+        now = time.time()
+        if received_at is None:
+            received_at = now
+        elif now - received_at > self.max_lag:
+            self.max_lag = now - received_at
+        entry: dict[str, Any] = {
+            "seq": self.seq,
+            "provider": provider,
+            "received_at": received_at,
+            "status": status,
+            "key": key,
+            "to": to,
+            "summary": summary or {},
+        }
+        self.records.append(entry)
+        counters = self.counters[provider]
+        counters.requests += 1
+        if is_accepted(status):
+            counters.accepted += 1
+            if key:
+                if key in counters.keys:
+                    if provider not in OUTBOUND_PROVIDERS:
+                        counters.duplicates += 1
+                else:
+                    counters.keys.add(key)
+        else:
+            counters.rejected += 1
+        return entry
+
+    def messages(
+        self,
+        *,
+        provider: str | None = None,
+        since: float | None = None,
+        after: int | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        """Records newer than ``since`` (received_at) and ``after`` (seq), oldest first, at
+        most ``limit`` of them: the first page after the given point, so a caller pages by
+        passing the last seq it saw as ``after``."""
+        records = self.records
+        begin = 0
+        if after is not None and records:
+            # seq is contiguous along the deque (every record is appended, none removed
+            # but from the left), so the position after ``after`` is arithmetic.
+            begin = max(0, after - records[0]["seq"] + 1)
+        if since is not None:
+            # received_at is taken on arrival but recorded on answer, so a record can
+            # follow one received up to max_lag seconds later than itself: walk back from
+            # the newest to the first record that cannot be newer than ``since``.
+            horizon = since - self.max_lag
+            position = len(records)
+            for entry in reversed(records):
+                if entry["received_at"] <= horizon:
+                    break
+                position -= 1
+            begin = max(begin, position)
+        selected: list[dict[str, Any]] = []
+        for entry in itertools.islice(records, begin, None):
+            if since is not None and entry["received_at"] <= since:
+                continue
+            if provider is not None and entry["provider"] != provider:
+                continue
+            selected.append(entry)
+            if len(selected) >= limit:
+                break
+        return selected
+
+    def latest(self, provider: str, count: int) -> list[dict[str, Any]]:
+        """The ``count`` newest records of ``provider``, newest last."""
+        selected: list[dict[str, Any]] = []
+        for entry in reversed(self.records):
+            if entry["provider"] == provider:
+                selected.append(entry)
+                if len(selected) >= count:
+                    break
+        selected.reverse()
+        return selected
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "providers": {name: counters.as_json() for name, counters in self.counters.items()},
+            "opted_out": sorted(self.opted_out),
+            "records": len(self.records),
+            "started_at": self.started_at,
+        }
+
+    # -- magic "N times, then accepted" --
+
+    def attempt(self, provider: str, destination: str) -> int:
+        """Count one attempt at ``destination`` and return how many came before it."""
+        counter_key = (provider, destination)
+        previous = self._attempts.get(counter_key, 0)
+        self._attempts[counter_key] = previous + 1
+        return previous
+
+    # -- faults --
+
+    def fault_set(self, fault: Fault) -> Fault:
+        if fault.seconds is not None:
+            fault.expires_at = fault.created_at + fault.seconds
+        self.faults[fault.provider] = fault
+        return fault
+
+    def faults_clear(self, providers: Iterable[str] | None = None) -> None:
+        if providers is None:
+            self.faults.clear()
+        else:
+            for name in providers:
+                self.faults.pop(name, None)
+
+    def active_faults(self) -> list[Fault]:
+        now = time.time()
+        for name in [name for name, fault in self.faults.items() if not fault.active(now)]:
+            del self.faults[name]
+        return list(self.faults.values())
+
+    def fault_for(self, provider: str) -> Fault | None:
+        """The fault that hits this request of ``provider``, if any: a fault set through the
+        control API (drawn with its rate), else the global error rate's 503 (which, like the
+        global latency, applies to the provider APIs, not to the sandbox's own callbacks)."""
+        fault = self.faults.get(provider)
+        if fault is not None:
+            if not fault.active(time.time()):
+                del self.faults[provider]
+            elif fault.rate >= 1.0 or random.random() < fault.rate:
+                return fault
+        if self.error_rate > 0 and provider not in OUTBOUND_PROVIDERS and random.random() < self.error_rate:
+            return Fault(provider=provider, status=503, synthetic=True)
+        return None
+
+    # -- opt-outs and reset --
+
+    def reset(self) -> None:
+        """Forget recordings, counters, faults, opt-outs and attempt counters."""
+        self.records.clear()
+        self.counters = {name: ProviderCounters() for name in PROVIDERS}
+        self.faults.clear()
+        self.opted_out.clear()
+        self._attempts.clear()
