@@ -225,6 +225,8 @@ def _server_certificate(
                     x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                     x509.IPAddress(ipaddress.ip_address("::1")),
                     x509.DNSName("localhost"),
+                    # The sandbox's service name in docker-compose.yml.
+                    x509.DNSName("sandbox"),
                 ]
             ),
             critical=False,
