@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from notifications.models import OutboxMessage
 from notifications.services.metrics import metrics_read
+from notifications.services.provider_health import provider_health
 from notifications.services.redis_client import redis_sync
 
 QUEUES = ["fanout", "inapp", "periodic", "default", "email", "sms", "push", "webhook", "campaign"]
@@ -78,6 +79,24 @@ class _PlatformCollector:
         )
         fanout.add_metric([], counters.get("fanout_recipients", 0))
         yield fanout
+        sends = CounterMetricFamily(
+            "notifications_provider_calls",
+            "Provider calls by provider and outcome (success, transient, rate_limited, permanent)",
+            labels=["provider", "outcome"],
+        )
+        for name, value in sorted(counters.items()):
+            if name.startswith("sends:"):
+                _, provider, outcome = name.split(":", 2)
+                sends.add_metric([provider, outcome], value)
+        yield sends
+        breakers = GaugeMetricFamily(
+            "notifications_provider_breaker_open",
+            "1 while a provider's circuit breaker is open",
+            labels=["provider"],
+        )
+        for health in provider_health(minutes=1):
+            breakers.add_metric([health.provider], 1 if health.state == "open" else 0)
+        yield breakers
         reads = CounterMetricFamily("notifications_inbox_read", "Inbox items marked read")
         reads.add_metric([], counters.get("inbox_read", 0))
         yield reads

@@ -46,3 +46,21 @@ def test_it_exports_prometheus_metrics(client, service_client, django_capture_on
     assert "notifications_fanout_recipients_total" in text
     assert 'notifications_queue_depth{queue="fanout"}' in text
     assert "notifications_outbox_lag_seconds" in text
+
+
+def test_it_exports_provider_calls_and_breaker_state(client, settings):
+    from notifications.services.metrics import metrics_increment
+    from notifications.services.provider_health import breaker_record, breaker_reset
+
+    settings.BREAKER_MIN_CALLS = 2
+    breaker_reset(provider="twilio")
+    metrics_increment({"sends:fcm:success": 3, "sends:twilio:transient": 2})
+    for _ in range(2):
+        breaker_record(provider="twilio", ok=False, latency_ms=10)
+
+    text = client.get("/metrics").content.decode()
+    breaker_reset(provider="twilio")
+
+    assert 'notifications_provider_calls_total{outcome="success",provider="fcm"}' in text
+    assert 'notifications_provider_breaker_open{provider="twilio"} 1.0' in text
+    assert 'notifications_provider_breaker_open{provider="fcm"} 0.0' in text
