@@ -1,10 +1,13 @@
-"""``python -m bench [all|p1|p2|memory] [options]``: run benchmarks, print their figures,
-and (unless ``--no-write``) record them in ``docs/benchmarks.md``.
+"""``python -m bench [all|p1|p2|memory|p4|sends|kill-sends] [options]``: run benchmarks,
+print their figures, and (unless ``--no-write``) record them in ``docs/benchmarks.md``.
 
-    python -m bench                                  # P1, P2 on both servers, memory on both
+    python -m bench                                  # everything below
     python -m bench p1 --recipients 100000
     python -m bench p2 --server uvicorn --rate 200 --seconds 20
     python -m bench memory --connections 2000
+    python -m bench p4 --rate 1000 --seconds 20      # event -> push accepted by the sandbox
+    python -m bench sends --per-channel 5000         # provider sends/s per channel
+    python -m bench kill-sends --sends 10000         # kill -9 of the send worker mid-send
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import argparse
 import sys
 from typing import Any
 
-from bench import memory, p1_fanout, p2_latency, report
+from bench import kill_sends, memory, p1_fanout, p2_latency, p4_push, provider_sends, report
 from bench.stack import template_database
 from harness.processes import Server
 
@@ -21,6 +24,9 @@ SERVERS: tuple[Server, ...] = ("uvicorn", "daphne")
 # Alternative P1 layouts are only worth their time when the default run is not dominated by
 # something the layout cannot change (a stall): past this, they are skipped with a note.
 ALTERNATIVES_MAX_SECONDS = 120.0
+P2_DEFAULT_RATE = 200.0
+P4_DEFAULT_RATE = p4_push.TARGET_RATE
+BENCHMARKS = ("all", "p1", "p2", "memory", "p4", "sends", "kill-sends")
 
 
 def _servers(choice: str) -> tuple[Server, ...]:
@@ -31,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__.split("\n\n")[0] if __doc__ else None
     )
-    parser.add_argument("benchmark", nargs="?", default="all", choices=("all", "p1", "p2", "memory"))
+    parser.add_argument("benchmark", nargs="?", default="all", choices=BENCHMARKS)
     parser.add_argument("--recipients", type=int, default=100_000, help="P1 audience size (default 100,000)")
     parser.add_argument(
         "--layouts",
@@ -42,17 +48,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--server", choices=("uvicorn", "daphne", "both"), default="both", help="P2/memory server"
     )
-    parser.add_argument("--rate", type=float, default=200.0, help="P2 events per second (default 200)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help=f"P2 events per second (default {P2_DEFAULT_RATE:.0f}); P4 pushes per second "
+        f"(default {P4_DEFAULT_RATE:,.0f})",
+    )
     parser.add_argument(
         "--low-rate", type=float, default=25.0, help="with 'all': P2 again at this rate (default 25; 0: skip)"
     )
-    parser.add_argument("--seconds", type=float, default=20.0, help="P2 duration (default 20)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="P2 and P4 duration (default 20)")
     parser.add_argument("--clients", type=int, default=50, help="P2 connected clients (default 50)")
     parser.add_argument(
         "--grace", type=float, default=90.0, help="P2 seconds to wait for late frames (default 90)"
     )
     parser.add_argument(
         "--connections", type=int, default=2000, help="idle sockets for memory (default 2,000)"
+    )
+    parser.add_argument(
+        "--p4-mode",
+        choices=("both", *p4_push.MODES),
+        default="both",
+        help="P4 events: one per push ('per-recipient'), to topics of --per-event recipients ('topic'), "
+        "or both (default)",
+    )
+    parser.add_argument(
+        "--per-event", type=int, default=50, help="P4 topic mode: recipients per event (default 50)"
+    )
+    parser.add_argument(
+        "--p4-layouts",
+        choices=("default", "all"),
+        default="all",
+        help="P4 send-worker layouts: the default only, or the alternatives too when it misses (default: all)",
+    )
+    parser.add_argument(
+        "--per-channel", type=int, default=5_000, help="sends: recipients per provider (default 5,000)"
+    )
+    parser.add_argument("--sends", type=int, default=10_000, help="kill-sends: pushes (default 10,000)")
+    parser.add_argument(
+        "--kill-after",
+        type=int,
+        default=2_500,
+        help="kill-sends: kill the send worker after this many accepted pushes (default 2,500)",
     )
     parser.add_argument("--no-write", action="store_true", help="print figures only; leave docs/ alone")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -91,7 +129,7 @@ def run_p1(args: argparse.Namespace, template: str) -> dict[str, Any]:
 
 
 def run_p2(args: argparse.Namespace, template: str) -> dict[str, Any]:
-    results = {"p2": _p2_at(args, template, args.rate)}
+    results = {"p2": _p2_at(args, template, args.rate or P2_DEFAULT_RATE)}
     if args.benchmark == "all" and args.low_rate:
         # The same measurement below saturation, to show where latency stands when the
         # machine is not the bottleneck.
@@ -127,11 +165,76 @@ def run_memory(args: argparse.Namespace, template: str) -> dict[str, Any]:
     return {"memory": out}
 
 
+def run_p4(args: argparse.Namespace, template: str) -> dict[str, Any]:
+    """One event per push first; topic events (``--per-event`` recipients each) too, because
+    the API may not accept one event per push at the target rate; when the default layout
+    misses the target in the headline mode, the send-worker alternatives, and the best
+    layout again below saturation (to show the path's latency rather than a backlog)."""
+    rate = args.rate or P4_DEFAULT_RATE
+    modes = p4_push.MODES if args.p4_mode == "both" else (args.p4_mode,)
+    progress = not args.no_progress
+    results: list[p4_push.P4Result] = []
+
+    def one(mode: str, layout: p1_fanout.Layout, at: float = rate) -> p4_push.P4Result:
+        result = p4_push.run(
+            template=template,
+            mode=mode,
+            layout=layout,
+            rate=at,
+            seconds=args.seconds,
+            per_event=args.per_event,
+            progress=progress,
+        )
+        print(result.summary(), flush=True)
+        results.append(result)
+        return result
+
+    for mode in sorted(modes, key=lambda m: m != "per-recipient"):
+        one(mode, p4_push.DEFAULT_LAYOUT)
+    headline_mode = "topic" if "topic" in modes else modes[0]
+    default = next(r for r in results if r.mode == headline_mode)
+    if args.p4_layouts == "all" and not default.meets_target:
+        for layout in p4_push.LAYOUTS:
+            if layout.name != p4_push.DEFAULT_LAYOUT.name:
+                one(headline_mode, layout)
+    best = p4_push.best([r for r in results if r.mode == headline_mode and r.target_rate == rate])
+    print(f"P4 headline: {best.summary()}", flush=True)
+    if args.p4_layouts == "all" and not best.meets_target:
+        layout = next(layout for layout in p4_push.LAYOUTS if layout.name == best.layout)
+        one(headline_mode, layout, p4_push.below_saturation_rate(best))
+    return {
+        "p4": best.as_dict(),
+        "p4_runs": {f"{r.mode}, {r.layout}, {r.target_rate:.0f}/s": r.as_dict() for r in results},
+    }
+
+
+def run_sends(args: argparse.Namespace, template: str) -> dict[str, Any]:
+    results = provider_sends.run(
+        template=template, per_channel=args.per_channel, progress=not args.no_progress
+    )
+    return {"sends": {r.provider: r.as_dict() for r in results}}
+
+
+def run_kill_sends(args: argparse.Namespace, template: str) -> dict[str, Any]:
+    result = kill_sends.run(
+        template=template, sends=args.sends, kill_after=args.kill_after, progress=not args.no_progress
+    )
+    print(result.summary(), flush=True)
+    return {"kill_sends": result.as_dict()}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     runs = [
         (name, function)
-        for name, function in (("p1", run_p1), ("p2", run_p2), ("memory", run_memory))
+        for name, function in (
+            ("p1", run_p1),
+            ("p2", run_p2),
+            ("memory", run_memory),
+            ("p4", run_p4),
+            ("sends", run_sends),
+            ("kill-sends", run_kill_sends),
+        )
         if args.benchmark in ("all", name)
     ]
     if not args.no_write and args.benchmark == "all":

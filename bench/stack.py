@@ -21,15 +21,18 @@ import httpx
 
 from harness.processes import (
     DEFAULT_WORKERS,
+    LOCALHOST,
     REPO_ROOT,
     PlatformProcesses,
     PrivateRedis,
     Server,
     TemporaryDatabase,
     WorkerSpec,
+    free_port,
     proc_stats,
     wait_until,
 )
+from harness.sandbox import SandboxProcess
 
 BENCH_DIR = Path(__file__).resolve().parent
 LOG_ROOT = BENCH_DIR / ".tmp"
@@ -117,6 +120,13 @@ class Stack:
     platform: PlatformProcesses
     api_key: str
     env: dict[str, str] = field(default_factory=dict)
+    # The provider sandbox the platform's provider clients talk to (``sandbox=True``).
+    sandbox: SandboxProcess | None = None
+
+    @property
+    def processes(self) -> PlatformProcesses:
+        """The platform's processes (the name end-to-end tests use for them)."""
+        return self.platform
 
     @property
     def web_url(self) -> str:
@@ -151,10 +161,21 @@ class Stack:
     def check_alive(self) -> None:
         """RuntimeError naming any process that died during the benchmark."""
         exited = self.platform.unexpected_exits()
+        if self.sandbox is not None and not self.sandbox.alive:
+            process = self.sandbox.process
+            code = process.returncode if process is not None else None
+            exited.append(("provider-sandbox", -1 if code is None else code))
         if exited:
-            raise RuntimeError(
-                f"processes exited during the benchmark: {exited}\n{self.platform.log_tails(30)}"
+            raise RuntimeError(f"processes exited during the benchmark: {exited}\n{self.log_tails(30)}")
+
+    def log_tails(self, lines: int = 40) -> str:
+        """Every process's log tail (the sandbox's too), for error messages."""
+        tails = self.platform.log_tails(lines)
+        if self.sandbox is not None:
+            tails += (
+                f"\n----- provider sandbox ({self.sandbox.log_path}) -----\n{self.sandbox.log_tail(lines)}"
             )
+        return tails
 
 
 def create_api_key(database: TemporaryDatabase, name: str = "bench") -> str:
@@ -193,10 +214,13 @@ def bench_stack(
     beat: bool = True,
     label: str = "bench",
     cwd: Path | None = None,
+    sandbox: bool = False,
 ) -> Iterator[Stack]:
     """Start private Redis, a database cloned from ``template`` (migrated when None), and
     the platform's processes; stop and drop everything on exit. ``cwd`` runs the processes
-    from another checkout (to measure a candidate change side by side)."""
+    from another checkout (to measure a candidate change side by side). ``sandbox`` also
+    starts a provider sandbox (keys and log in the stack's log directory) whose callbacks
+    reach the stack's web server, and points the platform's provider clients at it."""
     LOG_ROOT.mkdir(parents=True, exist_ok=True)
     log_dir = LOG_ROOT / f"{label}-{server}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     with contextlib.ExitStack() as stack:
@@ -212,10 +236,19 @@ def bench_stack(
             "CELERY_BROKER_URL": redis.url,
         }
         api_key = create_api_key(database)
+        # The web port is chosen first: the sandbox must know where to send callbacks.
+        port = free_port()
+        provider_sandbox: SandboxProcess | None = None
+        if sandbox:
+            provider_sandbox = stack.enter_context(
+                SandboxProcess(directory=log_dir / "sandbox", platform_url=f"http://{LOCALHOST}:{port}")
+            )
+            process_env.update(provider_sandbox.env())
         worker_specs = list(workers)
         platform = PlatformProcesses(
             process_env,
             server=server,
+            port=port,
             workers=worker_specs,
             log_dir=log_dir,
             loglevel=merged_env.get("CELERY_LOG_LEVEL", "WARNING"),
@@ -230,7 +263,89 @@ def bench_stack(
             _start_web_with_retry(platform)
         for spec in worker_specs:
             platform.wait_for_worker(spec.name)
-        yield Stack(redis=redis, database=database, platform=platform, api_key=api_key, env=process_env)
+        yield Stack(
+            redis=redis,
+            database=database,
+            platform=platform,
+            api_key=api_key,
+            env=process_env,
+            sandbox=provider_sandbox,
+        )
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """CPU time consumed so far (clock ticks): per process group (user + system, with
+    reaped children), by all PostgreSQL processes, by the whole machine (busy time of all
+    cores, from /proc/stat); and by this process (seconds)."""
+
+    groups: dict[int, int]
+    postgres: int
+    machine_busy: int
+    own_seconds: float
+
+
+def cpu_sample() -> CpuSample:
+    groups: dict[int, int] = {}
+    postgres = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        command = stat[stat.find("(") + 1 : stat.rfind(")")]
+        # fields[0] is /proc/<pid>/stat field 3 (state): pgrp is field 5, utime..cstime 14..17.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) <= 14:
+            continue
+        ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+        groups[int(fields[2])] = groups.get(int(fields[2]), 0) + ticks
+        # Every PostgreSQL process leads a group of its own; ended backends are counted in
+        # the postmaster's reaped-children time.
+        if command == "postgres":
+            postgres += ticks
+    busy = 0
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("cpu "):
+            values = [int(v) for v in line.split()[1:]]
+            # user nice system idle iowait irq softirq steal ...: busy is all but idle and iowait.
+            busy = sum(values[:8]) - values[3] - values[4]
+            break
+    times = os.times()
+    return CpuSample(
+        groups=groups, postgres=postgres, machine_busy=busy, own_seconds=times.user + times.system
+    )
+
+
+POSTGRES_CPU = "postgres"
+OTHER_CPU = "other processes"
+MACHINE_CPU = "machine"
+
+
+def cpu_seconds(stack: Stack, before: CpuSample, after: CpuSample) -> dict[str, float]:
+    """CPU seconds each part of the stack used between two samples: its processes (each
+    with its process group: Celery pool processes count with their worker), the provider
+    sandbox, the private Redis, the load generator (this process), PostgreSQL (the whole
+    server: other databases' work too), the machine's other processes, and the machine."""
+    leaders: dict[str, int | None] = {name: process.pid for name, process in stack.platform.processes.items()}
+    if stack.sandbox is not None and stack.sandbox.process is not None:
+        leaders["provider-sandbox"] = stack.sandbox.process.pid
+    leaders["redis"] = stack.redis.process.pid
+    result: dict[str, float] = {}
+    for name, pid in leaders.items():
+        if pid is not None:
+            result[name] = (after.groups.get(pid, 0) - before.groups.get(pid, 0)) / CLOCK_TICKS
+    result["load generator"] = after.own_seconds - before.own_seconds
+    result[POSTGRES_CPU] = (after.postgres - before.postgres) / CLOCK_TICKS
+    machine = (after.machine_busy - before.machine_busy) / CLOCK_TICKS
+    result[OTHER_CPU] = max(0.0, machine - sum(result.values()))
+    result[MACHINE_CPU] = machine
+    return result
 
 
 def wait_for(predicate: Any, timeout: float, message: str, interval: float = 0.05) -> Any:

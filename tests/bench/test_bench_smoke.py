@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench import memory, p1_fanout, p2_latency
-from bench.stack import Progress, progress_bar, template_database
+from bench import kill_sends, memory, p1_fanout, p2_latency, p4_push, provider_sends, report
+from bench.stack import Progress, bench_stack, progress_bar, template_database
 from harness.processes import Server
 
 pytestmark = [pytest.mark.bench_smoke, pytest.mark.xdist_group("bench")]
@@ -71,3 +71,131 @@ def test_percentile_is_nearest_rank() -> None:
     assert p2_latency.percentile(values, 0.99) == 99.0
     assert p2_latency.percentile(values, 1.0) == 100.0
     assert math.isnan(p2_latency.percentile([], 0.5))
+
+
+def test_p4_push_measures_every_push_in_both_modes(template: str) -> None:
+    with bench_stack(
+        template=template, env=provider_sends.UNPACED_ENV, label="p4-smoke", sandbox=True
+    ) as stack:
+        topic = p4_push.measure(
+            stack,
+            mode="topic",
+            layout=p4_push.DEFAULT_LAYOUT,
+            rate=200,
+            seconds=1,
+            per_event=50,
+            grace=60,
+            progress=False,
+            tag="t",
+        )
+        single = p4_push.measure(
+            stack,
+            mode="per-recipient",
+            layout=p4_push.DEFAULT_LAYOUT,
+            rate=10,
+            seconds=1,
+            per_event=50,
+            grace=60,
+            progress=False,
+            tag="r",
+        )
+
+    assert topic.events_scheduled == topic.events_posted == 4, topic.as_dict()
+    assert topic.expected == topic.accepted == 200 and topic.lost == 0, topic.as_dict()
+    assert topic.statuses == {"sent": 200}
+    assert single.per_event == 1 and single.events_posted == single.expected == 10, single.as_dict()
+    assert single.accepted == 10 and single.lost == 0, single.as_dict()
+    for result in (topic, single):
+        assert result.http_errors == 0 and result.duplicates == 0
+        assert 0 < result.p50_s <= result.p95_s <= result.p99_s <= result.max_s, result.as_dict()
+        assert result.accepted_per_second > 0
+
+
+def test_provider_sends_are_accepted_on_every_channel(template: str) -> None:
+    results = provider_sends.run(template=template, per_channel=100, timeout=120, progress=False)
+
+    assert [r.provider for r in results] == [v.provider for v in provider_sends.VARIANTS]
+    for result in results:
+        assert result.complete, result.as_dict()
+        assert result.accepted == 100 and result.duplicates == 0, result.as_dict()
+        assert 0 < result.first_accept_s <= result.last_accept_s, result.as_dict()
+        assert result.per_second > 0
+
+
+def test_kill_sends_loses_nothing_and_counts_duplicates(template: str) -> None:
+    result = kill_sends.run(template=template, sends=1_000, kill_after=300, timeout=180, progress=False)
+
+    assert result.accepted_at_kill >= 300
+    assert result.sent == result.deliveries == 1_000, result.as_dict()
+    assert result.lost == 0 and result.unique_keys == 1_000, result.as_dict()
+    assert result.duplicates <= result.duplicate_bound, result.as_dict()
+    assert result.requests == result.unique_keys + result.duplicates
+    assert result.ok
+
+
+def test_report_renders_the_provider_sections() -> None:
+    p4_run = {
+        "mode": "topic",
+        "layout": "default (send -c2)",
+        "settings": "send -c2",
+        "target_rate": 1000.0,
+        "seconds": 20.0,
+        "per_event": 50,
+        "events_scheduled": 400,
+        "events_posted": 400,
+        "post_rate": 20.0,
+        "offered_rate": 1000.0,
+        "accepted_per_second": 990.0,
+        "p50_s": 1.0,
+        "p95_s": 2.0,
+        "p99_s": 3.0,
+        "max_s": 4.0,
+        "lost": 0,
+        "duplicates": 0,
+        "accept_p50_ms": 10.0,
+        "accept_p99_ms": 50.0,
+        "load_before": 0.3,
+        "meets_target": True,
+    }
+    results = {
+        "machine": report.machine(),
+        "p4": p4_run,
+        "p4_runs": {"topic, default (send -c2)": p4_run},
+        "sends": {
+            "fcm": {
+                "variant": "push (FCM HTTP v1)",
+                "recipients": 5000,
+                "per_second": 800.0,
+                "first_accept_s": 0.3,
+                "last_accept_s": 6.5,
+                "accepted": 5000,
+                "duplicates": 0,
+                "rejected": 0,
+                "failed": 0,
+                "settings": "",
+            }
+        },
+        "kill_sends": {
+            "sends": 10000,
+            "accepted_at_kill": 2510,
+            "claimed_at_kill": 100,
+            "sent": 10000,
+            "lost": 0,
+            "unique_keys": 10000,
+            "duplicates": 60,
+            "duplicate_bound": 100,
+            "requests": 10060,
+            "restart_s": 3.0,
+            "recover_s": 9.0,
+            "total_s": 20.0,
+            "settings": "send -c2",
+            "ok": True,
+        },
+    }
+
+    text = report.render(results)
+
+    assert "## P4: event → push accepted by the provider (offline users)" in text
+    assert "| push (FCM HTTP v1) | 5,000 | 800 |" in text
+    assert "## kill -9 of the send worker during 10,000 pushes" in text
+    assert "duplicates ≤ chunks in flight × chunk size" in text
