@@ -10,6 +10,7 @@ stopping every channel.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -33,11 +34,13 @@ local now = tonumber(ARGV[1])
 local interval = tonumber(ARGV[2])
 local burst = tonumber(ARGV[3])
 local max_wait = tonumber(ARGV[4])
+local count = tonumber(ARGV[5] or '1')
 if tat < now then tat = now end
 local wait = tat - now - burst * interval
 if wait < 0 then wait = 0 end
 if wait > max_wait then return tostring(wait) end
-redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', math.ceil((tat + interval - now) * 1000) + 1000)
+local new_tat = tat + count * interval
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
 return tostring(-wait)
 """
 
@@ -47,7 +50,8 @@ return tostring(-wait)
 # its result closes or re-opens it.
 _RECORD = """
 local now = tonumber(ARGV[1])
-local ok = tonumber(ARGV[2])
+local oks = tonumber(ARGV[2])
+local fails = tonumber(ARGV[8])
 local window = tonumber(ARGV[3])
 local min_calls = tonumber(ARGV[4])
 local ratio = tonumber(ARGV[5])
@@ -55,11 +59,18 @@ local open_seconds = tonumber(ARGV[6])
 local latency_ms = tonumber(ARGV[7])
 local minute = tostring(math.floor(now / 60))
 local second = math.floor(now)
-redis.call('HINCRBY', KEYS[2], (ok == 1) and ('ok:' .. second) or ('fail:' .. second), 1)
+if oks > 0 then
+  redis.call('HINCRBY', KEYS[2], 'ok:' .. second, oks)
+  redis.call('HINCRBY', KEYS[3], minute .. ':ok', oks)
+end
+if fails > 0 then
+  redis.call('HINCRBY', KEYS[2], 'fail:' .. second, fails)
+  redis.call('HINCRBY', KEYS[3], minute .. ':fail', fails)
+end
 redis.call('EXPIRE', KEYS[2], window + 5)
-redis.call('HINCRBY', KEYS[3], (ok == 1) and (minute .. ':ok') or (minute .. ':fail'), 1)
 redis.call('HINCRBY', KEYS[3], minute .. ':latency_ms', latency_ms)
 redis.call('EXPIRE', KEYS[3], 7200)
+local ok = (fails == 0) and 1 or 0
 local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
 if state == 'half_open' then
   if ok == 1 then
@@ -93,7 +104,7 @@ return state
 # An open breaker whose time is up lets exactly one caller through as the probe.
 _ALLOW = """
 local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
-if state == 'closed' then return 1 end
+if state == 'closed' then return 2 end
 local now = tonumber(ARGV[1])
 if state == 'open' then
   local open_until = tonumber(redis.call('HGET', KEYS[1], 'open_until') or '0')
@@ -126,9 +137,9 @@ def provider_rate(provider: str) -> float:
     return float(config.get("rate_per_second", 0) or 0)  # type: ignore[arg-type]
 
 
-def provider_pace(*, provider: str, max_wait: float = 2.0) -> float | None:
-    """Reserve one call's slot under the provider's rate. Returns the seconds the caller
-    must wait before calling (0 when at once), or None when the wait would exceed
+def provider_pace(*, provider: str, max_wait: float = 2.0, count: int = 1) -> float | None:
+    """Reserve ``count`` calls' slots under the provider's rate. Returns the seconds the
+    caller must wait before calling (0 when at once), or None when the wait would exceed
     ``max_wait``: then nothing is reserved and the caller should defer the send."""
     rate = provider_rate(provider)
     if rate <= 0:
@@ -138,7 +149,7 @@ def provider_pace(*, provider: str, max_wait: float = 2.0) -> float | None:
         answer = float(
             pace(
                 keys=[redis_key(f"provider:{provider}:pace")],
-                args=[time.time(), 1.0 / rate, max(1.0, rate / 10), max_wait],
+                args=[time.time(), 1.0 / rate, max(1.0, rate / 10), max_wait, count],
             )
         )
     except redis.RedisError as exc:
@@ -147,22 +158,25 @@ def provider_pace(*, provider: str, max_wait: float = 2.0) -> float | None:
     return -answer if answer <= 0 else None
 
 
-def breaker_allows(*, provider: str) -> bool:
-    """Whether a call to the provider may go ahead now (closed, or this caller is the
-    half-open probe)."""
+def _allow(provider: str) -> int:
+    """2: closed; 1: this caller is the half-open probe; 0: open."""
     _, _, allow = _scripts()
     try:
-        return bool(
+        return int(
             allow(keys=[_breaker_key(provider)], args=[time.time(), settings.SEND_TIMEOUT_SECONDS + 5])
         )
     except redis.RedisError as exc:
         log.warning("breaker unavailable for %s: %s", provider, exc)
-        return True
+        return 2
 
 
-def breaker_record(*, provider: str, ok: bool, latency_ms: int) -> str:
-    """Count one call's outcome; returns the breaker's state afterwards. Rate limiting is
-    recorded as a success for the breaker: the provider is up, only busy."""
+def breaker_allows(*, provider: str) -> bool:
+    """Whether a call to the provider may go ahead now (closed, or this caller is the
+    half-open probe)."""
+    return _allow(provider) > 0
+
+
+def _record(provider: str, *, oks: int, fails: int, latency_ms: int) -> str:
     _, record, _ = _scripts()
     try:
         state = record(
@@ -173,21 +187,107 @@ def breaker_record(*, provider: str, ok: bool, latency_ms: int) -> str:
             ],
             args=[
                 time.time(),
-                1 if ok else 0,
+                oks,
                 settings.BREAKER_WINDOW_SECONDS,
                 settings.BREAKER_MIN_CALLS,
                 settings.BREAKER_FAILURE_RATIO,
                 settings.BREAKER_OPEN_SECONDS,
                 max(0, int(latency_ms)),
+                fails,
             ],
         )
     except redis.RedisError as exc:
         log.warning("breaker not updated for %s: %s", provider, exc)
         return "unknown"
     state = state.decode() if isinstance(state, bytes) else str(state)
-    if state == "open" and not ok:
+    if state == "open" and fails:
         log.warning("breaker open for provider %s", provider)
     return state
+
+
+def breaker_record(*, provider: str, ok: bool, latency_ms: int) -> str:
+    """Count one call's outcome; returns the breaker's state afterwards. Rate limiting is
+    recorded as a success for the breaker: the provider is up, only busy."""
+    return _record(provider, oks=1 if ok else 0, fails=0 if ok else 1, latency_ms=latency_ms)
+
+
+class ProviderGate:
+    """The breaker and the pacing bucket as one sender process uses them, with the Redis
+    round trips amortised: three per call cost a third of a push's CPU.
+
+    - A closed breaker is believed for ``ALLOW_CACHE_SECONDS``; an open or half-open one is
+      asked every time (then calls are few anyway).
+    - Pacing slots are reserved ``PACE_BATCH`` at a time and handed out locally.
+    - Successes are counted locally and flushed with ``flush()`` (once per chunk) or every
+      ``FLUSH_EVERY`` calls; a failure, or a half-open probe's result, is written at once so
+      the breaker opens (or closes) without delay.
+    """
+
+    ALLOW_CACHE_SECONDS = 0.25
+    PACE_BATCH = 10
+    FLUSH_EVERY = 100
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._closed_until: dict[str, float] = {}
+        self._slots: dict[str, int] = {}
+        self._pending: dict[str, list[int]] = {}  # provider -> [successes, latency ms]
+
+    def allows(self, provider: str) -> tuple[bool, bool]:
+        """(may call, is the half-open probe)."""
+        now = time.monotonic()
+        with self._lock:
+            if self._closed_until.get(provider, 0.0) > now:
+                return True, False
+        verdict = _allow(provider)
+        if verdict == 2:
+            with self._lock:
+                self._closed_until[provider] = now + self.ALLOW_CACHE_SECONDS
+        return verdict > 0, verdict == 1
+
+    def pace(self, provider: str) -> float | None:
+        """Seconds to wait before calling (0: at once), None: defer the send."""
+        if provider_rate(provider) <= 0:
+            return 0.0
+        with self._lock:
+            if self._slots.get(provider, 0) > 0:
+                self._slots[provider] -= 1
+                return 0.0
+        wait = provider_pace(provider=provider, count=self.PACE_BATCH)
+        if wait is not None:
+            with self._lock:
+                self._slots[provider] = self._slots.get(provider, 0) + self.PACE_BATCH - 1
+        return wait
+
+    def record(self, provider: str, *, ok: bool, latency_ms: int, probe: bool = False) -> None:
+        if not ok or probe:
+            with self._lock:
+                self._closed_until.pop(provider, None)
+            breaker_record(provider=provider, ok=ok, latency_ms=latency_ms)
+            return
+        with self._lock:
+            pending = self._pending.setdefault(provider, [0, 0])
+            pending[0] += 1
+            pending[1] += max(0, int(latency_ms))
+            full = pending[0] >= self.FLUSH_EVERY
+        if full:
+            self.flush(provider)
+
+    def flush(self, provider: str | None = None) -> None:
+        with self._lock:
+            names = [provider] if provider else list(self._pending)
+            batches = [(name, self._pending.pop(name, [0, 0])) for name in names]
+        for name, (oks, latency) in batches:
+            if oks:
+                _record(name, oks=oks, fails=0, latency_ms=latency)
+
+
+_gate = ProviderGate()
+
+
+def provider_gate() -> ProviderGate:
+    """This process's gate (shared by its sending threads)."""
+    return _gate
 
 
 def breaker_open_until(*, provider: str) -> float | None:

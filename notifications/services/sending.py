@@ -54,12 +54,7 @@ from notifications.services.aggregation import aggregation_context
 from notifications.services.dispatch import dispatch_lease
 from notifications.services.feedback import feedback_apply, receipts_apply_early
 from notifications.services.metrics import metrics_increment
-from notifications.services.provider_health import (
-    breaker_allows,
-    breaker_open_until,
-    breaker_record,
-    provider_pace,
-)
+from notifications.services.provider_health import breaker_open_until, provider_gate
 from notifications.services.scheduling import deliveries_schedule
 from notifications.services.sms_guard import SmsVerdict, sms_guard_check
 from notifications.services.templating import TemplateRenderError, template_render
@@ -368,13 +363,15 @@ def _call(message: OutboundMessage) -> tuple[str, SendResult | TransportError, i
         return "", TransportError(f"no provider configured for {message.channel}", permanent=True), 0, None
     last: tuple[str, SendResult | TransportError, int] | None = None
     blocked_until: list[float] = []
+    gate = provider_gate()
     for name in providers:
-        if not breaker_allows(provider=name):
+        allowed, probe = gate.allows(name)
+        if not allowed:
             blocked_until.append(
                 breaker_open_until(provider=name) or time.time() + settings.BREAKER_OPEN_SECONDS
             )
             continue
-        wait = provider_pace(provider=name)
+        wait = gate.pace(name)
         if wait is None:
             blocked_until.append(time.time() + 1.0)
             continue
@@ -390,7 +387,7 @@ def _call(message: OutboundMessage) -> tuple[str, SendResult | TransportError, i
             result = TransportError(f"unexpected error: {exc.__class__.__name__}: {exc}")
         latency = int((time.monotonic() - started) * 1000)
         healthy = not isinstance(result, TransportError) or result.permanent or result.rate_limited
-        breaker_record(provider=name, ok=healthy, latency_ms=latency)
+        gate.record(name, ok=healthy, latency_ms=latency, probe=probe)
         last = (name, result, latency)
         if not isinstance(result, TransportError) or result.permanent:
             return name, result, latency, None
@@ -603,6 +600,7 @@ def deliveries_send(*, delivery_ids: list[int]) -> tuple[int, datetime | None]:
     else:
         for job in to_send:
             _run(job)
+    provider_gate().flush()
     counts = _record(jobs, token)
     metrics_increment(counts)
     for job in jobs:

@@ -27,6 +27,7 @@ from django.core.mail import EmailMultiAlternatives, get_connection
 from django.core.mail.backends.base import BaseEmailBackend
 
 from notifications.transports.base import Feedback, OutboundMessage, SendResult, TransportError
+from notifications.transports.http_env import session_tune
 from notifications.transports.retry_after import retry_after_parse
 
 MAILGUN_BACKEND = "anymail.backends.mailgun.EmailBackend"
@@ -77,6 +78,9 @@ class MailgunTransport:
             # Opened once and kept: send_messages then leaves the requests session (and
             # its pooled connection) open between calls.
             connection.open()
+            session = getattr(connection, "session", None)
+            if session is not None:
+                session_tune(session)
             self._local.connection = connection
         return connection
 

@@ -24,6 +24,7 @@ from pyfcm import FCMNotification
 from requests.adapters import HTTPAdapter
 
 from notifications.transports.base import Feedback, OutboundMessage, SendResult, TransportError
+from notifications.transports.http_env import environment_matters, session_tune
 from notifications.transports.retry_after import retry_after_parse
 
 FCM_PAYLOAD_LIMIT_BYTES = 4096
@@ -73,7 +74,7 @@ class _Fcm(FCMNotification):
         self.FCM_END_POINT_BASE = endpoint_base
         self._token_lock = threading.Lock()
         self._token_refreshed_at = 0.0
-        token_session = requests.Session()
+        token_session = session_tune(requests.Session())
         token_session.mount("http://", adapter)
         token_session.mount("https://", adapter)
         self._token_request = _TimedRequest(token_session, timeout)
@@ -115,9 +116,9 @@ class _Fcm(FCMNotification):
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
         # requests_session is pyfcm's per-thread session; our adapter (shared pool) is
         # mounted on it. Its own token headers are overridden per request here.
-        response = self.requests_session.post(
-            self.fcm_end_point, data=payload, timeout=timeout, headers=headers
-        )
+        session = self.requests_session
+        session.trust_env = environment_matters()
+        response = session.post(self.fcm_end_point, data=payload, timeout=timeout, headers=headers)
         return response, token
 
     def request_headers(self) -> dict[str, str]:

@@ -19,6 +19,7 @@ from twilio.http.response import Response
 from twilio.rest import Client
 
 from notifications.transports.base import Feedback, OutboundMessage, SendResult, TransportError
+from notifications.transports.http_env import session_tune
 from notifications.transports.retry_after import retry_after_parse
 
 # --- Segments -------------------------------------------------------------------------------
@@ -166,6 +167,7 @@ class _RecordingHttpClient(TwilioHttpClient):
         # No retries: the sender owns them.
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
         assert self.session is not None
+        session_tune(self.session)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
 
