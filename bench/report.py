@@ -121,6 +121,7 @@ SECTION_OF = {
     "p4_runs": "p4",
     "sends": "sends",
     "kill_sends": "kill_sends",
+    "kill_sends_runs": "kill_sends",
 }
 
 
@@ -688,11 +689,17 @@ def _kill_section(results: dict[str, Any]) -> list[str]:
         "bound | FCM requests | restart | in-flight re-sent | all settled after restart | POST → all settled | "
         "settings |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-        f"| {kill['sends']:,} | {kill['accepted_at_kill']:,} | {kill['claimed_at_kill']} | {kill['sent']:,} | "
-        f"{kill['lost']} | {kill['unique_keys']:,} | {kill['duplicates']} | {kill['duplicate_bound']} | "
-        f"{kill['requests']:,} | {_fmt(kill['restart_s'], 1)} s | "
-        f"{_fmt(kill.get('orphans_settled_s'), 1)} s after the kill | {_fmt(kill['recover_s'], 1)} s | "
-        f"{_fmt(kill['total_s'], 1)} s | {kill['settings']} |",
+        *(
+            f"| {run['sends']:,} | {run['accepted_at_kill']:,} | {run['claimed_at_kill']} | {run['sent']:,} | "
+            f"{run['lost']} | {run['unique_keys']:,} | {run['duplicates']} | {run['duplicate_bound']} | "
+            f"{run['requests']:,} | {_fmt(run['restart_s'], 1)} s | "
+            f"{_fmt(run.get('orphans_settled_s'), 1)} s after the kill | {_fmt(run['recover_s'], 1)} s | "
+            f"{_fmt(run['total_s'], 1)} s | {run['settings']} |"
+            for run in results.get("kill_sends_runs") or [kill]
+        ),
+        "",
+        "Each row is one run, killed at a different point; where the kill lands within a chunk decides "
+        "how many of its pushes were accepted but not yet recorded. The summary quotes the worst run.",
         "",
         "*Restart*: kill to the new worker consuming. *In-flight re-sent*: until every delivery the dead "
         "sender had claimed was settled (its claims expire `SEND_CLAIM_SECONDS` after they were taken). "

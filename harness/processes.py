@@ -730,12 +730,17 @@ class PlatformProcesses:
         process.start()
         host = self.env.get("PROVIDER_SANDBOX_HOST", LOCALHOST)
         port = int(self.env.get("PROVIDER_SANDBOX_HTTP_PORT", "8100"))
-        deadline = time.monotonic() + self.web_timeout
-        while not port_is_open(host, port):
+
+        def listening() -> bool:
             self._raise_if_exited(process)
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"provider sandbox not listening on {host}:{port}; log {process.log_path}")
-            time.sleep(0.1)
+            return port_is_open(host, port)
+
+        wait_until(
+            listening,
+            self.web_timeout,
+            interval=0.1,
+            message=f"provider sandbox not listening on {host}:{port}",
+        )
         return process
 
     def start_all(self) -> None:

@@ -125,6 +125,11 @@ def test_it_rides_out_a_60_second_provider_outage_without_a_retry_storm() -> Non
         assert len(mailgun_during) <= 60, f"{len(mailgun_during)} calls to Mailgun during the outage"
         stats: dict[str, Any] = control.stats()["providers"]
         assert stats["fcm"]["duplicates"] == 0
+        print(
+            f"outage: {len(failed_calls)} failed FCM calls and {len(mailgun_during)} Mailgun calls during "
+            f"{OUTAGE_SECONDS} s; SMTP took {len(control.messages('smtp'))} emails; push dead {dead}; "
+            f"statuses {counts}"
+        )
 
 
 def test_it_loses_no_send_when_the_send_worker_is_killed_during_10000_pushes() -> None:
