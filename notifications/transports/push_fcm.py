@@ -24,7 +24,7 @@ from pyfcm import FCMNotification
 from requests.adapters import HTTPAdapter
 
 from notifications.transports.base import Feedback, OutboundMessage, SendResult, TransportError
-from notifications.transports.http_env import environment_matters, session_tune
+from notifications.transports.http_env import session_tune
 from notifications.transports.retry_after import retry_after_parse
 
 FCM_PAYLOAD_LIMIT_BYTES = 4096
@@ -116,8 +116,7 @@ class _Fcm(FCMNotification):
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
         # requests_session is pyfcm's per-thread session; our adapter (shared pool) is
         # mounted on it. Its own token headers are overridden per request here.
-        session = self.requests_session
-        session.trust_env = environment_matters()
+        session = session_tune(self.requests_session)
         response = session.post(self.fcm_end_point, data=payload, timeout=timeout, headers=headers)
         return response, token
 

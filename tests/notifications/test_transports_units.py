@@ -741,3 +741,30 @@ def test_it_exchanges_the_fcm_token_again_once_after_access_token_expired(
     # Then the request is made again, once, with a newly exchanged token
     assert result.provider_message_id == "projects/unit-project/messages/1"
     assert sent_with == ["old-token", "new-token"]
+
+
+def test_it_reads_the_environment_once_per_session_unless_a_proxy_is_set(monkeypatch):
+    import requests
+
+    from notifications.transports import http_env
+
+    for name in (
+        "http_proxy",
+        "HTTPS_PROXY",
+        "no_proxy",
+        "ALL_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "NO_PROXY",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    http_env._environment.cache_clear()
+    plain = http_env.session_tune(requests.Session())
+    assert plain.trust_env is False and plain.verify == "/etc/ssl/certs/ca-certificates.crt"
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    http_env._environment.cache_clear()
+    proxied = http_env.session_tune(requests.Session())
+    http_env._environment.cache_clear()
+    assert proxied.trust_env is True and proxied.verify is True
