@@ -65,6 +65,7 @@ from notifications.transports.registry import transport_get
 log = logging.getLogger(__name__)
 
 PROVIDER_CHANNELS = ("email", "sms", "push", "webhook")
+RECEIPT_CHANNELS = ("email", "sms")
 _SENDABLE = (DeliveryStatus.PENDING, DeliveryStatus.RETRYING)
 
 
@@ -219,7 +220,8 @@ def _prepare(claimed: list[Claimed]) -> list[Job]:
         if by_channel.get("email")
         else set()
     )
-    aggregates = aggregation_context(delivery_ids=[c.id for c in claimed if c.aggregate_count > 1])
+    leaders = [c.id for c in claimed if c.aggregate_count > 1]
+    aggregates = aggregation_context(delivery_ids=leaders) if leaders else {}
 
     jobs: list[Job] = []
     for c in claimed:
@@ -456,6 +458,7 @@ def _decide(job: Job, now: datetime) -> _Outcome:
 def _record(jobs: list[Job], token: datetime) -> Counter[str]:
     now = timezone.now()
     outcomes = {job.claimed.id: _decide(job, now) for job in jobs}
+    channels = {job.claimed.id: job.claimed.channel for job in jobs}
     counts: Counter[str] = Counter()
     with transaction.atomic():
         ids = list(outcomes)
@@ -558,8 +561,14 @@ def _record(jobs: list[Job], token: datetime) -> Counter[str]:
             FallbackCheck.objects.filter(delivery_id__in=finished).update(due_at=now)
         for message, error in feedback:
             feedback_apply(message=message, error=error)
+        # Only email and SMS providers report back; push and webhook receipts never come.
         receipts_apply_early(
-            delivery_ids=[i for i in owned if outcomes[i].status == DeliveryStatus.SENT], now=now
+            delivery_ids=[
+                i
+                for i in owned
+                if outcomes[i].status == DeliveryStatus.SENT and channels[i] in RECEIPT_CHANNELS
+            ],
+            now=now,
         )
     return counts
 

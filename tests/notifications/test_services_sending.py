@@ -559,3 +559,24 @@ def test_it_does_not_push_again_to_a_device_that_accepted_before_a_retry(
     assert _delivery(event, "push").status == "sent"
     steady = [m for m in providers.control.messages("fcm") if m["to"] == "steady-device"]
     assert len(steady) == 1
+
+
+def test_it_sends_one_aggregated_email_for_a_window_of_events(
+    providers, key, django_capture_on_commit_callbacks
+):
+    alice = RecipientFactory(email="agg@example.com")
+    nt = notification_type_save(
+        key="post.liked.email",
+        fields={"category": "social", "channels": ["email"], "aggregation_window_seconds": 60},
+        templates={
+            "email": {"subject": "{{ aggregate.count }} likes", "text": "and {{ aggregate.others }} others"}
+        },
+    )
+    events = [_send(key, django_capture_on_commit_callbacks, nt, [alice]) for _ in range(3)]
+    assert providers.control.messages("mailgun") == []  # the window is still open
+
+    _retry_now(django_capture_on_commit_callbacks)
+
+    [message] = providers.control.messages("mailgun")
+    assert message["summary"]["subject"] == "3 likes"
+    assert [_delivery(e, "email").status for e in events] == ["sent", "suppressed", "suppressed"]
