@@ -187,22 +187,6 @@ def create_api_key(database: TemporaryDatabase, name: str = "bench") -> str:
     raise RuntimeError(f"create_api_key printed no key:\n{output}")
 
 
-def _start_web_with_retry(platform: PlatformProcesses, attempts: int = 5) -> None:
-    """Start the web server; while other work may be mid-edit (a module briefly missing),
-    a failed start is retried a few times before giving up."""
-    for attempt in range(attempts):
-        try:
-            platform.start_web()
-            return
-        except (RuntimeError, TimeoutError):
-            web = platform.processes.get("web")
-            if web is not None and web.alive:
-                web.stop(5.0)
-            if attempt == attempts - 1:
-                raise
-            time.sleep(3.0)
-
-
 @contextlib.contextmanager
 def bench_stack(
     *,
@@ -260,7 +244,7 @@ def bench_stack(
         if beat:
             platform.start_beat()
         if web:
-            _start_web_with_retry(platform)
+            platform.start_web()
         for spec in worker_specs:
             platform.wait_for_worker(spec.name)
         yield Stack(

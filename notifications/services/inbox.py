@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from datetime import datetime
 from typing import Any
@@ -18,11 +17,11 @@ from notifications.models import (
     Event,
     InboxItem,
     InboxSequence,
-    NotificationTemplate,
     NotificationType,
     Recipient,
 )
 from notifications.services.aggregation import aggregation_context
+from notifications.services.catalog import channel_templates
 from notifications.services.connections import recipients_connected
 from notifications.services.dispatch import dispatch_batch_claim
 from notifications.services.durability import relax_commit_durability
@@ -68,22 +67,9 @@ def inbox_item_payload(item: InboxItem | dict[str, Any]) -> dict[str, Any]:
     }
 
 
-# Templates change rarely and are read for every batch: keep them a few seconds per process.
-TEMPLATE_CACHE_SECONDS = 5.0
-_template_cache: dict[int, tuple[float, dict[str, dict[str, str]]]] = {}
-
-
 def _templates_for(notification_type: NotificationType) -> dict[str, dict[str, str]]:
     """{locale: content} of the type's in-app templates; edits apply within seconds."""
-    cached = _template_cache.get(notification_type.id)
-    if cached is not None and time.monotonic() - cached[0] < TEMPLATE_CACHE_SECONDS:
-        return cached[1]
-    templates = {
-        t.locale: t.content
-        for t in NotificationTemplate.objects.filter(notification_type=notification_type, channel="inapp")
-    }
-    _template_cache[notification_type.id] = (time.monotonic(), templates)
-    return templates
+    return channel_templates(type_id=notification_type.id, channel="inapp")
 
 
 def _render(

@@ -42,7 +42,6 @@ from notifications.models import (
     DispatchBatch,
     Event,
     FallbackCheck,
-    NotificationTemplate,
     NotificationType,
     Recipient,
     Suppression,
@@ -51,6 +50,7 @@ from notifications.models import (
     target_idempotency_key,
 )
 from notifications.services.aggregation import aggregation_context
+from notifications.services.catalog import channel_templates
 from notifications.services.dispatch import dispatch_lease
 from notifications.services.feedback import feedback_apply, receipts_apply_early
 from notifications.services.metrics import metrics_increment
@@ -141,22 +141,6 @@ class Job:
     results: list[tuple[OutboundMessage, str, SendResult | TransportError, int]] = field(default_factory=list)
 
 
-_TEMPLATE_CACHE_SECONDS = 5.0
-_template_cache: dict[tuple[int, str], tuple[float, dict[str, dict[str, str]]]] = {}
-
-
-def _templates(type_id: int, channel: str) -> dict[str, dict[str, str]]:
-    cached = _template_cache.get((type_id, channel))
-    if cached is not None and time.monotonic() - cached[0] < _TEMPLATE_CACHE_SECONDS:
-        return cached[1]
-    templates = {
-        t.locale: t.content
-        for t in NotificationTemplate.objects.filter(notification_type_id=type_id, channel=channel)
-    }
-    _template_cache[(type_id, channel)] = (time.monotonic(), templates)
-    return templates
-
-
 def _render(content: dict[str, str], context: dict[str, Any], channel: str) -> dict[str, str]:
     return {
         name: template_render(source=source, context=context, html=(channel == "email" and name == "html"))
@@ -234,7 +218,7 @@ def _prepare(claimed: list[Claimed]) -> list[Job]:
             continue
         ntype = types[event["notification_type_id"]]
         job.notification_type, job.category = ntype.key, ntype.category
-        templates = _templates(ntype.id, c.channel)
+        templates = channel_templates(type_id=ntype.id, channel=c.channel)
         content = templates.get(recipient["locale"]) or templates.get(ntype.default_locale)
         if content is None and c.channel != "webhook":
             job.verdict, job.reason = DeliveryStatus.FAILED, f"no {c.channel} template for this type"
