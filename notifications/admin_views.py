@@ -31,7 +31,8 @@ from django.views.decorators.http import require_POST
 
 from notifications.charts import bar_chart_svg, line_chart_svg
 from notifications.models import Channel, DeadLetter, DeliveryStatus
-from notifications.services.deadletters import DeadLetterFilter, deadletters_open, deadletters_replay
+from notifications.selectors import deadletters_open
+from notifications.services.deadletters import DeadLetterFilter, deadletters_replay
 from notifications.services.metrics import delivery_series
 from notifications.services.provider_health import ProviderHealth, breaker_reset, provider_health
 

@@ -17,7 +17,7 @@ from notifications.models import (
     Suppression,
     WebhookEndpoint,
 )
-from notifications.services.deadletters import DeadLetterFilter, deadletters_open
+from notifications.services.deadletters import DeadLetterFilter
 from notifications.services.inbox import ITEM_COLUMNS
 
 INBOX_PAGE_MAX = 200
@@ -67,6 +67,12 @@ def event_delivery_summary(*, event: Event) -> dict[str, dict[str, int]]:
 
 def event_deliveries(*, event: Event) -> QuerySet[Delivery]:
     return Delivery.objects.filter(event=event).select_related("recipient").order_by("id")
+
+
+def deadletters_open(where: DeadLetterFilter | None = None) -> QuerySet[DeadLetter]:
+    """Dead letters not replayed yet, matching ``where``."""
+    rows = DeadLetter.objects.filter(replayed_at__isnull=True)
+    return where.apply(rows) if where else rows
 
 
 def deadletters_open_list(*, where: DeadLetterFilter | None = None) -> QuerySet[DeadLetter]:

@@ -98,8 +98,3 @@ def deadletters_replay(
             return replayed
         replayed += _replay_chunk(chunk, now)
         cursor = chunk[-1]
-
-
-def deadletters_open(where: DeadLetterFilter | None = None) -> QuerySet[DeadLetter]:
-    rows = DeadLetter.objects.filter(replayed_at__isnull=True)
-    return where.apply(rows) if where else rows
