@@ -96,6 +96,14 @@ def feedback_apply(*, message: OutboundMessage, error: TransportError) -> None:
             reason=SuppressionReason.COMPLAINT,
             detail=error.reason,
         )
+    elif kind in (Feedback.INVALID_NUMBER, Feedback.NOT_SMS_CAPABLE) and message.channel == "sms":
+        # Twilio charges for, and carriers count, every attempt at a dead number.
+        suppression_add(
+            kind=SuppressionKind.PHONE,
+            address=message.to,
+            reason=SuppressionReason.INVALID,
+            detail=error.reason,
+        )
     elif kind == Feedback.OPTED_OUT and message.channel == "sms":
         suppression_add(
             kind=SuppressionKind.PHONE,

@@ -19,7 +19,7 @@ import redis
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from notifications.models import Suppression, SuppressionKind
+from notifications.models import Suppression, SuppressionKind, SuppressionReason
 from notifications.services.redis_client import redis_key, redis_sync
 from notifications.transports.sms import InvalidPhoneNumber, sms_cost_estimate, sms_normalise, sms_segments
 
@@ -90,8 +90,18 @@ def sms_guard_check(*, phone: str, text: str, origin_ip: str | None, critical: b
     allowed = {c.upper() for c in settings.SMS_ALLOWED_COUNTRIES}
     if allowed and region.upper() not in allowed:
         return SmsVerdict(False, e164, reason=f"country {region} is not in SMS_ALLOWED_COUNTRIES")
-    if Suppression.objects.filter(kind=SuppressionKind.PHONE, address=e164).exists():
-        return SmsVerdict(False, e164, reason="suppression list: number opted out (STOP)", suppress=True)
+    listed = (
+        Suppression.objects.filter(kind=SuppressionKind.PHONE, address=e164)
+        .values_list("reason", flat=True)
+        .first()
+    )
+    if listed is not None:
+        reasons: dict[str, str] = {
+            SuppressionReason.SMS_STOP: "number opted out (STOP)",
+            SuppressionReason.INVALID: "number cannot receive SMS",
+        }
+        why = reasons.get(listed, listed)
+        return SmsVerdict(False, e164, reason=f"suppression list: {why}", suppress=True)
 
     now = time.time()
     checks: list[tuple[str, tuple[int, int] | None, str]] = [

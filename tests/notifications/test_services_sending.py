@@ -245,6 +245,11 @@ def test_it_fails_twilio_test_numbers_permanently_with_their_error_code(
     delivery = _delivery(event, "sms")
     assert delivery.status == "failed" and delivery.attempts == 1
     assert DeliveryAttempt.objects.get(delivery=delivery).detail.get("code") == code
+    assert Suppression.objects.get(kind="phone", address=phone).reason == "invalid"
+
+    again = _send(key, django_capture_on_commit_callbacks, _type(["sms"]), [alice])
+    assert _delivery(again, "sms").reason == "suppression list: number cannot receive SMS"
+    assert len(providers.control.messages("twilio")) == 1
 
 
 def test_it_records_segments_and_cost_of_an_accepted_sms(providers, key, django_capture_on_commit_callbacks):
