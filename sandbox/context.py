@@ -7,6 +7,7 @@ plain asyncio program.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,11 +153,14 @@ class SandboxContext:
 
 
 def _url_host(host: str) -> str:
-    """``host`` as it goes into a URL: wildcard binds become loopback, IPv6 gets brackets."""
-    if host in ("", "0.0.0.0"):
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
+    """``host`` as it goes into a URL (the FCM token_uri the platform calls): a wildcard
+    bind becomes the name the platform reaches the sandbox by (PROVIDER_SANDBOX_HOST, e.g.
+    the compose service name) or loopback; IPv6 gets brackets."""
+    if host in ("", "0.0.0.0", "::"):
+        named = os.environ.get("PROVIDER_SANDBOX_HOST", "")
+        if named and named not in ("0.0.0.0", "::"):
+            return _url_host(named)
+        return "127.0.0.1" if host != "::" else "[::1]"
     if ":" in host and not host.startswith("["):
         return f"[{host}]"
     return host
