@@ -53,8 +53,9 @@ TEMPLATE_FIELDS: dict[str, tuple[str, ...]] = {
     Channel.WEBHOOK: ("text",),
 }
 
+KEY_PATTERN = r"^[a-z0-9][a-z0-9_.:\-]{0,99}$"
 KEY_VALIDATOR = RegexValidator(
-    r"^[a-z0-9][a-z0-9_.:\-]{0,99}$",
+    KEY_PATTERN,
     "Use lowercase letters, digits and . _ : - (at most 100 characters), starting with a letter or digit.",
 )
 

@@ -9,6 +9,8 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from notifications.services.validation import ValidationFailed
+
 
 def _as_lists(detail: Any) -> Any:
     if isinstance(detail, dict):
@@ -21,6 +23,9 @@ def _as_lists(detail: Any) -> Any:
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, ValidationFailed):
+        # A service refused a value by the rules every door shares (services/validation.py).
+        return Response({"errors": _as_lists(exc.errors)}, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, DatabaseError) and not isinstance(exc, IntegrityError | DataError):
         # PostgreSQL unreachable or restarting: say so and invite a retry rather than 500.
         # Nothing was accepted: ingest stores an event only with its commit.

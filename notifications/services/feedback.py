@@ -25,14 +25,27 @@ from notifications.models import (
     SuppressionReason,
 )
 from notifications.services.metrics import metrics_increment
+from notifications.services.validation import RuleViolation, ValidationFailed, suppression_address_normalise
 from notifications.transports.base import Feedback, OutboundMessage, TransportError
 
 log = logging.getLogger(__name__)
 
 
 def suppression_add(*, kind: str, address: str, reason: str, detail: str = "") -> bool:
-    """Put an address on the suppression list. Returns False when it was there already."""
-    address = address.strip().lower() if kind == SuppressionKind.EMAIL else address.strip()
+    """Put an address on the suppression list, in its stored form (lower-case email, E.164
+    phone). Returns False when it was there already; ValidationFailed for an address that
+    is not one, or an unknown kind or reason."""
+    errors: dict[str, list[str]] = {}
+    try:
+        address = suppression_address_normalise(kind=kind, address=address)
+    except RuleViolation as exc:
+        errors["kind" if kind not in SuppressionKind.values else "address"] = [str(exc)]
+    if reason not in SuppressionReason.values:
+        errors["reason"] = [
+            f"{reason!r} is not a reason; expected one of {', '.join(SuppressionReason.values)}"
+        ]
+    if errors:
+        raise ValidationFailed(errors)
     try:
         with transaction.atomic():
             _, created = Suppression.objects.get_or_create(
@@ -46,7 +59,12 @@ def suppression_add(*, kind: str, address: str, reason: str, detail: str = "") -
 
 
 def suppression_remove(*, kind: str, address: str, reasons: tuple[str, ...] | None = None) -> int:
-    address = address.strip().lower() if kind == SuppressionKind.EMAIL else address.strip()
+    """Take an address off the list; returns how many entries went (0 when it was not on
+    it, or is not an address at all)."""
+    try:
+        address = suppression_address_normalise(kind=kind, address=address)
+    except RuleViolation:
+        return 0
     rows = Suppression.objects.filter(kind=kind, address=address)
     if reasons:
         rows = rows.filter(reason__in=reasons)

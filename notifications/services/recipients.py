@@ -17,6 +17,16 @@ from notifications.models import (
     Subscription,
     Topic,
     WebhookEndpoint,
+    WebhookKind,
+)
+from notifications.services.validation import (
+    RuleViolation,
+    ValidationFailed,
+    external_id_check,
+    recipient_fields_clean,
+    webhook_kind_check,
+    webhook_secret_check,
+    webhook_url_check,
 )
 
 
@@ -39,7 +49,19 @@ class PreferenceSet:
 
 
 def recipient_upsert(*, external_id: str, fields: dict[str, Any]) -> tuple[Recipient, bool]:
-    """Create or update the recipient; only the given fields change. Returns (row, created)."""
+    """Create or update the recipient; only the given fields change. Returns (row, created).
+
+    The fields are checked and normalised (E.164 phone, IANA time zone, ...) by the rules of
+    services/validation.py; ValidationFailed names every bad field and nothing is stored."""
+    errors: dict[str, list[str]] = {}
+    try:
+        external_id_check(external_id)
+    except RuleViolation as exc:
+        errors["external_id"] = [str(exc)]
+    fields, field_errors = recipient_fields_clean(fields)
+    errors.update(field_errors)
+    if errors:
+        raise ValidationFailed(errors)
     with transaction.atomic():
         recipient, created = Recipient.objects.select_for_update().get_or_create(
             external_id=external_id, defaults=fields
@@ -75,7 +97,19 @@ def webhook_endpoint_add(
     *, recipient: Recipient, kind: str, url: str, secret: str = ""
 ) -> tuple[WebhookEndpoint, bool]:
     """Add a webhook endpoint to the recipient. The same URL again replaces its kind and
-    secret and reactivates it (one endpoint per URL). Returns (endpoint, created)."""
+    secret and reactivates it (one endpoint per URL). Returns (endpoint, created).
+    ValidationFailed when the URL or secret breaks the rules of services/validation.py."""
+    errors: dict[str, list[str]] = {}
+    try:
+        url = webhook_url_check(url)
+    except RuleViolation as exc:
+        errors["url"] = [str(exc)]
+    try:
+        secret = webhook_secret_check(kind=webhook_kind_check(kind), secret=secret)
+    except RuleViolation as exc:
+        errors["secret" if kind in WebhookKind.values else "kind"] = [str(exc)]
+    if errors:
+        raise ValidationFailed(errors)
     with transaction.atomic():
         endpoint = WebhookEndpoint.objects.select_for_update().filter(recipient=recipient, url=url).first()
         if endpoint is None:
