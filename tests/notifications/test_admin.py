@@ -16,7 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from notifications.admin import CappedCountPaginator
+from notifications.admin.base import CappedCountPaginator
 from notifications.models import (
     AggregationBatch,
     ApiKey,

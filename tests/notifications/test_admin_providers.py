@@ -16,8 +16,9 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from notifications.admin_views import channel_charts, deadletter_selection
-from notifications.charts import bar_chart_svg, line_chart_svg, nice_ceiling
+from notifications.admin.charts import bar_chart_svg, line_chart_svg, nice_ceiling
+from notifications.admin.deadletter_replay import deadletter_selection
+from notifications.admin.pages import channel_charts
 from notifications.models import (
     AttemptOutcome,
     Channel,
@@ -608,7 +609,7 @@ def test_it_shows_attempts_and_tracking_events_on_the_delivery_page(
     assert "tracking events (provider receipts)" in html.lower()
 
 
-# --- charts.py --------------------------------------------------------------------------
+# --- admin/charts.py --------------------------------------------------------------------
 
 
 def _path_points(svg: str) -> list[tuple[float, float]]:

@@ -1,0 +1,114 @@
+"""The suppression list."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.validators import validate_email
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest
+
+from notifications.admin.base import BigTableAdmin
+from notifications.models import Suppression, SuppressionKind, SuppressionReason
+from notifications.services.feedback import suppression_add, suppression_remove
+
+E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+
+
+class SuppressionForm(forms.ModelForm):
+    class Meta:
+        model = Suppression
+        fields = ["kind", "address", "reason", "detail"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "reason" in self.fields:  # absent on the read-only page of a stored row
+            self.fields["reason"].initial = SuppressionReason.MANUAL
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        kind, address = cleaned.get("kind"), cleaned.get("address")
+        if not kind or not address:
+            return cleaned
+        # Stored normalised, as suppression_add stores it, so the uniqueness check and
+        # later lookups by a recipient's address see the same text.
+        if kind == SuppressionKind.EMAIL:
+            address = address.strip().lower()
+            try:
+                validate_email(address)
+            except forms.ValidationError:
+                self.add_error("address", f"{address!r} is not an email address.")
+                return cleaned
+        else:
+            address = re.sub(r"[\s().-]", "", address)
+            if not E164.match(address):
+                self.add_error(
+                    "address", f"{address!r} is not a phone number in E.164 form, e.g. +14155550100."
+                )
+                return cleaned
+        cleaned["address"] = address
+        return cleaned
+
+
+@admin.register(Suppression)
+class SuppressionAdmin(BigTableAdmin):
+    """Addresses nothing is sent to. Staff add (a manual suppression) and delete (to send
+    again) through the feedback services; a row is a fact, not edited in place."""
+
+    form = SuppressionForm
+    list_display = ["address", "kind", "reason", "detail", "created_at"]
+    list_filter = ["kind", "reason", "created_at"]
+    search_fields = ["address"]  # shows the box; get_search_results does the matching
+    search_help_text = "An exact email address (any case) or phone number."
+    ordering = ["-created_at"]
+
+    def get_fields(self, request: HttpRequest, obj: Suppression | None = None) -> tuple[str, ...]:
+        return (
+            ("kind", "address", "reason", "detail")
+            if obj is None
+            else ("kind", "address", "reason", "detail", "created_at")
+        )
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Suppression | None = None) -> tuple[str, ...]:
+        return () if obj is None else ("kind", "address", "reason", "detail", "created_at")
+
+    def has_change_permission(self, request: HttpRequest, obj: Suppression | None = None) -> bool:
+        return False
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Suppression], search_term: str
+    ) -> tuple[QuerySet[Suppression], bool]:
+        # Both kinds named, so each side is a lookup on the unique (kind, address) index.
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        return queryset.filter(
+            Q(kind=SuppressionKind.EMAIL, address=term.lower())
+            | Q(kind=SuppressionKind.PHONE, address=re.sub(r"[\s().-]", "", term))
+        ), False
+
+    def save_model(self, request: HttpRequest, obj: Suppression, form: forms.ModelForm, change: bool) -> None:
+        data = form.cleaned_data
+        created = suppression_add(
+            kind=data["kind"], address=data["address"], reason=data["reason"], detail=data.get("detail", "")
+        )
+        stored = Suppression.objects.get(kind=data["kind"], address=data["address"])
+        # The admin goes on to log and redirect with ``obj``: make it the stored row.
+        for field in Suppression._meta.concrete_fields:
+            setattr(obj, field.attname, getattr(stored, field.attname))
+        obj._state.adding = False
+        obj._state.db = stored._state.db
+        if not created:
+            messages.warning(
+                request, f"{stored.address} was suppressed already ({stored.get_reason_display()})."
+            )
+
+    def delete_model(self, request: HttpRequest, obj: Suppression) -> None:
+        suppression_remove(kind=obj.kind, address=obj.address)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Suppression]) -> None:
+        for kind, address in queryset.values_list("kind", "address"):
+            suppression_remove(kind=kind, address=address)
