@@ -18,6 +18,9 @@ from django.db import models
 from django.db.models import Q
 from django.utils.timezone import now
 
+# Defined with its transitions in notifications/states.py; importable from here too.
+from notifications.states import DeliveryStatus as DeliveryStatus
+
 
 def time_ordered_uuid() -> uuid.UUID:
     """A UUIDv7: random enough to be unguessable, ordered by creation so the primary-key
@@ -312,22 +315,6 @@ class OutboxMessage(models.Model):
         return f"outbox {self.id} for {self.event_id}"
 
 
-class DeliveryStatus(models.TextChoices):
-    PENDING = "pending", "Pending"
-    SCHEDULED = "scheduled", "Scheduled"
-    RETRYING = "retrying", "Retrying"
-    SENT = "sent", "Sent"
-    DELIVERED = "delivered", "Delivered"
-    READ = "read", "Read"
-    # Provider tracking (email opens and clicks, bounces reported after acceptance).
-    OPENED = "opened", "Opened"
-    CLICKED = "clicked", "Clicked"
-    BOUNCED = "bounced", "Bounced"
-    SUPPRESSED = "suppressed", "Suppressed"
-    FAILED = "failed", "Failed"
-    DEAD = "dead", "Dead"
-
-
 DELIVERY_KEY_NAMESPACE = uuid.UUID("6f1c1d0e-8a4b-4f7e-9d55-3c1f0a7b2e10")
 
 
@@ -515,6 +502,10 @@ class InboxItem(models.Model):
     data = models.JSONField(default=dict, blank=True)
     read_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=now)
+    # When the event was accepted (a scheduled send: when it came due). The inbox lists
+    # newest first by this, not by seq: seq is handed out in the order fan-out workers
+    # commit, which can differ from the order the producer sent in.
+    accepted_at = models.DateTimeField(default=now)
 
     class Meta:
         constraints = [
@@ -522,6 +513,9 @@ class InboxItem(models.Model):
         ]
         indexes = [
             models.Index(fields=["recipient"], condition=Q(read_at__isnull=True), name="inbox_unread_idx"),
+            models.Index(
+                "recipient", models.F("accepted_at").desc(), models.F("seq").desc(), name="inbox_recipient_listed"
+            ),
         ]
 
     def __str__(self) -> str:

@@ -3,9 +3,11 @@ inbox; another user's item is indistinguishable from a missing one."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from django.db.models import Count, Prefetch, QuerySet
+from django.db.models import Count, Prefetch, Q, QuerySet
 
 from notifications.models import (
     DeadLetter,
@@ -13,28 +15,50 @@ from notifications.models import (
     DeliveryAttempt,
     Event,
     InboxItem,
+    InboxSequence,
     Recipient,
     Suppression,
     WebhookEndpoint,
 )
-from notifications.services.deadletters import DeadLetterFilter
-from notifications.services.inbox import ITEM_COLUMNS
 
 INBOX_PAGE_MAX = 200
+# The columns of an inbox item that its payload (services/inbox.py) is built from.
+ITEM_COLUMNS = (
+    "id",
+    "seq",
+    "notification_type",
+    "category",
+    "title",
+    "body",
+    "url",
+    "data",
+    "read_at",
+    "created_at",
+    "accepted_at",
+    "event_id",
+)
 
 
 def inbox_items(
     *, recipient_id: int, after: int | None = None, before: int | None = None, limit: int = 50
 ) -> list[dict[str, Any]]:
-    """Items of one recipient. With ``after``: ascending from seq after+1 (resume). Without:
-    newest first, optionally older than ``before``."""
+    """Items of one recipient.
+
+    With ``after``: every item with seq > after in seq order, the resume cursor that never
+    skips or repeats an item. Without: what a person reads, newest first by when the event
+    was accepted (``accepted_at``; seq follows the order fan-out workers committed in,
+    which can differ by milliseconds); with ``before``, the items listed after the item
+    whose seq is ``before`` (none if it is not the recipient's)."""
     limit = max(1, min(limit, INBOX_PAGE_MAX))
     qs = InboxItem.objects.filter(recipient_id=recipient_id)
     if after is not None:
         return list(qs.filter(seq__gt=after).order_by("seq").values(*ITEM_COLUMNS)[:limit])
     if before is not None:
-        qs = qs.filter(seq__lt=before)
-    return list(qs.order_by("-seq").values(*ITEM_COLUMNS)[:limit])
+        anchor = qs.filter(seq=before).values_list("accepted_at", flat=True).first()
+        if anchor is None:
+            return []
+        qs = qs.filter(Q(accepted_at__lt=anchor) | Q(accepted_at=anchor, seq__lt=before))
+    return list(qs.order_by("-accepted_at", "-seq").values(*ITEM_COLUMNS)[:limit])
 
 
 def inbox_unread_count(*, recipient_id: int) -> int:
@@ -42,8 +66,6 @@ def inbox_unread_count(*, recipient_id: int) -> int:
 
 
 def inbox_last_seq(*, recipient_id: int) -> int:
-    from notifications.models import InboxSequence
-
     return (
         InboxSequence.objects.filter(recipient_id=recipient_id).values_list("last_seq", flat=True).first()
         or 0
@@ -67,6 +89,31 @@ def event_delivery_summary(*, event: Event) -> dict[str, dict[str, int]]:
 
 def event_deliveries(*, event: Event) -> QuerySet[Delivery]:
     return Delivery.objects.filter(event=event).select_related("recipient").order_by("id")
+
+
+@dataclass(frozen=True)
+class DeadLetterFilter:
+    """Which dead letters a staff member or a service means: by channel, type, part of the
+    reason, and when they died."""
+
+    channel: str = ""
+    notification_type: str = ""
+    reason_contains: str = ""
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+    def apply(self, rows: QuerySet[DeadLetter]) -> QuerySet[DeadLetter]:
+        if self.channel:
+            rows = rows.filter(channel=self.channel)
+        if self.notification_type:
+            rows = rows.filter(notification_type=self.notification_type)
+        if self.reason_contains:
+            rows = rows.filter(reason__icontains=self.reason_contains)
+        if self.created_after:
+            rows = rows.filter(created_at__gte=self.created_after)
+        if self.created_before:
+            rows = rows.filter(created_at__lt=self.created_before)
+        return rows
 
 
 def deadletters_open(where: DeadLetterFilter | None = None) -> QuerySet[DeadLetter]:

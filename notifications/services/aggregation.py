@@ -63,7 +63,7 @@ def aggregation_plan(
 def aggregation_record(
     *,
     notification_type: NotificationType,
-    inserted: Sequence[tuple[int, int, str, str, str]],
+    inserted: Sequence[tuple[Any, ...]],
     members: dict[tuple[int, str], int],
     data: dict[str, Any],
     now: datetime,

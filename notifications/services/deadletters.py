@@ -7,39 +7,20 @@ already, or whose delivery is no longer dead, does nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import transaction
-from django.db.models import F, QuerySet
+from django.db.models import F
 from django.utils import timezone
 
-from notifications.models import DeadLetter, Delivery, DeliveryStatus
+from notifications.models import DeadLetter, Delivery
+from notifications.selectors import DeadLetterFilter
 from notifications.services.dispatch import deliveries_dispatch
+from notifications.states import REPLAY
+
+__all__ = ["DeadLetterFilter", "deadletters_replay"]
 
 REPLAY_CHUNK = 1000
-
-
-@dataclass(frozen=True)
-class DeadLetterFilter:
-    channel: str = ""
-    notification_type: str = ""
-    reason_contains: str = ""
-    created_after: datetime | None = None
-    created_before: datetime | None = None
-
-    def apply(self, rows: QuerySet[DeadLetter]) -> QuerySet[DeadLetter]:
-        if self.channel:
-            rows = rows.filter(channel=self.channel)
-        if self.notification_type:
-            rows = rows.filter(notification_type=self.notification_type)
-        if self.reason_contains:
-            rows = rows.filter(reason__icontains=self.reason_contains)
-        if self.created_after:
-            rows = rows.filter(created_at__gte=self.created_after)
-        if self.created_before:
-            rows = rows.filter(created_at__lt=self.created_before)
-        return rows
 
 
 def _replay_chunk(delivery_ids: list[int], now: datetime) -> int:
@@ -52,12 +33,12 @@ def _replay_chunk(delivery_ids: list[int], now: datetime) -> int:
         if not letters:
             return 0
         revived = list(
-            Delivery.objects.filter(id__in=letters, status=DeliveryStatus.DEAD).values_list("id", "channel")
+            Delivery.objects.filter(id__in=letters, status__in=REPLAY.sources).values_list("id", "channel")
         )
         ids = [row[0] for row in revived]
-        Delivery.objects.filter(id__in=ids, status=DeliveryStatus.DEAD).update(
-            status=DeliveryStatus.PENDING,
-            reason="replayed from the dead-letter list",
+        Delivery.objects.filter(id__in=ids, status__in=REPLAY.sources).update(
+            status=REPLAY.target,
+            reason=REPLAY.name,
             retry_base=F("attempts"),
             claimed_until=None,
             due_at=None,

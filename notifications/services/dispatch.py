@@ -17,10 +17,10 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
-from kombu.exceptions import KombuError, OperationalError
-from redis import RedisError
 
-from notifications.models import Delivery, DispatchBatch
+from notifications.models import Channel, Delivery, DispatchBatch
+from notifications.services.queues import INAPP_DISPATCH, PROVIDER_DISPATCH, enqueue
+from notifications.states import NO_PROVIDER
 
 log = logging.getLogger(__name__)
 
@@ -29,20 +29,8 @@ DISPATCH_BATCH = 2000
 PROVIDER_DISPATCH_BATCH = 200
 
 
-def _tasks() -> dict[str, object]:
-    from notifications.tasks import inapp_dispatch_task, provider_dispatch_task
-
-    return {
-        "inapp": inapp_dispatch_task,
-        "email": provider_dispatch_task,
-        "sms": provider_dispatch_task,
-        "push": provider_dispatch_task,
-        "webhook": provider_dispatch_task,
-    }
-
-
 def channel_has_transport(channel: str) -> bool:
-    return channel == "inapp" or bool(settings.CHANNEL_PROVIDERS.get(channel))
+    return channel == Channel.INAPP or bool(settings.CHANNEL_PROVIDERS.get(channel))
 
 
 def dispatch_lease() -> timedelta:
@@ -52,16 +40,11 @@ def dispatch_lease() -> timedelta:
 def dispatch_batches_enqueue(*, batches: Iterable[tuple[int, str]]) -> None:
     """Enqueue (batch_id, channel) tasks now. Failures are logged, not raised: the batch
     stays open and the sweep enqueues it again."""
-    tasks = _tasks()
     for batch_id, channel in batches:
-        task = tasks.get(channel)
-        if task is None:
-            continue
-        try:
-            args = (batch_id,) if channel == "inapp" else (batch_id, channel)
-            task.apply_async(args=args, queue=channel, retry=False)  # type: ignore[attr-defined]
-        except (KombuError, OperationalError, RedisError, OSError) as exc:
-            log.warning("dispatch batch %d (%s) not enqueued: %s", batch_id, channel, exc)
+        if channel == Channel.INAPP:
+            enqueue(INAPP_DISPATCH, args=(batch_id,), queue=channel)
+        elif channel in Channel.values:
+            enqueue(PROVIDER_DISPATCH, args=(batch_id, channel), queue=channel)
 
 
 def deliveries_dispatch(rows: Iterable[tuple[int, str]], *, now: datetime | None = None) -> list[int]:
@@ -78,15 +61,15 @@ def deliveries_dispatch(rows: Iterable[tuple[int, str]], *, now: datetime | None
     if stranded:
         # A channel whose providers were removed from settings since the delivery was
         # planned (a replay, a retry, a fallback): settle it rather than leave it pending.
-        Delivery.objects.filter(id__in=stranded, status__in=["pending", "retrying"]).update(
-            status="failed", reason="no provider configured for this channel", updated_at=now
+        Delivery.objects.filter(id__in=stranded, status__in=NO_PROVIDER.sources).update(
+            status=NO_PROVIDER.target, reason="no provider configured for this channel", updated_at=now
         )
     if not by_channel:
         return []
     channels: list[str] = []
     chunks: list[list[int]] = []
     for channel, ids in by_channel.items():
-        size = DISPATCH_BATCH if channel == "inapp" else PROVIDER_DISPATCH_BATCH
+        size = DISPATCH_BATCH if channel == Channel.INAPP else PROVIDER_DISPATCH_BATCH
         for start in range(0, len(ids), size):
             channels.append(channel)
             chunks.append(ids[start : start + size])

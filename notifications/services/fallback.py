@@ -1,138 +1,148 @@
 """Channel fallback: "push first, and SMS when the push has not reached the user within N
 seconds". Rules live on the notification type (``fallbacks``); each delivery of a rule's
-"from" channel gets a durable FallbackCheck row, answered by the sweep when it is due (or
-at once when the delivery fails for good).
+"from" channel gets a durable FallbackCheck row (services/deliveries.py), answered here
+when it is due (or at once when the delivery fails for good).
+
+A sweep leases a batch of due checks, decides outside any transaction which users the
+source delivery has not reached (the presence question goes to Redis) and plans the
+fallback deliveries, then deletes the checks and stores the deliveries in one
+transaction. A sweep that dies in between leaves its checks to come due again when the
+lease ends; the deliveries' unique key makes answering a check twice harmless. The number
+of queries depends on how many types and channels a batch holds, never on its size.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
-from notifications.models import (
-    Delivery,
-    DeliveryStatus,
-    FallbackCheck,
-    InboxItem,
-    NotificationType,
-    Recipient,
-)
+from notifications.models import Delivery, FallbackCheck, InboxItem, NotificationType, Recipient
+from notifications.services.deliveries import deliveries_store
+from notifications.services.planning import PlannedDelivery, RecipientFacts, plan_page
 from notifications.services.presence_hook import recipients_active_in_app
+from notifications.states import REACHED
 
 log = logging.getLogger(__name__)
 
-# The user has it: no fallback needed.
-REACHED = {DeliveryStatus.DELIVERED, DeliveryStatus.READ, DeliveryStatus.OPENED, DeliveryStatus.CLICKED}
 CHECK_BATCH = 1000
+# How long a sweep holds the checks it took: far more than answering a batch takes.
+CHECK_LEASE = timedelta(seconds=60)
 
 
-def fallback_rules(notification_type: NotificationType) -> dict[str, tuple[str, int]]:
-    """{from channel: (to channel, after seconds)} of the type."""
-    rules: dict[str, tuple[str, int]] = {}
-    for rule in notification_type.fallbacks or []:
-        if isinstance(rule, dict) and rule.get("from") and rule.get("to"):
-            rules[str(rule["from"])] = (str(rule["to"]), int(rule.get("after_seconds", 0)))
-    return rules
+@dataclass(frozen=True)
+class _Source:
+    """A delivery whose fallback check came due."""
+
+    id: int
+    event_id: Any
+    recipient_id: int
+    status: str
+    type_id: int
+    to_channel: str
 
 
-def fallback_checks_plan(
-    *, notification_type: NotificationType, rows: Sequence[tuple[int, str, datetime | None]], now: datetime
-) -> None:
-    """Inside the transaction that created deliveries: a check for each (delivery id,
-    channel, due_at or None) whose channel has a fallback rule."""
-    rules = fallback_rules(notification_type)
-    if not rules:
-        return
-    checks = [
-        FallbackCheck(
-            delivery_id=delivery_id,
-            to_channel=rules[channel][0],
-            due_at=(due or now) + timedelta(seconds=rules[channel][1]),
+def _lease_due(now: datetime, limit: int) -> tuple[datetime, list[tuple[int, str]]]:
+    """Take up to ``limit`` due checks by moving their due time to the end of a lease;
+    returns the lease (it identifies this sweep's claim) and (delivery id, to channel)."""
+    lease = now + CHECK_LEASE
+    with connection.cursor() as db:
+        db.execute(
+            f"""UPDATE {FallbackCheck._meta.db_table} SET due_at = %s
+                WHERE delivery_id IN (
+                    SELECT delivery_id FROM {FallbackCheck._meta.db_table}
+                    WHERE due_at <= %s ORDER BY due_at LIMIT %s FOR UPDATE SKIP LOCKED)
+                RETURNING delivery_id, to_channel""",
+            [lease, now, limit],
         )
-        for delivery_id, channel, due in rows
-        if channel in rules
-    ]
-    FallbackCheck.objects.bulk_create(checks, ignore_conflicts=True)
+        return lease, list(db.fetchall())
 
 
-def _reached(rows: Sequence[Mapping[str, Any]]) -> set[int]:
+def _sources(checks: list[tuple[int, str]]) -> list[_Source]:
+    to_channel = dict(checks)
+    rows = Delivery.objects.filter(id__in=list(to_channel)).values_list(
+        "id", "event_id", "recipient_id", "status", "event__notification_type_id"
+    )
+    return [_Source(*row, to_channel=to_channel[row[0]]) for row in rows]
+
+
+def _reached(sources: Sequence[_Source]) -> set[int]:
     """Source deliveries whose user has the message by now: the delivery says so, the
     in-app copy of the same event was read, or the user is active in the app."""
-    reached = {row["id"] for row in rows if row["status"] in REACHED}
-    pending = [row for row in rows if row["id"] not in reached]
+    reached = {s.id for s in sources if s.status in REACHED}
+    pending = [s for s in sources if s.id not in reached]
     if not pending:
         return reached
     read = set(
         InboxItem.objects.filter(
-            event_id__in={row["event_id"] for row in pending},
-            recipient_id__in={row["recipient_id"] for row in pending},
+            event_id__in={s.event_id for s in pending},
+            recipient_id__in={s.recipient_id for s in pending},
             read_at__isnull=False,
         ).values_list("event_id", "recipient_id")
     )
-    active = recipients_active_in_app([row["recipient_id"] for row in pending])
-    for row in pending:
-        if (row["event_id"], row["recipient_id"]) in read or row["recipient_id"] in active:
-            reached.add(row["id"])
+    active = recipients_active_in_app([s.recipient_id for s in pending])
+    for s in pending:
+        if (s.event_id, s.recipient_id) in read or s.recipient_id in active:
+            reached.add(s.id)
     return reached
+
+
+def _plan(
+    wanted: Sequence[_Source], now: datetime
+) -> list[tuple[NotificationType, list[_Source], list[PlannedDelivery]]]:
+    """The fallback deliveries, planned like any other (preferences, quiet hours, caps),
+    one group per (type, fallback channel): (type, the source of each row, rows)."""
+    types = {t.id: t for t in NotificationType.objects.filter(id__in={s.type_id for s in wanted})}
+    facts = {
+        r[0]: RecipientFacts(*r)
+        for r in Recipient.objects.filter(id__in={s.recipient_id for s in wanted}).values_list(
+            "id", "timezone", "quiet_hours_start", "quiet_hours_end"
+        )
+    }
+    groups: dict[tuple[int, str], list[_Source]] = defaultdict(list)
+    for source in wanted:
+        if source.recipient_id in facts and source.type_id in types:
+            groups[(source.type_id, source.to_channel)].append(source)
+    plans = []
+    for (type_id, channel), members in groups.items():
+        ntype = replace_channels(types[type_id], [channel])
+        # One channel: plan_page returns one row per recipient, in the order given.
+        planned = plan_page(
+            notification_type=ntype, recipients=[facts[m.recipient_id] for m in members], now=now
+        )
+        plans.append((ntype, members, planned))
+    return plans
 
 
 def fallback_checks_due(*, limit: int = CHECK_BATCH) -> int:
     """Answer due checks: deliver on the fallback channel where the source has not reached
     the user. Returns how many fallback deliveries were created."""
-    from notifications.services.dispatch import deliveries_dispatch
-    from notifications.services.fanout import deliveries_insert
-    from notifications.services.planning import RecipientFacts, plan_page
-    from notifications.services.scheduling import deliveries_schedule
-
     now = timezone.now()
+    lease, checks = _lease_due(now, limit)
+    if not checks:
+        return 0
+    sources = _sources(checks)
+    reached = _reached(sources)
+    plans = _plan([s for s in sources if s.id not in reached], now)
     created = 0
     with transaction.atomic():
-        checks = list(
-            FallbackCheck.objects.select_for_update(skip_locked=True)
-            .filter(due_at__lte=now)
-            .order_by("due_at")
-            .values_list("delivery_id", "to_channel")[:limit]
-        )
-        if not checks:
-            return 0
-        to_channel = dict(checks)
-        FallbackCheck.objects.filter(delivery_id__in=list(to_channel)).delete()
-        sources = list(
-            Delivery.objects.filter(id__in=list(to_channel)).values(
-                "id", "event_id", "recipient_id", "status", "event__notification_type_id"
-            )
-        )
-        reached = _reached(sources)
-        wanted = [row for row in sources if row["id"] not in reached]
-        by_event: dict[tuple[Any, int, str], list[int]] = {}
-        for row in wanted:
-            by_event.setdefault(
-                (row["event_id"], row["event__notification_type_id"], to_channel[row["id"]]), []
-            ).append(row["recipient_id"])
-        for (event_id, type_id, channel), recipient_ids in by_event.items():
-            ntype = NotificationType.objects.get(id=type_id)
-            facts = [
-                RecipientFacts(*r)
-                for r in Recipient.objects.filter(id__in=recipient_ids).values_list(
-                    "id", "timezone", "quiet_hours_start", "quiet_hours_end"
-                )
-            ]
-            # The fallback channel is planned like any other: preferences, quiet hours, caps.
-            planned = plan_page(
-                notification_type=replace_channels(ntype, [channel]), recipients=facts, now=now
-            )
-            inserted = deliveries_insert(event_id=event_id, planned=planned, now=now)
-            deliveries_dispatch([(r[0], r[2]) for r in inserted if r[3] == DeliveryStatus.PENDING], now=now)
-            due = {
-                (p.recipient_id, p.channel): p.due_at for p in planned if p.status == DeliveryStatus.SCHEDULED
-            }
-            deliveries_schedule(
-                [(r[0], due[(r[1], r[2])]) for r in inserted if r[3] == DeliveryStatus.SCHEDULED]
+        # Still ours only if no other sweep took them after our lease ran out.
+        ours = FallbackCheck.objects.filter(delivery_id__in=[c[0] for c in checks], due_at=lease)
+        taken = set(ours.select_for_update(skip_locked=True).values_list("delivery_id", flat=True))
+        FallbackCheck.objects.filter(delivery_id__in=taken).delete()
+        for ntype, members, planned in plans:
+            keep = [i for i, member in enumerate(members) if member.id in taken]
+            inserted = deliveries_store(
+                notification_type=ntype,
+                event_ids=[members[i].event_id for i in keep],
+                planned=[planned[i] for i in keep],
+                now=now,
             )
             created += len(inserted)
     if created:

@@ -1,9 +1,11 @@
-"""Fan-out: walk an event's audience in keyset pages, plan each page and insert its
+"""Fan-out: walk an event's audience in keyset pages; plan each page, then store its
 deliveries in one transaction together with the progress cursor.
 
-Re-running any part is harmless: a page is planned inside the transaction that moves the
-cursor, delivery rows are inserted with ``ON CONFLICT DO NOTHING`` on their deterministic
-key, and only rows actually inserted are dispatched. The audience is never loaded whole.
+Re-running any part is harmless: a page is stored only by the transaction that moves the
+cursor past it, delivery rows are inserted with ``ON CONFLICT DO NOTHING`` on their
+deterministic key, and only rows actually inserted are dispatched (services/deliveries.py).
+Planning (preferences, quiet hours, rate caps in Redis) happens before the outbox row is
+locked, so no Redis call ever runs while rows are locked. The audience is never loaded whole.
 """
 
 from __future__ import annotations
@@ -14,15 +16,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
 from notifications.models import (
-    Delivery,
-    DeliveryStatus,
     Event,
     EventStatus,
     NotificationType,
@@ -31,14 +31,11 @@ from notifications.models import (
     Subscription,
 )
 from notifications.services.aggregation import aggregation_plan, aggregation_record
-from notifications.services.dispatch import deliveries_dispatch
+from notifications.services.deliveries import deliveries_store
 from notifications.services.durability import relax_commit_durability
-from notifications.services.fallback import fallback_checks_plan
-from notifications.services.inbox import inapp_dispatch
 from notifications.services.metrics import metrics_increment
 from notifications.services.outbox import outbox_relay
 from notifications.services.planning import PlannedDelivery, RecipientFacts, plan_page
-from notifications.services.scheduling import deliveries_schedule
 
 log = logging.getLogger(__name__)
 
@@ -84,68 +81,77 @@ def _explicit_page(
     return facts, chunk[-1], start + size >= len(recipient_ids)
 
 
-def deliveries_insert(
-    *, event_id: Any, planned: list[PlannedDelivery], now: datetime
-) -> list[tuple[int, int, str, str, str]]:
-    """Insert planned deliveries, skipping any that exist; returns (id, recipient_id,
-    channel, status, reason) of the rows this call inserted."""
-    if not planned:
-        return []
-    with connection.cursor() as db:
-        db.execute(
-            f"""INSERT INTO {Delivery._meta.db_table}
-                    (event_id, recipient_id, channel, status, reason, attempts, due_at, created_at, updated_at)
-                SELECT %s, r, c, s, re, 0, d, %s, %s
-                FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::timestamptz[])
-                     AS t(r, c, s, re, d)
-                ON CONFLICT (event_id, recipient_id, channel) DO NOTHING
-                RETURNING id, recipient_id, channel, status, reason""",
-            [
-                event_id,
-                now,
-                now,
-                [p.recipient_id for p in planned],
-                [p.channel for p in planned],
-                [p.status for p in planned],
-                [p.reason for p in planned],
-                [p.due_at for p in planned],
-            ],
-        )
-        return list(db.fetchall())
+class _Page(NamedTuple):
+    """A page planned outside any transaction, to be stored under the outbox row's lock."""
+
+    cursor: int
+    facts: list[RecipientFacts]
+    next_cursor: int | None
+    last: bool
+    planned: list[PlannedDelivery]
+
+
+def _plan_next_page(outbox: OutboxMessage, event: Event, now: datetime) -> _Page:
+    """Read and plan the page after the outbox row's cursor. Runs outside any transaction:
+    the rate caps it consumes live in Redis, and a Redis call must never sit inside a
+    section that holds row locks (a hiccup there would stall or roll back other work)."""
+    size = settings.FANOUT_PAGE_SIZE
+    if event.topic_id is not None:
+        facts, next_cursor, last = _topic_page(event.topic_id, outbox.cursor, size)
+    else:
+        facts, next_cursor, last = _explicit_page(event.recipient_ids or [], outbox.cursor, size)
+    planned = plan_page(notification_type=event.notification_type, recipients=facts, now=now) if facts else []
+    return _Page(outbox.cursor, facts, next_cursor, last, planned)
+
+
+# What _fanout_page says when it stored nothing because the page moved under it.
+_AGAIN = (0, False)
 
 
 def _fanout_page(outbox_id: int) -> tuple[int, bool] | None:
-    """Plan one page under the outbox row's lock. Returns (recipients, finished), or None
-    when the row is done or another worker holds it (that worker carries on)."""
+    """Plan one page, then store it under the outbox row's lock. Returns (recipients,
+    finished), or None when the row is done or another worker holds it (that worker
+    carries on)."""
     now = timezone.now()
+    outbox = (
+        OutboxMessage.objects.select_related("event", "event__notification_type")
+        .filter(id=outbox_id, processed_at__isnull=True)
+        .first()
+    )
+    if outbox is None:
+        return None
+    event: Event = outbox.event
+    notification_type: NotificationType = event.notification_type
+    page = _plan_next_page(outbox, event, now)
     with transaction.atomic():
         relax_commit_durability()
-        # of=("self",): lock the outbox row only. Without it PostgreSQL also locks the joined
-        # event and type rows FOR UPDATE, which conflicts with the KEY SHARE locks that every
-        # delivery and inbox insert referencing the event takes, so pages were skipped.
-        outbox = (
-            OutboxMessage.objects.select_for_update(skip_locked=True, of=("self",))
-            .select_related("event", "event__notification_type")
-            .filter(id=outbox_id, processed_at__isnull=True)
+        # The row is locked only if it is still where the page was planned from: another
+        # worker that stored this page first moved the cursor, and this plan is dropped
+        # (its rate-cap counts err towards suppressing, as a rolled-back page's would).
+        locked = (
+            OutboxMessage.objects.select_for_update(skip_locked=True)
+            .filter(id=outbox_id, processed_at__isnull=True, cursor=page.cursor)
+            .values_list("id", flat=True)
             .first()
         )
-        if outbox is None:
-            return None
-        event: Event = outbox.event
-        notification_type: NotificationType = event.notification_type
-        size = settings.FANOUT_PAGE_SIZE
-        if event.topic_id is not None:
-            facts, next_cursor, last = _topic_page(event.topic_id, outbox.cursor, size)
-        else:
-            facts, next_cursor, last = _explicit_page(event.recipient_ids or [], outbox.cursor, size)
-
-        if next_cursor is None:
+        if locked is None:
+            moved = OutboxMessage.objects.filter(id=outbox_id, processed_at__isnull=True).exclude(
+                cursor=page.cursor
+            )
+            return _AGAIN if moved.exists() else None
+        if page.next_cursor is None:
             _finish(outbox, event, now)
             return 0, True
-
-        planned = plan_page(notification_type=notification_type, recipients=facts, now=now)
-        planned, members = aggregation_plan(notification_type=notification_type, planned=planned, now=now)
-        inserted = deliveries_insert(event_id=event.id, planned=planned, now=now)
+        planned, members = aggregation_plan(
+            notification_type=notification_type, planned=page.planned, now=now
+        )
+        inserted = deliveries_store(
+            notification_type=notification_type,
+            event_ids=[event.id] * len(planned),
+            planned=planned,
+            now=now,
+            inline_inapp=True,
+        )
         if notification_type.aggregation_window_seconds:
             aggregation_record(
                 notification_type=notification_type,
@@ -154,44 +160,21 @@ def _fanout_page(outbox_id: int) -> tuple[int, bool] | None:
                 data=event.data,
                 now=now,
             )
-        pending = [(row[0], row[2]) for row in inserted if row[3] == DeliveryStatus.PENDING]
-        inline = [delivery_id for delivery_id, channel in pending if channel == "inapp"]
-        if inline and len(inline) <= settings.INAPP_INLINE_MAX:
-            # A small page (the common one-recipient event) writes its inbox items in this
-            # same transaction: no dispatch batch, no broker hop, no second commit. Larger
-            # pages go to the in-app queue, whose workers scale on their own.
-            inapp_dispatch(delivery_ids=inline)
-            pending = [(delivery_id, channel) for delivery_id, channel in pending if channel != "inapp"]
-        deliveries_dispatch(pending, now=now)
-        due = {(p.recipient_id, p.channel): p.due_at for p in planned if p.status == DeliveryStatus.SCHEDULED}
-        deliveries_schedule(
-            [(row[0], due[(row[1], row[2])]) for row in inserted if row[3] == DeliveryStatus.SCHEDULED]
-        )
-        if notification_type.fallbacks:
-            fallback_checks_plan(
-                notification_type=notification_type,
-                rows=[
-                    (row[0], row[2], due.get((row[1], row[2])))
-                    for row in inserted
-                    if row[3] in (DeliveryStatus.PENDING, DeliveryStatus.SCHEDULED)
-                ],
-                now=now,
-            )
-        event.planned_count += len(facts)
-        if last:
+        event.planned_count += len(page.facts)
+        if page.last:
             # The short last page finishes the fan-out in its own transaction.
             _finish(outbox, event, now)
         else:
             OutboxMessage.objects.filter(id=outbox.id).update(
-                cursor=next_cursor, leased_until=now + timedelta(seconds=settings.OUTBOX_LEASE_SECONDS)
+                cursor=page.next_cursor, leased_until=now + timedelta(seconds=settings.OUTBOX_LEASE_SECONDS)
             )
             Event.objects.filter(id=event.id).update(
                 planned_count=event.planned_count, status=EventStatus.PROCESSING
             )
-        counts: Counter[str] = Counter(f"deliveries:{row[2]}:{row[3]}" for row in inserted)
-        counts["fanout_recipients"] = len(facts)
+        counts: Counter[str] = Counter(f"deliveries:{row.channel}:{row.status}" for row in inserted)
+        counts["fanout_recipients"] = len(page.facts)
         transaction.on_commit(lambda: metrics_increment(counts), robust=True)
-    return len(facts), last
+    return len(page.facts), page.last
 
 
 def _finish(outbox: OutboxMessage, event: Event, now: datetime) -> None:

@@ -8,7 +8,7 @@ must change nothing (DESIGN.md section 6).
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -24,9 +24,15 @@ from notifications.models import (
     SuppressionKind,
     SuppressionReason,
 )
+from notifications.services.backoff import retry_at
 from notifications.services.metrics import metrics_increment
+from notifications.services.scheduling import deliveries_schedule
 from notifications.services.validation import RuleViolation, ValidationFailed, suppression_address_normalise
+from notifications.states import RECEIPT_DEFERRED, RECEIPTS
 from notifications.transports.base import Feedback, OutboundMessage, TransportError
+
+# Receipts that say the message did not reach the user after all.
+_FAILURES = frozenset({DeliveryStatus.BOUNCED, DeliveryStatus.FAILED})
 
 log = logging.getLogger(__name__)
 
@@ -131,18 +137,9 @@ def feedback_apply(*, message: OutboundMessage, error: TransportError) -> None:
         )
 
 
-# Receipts move a delivery forward only: a late "delivered" never undoes "opened".
-_FORWARD: dict[str, tuple[str, tuple[str, ...]]] = {
-    "delivered": (DeliveryStatus.DELIVERED, (DeliveryStatus.SENT,)),
-    "opened": (DeliveryStatus.OPENED, (DeliveryStatus.SENT, DeliveryStatus.DELIVERED)),
-    "clicked": (
-        DeliveryStatus.CLICKED,
-        (DeliveryStatus.SENT, DeliveryStatus.DELIVERED, DeliveryStatus.OPENED),
-    ),
-    "bounced": (DeliveryStatus.BOUNCED, (DeliveryStatus.SENT, DeliveryStatus.DELIVERED)),
-    "failed": (DeliveryStatus.FAILED, (DeliveryStatus.SENT, DeliveryStatus.DELIVERED)),
-}
-TRACKING_KINDS = (*_FORWARD, "complained", "deferred", "sent")
+# Receipts move a delivery forward only (notifications/states.py): a late "delivered"
+# never undoes "opened".
+TRACKING_KINDS = (*RECEIPTS, "complained", "deferred", "sent")
 
 
 def delivery_track(
@@ -182,43 +179,37 @@ def delivery_track(
             occurred_at=occurred_at or now,
             detail=detail,
         )
-        changed = False
-        if kind in _FORWARD:
-            target, sources = _FORWARD[kind]
-            if delivery.status in sources:
+        moved_to = ""
+        if kind in RECEIPTS:
+            move = RECEIPTS[kind]
+            if delivery.status in move.sources:
                 # The reason says why a delivery did not reach the user; a receipt that it
                 # did clears it.
-                failure = target in (DeliveryStatus.BOUNCED, DeliveryStatus.FAILED)
+                failure = move.target in _FAILURES
                 Delivery.objects.filter(id=delivery_id, status=delivery.status).update(
-                    status=target, reason=reason[:200] if failure else "", updated_at=now
+                    status=move.target, reason=reason[:200] if failure else "", updated_at=now
                 )
-                changed = True
-                if target in (DeliveryStatus.BOUNCED, DeliveryStatus.FAILED):
+                moved_to = move.target
+                if failure:
                     # Failed for good after the provider accepted it: a fallback channel
                     # need not wait for its deadline (as when the send itself fails).
                     FallbackCheck.objects.filter(delivery_id=delivery_id).update(due_at=now)
-        elif kind == "deferred" and delivery.status == DeliveryStatus.SENT:
+        elif kind == "deferred" and delivery.status in RECEIPT_DEFERRED.sources:
             # A soft bounce: the mail did not arrive; send it again after a backoff.
-            from notifications.services.scheduling import deliveries_schedule
-            from notifications.services.sending import retry_delay
-
-            due = now + timedelta(
-                seconds=retry_delay(attempt=max(1, delivery.attempts - delivery.retry_base))
-            )
-            Delivery.objects.filter(id=delivery_id, status=DeliveryStatus.SENT).update(
-                status=DeliveryStatus.RETRYING,
+            due = retry_at(now=now, attempt=max(1, delivery.attempts - delivery.retry_base))
+            Delivery.objects.filter(id=delivery_id, status=delivery.status).update(
+                status=RECEIPT_DEFERRED.target,
                 reason=f"soft bounce: {reason}"[:200],
                 due_at=due,
                 updated_at=now,
             )
             deliveries_schedule([(delivery_id, due)])
-            changed = True
-        if changed:
-            status = _FORWARD[kind][0] if kind in _FORWARD else DeliveryStatus.RETRYING
+            moved_to = RECEIPT_DEFERRED.target
+        if moved_to:
             transaction.on_commit(
-                lambda: metrics_increment({f"deliveries:{delivery.channel}:{status}": 1}), robust=True
+                lambda: metrics_increment({f"deliveries:{delivery.channel}:{moved_to}": 1}), robust=True
             )
-    return changed
+    return bool(moved_to)
 
 
 # How far each receipt moves a delivery, for picking the furthest of several.
@@ -234,7 +225,7 @@ def receipts_apply_early(*, delivery_ids: list[int], now: datetime) -> int:
         return 0
     furthest: dict[int, tuple[int, str, str]] = {}
     for delivery_id, kind, detail in DeliveryEvent.objects.filter(
-        delivery_id__in=delivery_ids, kind__in=list(_FORWARD)
+        delivery_id__in=delivery_ids, kind__in=list(RECEIPTS)
     ).values_list("delivery_id", "kind", "detail"):
         rank = _RANK.get(kind, 0)
         if delivery_id not in furthest or rank > furthest[delivery_id][0]:
@@ -242,10 +233,10 @@ def receipts_apply_early(*, delivery_ids: list[int], now: datetime) -> int:
             furthest[delivery_id] = (rank, kind, reason)
     moved = 0
     for delivery_id, (_, kind, reason) in furthest.items():
-        target, sources = _FORWARD[kind]
-        failure = target in (DeliveryStatus.BOUNCED, DeliveryStatus.FAILED)
-        moved += Delivery.objects.filter(id=delivery_id, status__in=sources).update(
-            status=target, reason=reason[:200] if failure else "", updated_at=now
+        move = RECEIPTS[kind]
+        failure = move.target in _FAILURES
+        moved += Delivery.objects.filter(id=delivery_id, status__in=move.sources).update(
+            status=move.target, reason=reason[:200] if failure else "", updated_at=now
         )
     return moved
 

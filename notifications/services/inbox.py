@@ -1,4 +1,10 @@
-"""In-app delivery and the end user's inbox: items, read state, live frames."""
+"""In-app delivery and the end user's inbox: items, read state, live frames.
+
+Frames are a nudge, sent after commit to the recipients the connection registry (Redis)
+knows to be connected; the inbox rows are the truth and clients resume by seq. Redis is
+never asked while inbox sequence rows are locked: a Redis hiccup costs frames, never an
+inbox write.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,14 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
+import redis
 from django.db import connection, transaction
 from django.db.models import Count
 from django.utils import timezone
 
 from notifications.models import (
+    Channel,
     Delivery,
-    DeliveryStatus,
     Event,
     InboxItem,
     InboxSequence,
@@ -28,22 +35,9 @@ from notifications.services.durability import relax_commit_durability
 from notifications.services.metrics import metrics_increment
 from notifications.services.realtime import NOTIFICATION_MESSAGE, UNREAD_MESSAGE, realtime_publish
 from notifications.services.templating import TemplateRenderError, template_render, template_uses_recipient
+from notifications.states import INAPP_UNRENDERABLE, INAPP_WRITTEN, READ
 
 log = logging.getLogger(__name__)
-
-ITEM_COLUMNS = (
-    "id",
-    "seq",
-    "notification_type",
-    "category",
-    "title",
-    "body",
-    "url",
-    "data",
-    "read_at",
-    "created_at",
-    "event_id",
-)
 
 
 def inbox_item_payload(item: InboxItem | dict[str, Any]) -> dict[str, Any]:
@@ -51,6 +45,7 @@ def inbox_item_payload(item: InboxItem | dict[str, Any]) -> dict[str, Any]:
     get = item.get if isinstance(item, dict) else lambda name: getattr(item, name)
     read_at: datetime | None = get("read_at")
     created_at: datetime = get("created_at")  # type: ignore[assignment]
+    accepted_at: datetime = get("accepted_at")  # type: ignore[assignment]
     return {
         "id": get("id"),
         "seq": get("seq"),
@@ -63,6 +58,7 @@ def inbox_item_payload(item: InboxItem | dict[str, Any]) -> dict[str, Any]:
         "read": read_at is not None,
         "read_at": read_at.isoformat() if read_at else None,
         "created_at": created_at.isoformat(),
+        "accepted_at": accepted_at.isoformat(),
         "event_id": str(get("event_id")),
     }
 
@@ -94,7 +90,7 @@ def inapp_dispatch_batch(*, batch_id: int) -> int:
     """Run one in-app dispatch batch (see DispatchBatch); returns the items written. The
     batch is marked done in the same transaction as its inbox items."""
     with transaction.atomic():
-        delivery_ids = dispatch_batch_claim(batch_id=batch_id, channel="inapp")
+        delivery_ids = dispatch_batch_claim(batch_id=batch_id, channel=Channel.INAPP)
         if delivery_ids is None:
             return 0
         return inapp_dispatch(delivery_ids=delivery_ids)
@@ -105,12 +101,12 @@ def inapp_dispatch(*, delivery_ids: list[int]) -> int:
     frame to each connected owner after commit. Returns how many items were written.
 
     Rows are claimed with a compare-and-set (pending -> delivered) in the same transaction
-    as their inbox items, so a task run twice writes each item once.
+    as their inbox items, so a task run twice writes each item once. One that cannot be
+    rendered is failed in that same transaction, so nobody ever sees it delivered.
     """
     if not delivery_ids:
         return 0
     now = timezone.now()
-    frames: list[tuple[int, dict[str, Any]]] = []
     # No savepoint: called inside a fan-out page or a batch claim, it fails with its caller.
     with transaction.atomic(savepoint=False):
         relax_commit_durability()
@@ -122,10 +118,10 @@ def inapp_dispatch(*, delivery_ids: list[int]) -> int:
             db.execute("SET LOCAL enable_seqscan TO OFF")
             db.execute(
                 f"""UPDATE {Delivery._meta.db_table}
-                    SET status = 'delivered', attempts = attempts + 1, sent_at = %s, updated_at = %s
-                    WHERE id = ANY(%b) AND status = 'pending'
+                    SET status = %s, attempts = attempts + 1, sent_at = %s, updated_at = %s
+                    WHERE id = ANY(%b) AND status = ANY(%b)
                     RETURNING id, event_id, recipient_id, aggregate_count""",
-                [now, now, list(delivery_ids)],
+                [INAPP_WRITTEN.target, now, now, list(delivery_ids), list(INAPP_WRITTEN.sources)],
             )
             claimed_rows = db.fetchall()
         if not claimed_rows:
@@ -191,45 +187,16 @@ def inapp_dispatch(*, delivery_ids: list[int]) -> int:
                 continue
             ready.append((recipient_id, delivery_id, event_id, text))
 
-        for delivery_id, reason in failed:
-            Delivery.objects.filter(id=delivery_id).update(status=DeliveryStatus.FAILED, reason=reason)
+        if failed:
+            _fail_unrenderable(failed, now)
         items = _assign_sequence(ready, events)
         written = _insert_items(items, now)
-        online = recipients_connected(r for r, *_ in items) if items else set()
-        if online:
-            unread = dict(
-                InboxItem.objects.filter(recipient_id__in=online, read_at__isnull=True)
-                .values("recipient_id")
-                .annotate(n=Count("id"))
-                .values_list("recipient_id", "n")
-            )
-            for item_id, item in zip(written, items, strict=True):
-                recipient_id, seq, _delivery_id, event_id, event, (title, body, url) = item
-                if recipient_id in online:
-                    payload = inbox_item_payload(
-                        {
-                            "id": item_id,
-                            "seq": seq,
-                            "notification_type": event.notification_type.key,
-                            "category": event.notification_type.category,
-                            "title": title,
-                            "body": body,
-                            "url": url,
-                            "data": event.data,
-                            "read_at": None,
-                            "created_at": now,
-                            "event_id": event_id,
-                        }
-                    )
-                    frames.append((recipient_id, {"type": NOTIFICATION_MESSAGE, "seq": seq, "item": payload}))
-            for recipient_id in online:
-                frames.append((recipient_id, {"type": UNREAD_MESSAGE, "count": unread.get(recipient_id, 0)}))
         counts: Counter[str] = Counter({"deliveries:inapp:delivered": len(items)})
         if failed:
             counts["deliveries:inapp:failed"] = len(failed)
         transaction.on_commit(lambda: metrics_increment(counts), robust=True)
-        if frames:
-            transaction.on_commit(lambda: realtime_publish(frames), robust=True)
+        if items:
+            transaction.on_commit(lambda: _push_frames(items, written, now), robust=True)
     for delivery_id, reason in failed:
         log.warning("in-app delivery failed: %s", reason, extra={"delivery_id": delivery_id})
     by_event: dict[Any, list[int]] = {}
@@ -246,6 +213,71 @@ def inapp_dispatch(*, delivery_ids: list[int]) -> int:
             },
         )
     return len(items)
+
+
+def _fail_unrenderable(failed: list[tuple[int, str]], now: datetime) -> None:
+    with connection.cursor() as db:
+        db.execute(
+            f"""UPDATE {Delivery._meta.db_table} AS d SET status = %s, reason = u.reason, updated_at = %s
+                FROM unnest(%b::bigint[], %b::text[]) AS u(id, reason)
+                WHERE d.id = u.id AND d.status = ANY(%b)""",
+            [
+                INAPP_UNRENDERABLE.target,
+                now,
+                [row[0] for row in failed],
+                [row[1] for row in failed],
+                list(INAPP_UNRENDERABLE.sources),
+            ],
+        )
+
+
+def _push_frames(items: list[tuple[Any, ...]], written: list[int], now: datetime) -> None:
+    """After commit: a notification frame and the new unread count to each owner with a
+    live connection. At-most-once: a Redis failure costs frames, never items."""
+    try:
+        online = recipients_connected(item[0] for item in items)
+    except redis.RedisError as exc:
+        log.warning("connection registry unavailable, no live frames (clients resume by seq): %s", exc)
+        return
+    if not online:
+        return
+    unread = dict(
+        InboxItem.objects.filter(recipient_id__in=online, read_at__isnull=True)
+        .values("recipient_id")
+        .annotate(n=Count("id"))
+        .values_list("recipient_id", "n")
+    )
+    frames: list[tuple[int, dict[str, Any]]] = []
+    for item_id, item in zip(written, items, strict=True):
+        recipient_id, seq, _delivery_id, event_id, event, (title, body, url) = item
+        if recipient_id not in online:
+            continue
+        payload = inbox_item_payload(
+            {
+                "id": item_id,
+                "seq": seq,
+                "notification_type": event.notification_type.key,
+                "category": event.notification_type.category,
+                "title": title,
+                "body": body,
+                "url": url,
+                "data": event.data,
+                "read_at": None,
+                "created_at": now,
+                "accepted_at": accepted_time(event),
+                "event_id": event_id,
+            }
+        )
+        frames.append((recipient_id, {"type": NOTIFICATION_MESSAGE, "seq": seq, "item": payload}))
+    for recipient_id in online:
+        frames.append((recipient_id, {"type": UNREAD_MESSAGE, "count": unread.get(recipient_id, 0)}))
+    realtime_publish(frames)
+
+
+def accepted_time(event: Event) -> datetime:
+    """When the event counts as accepted for the inbox's order: its creation, or for a
+    scheduled send the moment it came due."""
+    return max(event.created_at, event.send_at) if event.send_at else event.created_at
 
 
 def _assign_sequence(
@@ -284,8 +316,9 @@ def _insert_items(items: list[tuple[Any, ...]], now: datetime) -> list[int]:
         db.execute(
             f"""INSERT INTO {InboxItem._meta.db_table}
                     (recipient_id, seq, delivery_id, event_id, notification_type, category, title, body, url,
-                     data, created_at)
-                SELECT t.r, t.s, t.d, t.e, nt.key, nt.category, t.ti, t.b, t.u, ev.data, %s
+                     data, created_at, accepted_at)
+                SELECT t.r, t.s, t.d, t.e, nt.key, nt.category, t.ti, t.b, t.u, ev.data, %s,
+                       greatest(ev.created_at, coalesce(ev.send_at, ev.created_at))
                 FROM unnest(%b::bigint[], %b::bigint[], %b::bigint[], %b::uuid[], %b::text[], %b::text[],
                             %b::text[]) AS t(r, s, d, e, ti, b, u)
                 JOIN {Event._meta.db_table} ev ON ev.id = t.e
@@ -323,8 +356,8 @@ def inbox_item_mark_read(*, recipient_id: int, item_id: int) -> InboxItem:
         if item.read_at is None:
             item.read_at = now
             item.save(update_fields=["read_at"])
-            Delivery.objects.filter(id=item.delivery_id, status=DeliveryStatus.DELIVERED).update(
-                status=DeliveryStatus.READ, updated_at=now
+            Delivery.objects.filter(id=item.delivery_id, status__in=READ.sources).update(
+                status=READ.target, updated_at=now
             )
             metrics_increment({"inbox_read": 1})
             _push_unread_count(recipient_id)
@@ -332,22 +365,27 @@ def inbox_item_mark_read(*, recipient_id: int, item_id: int) -> InboxItem:
 
 
 def inbox_mark_all_read(*, recipient_id: int) -> int:
-    """Mark every unread item of the recipient read; returns how many changed."""
+    """Mark every unread item of the recipient read, and their deliveries with them, in one
+    statement: an item committed meanwhile is either marked with its delivery or left
+    unread, never half. Returns how many items changed."""
     now = timezone.now()
-    with transaction.atomic():
-        delivery_ids = list(
-            InboxItem.objects.filter(recipient_id=recipient_id, read_at__isnull=True).values_list(
-                "delivery_id", flat=True
-            )
+    with transaction.atomic(), connection.cursor() as db:
+        db.execute(
+            f"""WITH marked AS (
+                    UPDATE {InboxItem._meta.db_table} SET read_at = %s
+                    WHERE recipient_id = %s AND read_at IS NULL
+                    RETURNING delivery_id),
+                moved AS (
+                    UPDATE {Delivery._meta.db_table} d SET status = %s, updated_at = %s
+                    FROM marked WHERE d.id = marked.delivery_id AND d.status = ANY(%s)
+                    RETURNING d.id)
+                SELECT (SELECT count(*) FROM marked), (SELECT count(*) FROM moved)""",
+            [now, recipient_id, READ.target, now, list(READ.sources)],
         )
-        if not delivery_ids:
-            return 0
-        changed = InboxItem.objects.filter(recipient_id=recipient_id, read_at__isnull=True).update(
-            read_at=now
-        )
-        Delivery.objects.filter(id__in=delivery_ids, status=DeliveryStatus.DELIVERED).update(
-            status=DeliveryStatus.READ, updated_at=now
-        )
-        _push_unread_count(recipient_id)
-    metrics_increment({"inbox_read": changed})
+        row = db.fetchone()
+        changed = int(row[0]) if row else 0
+        if changed:
+            _push_unread_count(recipient_id)
+    if changed:
+        metrics_increment({"inbox_read": changed})
     return changed

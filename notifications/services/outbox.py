@@ -8,10 +8,9 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
-from kombu.exceptions import KombuError, OperationalError
-from redis import RedisError
 
 from notifications.models import OutboxMessage
+from notifications.services.queues import EVENT_FANOUT, enqueue
 
 log = logging.getLogger(__name__)
 
@@ -19,16 +18,7 @@ SWEEP_BATCH = 500
 
 
 def _enqueue_fanout(outbox_id: int) -> bool:
-    from notifications.tasks import event_fanout_task
-
-    try:
-        event_fanout_task.apply_async(args=(outbox_id,), retry=False)
-    except (KombuError, OperationalError, RedisError, OSError) as exc:
-        log.warning(
-            "broker unavailable, the outbox sweep will enqueue later: %s", exc, extra={"outbox_id": outbox_id}
-        )
-        return False
-    return True
+    return enqueue(EVENT_FANOUT, args=(outbox_id,))
 
 
 def outbox_relay(*, outbox_id: int) -> bool:

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from django.conf import settings
 from django.db import connection
 
-from notifications.models import DeliveryStatus, NotificationType, Preference
+from notifications.models import DeliveryStatus, NotificationType, Preference, QuietHoursPolicy
 from notifications.services.dispatch import channel_has_transport
 from notifications.services.ratelimits import rate_caps_consume
 
@@ -89,7 +89,8 @@ def preferences_resolve(
 def plan_page(
     *, notification_type: NotificationType, recipients: Sequence[RecipientFacts], now: datetime
 ) -> list[PlannedDelivery]:
-    """One PlannedDelivery per recipient and channel of the type."""
+    """One PlannedDelivery per recipient and channel of the type: channel by channel, each
+    channel's rows in the order of ``recipients``."""
     critical = notification_type.is_critical
     overrides = (
         {}
@@ -109,33 +110,37 @@ def plan_page(
                 for r in recipients
             )
             continue
+        # One slot per recipient, in the order given (callers may align rows with their
+        # inputs); candidates are filled in once the rate caps are known.
+        slots: list[PlannedDelivery | None] = []
         candidates: list[int] = []
         for facts in recipients:
             if not critical and not overrides.get((facts.id, channel), True):
-                planned.append(
+                slots.append(
                     PlannedDelivery(facts.id, channel, DeliveryStatus.SUPPRESSED, "preference: opted out")
                 )
                 continue
             quiet_end = None if critical or channel not in quiet_channels else quiet_hours_end(facts, now)
             if quiet_end is not None:
-                if notification_type.quiet_hours_policy == "drop":
-                    planned.append(
-                        PlannedDelivery(facts.id, channel, DeliveryStatus.SUPPRESSED, "quiet hours")
-                    )
+                if notification_type.quiet_hours_policy == QuietHoursPolicy.DROP:
+                    slots.append(PlannedDelivery(facts.id, channel, DeliveryStatus.SUPPRESSED, "quiet hours"))
                 else:
-                    planned.append(
+                    slots.append(
                         PlannedDelivery(
                             facts.id, channel, DeliveryStatus.SCHEDULED, "quiet hours", due_at=quiet_end
                         )
                     )
                 continue
+            slots.append(None)
             candidates.append(facts.id)
         over_cap = set() if critical else rate_caps_consume(channel=channel, recipient_ids=candidates)
-        for recipient_id in candidates:
-            if recipient_id in over_cap:
+        for facts, slot in zip(recipients, slots, strict=True):
+            if slot is not None:
+                planned.append(slot)
+            elif facts.id in over_cap:
                 planned.append(
-                    PlannedDelivery(recipient_id, channel, DeliveryStatus.SUPPRESSED, "rate cap reached")
+                    PlannedDelivery(facts.id, channel, DeliveryStatus.SUPPRESSED, "rate cap reached")
                 )
             else:
-                planned.append(PlannedDelivery(recipient_id, channel, DeliveryStatus.PENDING))
+                planned.append(PlannedDelivery(facts.id, channel, DeliveryStatus.PENDING))
     return planned

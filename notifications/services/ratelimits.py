@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from notifications.services.redis_client import redis_key, redis_sync
+
+log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=16)
@@ -49,6 +53,9 @@ def rate_caps_consume(*, channel: str, recipient_ids: Sequence[int]) -> set[int]
 
     Counts are taken before the deliveries commit, so a page that is rolled back and planned
     again counts twice: at most one page of a crashed fan-out errs towards suppressing.
+    When Redis does not answer, nothing is capped (logged): a cap protects users from
+    floods, and losing a notification to a Redis hiccup would be the worse failure. The
+    connection registry and the SMS abuse limits fail the same way (open).
     """
     cap = rate_cap(channel)
     if cap is None or not recipient_ids:
@@ -56,5 +63,11 @@ def rate_caps_consume(*, channel: str, recipient_ids: Sequence[int]) -> set[int]
     limit, seconds = cap
     window = int(time.time()) // seconds
     keys = [redis_key(f"rl:{channel}:{recipient_id}:{window}") for recipient_id in recipient_ids]
-    counts = _consume_script()(keys=keys, args=[seconds + 5])
+    try:
+        counts = _consume_script()(keys=keys, args=[seconds + 5])
+    except redis.RedisError as exc:
+        log.warning(
+            "rate caps not checked (Redis unavailable), %d %s sends uncapped: %s", len(keys), channel, exc
+        )
+        return set()
     return {rid for rid, count in zip(recipient_ids, counts, strict=True) if int(count) > limit}

@@ -10,9 +10,10 @@ from datetime import datetime
 from django.db import connection, transaction
 from django.utils import timezone
 
-from notifications.models import Delivery, DeliverySchedule, DeliveryStatus
+from notifications.models import Delivery, DeliverySchedule
 from notifications.services.aggregation import aggregation_close
 from notifications.services.dispatch import deliveries_dispatch
+from notifications.states import RELEASE, DeliveryStatus
 
 SWEEP_BATCH = 2000
 
@@ -33,7 +34,8 @@ def deliveries_schedule(rows: Sequence[tuple[int, datetime | None]]) -> None:
 
 def deliveries_release_due(*, limit: int = SWEEP_BATCH) -> int:
     """Release deliveries whose time has come (scheduled ones become pending, retrying ones
-    stay retrying) and dispatch them. Returns how many were released."""
+    stay retrying: their due time was a backoff) and dispatch them. Returns how many were
+    released."""
     now = timezone.now()
     with transaction.atomic():
         due = list(
@@ -50,11 +52,11 @@ def deliveries_release_due(*, limit: int = SWEEP_BATCH) -> int:
             db.execute("SET LOCAL enable_seqscan TO OFF")
             db.execute(
                 f"""UPDATE {Delivery._meta.db_table}
-                    SET status = CASE WHEN status = %s THEN 'pending' ELSE status END,
+                    SET status = CASE WHEN status = ANY(%b) THEN %s ELSE status END,
                         due_at = NULL, updated_at = %s
                     WHERE id = ANY(%b) AND status = ANY(%b)
                     RETURNING id, channel""",
-                [DeliveryStatus.SCHEDULED, now, due, [DeliveryStatus.SCHEDULED, DeliveryStatus.RETRYING]],
+                [list(RELEASE.sources), RELEASE.target, now, due, [*RELEASE.sources, DeliveryStatus.RETRYING]],
             )
             released = [(row[0], row[1]) for row in db.fetchall()]
         aggregation_close(leader_ids=[row[0] for row in released], now=now)

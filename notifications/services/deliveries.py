@@ -1,0 +1,128 @@
+"""Storing planned deliveries, the one way fan-out and channel fallback both do it.
+
+``deliveries_store`` inserts what the planner decided (skipping rows that exist: the
+unique (event, recipient, channel) key makes every re-run harmless) and hands each
+inserted row to what comes next, in the caller's transaction:
+
+- pending: a dispatch batch for its channel's queue, or, for a small in-app page, the
+  inbox at once (services/inbox.py);
+- scheduled: its due-time row (services/scheduling.py);
+- a channel with a fallback rule on the type: a fallback check (services/fallback.py
+  answers it when due).
+
+Only rows this call inserted go anywhere, so a page planned twice dispatches nothing twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
+
+from django.conf import settings
+from django.db import connection
+
+from notifications.models import Channel, Delivery, FallbackCheck, NotificationType
+from notifications.services.dispatch import deliveries_dispatch
+from notifications.services.inbox import inapp_dispatch
+from notifications.services.planning import PlannedDelivery
+from notifications.services.scheduling import deliveries_schedule
+from notifications.states import DeliveryStatus
+
+
+class Inserted(NamedTuple):
+    """A delivery row this call inserted."""
+
+    id: int
+    recipient_id: int
+    channel: str
+    status: str
+    reason: str
+    due_at: datetime | None
+
+
+def fallback_rules(notification_type: NotificationType) -> dict[str, tuple[str, int]]:
+    """{from channel: (to channel, after seconds)} of the type (checked when saved, by
+    services/validation.py)."""
+    rules: dict[str, tuple[str, int]] = {}
+    for rule in notification_type.fallbacks or []:
+        if isinstance(rule, dict) and rule.get("from") and rule.get("to"):
+            rules[str(rule["from"])] = (str(rule["to"]), int(rule.get("after_seconds", 0)))
+    return rules
+
+
+def deliveries_insert(
+    *, event_ids: Sequence[Any], planned: Sequence[PlannedDelivery], now: datetime
+) -> list[Inserted]:
+    """Insert planned deliveries (``event_ids[i]`` is the event of ``planned[i]``),
+    skipping any that exist; returns the rows this call inserted."""
+    if not planned:
+        return []
+    with connection.cursor() as db:
+        db.execute(
+            f"""INSERT INTO {Delivery._meta.db_table}
+                    (event_id, recipient_id, channel, status, reason, attempts, due_at, created_at, updated_at)
+                SELECT e, r, c, s, re, 0, d, %s, %s
+                FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::timestamptz[])
+                     AS t(e, r, c, s, re, d)
+                ON CONFLICT (event_id, recipient_id, channel) DO NOTHING
+                RETURNING id, recipient_id, channel, status, reason, due_at""",
+            [
+                now,
+                now,
+                list(event_ids),
+                [p.recipient_id for p in planned],
+                [p.channel for p in planned],
+                [p.status for p in planned],
+                [p.reason for p in planned],
+                [p.due_at for p in planned],
+            ],
+        )
+        return [Inserted(*row) for row in db.fetchall()]
+
+
+def fallback_checks_plan(
+    *, notification_type: NotificationType, rows: Sequence[Inserted], now: datetime
+) -> None:
+    """A fallback check for each in-progress row whose channel has a rule on the type,
+    due ``after_seconds`` after the delivery is (or becomes) due."""
+    rules = fallback_rules(notification_type)
+    if not rules:
+        return
+    checks = [
+        FallbackCheck(
+            delivery_id=row.id,
+            to_channel=rules[row.channel][0],
+            due_at=(row.due_at or now) + timedelta(seconds=rules[row.channel][1]),
+        )
+        for row in rows
+        if row.channel in rules and row.status in (DeliveryStatus.PENDING, DeliveryStatus.SCHEDULED)
+    ]
+    FallbackCheck.objects.bulk_create(checks, ignore_conflicts=True)
+
+
+def deliveries_store(
+    *,
+    notification_type: NotificationType,
+    event_ids: Sequence[Any],
+    planned: Sequence[PlannedDelivery],
+    now: datetime,
+    inline_inapp: bool = False,
+) -> list[Inserted]:
+    """Inside a transaction: insert the planned deliveries of one type and send each
+    inserted row on its way (see the module docstring). With ``inline_inapp``, a page with
+    at most INAPP_INLINE_MAX pending in-app deliveries writes their inbox items in this
+    same transaction: no dispatch batch, no broker hop, no second commit (the common
+    one-recipient event). Returns the rows inserted."""
+    inserted = deliveries_insert(event_ids=event_ids, planned=planned, now=now)
+    pending = [(row.id, row.channel) for row in inserted if row.status == DeliveryStatus.PENDING]
+    if inline_inapp:
+        inline = [delivery_id for delivery_id, channel in pending if channel == Channel.INAPP]
+        if inline and len(inline) <= settings.INAPP_INLINE_MAX:
+            inapp_dispatch(delivery_ids=inline)
+            pending = [(delivery_id, channel) for delivery_id, channel in pending if channel != Channel.INAPP]
+    deliveries_dispatch(pending, now=now)
+    deliveries_schedule([(row.id, row.due_at) for row in inserted if row.status == DeliveryStatus.SCHEDULED])
+    if notification_type.fallbacks:
+        fallback_checks_plan(notification_type=notification_type, rows=inserted, now=now)
+    return inserted
