@@ -14,7 +14,7 @@ from notifications.services.fanout import event_fanout
 from notifications.services.inbox import inapp_dispatch_batch
 from notifications.services.outbox import outbox_sweep
 from notifications.services.scheduling import deliveries_release_due
-from notifications.services.sending import provider_dispatch_batch
+from notifications.services.sending.send import provider_dispatch_batch
 
 # Infrastructure hiccups are retried briefly by Celery; anything longer is left to the
 # sweeps, which find the work again in PostgreSQL.

@@ -4,7 +4,7 @@ Pending deliveries are grouped into DispatchBatch rows in the transaction that m
 pending; the task for each batch is enqueued after commit. If the enqueue or the task is
 lost, the batch stays open and the sweep enqueues it again when its lease runs out.
 Each channel with a transport registers its task: in-app writes inbox rows, the others
-call their providers (services/sending.py).
+call their providers (services/sending/).
 """
 
 from __future__ import annotations

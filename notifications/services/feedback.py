@@ -96,7 +96,16 @@ def device_remove(*, platform: str, token: str) -> bool:
 
 
 def feedback_apply(*, message: OutboundMessage, error: TransportError) -> None:
-    """Act on what a failed send says about its destination."""
+    """Act on what a failed send says about its destination. Never raises for a
+    destination the rules refuse (an address stored before they existed): it runs inside
+    the transaction that records sends, which must commit."""
+    try:
+        _feedback_apply(message=message, error=error)
+    except ValidationFailed as exc:
+        log.warning("provider feedback on %s not applied: %s", message.to, exc.errors)
+
+
+def _feedback_apply(*, message: OutboundMessage, error: TransportError) -> None:
     kind = error.feedback
     if kind == Feedback.UNREGISTERED and message.channel == "push":
         at_ms = error.detail.get("unregistered_at")

@@ -10,6 +10,7 @@ cap waits for the next UTC day rather than being lost.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -79,8 +80,18 @@ def sms_spend_today() -> float:
     return float(raw) if raw else 0.0
 
 
-def sms_guard_check(*, phone: str, text: str, origin_ip: str | None, critical: bool = False) -> SmsVerdict:
-    """Decide whether one SMS may go out now. Counts it against the limits when allowed."""
+def sms_guard_check(
+    *,
+    phone: str,
+    text: str,
+    origin_ip: str | None,
+    critical: bool = False,
+    suppressed: Mapping[str, str] | None = None,
+) -> SmsVerdict:
+    """Decide whether one SMS may go out now. Counts it against the limits when allowed.
+
+    ``suppressed`` ({E.164: reason}) is the suppression list as read for a whole chunk of
+    sends (services/sending/prepare.py); without it the list is read for this number."""
     if not phone:
         return SmsVerdict(False, reason="recipient has no phone number")
     try:
@@ -91,7 +102,9 @@ def sms_guard_check(*, phone: str, text: str, origin_ip: str | None, critical: b
     if allowed and region.upper() not in allowed:
         return SmsVerdict(False, e164, reason=f"country {region} is not in SMS_ALLOWED_COUNTRIES")
     listed = (
-        Suppression.objects.filter(kind=SuppressionKind.PHONE, address=e164)
+        suppressed.get(e164)
+        if suppressed is not None
+        else Suppression.objects.filter(kind=SuppressionKind.PHONE, address=e164)
         .values_list("reason", flat=True)
         .first()
     )

@@ -29,13 +29,15 @@ from notifications.models import (
     WebhookEndpoint,
 )
 from notifications.services.api_keys import api_key_create
+from notifications.services.backoff import retry_delay
 from notifications.services.catalog import notification_type_save
 from notifications.services.deadletters import deadletters_replay
 from notifications.services.fallback import fallback_checks_due
 from notifications.services.ingest import event_ingest
-from notifications.services.provider_health import breaker_reset
+from notifications.services.provider_health import breaker_record, breaker_reset, provider_gate
 from notifications.services.scheduling import deliveries_release_due
-from notifications.services.sending import deliveries_claim, deliveries_send, retry_delay
+from notifications.services.sending.claim import deliveries_claim
+from notifications.services.sending.send import deliveries_send
 from notifications.transports.registry import transports_reset
 from notifications.transports.webhook import webhook_signature_verify
 from tests.notifications.factories import RecipientFactory
@@ -344,7 +346,14 @@ def test_it_defers_sms_past_the_daily_spend_cap_to_the_next_day(
     assert delivery.status == "retrying" and "spend cap" in delivery.reason
     assert delivery.attempts == 0  # no provider call was made
     due = DeliverySchedule.objects.get(delivery=delivery).due_at
-    assert due.date() > timezone.now().date() or due.hour == 0
+    # The next UTC midnight after the send (either side of a midnight the test straddled),
+    # plus at most one backoff base of jitter: not any time after midnight, not noon.
+    midnights = {
+        (moment + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+        for moment in (delivery.created_at, timezone.now())
+    }
+    jitter = timedelta(seconds=settings.SEND_BACKOFF_BASE_SECONDS)
+    assert any(midnight <= due <= midnight + jitter for midnight in midnights), (due, midnights)
 
 
 def test_it_fails_over_to_smtp_when_mailgun_answers_5xx_and_opens_its_breaker(
@@ -513,10 +522,11 @@ def test_retry_delay_is_jittered_capped_and_honours_retry_after(settings):
 def test_it_applies_a_delivery_receipt_that_arrived_before_the_send_was_recorded(
     providers, key, django_capture_on_commit_callbacks, monkeypatch
 ):
-    from notifications.services import feedback, sending
+    from notifications.services import feedback
+    from notifications.services.sending import call
 
     alice = RecipientFactory(phone="+14155550129")
-    original = sending._run
+    original = call.job_run
 
     def run_then_receipt(job: Any) -> Any:
         # The provider's "delivered" callback lands while the sender is still in flight.
@@ -526,7 +536,7 @@ def test_it_applies_a_delivery_receipt_that_arrived_before_the_send_was_recorded
         )
         return done
 
-    monkeypatch.setattr(sending, "_run", run_then_receipt)
+    monkeypatch.setattr(call, "job_run", run_then_receipt)
     event = _send(key, django_capture_on_commit_callbacks, _type(["sms"]), [alice])
 
     assert _delivery(event, "sms").status == "delivered"
@@ -546,6 +556,47 @@ def test_it_pushes_to_every_active_device_with_a_key_per_device(
     assert DeliveryAttempt.objects.filter(delivery=delivery, outcome="success").count() == 3
     stats = providers.control.stats()["providers"]
     assert (stats["fcm"]["accepted"], stats["fcm"]["duplicates"], stats["apns"]["accepted"]) == (2, 0, 1)
+
+
+def _open_breaker(provider: str, calls: int) -> None:
+    for _ in range(calls):
+        breaker_record(provider=provider, ok=False, latency_ms=1)
+    provider_gate().flush()
+    # The sender believes a closed breaker for a moment (ProviderGate): forget that.
+    provider_gate()._closed_until.clear()
+
+
+def test_it_never_pushes_twice_to_a_device_that_accepted_before_another_was_deferred(
+    providers, key, django_capture_on_commit_callbacks, settings
+):
+    # given a user with two devices, the second one's provider (APNs) behind an open breaker
+    alice = RecipientFactory()
+    _device(alice, "phone-fcm", platform="fcm")
+    _device(alice, "tablet-apns", platform="apns")
+    _open_breaker("apns", settings.BREAKER_MIN_CALLS)
+
+    # when the push goes out, the phone accepts and the tablet is deferred
+    event = _send(key, django_capture_on_commit_callbacks, _type(["push"]), [alice])
+    delivery = _delivery(event, "push")
+    assert delivery.status == "retrying" and "breaker" in delivery.reason
+    assert delivery.attempts == 1  # a provider was called: the attempt counts
+
+    # and when the breaker has closed and the retry runs
+    breaker_reset(provider="apns")
+    provider_gate()._closed_until.clear()
+    _retry_now(django_capture_on_commit_callbacks)
+
+    # then each device was pushed exactly once, and every call is in the attempt history
+    delivery = _delivery(event, "push")
+    assert delivery.status == "sent"
+    pushed = [m["to"] for m in providers.control.messages("fcm") + providers.control.messages("apns")]
+    assert sorted(pushed) == ["phone-fcm", "tablet-apns"]
+    history = list(
+        DeliveryAttempt.objects.filter(delivery=delivery)
+        .order_by("number")
+        .values_list("number", "target", "outcome")
+    )
+    assert history == [(1, "phone-fcm", "success"), (2, "tablet-apns", "success")]
 
 
 def test_it_does_not_push_again_to_a_device_that_accepted_before_a_retry(

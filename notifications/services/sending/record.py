@@ -1,0 +1,217 @@
+"""Step 4 of a send: decide each claimed delivery's outcome and record it, with its
+attempts, retry row, dead letter and feedback, in one transaction guarded by the claim.
+
+A result whose claim expired and was taken over by another sender is dropped: the new
+owner's result stands. Every provider call made is recorded as an attempt row, numbered
+by the claim that made it, so an accepted target is known to be done on the next try.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from notifications.models import AttemptOutcome, Channel, DeadLetter, Delivery, DeliveryAttempt, FallbackCheck
+from notifications.services.backoff import deferred_until, retry_at
+from notifications.services.feedback import feedback_apply, receipts_apply_early
+from notifications.services.scheduling import deliveries_schedule
+from notifications.services.sending.prepare import DEFER, Job
+from notifications.states import FINAL, SEND_OUTCOMES, SENDABLE, DeliveryStatus
+from notifications.transports.base import OutboundMessage, SendResult, TransportError
+
+log = logging.getLogger(__name__)
+
+# Only email and SMS providers report back; push and webhook receipts never come.
+RECEIPT_CHANNELS = (Channel.EMAIL, Channel.SMS)
+# Statuses that mean the provider took the message.
+_HANDED_OVER = [DeliveryStatus.SENT, DeliveryStatus.DELIVERED]
+
+
+@dataclass
+class Outcome:
+    status: str
+    reason: str = ""
+    due: datetime | None = None
+    provider: str = ""
+    # False: this attempt made no provider call at all and does not count against the
+    # retry budget (a deferral before any target was tried).
+    counted: bool = True
+
+
+def outcome_decide(job: Job, now: datetime) -> Outcome:
+    c = job.claimed
+    successes = [(p, r) for _, p, r, _ in job.results if isinstance(r, SendResult)]
+    provider = successes[-1][0] if successes else ""
+    if job.verdict == DEFER:
+        blocked = datetime.fromtimestamp(job.defer_until or time.time() + 1, tz=UTC)
+        return Outcome(
+            DeliveryStatus.RETRYING,
+            job.reason,
+            due=deferred_until(now=now, blocked_until=blocked),
+            provider=provider,
+            counted=bool(job.results),
+        )
+    if job.verdict is not None:
+        return Outcome(job.verdict, job.reason)
+    errors = [r for _, _, r, _ in job.results if isinstance(r, TransportError)]
+    retryable = [e for e in errors if not e.permanent]
+    if retryable:
+        used = c.attempts - c.retry_base
+        if used < settings.SEND_MAX_ATTEMPTS:
+            hint = max((e.retry_after for e in retryable if e.retry_after is not None), default=None)
+            return Outcome(
+                DeliveryStatus.RETRYING,
+                retryable[0].reason[:200],
+                due=retry_at(now=now, attempt=used, retry_after=hint),
+                provider=provider,
+            )
+        if not successes:
+            return Outcome(DeliveryStatus.DEAD, f"retries exhausted: {retryable[0].reason}"[:200])
+    if successes:
+        # Webhooks answer for the receiver itself: a 2xx means it arrived.
+        status = DeliveryStatus.DELIVERED if c.channel == Channel.WEBHOOK else DeliveryStatus.SENT
+        return Outcome(status, "", provider=provider)
+    reason = errors[0].reason if errors else "not sent"
+    return Outcome(DeliveryStatus.FAILED, reason[:200])
+
+
+def _attempt(
+    job: Job, message: OutboundMessage, provider: str, result: SendResult | TransportError, latency: int
+) -> DeliveryAttempt:
+    c = job.claimed
+    if isinstance(result, SendResult):
+        return DeliveryAttempt(
+            delivery_id=c.id,
+            number=c.attempts,
+            outcome=AttemptOutcome.SUCCESS,
+            provider=provider,
+            provider_message_id=result.provider_message_id[:200],
+            latency_ms=latency,
+            target=message.to[:512],
+            detail=result.detail,
+        )
+    return DeliveryAttempt(
+        delivery_id=c.id,
+        number=c.attempts,
+        outcome=result.outcome,
+        error=result.reason[:2000],
+        provider=provider,
+        latency_ms=latency,
+        target=message.to[:512],
+        detail={"code": result.code, **result.detail} if result.code else result.detail,
+    )
+
+
+def _update(outcomes: dict[int, Outcome], token: datetime, now: datetime) -> set[int]:
+    """Write every outcome whose claim is still ours; returns the ids written."""
+    ids = list(outcomes)
+    for delivery_id in ids:
+        status = outcomes[delivery_id].status
+        if status not in SEND_OUTCOMES:
+            raise ValueError(
+                f"delivery {delivery_id}: a send cannot end in {status!r} (notifications/states.py)"
+            )
+    with connection.cursor() as db:
+        db.execute("SET LOCAL enable_seqscan TO OFF")
+        db.execute(
+            f"""UPDATE {Delivery._meta.db_table} AS d
+                SET status = u.status, reason = u.reason, due_at = u.due, provider = u.provider,
+                    sent_at = CASE WHEN u.status = ANY(%b) THEN %s ELSE d.sent_at END,
+                    attempts = d.attempts - u.uncount, claimed_until = NULL, updated_at = %s
+                FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::timestamptz[], %b::text[], %b::int[])
+                     AS u(id, status, reason, due, provider, uncount)
+                WHERE d.id = u.id AND d.claimed_until = %s AND d.status = ANY(%b)
+                RETURNING d.id""",
+            [
+                _HANDED_OVER,
+                now,
+                now,
+                ids,
+                [outcomes[i].status for i in ids],
+                [outcomes[i].reason for i in ids],
+                [outcomes[i].due for i in ids],
+                [outcomes[i].provider for i in ids],
+                [0 if outcomes[i].counted else 1 for i in ids],
+                token,
+                list(SENDABLE),
+            ],
+        )
+        return {row[0] for row in db.fetchall()}
+
+
+def jobs_record(jobs: list[Job], token: datetime) -> Counter[str]:
+    """Record the outcome of every job whose claim (``token``) is still this sender's.
+    Returns metric counts (deliveries by channel and status, sends by provider)."""
+    now = timezone.now()
+    outcomes = {job.claimed.id: outcome_decide(job, now) for job in jobs}
+    channels = {job.claimed.id: job.claimed.channel for job in jobs}
+    counts: Counter[str] = Counter()
+    with transaction.atomic():
+        owned = _update(outcomes, token, now)
+        lost = len(outcomes) - len(owned)
+        if lost:
+            # Our claim expired and another sender took these over: its result stands.
+            log.warning("send results of %d deliveries dropped: claim expired", lost)
+        attempts: list[DeliveryAttempt] = []
+        feedback: list[tuple[OutboundMessage, TransportError]] = []
+        dead: list[DeadLetter] = []
+        for job in jobs:
+            c = job.claimed
+            if c.id not in owned:
+                continue
+            outcome = outcomes[c.id]
+            counts[f"deliveries:{c.channel}:{outcome.status}"] += 1
+            for message, provider, result, latency in job.results:
+                attempts.append(_attempt(job, message, provider, result, latency))
+                counts[
+                    f"sends:{provider}:{'success' if isinstance(result, SendResult) else result.outcome}"
+                ] += 1
+                if isinstance(result, TransportError) and result.feedback:
+                    feedback.append((message, result))
+            if outcome.status == DeliveryStatus.DEAD:
+                dead.append(
+                    DeadLetter(
+                        delivery_id=c.id,
+                        channel=c.channel,
+                        notification_type=job.notification_type,
+                        reason=outcome.reason,
+                        attempts=c.attempts,
+                        created_at=now,
+                    )
+                )
+        # No ignore_conflicts: each claim numbers its attempts anew (claim.py), so a
+        # conflict would be a bug, and silently dropping the row would hide that a
+        # target was called.
+        DeliveryAttempt.objects.bulk_create(attempts)
+        if dead:
+            DeadLetter.objects.bulk_create(
+                dead,
+                update_conflicts=True,
+                unique_fields=["delivery"],
+                update_fields=["reason", "attempts", "created_at", "replayed_at"],
+            )
+        deliveries_schedule(
+            [(i, outcomes[i].due) for i in owned if outcomes[i].status == DeliveryStatus.RETRYING]
+        )
+        finished = [i for i in owned if outcomes[i].status in FINAL]
+        if finished:
+            # A delivery that failed for good need not wait for its fallback's deadline.
+            FallbackCheck.objects.filter(delivery_id__in=finished).update(due_at=now)
+        for message, error in feedback:
+            feedback_apply(message=message, error=error)
+        receipts_apply_early(
+            delivery_ids=[
+                i
+                for i in owned
+                if outcomes[i].status == DeliveryStatus.SENT and channels[i] in RECEIPT_CHANNELS
+            ],
+            now=now,
+        )
+    return counts
