@@ -56,7 +56,13 @@ def deliveries_release_due(*, limit: int = SWEEP_BATCH) -> int:
                         due_at = NULL, updated_at = %s
                     WHERE id = ANY(%b) AND status = ANY(%b)
                     RETURNING id, channel""",
-                [list(RELEASE.sources), RELEASE.target, now, due, [*RELEASE.sources, DeliveryStatus.RETRYING]],
+                [
+                    list(RELEASE.sources),
+                    RELEASE.target,
+                    now,
+                    due,
+                    [*RELEASE.sources, DeliveryStatus.RETRYING],
+                ],
             )
             released = [(row[0], row[1]) for row in db.fetchall()]
         aggregation_close(leader_ids=[row[0] for row in released], now=now)

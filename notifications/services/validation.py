@@ -43,7 +43,6 @@ LOCALE_PATTERN = _LOCALE.pattern
 # --- Keys -------------------------------------------------------------------------------
 
 
-
 def key_check(value: str) -> str:
     """A type or topic key: lowercase letters, digits and . _ : - (at most 100)."""
     try:
