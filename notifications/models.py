@@ -514,7 +514,10 @@ class InboxItem(models.Model):
         indexes = [
             models.Index(fields=["recipient"], condition=Q(read_at__isnull=True), name="inbox_unread_idx"),
             models.Index(
-                "recipient", models.F("accepted_at").desc(), models.F("seq").desc(), name="inbox_recipient_listed"
+                "recipient",
+                models.F("accepted_at").desc(),
+                models.F("seq").desc(),
+                name="inbox_recipient_listed",
             ),
         ]
 
