@@ -270,12 +270,26 @@ def test_it_accepts_an_authentic_fresh_webhook_with_any_header_case() -> None:
 
 
 def test_it_accepts_any_matching_signature_among_several() -> None:
+    # given a header carrying, in the middle of others, the one signature made with our
+    # secret (a sender rotating its secret signs with the old and the new one)
     body = b"{}"
     headers = signed_headers("new-secret", body, 1_000_000)
-    headers["webhook-signature"] = "v1,AAAA " + headers["webhook-signature"]
+    matching = headers["webhook-signature"]
+    others = [signed_headers("old-secret", body, 1_000_000)["webhook-signature"], "v1,AAAA"]
+    with_match = {**headers, "webhook-signature": f"{others[0]} {matching} {others[1]}"}
+    without_match = {**headers, "webhook-signature": " ".join(others)}
+
+    # when it is verified, then it is accepted: verification returns (it raises
+    # WebhookSignatureError to refuse, and returns nothing else)
     webhook_signature_verify(
-        secret="new-secret", headers=headers, body=body, tolerance_seconds=300, now=1_000_000
+        secret="new-secret", headers=with_match, body=body, tolerance_seconds=300, now=1_000_000
     )
+    # and the same headers without the matching signature are refused, so the acceptance
+    # above came from that one signature, not from the header's other entries
+    with pytest.raises(WebhookSignatureError, match="no signature matches"):
+        webhook_signature_verify(
+            secret="new-secret", headers=without_match, body=body, tolerance_seconds=300, now=1_000_000
+        )
 
 
 @pytest.mark.parametrize("missing", ["webhook-id", "webhook-timestamp", "webhook-signature"])
