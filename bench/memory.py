@@ -4,6 +4,8 @@ One web process (no workers, no beat) on a private Redis and a temporary databas
 recipients are seeded with SQL and get a token each over the API; after a warm-up the
 resident memory (VmRSS, summed over the process tree, from /proc) is read, C sockets are
 opened and each waits for its first ``unread_count`` frame, and the memory is read again.
+Then every socket must still answer a ping: the figure is the cost of sockets the server
+really holds. Both readings are of one server process, identified by pid and start time.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import gc
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from bench.stack import Progress, Stack, bench_stack, raise_fd_limit, rss_kib_tree
 from harness.processes import Server
@@ -29,11 +33,17 @@ class MemoryResult:
     server: str
     connections: int
     opened: int
+    # Sockets that still answered a ping after the second reading.
+    held: int
     rss_before_kib: int
     rss_after_kib: int
     connect_seconds: float
     redis_clients_before: int
     redis_clients_after: int
+    # "<pid>@<start time in clock ticks>" of the web process at each reading ("" when gone):
+    # equal when both readings are of the same process, started once, in this run.
+    baseline_process: str
+    measured_process: str
 
     @property
     def kib_per_connection(self) -> float:
@@ -53,7 +63,7 @@ class MemoryResult:
 
     def summary(self) -> str:
         return (
-            f"Memory [{self.server}] {self.opened}/{self.connections} idle sockets: "
+            f"Memory [{self.server}] {self.held}/{self.connections} idle sockets held: "
             f"{self.kib_per_connection:.1f} KiB per connection (RSS {self.rss_before_kib / 1024:.1f} -> "
             f"{self.rss_after_kib / 1024:.1f} MiB; opened in {self.connect_seconds:.1f}s; "
             f"{self.redis_clients_per_connection:.2f} Redis connections per socket)"
@@ -120,6 +130,31 @@ def _redis_clients(stack: Stack) -> int:
         client.close()
 
 
+def _process_identity(pid: int) -> str:
+    """``<pid>@<start time>`` from /proc/<pid>/stat, or "" when there is no such process: a
+    pid can be reused, a pid and its start time cannot."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    # Fields after the command name, from field 3 (state); starttime is field 22.
+    return f"{pid}@{stat[stat.rfind(')') + 2 :].split()[19]}"
+
+
+async def _held(sockets: Sequence[ClientConnection], timeout: float = 30.0) -> int:
+    """How many of ``sockets`` answer a ping within ``timeout``: held open by the server."""
+
+    async def answers(socket: ClientConnection) -> bool:
+        try:
+            pong = await socket.ping()
+            await asyncio.wait_for(pong, timeout)
+        except (ConnectionClosed, TimeoutError):
+            return False
+        return True
+
+    return sum(await asyncio.gather(*(answers(socket) for socket in sockets)))
+
+
 def _settled_rss(pid: int, seconds: float = 3.0) -> int:
     """RSS after it stops moving (or ``seconds`` pass): the last of a few readings."""
     readings = [rss_kib_tree(pid)]
@@ -140,13 +175,15 @@ async def measure(
     tokens = await _tokens(stack, connections + warmup)
     pid = stack.web_pid()
 
-    # Warm-up: open and close a few sockets, so that lazy imports, thread pools and Redis
-    # pools that every socket shares are in the baseline, not charged to the sockets.
-    for _ in range(2):
-        sockets = await _open_all(stack, tokens[connections:], concurrency)
-        await asyncio.gather(*(socket.close() for socket in sockets))
+    # Warm-up: a few sockets, so that lazy imports, thread pools and Redis pools that every
+    # socket shares are in the baseline, not charged to the measured sockets. They stay
+    # open until the end: closed, they left their memory free in the server's allocator
+    # for the measured sockets to reuse unseen, and with as many sockets measured as
+    # warmed up the figure came out near 0 (daphne, 20 sockets: 0.6 KiB per connection).
+    warm = await _open_all(stack, tokens[connections:], concurrency)
     await asyncio.sleep(1.0)
     gc.collect()
+    baseline_process = _process_identity(pid)
     before = _settled_rss(pid)
     redis_before = _redis_clients(stack)
 
@@ -157,18 +194,22 @@ async def measure(
     bar.finish(len(sockets))
     await asyncio.sleep(1.0)
     after = _settled_rss(pid)
+    measured_process = _process_identity(pid)
     redis_after = _redis_clients(stack)
-    opened = len(sockets)
-    await asyncio.gather(*(socket.close() for socket in sockets), return_exceptions=True)
+    held = await _held(sockets)
+    await asyncio.gather(*(socket.close() for socket in [*sockets, *warm]), return_exceptions=True)
     return MemoryResult(
         server=stack.platform.server,
         connections=connections,
-        opened=opened,
+        opened=len(sockets),
+        held=held,
         rss_before_kib=before,
         rss_after_kib=after,
         connect_seconds=connect_seconds,
         redis_clients_before=redis_before,
         redis_clients_after=redis_after,
+        baseline_process=baseline_process,
+        measured_process=measured_process,
     )
 
 
