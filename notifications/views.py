@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
-import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import redis
-from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
@@ -21,11 +16,8 @@ from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 from django.views.decorators.http import require_GET
 
 from notifications import selectors
-from notifications.consumers import REGISTRATION_REFRESH_SECONDS, InboxSequencer
-from notifications.services.connections import connection_register, connection_unregister
 from notifications.services.inbox import inbox_item_payload
-from notifications.services.realtime import NOTIFICATION_MESSAGE, UNREAD_MESSAGE, inbox_group
-from notifications.services.redis_client import redis_async
+from notifications.services.live_inbox import LiveInbox, LiveInboxTooSlow
 from notifications.services.tokens import TokenInvalid, end_user_token_verify
 from notifications.services.unsubscribe import unsubscribe_apply, unsubscribe_parse
 
@@ -118,73 +110,32 @@ async def sse_inbox_stream(
     *, recipient_id: int, after: int | None, keepalive_seconds: float | None = None
 ) -> AsyncGenerator[str, None]:
     """The event stream of one SSE client: stored items after ``after`` (when given), then
-    live ones, each once and in seq order, with keepalive comments while idle. Leaves the
-    group and the connection registry when the client goes away (close or cancel)."""
+    live ones, each once and in seq order, with keepalive comments while idle. A client
+    that falls SOCKET_SEND_QUEUE_LIMIT frames behind is cut off (the stream ends; its
+    EventSource reconnects with Last-Event-ID and resumes). Leaves the group and the
+    connection registry when the client goes away (close or cancel)."""
     keepalive = settings.SSE_KEEPALIVE_SECONDS if keepalive_seconds is None else keepalive_seconds
     layer = get_channel_layer()
     assert layer is not None, "CHANNEL_LAYERS is not configured"
-    client = redis_async()
-    channel = await layer.new_channel()
-    group = inbox_group(recipient_id)
-    sequencer = InboxSequencer(recipient_id=recipient_id)
-    receiving: asyncio.Future[dict[str, Any]] | None = None
+    live = LiveInbox(recipient_id=recipient_id, layer=layer, channel=await layer.new_channel())
     try:
-        # Subscribe before reading the database so nothing committed meanwhile is missed;
-        # the sequencer drops what the catch-up already sent.
-        await layer.group_add(group, channel)
-        await _sse_register(client, recipient_id=recipient_id, channel=channel)
-        registered_at = time.monotonic()
+        await live.open()
+        live.listen()
         yield "retry: 3000\n\n"
-        count = await sync_to_async(selectors.inbox_unread_count)(recipient_id=recipient_id)
-        yield _sse_event("unread_count", {"type": "unread_count", "count": count})
         if after is not None:
-            async for seq, item in sequencer.resume(after=after):
-                yield _notification_event(seq, item)
-        while True:
-            if time.monotonic() - registered_at >= REGISTRATION_REFRESH_SECONDS:
-                await _sse_register(client, recipient_id=recipient_id, channel=channel)
-                registered_at = time.monotonic()
-            # The pub/sub layer unsubscribes a channel whose receive() is cancelled, so a
-            # timed-out wait keeps the same receive pending instead of cancelling it.
-            if receiving is None:
-                receiving = asyncio.ensure_future(layer.receive(channel))
-            done, _ = await asyncio.wait({receiving}, timeout=keepalive)
-            if not done:
-                yield ": keepalive\n\n"
-                continue
-            message, receiving = receiving.result(), None
-            if message.get("type") == NOTIFICATION_MESSAGE:
-                async for seq, item in sequencer.live(seq=message["seq"], item=message["item"]):
-                    yield _notification_event(seq, item)
-            elif message.get("type") == UNREAD_MESSAGE:
-                yield _sse_event("unread_count", {"type": "unread_count", "count": message["count"]})
-    finally:
-        await _release_channel(layer, channel, receiving)
+            live.resume(after=after)
         try:
-            await layer.group_discard(group, channel)
-            await connection_unregister(client, recipient_id=recipient_id, connection=channel)
-        except redis.RedisError as exc:
-            # The registration expires on its own within CONNECTION_TTL_SECONDS.
-            log.warning("SSE connection not unregistered: %s", exc)
-
-
-async def _release_channel(layer: Any, channel: str, receiving: asyncio.Future[Any] | None) -> None:
-    """Free the channel's subscription and queue. The pub/sub layer does that only when a
-    pending receive() on the channel is cancelled, so cancel one (starting it if needed)."""
-    while receiving is None or receiving.done():
-        receiving = asyncio.ensure_future(layer.receive(channel))
-        # One turn of the loop lets it reach its wait (or take a message still queued).
-        await asyncio.sleep(0)
-    receiving.cancel()
-    with contextlib.suppress(BaseException):
-        await receiving
-
-
-async def _sse_register(client: Any, *, recipient_id: int, channel: str) -> None:
-    try:
-        await connection_register(client, recipient_id=recipient_id, connection=channel)
-    except redis.RedisError as exc:
-        log.warning("SSE connection not registered: %s", exc)
+            async for frame in live.frames(idle_seconds=keepalive):
+                if frame is None:
+                    yield ": keepalive\n\n"
+                elif frame["type"] == "notification":
+                    yield _notification_event(frame["seq"], frame["item"])
+                else:
+                    yield _sse_event(frame["type"], frame)
+        except LiveInboxTooSlow:
+            log.info("SSE stream of recipient %s cut off: the client fell behind", recipient_id)
+    finally:
+        await live.close()
 
 
 # --- one-click unsubscribe (RFC 8058) ---------------------------------------------------

@@ -20,6 +20,7 @@ from project.asgi import application
 from tests.notifications.test_consumers import (
     connections_of,
     inbox_items_create,
+    item_payload,
     live_notification,
     recipient_create,
     run,
@@ -227,3 +228,70 @@ def test_it_sends_keepalive_comments_and_cleans_up_when_the_stream_is_closed() -
         assert await connections_of(recipient) == 0
 
     run(scenario)
+
+
+class StallingSseClient(SseClient):
+    """A reader that stops reading after ``read`` body messages until ``release`` is set,
+    as a browser on a stalled network does: the server's writes block."""
+
+    def __init__(self, path: str, query: dict[str, str], *, read: int) -> None:
+        super().__init__(path, query)
+        self.release = asyncio.Event()
+        self.bodies = 0
+        self.read = read
+
+    async def start(self) -> dict[str, Any]:
+        inner = self.sent.put
+
+        async def stalling_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                self.bodies += 1
+                if self.bodies > self.read:
+                    await self.release.wait()
+            await inner(message)
+
+        self.sent.put = stalling_send  # type: ignore[method-assign]
+        return await super().start()
+
+
+def test_it_cuts_off_an_sse_reader_that_falls_behind_instead_of_buffering_for_it(
+    settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # given a stream whose reader stalls after the first two events
+    settings.SOCKET_SEND_QUEUE_LIMIT = 5
+    recipient = recipient_create()
+    inbox_items_create(recipient, list(range(1, 101)))
+    token = token_for(recipient)
+    payloads = [item_payload(recipient, seq) for seq in range(1, 101)]
+
+    async def scenario() -> None:
+        client = StallingSseClient("/sse/inbox/", {"token": token}, read=2)
+        await client.start()
+        assert (await client.event()) == {"retry": "3000"}
+        assert (await client.event())["event"] == "unread_count"
+
+        # when 100 live items arrive while it does not read
+        for seq, payload in enumerate(payloads, start=1):
+            await sync_to_async(live_notification)(recipient, seq, payload)
+        deadline = time.monotonic() + EVENT_TIMEOUT
+        while "cutting off a slow inbox connection" not in caplog.text:
+            assert time.monotonic() < deadline, "the slow SSE reader was never cut off"
+            await asyncio.sleep(0.02)
+
+        # then once it reads again it gets what was in flight, not the backlog, and the
+        # stream ends (its EventSource reconnects with Last-Event-ID and resumes)
+        client.release.set()
+        events = []
+        while True:
+            message = await asyncio.wait_for(client.sent.get(), EVENT_TIMEOUT)
+            client.buffer += message.get("body", b"").decode()
+            if not message.get("more_body"):
+                break
+        events = [parse_event(chunk) for chunk in client.buffer.split("\n\n") if chunk.strip()]
+        notifications = [e for e in events if e.get("event") == "notification"]
+        assert len(notifications) <= settings.SOCKET_SEND_QUEUE_LIMIT, len(notifications)
+        await client.disconnect()
+        assert await connections_of(recipient) == 0
+
+    with caplog.at_level("INFO", logger="notifications.services.live_inbox"):
+        run(scenario)
