@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
 from typing import Any, cast
 
+from django import forms
 from django.conf import settings
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.functional import cached_property
@@ -129,3 +131,46 @@ def parse_id(term: str) -> int | None:
     """A bigint primary key, or None: a text term must never reach an integer column."""
     term = term.strip()
     return int(term) if re.fullmatch(r"\d{1,18}", term) else None
+
+
+# --- Saving through the services ----------------------------------------------------------
+
+
+def adopt_stored_row(obj: Model, stored: Model) -> None:
+    """Make ``obj``, the instance the admin built from its form, the row a service stored:
+    the admin goes on to log, redirect and save inlines with ``obj``."""
+    for field in stored._meta.concrete_fields:
+        setattr(obj, field.attname, getattr(stored, field.attname))
+    obj._state.adding = False
+    obj._state.db = stored._state.db
+
+
+def refusal_lines(errors: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """A service's errors as "key: message" lines, nested keys joined with dots the way the
+    API's error paths read ("templates.sms.text: ..."); the key "" stands for the value
+    itself, so its messages carry only the prefix."""
+    lines: list[str] = []
+    for key, value in errors.items():
+        where = ".".join(part for part in (prefix, key) if part)
+        if isinstance(value, Mapping):
+            lines += refusal_lines(value, where)
+        else:
+            lines += [f"{where}: {message}" if where else str(message) for message in value]
+    return lines
+
+
+def show_refusal(form: forms.BaseForm, errors: Mapping[str, Any], *, rename: Mapping[str, str] = {}) -> None:
+    """Show a service's errors (``{field: [message]}``, as ValidationFailed carries them)
+    beside the form's fields, in the service's words. ``rename`` maps a service's field to
+    the form's where their names differ; an error of no form field is shown on the form as
+    a whole, as "field: message". A field the form itself already refused keeps only that
+    error: the service judged a value the form had not accepted."""
+    for key, value in errors.items():
+        field = rename.get(key, key)
+        if field in form.fields and not isinstance(value, Mapping):
+            if field not in form.errors:
+                for message in value:
+                    form.add_error(field, message)
+        else:
+            for line in refusal_lines({key: value}):
+                form.add_error(None, line)

@@ -2,40 +2,101 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from django import forms
 from django.contrib import admin
 from django.db.models import Count, QuerySet
+from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 
-from notifications.admin.base import BigTableAdmin
+from notifications.admin.base import BigTableAdmin, adopt_stored_row, show_refusal
 from notifications.models import Device, Preference, Recipient, Subscription, Topic
+from notifications.services.feedback import device_remove, device_unregistered
+from notifications.services.recipients import device_register, recipient_upsert
+from notifications.services.validation import (
+    RECIPIENT_FIELDS,
+    RuleViolation,
+    external_id_check,
+    recipient_fields_clean,
+)
+
+# --- Devices --------------------------------------------------------------------------
+
+
+class DeviceForm(forms.ModelForm):
+    """A push token as the API registers it: a new token, or one moved to another recipient,
+    is stored by ``device_register``, which takes over a token known already (the app was
+    reinstalled, or another user signed in on the device) instead of refusing it."""
+
+    class Meta:
+        model = Device
+        fields = ["recipient", "platform", "token", "active"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is not None:
+            # A stored token is the device's identity: a different token is another device.
+            for name in ("platform", "token"):
+                if name in self.fields:
+                    self.fields[name].disabled = True
+        elif "active" in self.fields:
+            # Registering a token makes it active, as through the API.
+            self.fields["active"].disabled = True
+
+    def _get_validation_exclusions(self) -> set[str]:
+        # A new row's token may be registered to someone else already: device_register
+        # moves it here on save, so the (platform, token) constraint is the service's to
+        # keep. Excluding the token is Django's one way to skip that constraint's check;
+        # the form field still checks its length.
+        exclude: set[str] = super()._get_validation_exclusions()  # type: ignore[misc]
+        if self.instance.pk is None:
+            exclude.add("token")
+        return exclude
+
+
+def device_store(device: Device, *, changed: list[str] | None) -> None:
+    """Store a device row from a form through the services; ``changed`` is the form's
+    changed fields, None for a new row. A new row, a new owner or switching a token back
+    on is a registration (device_register); switching it off deactivates it the way a
+    token the provider no longer knows is (device_unregistered)."""
+    if changed is None or "recipient" in changed or ("active" in changed and device.active):
+        stored, _ = device_register(recipient=device.recipient, platform=device.platform, token=device.token)
+        if not device.active:
+            device_unregistered(platform=device.platform, token=device.token)
+            stored.refresh_from_db()
+    elif "active" in changed:
+        device_unregistered(platform=device.platform, token=device.token)
+        stored = Device.objects.get(pk=device.pk)
+    else:
+        return
+    adopt_stored_row(device, stored)
 
 
 class DeviceInline(admin.TabularInline):
     model = Device
+    form = DeviceForm
     fields = ["platform", "token", "active", "last_seen_at", "deactivated_at"]
     readonly_fields = ["last_seen_at", "deactivated_at"]
     extra = 0
 
 
-class PreferenceInline(admin.TabularInline):
-    model = Preference
-    fields = ["notification_type", "category", "channel", "enabled"]
-    autocomplete_fields = ["notification_type"]
-    extra = 0
-
-
-@admin.register(Recipient)
-class RecipientAdmin(BigTableAdmin):
-    list_display = ["external_id", "name", "email", "phone", "locale", "timezone", "user", "created_at"]
-    list_select_related = ["user"]
-    search_fields = ["external_id", "email", "phone", "name"]
-    raw_id_fields = ["user"]
-    readonly_fields = ["created_at", "updated_at"]
-    inlines = [DeviceInline, PreferenceInline]
+def devices_save(formset: BaseInlineFormSet) -> None:
+    """Store a recipient page's device rows through the services (see ``device_store``)."""
+    # commit=False sorts the rows into new, changed and deleted for the admin's change
+    # message without writing any of them.
+    formset.save(commit=False)
+    for device in formset.deleted_objects:
+        device_remove(platform=device.platform, token=device.token)
+    for device in formset.new_objects:
+        device_store(device, changed=None)
+    for device, changed in formset.changed_objects:
+        device_store(device, changed=changed)
 
 
 @admin.register(Device)
 class DeviceAdmin(BigTableAdmin):
+    form = DeviceForm
     list_display = ["id", "recipient", "platform", "short_token", "active", "created_at", "last_seen_at"]
     list_filter = ["platform", "active"]
     list_select_related = ["recipient"]
@@ -47,6 +108,108 @@ class DeviceAdmin(BigTableAdmin):
     @admin.display(description="token")
     def short_token(self, obj: Device) -> str:
         return f"{obj.token[:16]}…" if len(obj.token) > 16 else obj.token
+
+    def save_model(self, request: HttpRequest, obj: Device, form: forms.ModelForm, change: bool) -> None:
+        device_store(obj, changed=form.changed_data if change else None)
+
+    def delete_model(self, request: HttpRequest, obj: Device) -> None:
+        device_remove(platform=obj.platform, token=obj.token)
+
+
+# --- Recipients -----------------------------------------------------------------------
+
+
+class PreferenceInline(admin.TabularInline):
+    model = Preference
+    fields = ["notification_type", "category", "channel", "enabled"]
+    autocomplete_fields = ["notification_type"]
+    extra = 0
+
+
+def _text(*, required: bool, help_text: str = "") -> forms.CharField:
+    # No max_length of the form's own: the shared rules judge the length too, in the API's words.
+    return forms.CharField(required=required, help_text=help_text)
+
+
+class RecipientForm(forms.ModelForm):
+    """The API's recipient fields judged and normalised by the rules recipient_upsert
+    applies (services/validation.py): a phone is stored in E.164, a bad one refused with
+    the API's message beside it."""
+
+    external_id = _text(required=True, help_text="The producing service's own id of this user.")
+    name = _text(required=False)
+    email = _text(required=False)
+    phone = _text(required=False, help_text="International form, e.g. +44 20 7946 0958; stored as E.164.")
+    locale = _text(required=True, help_text="e.g. en or pt-BR")
+    timezone = _text(required=True, help_text="An IANA name, e.g. Europe/Lisbon")
+
+    class Meta:
+        model = Recipient
+        fields = [
+            "external_id",
+            "user",
+            "name",
+            "email",
+            "phone",
+            "locale",
+            "timezone",
+            "quiet_hours_start",
+            "quiet_hours_end",
+        ]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if "external_id" in cleaned:  # absent on change, where it is read-only
+            try:
+                external_id_check(cleaned["external_id"])
+            except RuleViolation as exc:
+                self.add_error("external_id", str(exc))
+        stored, errors = recipient_fields_clean(
+            {name: cleaned[name] for name in RECIPIENT_FIELDS if name in cleaned}
+        )
+        show_refusal(self, errors)
+        cleaned.update(stored)
+        return cleaned
+
+
+@admin.register(Recipient)
+class RecipientAdmin(BigTableAdmin):
+    form = RecipientForm
+    list_display = ["external_id", "name", "email", "phone", "locale", "timezone", "user", "created_at"]
+    list_select_related = ["user"]
+    search_fields = ["external_id", "email", "phone", "name"]
+    raw_id_fields = ["user"]
+    inlines = [DeviceInline, PreferenceInline]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Recipient | None = None) -> tuple[str, ...]:
+        # The external id is the producing service's key for the user, by which
+        # recipient_upsert finds the row: changing it would detach the user's events.
+        return ("created_at", "updated_at") if obj is None else ("external_id", "created_at", "updated_at")
+
+    def save_model(self, request: HttpRequest, obj: Recipient, form: forms.ModelForm, change: bool) -> None:
+        data = form.cleaned_data
+        stored, _ = recipient_upsert(
+            external_id=obj.external_id,
+            fields={name: data[name] for name in RECIPIENT_FIELDS if name in data},
+        )
+        # The fields the API does not take: the site login linked to the recipient, and
+        # quiet hours (set by the API only together with every preference).
+        others = [
+            name for name in ("user", "quiet_hours_start", "quiet_hours_end") if name in form.changed_data
+        ]
+        if others:
+            for name in others:
+                setattr(stored, name, getattr(obj, name))
+            stored.save(update_fields=[*others, "updated_at"])
+        adopt_stored_row(obj, stored)
+
+    def save_formset(
+        self, request: HttpRequest, form: forms.ModelForm, formset: BaseInlineFormSet, change: bool
+    ) -> None:
+        if formset.model is Device:
+            devices_save(formset)
+        else:
+            super().save_formset(request, form, formset, change)
 
 
 @admin.register(Topic)

@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.validators import validate_email
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 
-from notifications.admin.base import BigTableAdmin
+from notifications.admin.base import BigTableAdmin, adopt_stored_row
 from notifications.models import Suppression, SuppressionKind, SuppressionReason
 from notifications.services.feedback import suppression_add, suppression_remove
-
-E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+from notifications.services.validation import RuleViolation, suppression_address_normalise
 
 
 class SuppressionForm(forms.ModelForm):
+    """Judges the address by the rule suppression_add applies (services/validation.py), so
+    the admin refuses what the API refuses, in the same words."""
+
     class Meta:
         model = Suppression
         fields = ["kind", "address", "reason", "detail"]
@@ -33,24 +33,20 @@ class SuppressionForm(forms.ModelForm):
         kind, address = cleaned.get("kind"), cleaned.get("address")
         if not kind or not address:
             return cleaned
-        # Stored normalised, as suppression_add stores it, so the uniqueness check and
-        # later lookups by a recipient's address see the same text.
-        if kind == SuppressionKind.EMAIL:
-            address = address.strip().lower()
-            try:
-                validate_email(address)
-            except forms.ValidationError:
-                self.add_error("address", f"{address!r} is not an email address.")
-                return cleaned
-        else:
-            address = re.sub(r"[\s().-]", "", address)
-            if not E164.match(address):
-                self.add_error(
-                    "address", f"{address!r} is not a phone number in E.164 form, e.g. +14155550100."
-                )
-                return cleaned
-        cleaned["address"] = address
+        try:
+            # In its stored form (E.164, lower-case email) before the model's uniqueness
+            # check runs, so "already exists" is found whatever way the number was written.
+            cleaned["address"] = suppression_address_normalise(kind=kind, address=address)
+        except RuleViolation as exc:
+            self.add_error("address", str(exc))
         return cleaned
+
+
+def _phone_search(term: str) -> str | None:
+    try:
+        return suppression_address_normalise(kind=SuppressionKind.PHONE, address=term)
+    except RuleViolation:
+        return None
 
 
 @admin.register(Suppression)
@@ -85,10 +81,11 @@ class SuppressionAdmin(BigTableAdmin):
         term = search_term.strip()
         if not term:
             return queryset, False
-        return queryset.filter(
-            Q(kind=SuppressionKind.EMAIL, address=term.lower())
-            | Q(kind=SuppressionKind.PHONE, address=re.sub(r"[\s().-]", "", term))
-        ), False
+        phone = _phone_search(term)
+        condition = Q(kind=SuppressionKind.EMAIL, address=term.lower())
+        if phone is not None:
+            condition |= Q(kind=SuppressionKind.PHONE, address=phone)
+        return queryset.filter(condition), False
 
     def save_model(self, request: HttpRequest, obj: Suppression, form: forms.ModelForm, change: bool) -> None:
         data = form.cleaned_data
@@ -96,11 +93,7 @@ class SuppressionAdmin(BigTableAdmin):
             kind=data["kind"], address=data["address"], reason=data["reason"], detail=data.get("detail", "")
         )
         stored = Suppression.objects.get(kind=data["kind"], address=data["address"])
-        # The admin goes on to log and redirect with ``obj``: make it the stored row.
-        for field in Suppression._meta.concrete_fields:
-            setattr(obj, field.attname, getattr(stored, field.attname))
-        obj._state.adding = False
-        obj._state.db = stored._state.db
+        adopt_stored_row(obj, stored)
         if not created:
             messages.warning(
                 request, f"{stored.address} was suppressed already ({stored.get_reason_display()})."
