@@ -82,10 +82,14 @@ class SseClient:
             await self.gone.wait()
             return {"type": "http.disconnect"}
 
-        self.task = asyncio.create_task(application(self.scope, receive, self.sent.put))
+        self.task = asyncio.create_task(application(self.scope, receive, self.send))
         start = await asyncio.wait_for(self.sent.get(), EVENT_TIMEOUT)
         assert start["type"] == "http.response.start"
         return start
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """The ASGI send of the server: the message reaches this client."""
+        await self.sent.put(message)
 
     async def event(self) -> dict[str, Any]:
         while "\n\n" not in self.buffer:
@@ -240,18 +244,12 @@ class StallingSseClient(SseClient):
         self.bodies = 0
         self.read = read
 
-    async def start(self) -> dict[str, Any]:
-        inner = self.sent.put
-
-        async def stalling_send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.body":
-                self.bodies += 1
-                if self.bodies > self.read:
-                    await self.release.wait()
-            await inner(message)
-
-        self.sent.put = stalling_send  # type: ignore[method-assign]
-        return await super().start()
+    async def send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            self.bodies += 1
+            if self.bodies > self.read:
+                await self.release.wait()
+        await super().send(message)
 
 
 def test_it_cuts_off_an_sse_reader_that_falls_behind_instead_of_buffering_for_it(
