@@ -359,7 +359,7 @@ def inbox_item_mark_read(*, recipient_id: int, item_id: int) -> InboxItem:
             Delivery.objects.filter(id=item.delivery_id, status__in=READ.sources).update(
                 status=READ.target, updated_at=now
             )
-            metrics_increment({"inbox_read": 1})
+            transaction.on_commit(lambda: metrics_increment({"inbox_read": 1}), robust=True)
             _push_unread_count(recipient_id)
     return item
 
