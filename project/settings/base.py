@@ -54,6 +54,9 @@ INSTALLED_APPS = [
     "streaming",
     "iot",
     "gaming",
+    # Development and test tooling: `manage.py provider_sandbox` (project.settings.production
+    # leaves it out). No app imports it.
+    "sandbox",
 ]
 
 MIDDLEWARE = [
