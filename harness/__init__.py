@@ -1,8 +1,9 @@
-"""Start and stop real processes for end-to-end tests, benchmarks and ``manage.py run_platform``.
+"""Start and stop real processes for end-to-end tests and benchmarks.
 
-Everything here talks to real services and real subprocesses (DESIGN.md section 2 and 6):
-private Redis instances for fault tests, throwaway PostgreSQL databases, and the platform's
-own web server, Celery workers and beat.
+Everything here talks to real services and real subprocesses: private Redis instances for
+fault tests, throwaway PostgreSQL databases, and the platform's own web server, Celery
+workers and beat (started the way ``manage.py run_platform`` starts them, through
+``project.processes``). The platform's own code never imports this package.
 """
 
 from harness.processes import (

@@ -1,14 +1,51 @@
 """The Celery application. Queues: fanout, inapp, periodic, default (later: email, sms, push,
-webhook, campaign), so that each class of work scales and fails on its own."""
+webhook, campaign), so that each class of work scales and fails on its own.
+
+Two signal handlers serve whoever supervises the workers (``project.processes``): a worker
+tells it is ready through a file, and the pool processes of a prefork worker die with it.
+"""
 
 from __future__ import annotations
 
 import os
+import signal
+from pathlib import Path
+from typing import Any
 
 from celery import Celery
+from celery.signals import worker_init, worker_process_init, worker_ready
+
+from project.processes import WORKER_READY_FILE_VARIABLE, die_with_parent
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
 app = Celery("project")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+# The worker's main process, recorded before it forks its pool (each pool process inherits
+# the value): a pool process compares it with its parent to see that it was orphaned.
+_worker_pid: int | None = None
+
+
+@worker_init.connect
+def worker_pid_remember(sender: Any = None, **kwargs: Any) -> None:
+    global _worker_pid
+    _worker_pid = os.getpid()
+
+
+@worker_process_init.connect
+def pool_process_die_with_worker(sender: Any = None, **kwargs: Any) -> None:
+    """A pool process outliving its worker (killed with SIGKILL, say) would hold its task
+    and its connections while nobody hands it work; the kernel kills it instead. Its task
+    goes back to the queue (acks_late)."""
+    die_with_parent(signal.SIGKILL, parent_pid=_worker_pid)
+
+
+@worker_ready.connect
+def worker_ready_file_write(sender: Any = None, **kwargs: Any) -> None:
+    """Write the worker's pid to the file named by ``WORKER_READY_FILE`` once it consumes,
+    so that readiness never depends on log levels or formats."""
+    path = os.environ.get(WORKER_READY_FILE_VARIABLE)
+    if path:
+        Path(path).write_text(f"{os.getpid()}\n")

@@ -277,6 +277,8 @@ LOGGING = {
         "uvicorn.access": {"level": "WARNING"},
     },
 }
+# `manage.py run_platform` (make run) writes one log file per process it starts here.
+PLATFORM_LOG_DIR = Path(env_str("PLATFORM_LOG_DIR", str(BASE_DIR / "var" / "log")))
 QUIET_HOURS_CHANNELS = env_list("QUIET_HOURS_CHANNELS", ["inapp", "email", "sms", "push", "webhook"])
 
 CELERY_BEAT_SCHEDULE = {

@@ -1,42 +1,60 @@
 """``manage.py run_platform``: the whole platform in the foreground, as ``make run`` starts it.
 
-One ASGI web server (uvicorn or daphne), the Celery workers, and exactly one beat, each in
-its own process group with its log in ``var/log/<process>.log``. One Ctrl-C (SIGINT) or
-SIGTERM stops everything and exits 0; a child that exits on its own stops everything and
-exits 1. A lock file keeps a second copy (and with it a second beat) from starting.
+One ASGI web server (uvicorn or daphne), the Celery workers, exactly one beat and, while a
+provider has no real credentials and the sandbox app is installed, the provider sandbox:
+each a child process with its log in ``PLATFORM_LOG_DIR`` (default ``var/log``), started,
+watched and stopped through ``project.processes``.
+
+Stopping: one Ctrl-C (SIGINT), SIGTERM or SIGHUP stops every child and exits 0 within
+``STOP_SECONDS``; a second signal skips what is left of the grace period. A child that
+exits on its own stops everything and exits 1. If this process is killed outright the
+kernel kills its children, and if the process that started it (make, a supervisor) is
+killed, the kernel sends this one SIGTERM.
+
+A lock per database keeps a second copy, and with it a second beat, from starting against
+the same database; copies on different databases (a test beside a developer's
+``make run``) run side by side.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
+import re
 import signal
 import socket
 import sys
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
-from typing import IO, Any
+from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from harness.processes import DEFAULT_WORKERS, PlatformProcesses, Server, WorkerSpec
+from project.processes import (
+    DEFAULT_WORKERS,
+    PlatformProcesses,
+    Server,
+    StartInterrupted,
+    StopSignals,
+    WorkerSpec,
+    die_with_parent,
+)
 
 SERVERS: tuple[Server, ...] = ("uvicorn", "daphne")
+# The whole stop, SIGKILL of the stragglers included: under the 10 s that `docker stop`
+# and systemd wait before they kill, with room for this process's own exit.
+STOP_SECONDS = 8.0
 
 
 def sandboxed_providers() -> list[str]:
     """Providers that point at the sandbox (no real credentials in the environment)."""
     return [name for name, config in settings.PROVIDERS.items() if config.get("sandbox")]
-
-
-class StopRequested(Exception):
-    """Raised by the SIGINT/SIGTERM handler to leave whatever the command was waiting on."""
 
 
 def port_is_free(port: int) -> bool:
@@ -52,35 +70,63 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+def platform_lock_path(database: Mapping[str, Any], run_dir: Path) -> Path:
+    """The lock file in ``run_dir`` for ``database`` (a ``DATABASES`` entry): beat's
+    schedule lives in the database, so two copies on one database would run every periodic
+    task twice, while copies on different databases never meet."""
+    identity = f"{database.get('HOST') or ''}:{database.get('PORT') or ''}/{database.get('NAME') or ''}"
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
+    readable = re.sub(r"[^A-Za-z0-9_.-]", "_", str(database.get("NAME") or "default"))[:40]
+    return run_dir / f"platform-{readable}-{digest}.lock"
+
+
 @contextmanager
-def exclusive_lock(path: Path) -> Iterator[IO[str]]:
+def exclusive_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``path`` for the block; CommandError if another holds it.
 
     The kernel drops the lock when the process dies, so a crash never leaves a stale lock.
+    The file is removed on release (one per temporary test database would pile up): a
+    copy that opened it just before then finds it unlinked after locking it, and locks
+    the file at ``path`` afresh.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+") as lock_file:
+    while True:
+        lock_file = path.open("a+")
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock_file.seek(0)
             holder = lock_file.read().strip() or "unknown"
+            lock_file.close()
             raise CommandError(
-                f"another run_platform is already running (pid {holder}, lock {path}). "
-                "Stop it first (Ctrl-C in its terminal) or use `make test`, which needs no platform."
+                f"another run_platform is already running on this database (pid {holder}, lock "
+                f"{path}). Stop it first (Ctrl-C in its terminal) or use `make test`, which needs "
+                "no platform."
             ) from None
+        try:
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(lock_file.fileno()).st_ino:
+            break
+        lock_file.close()
+    try:
         lock_file.seek(0)
         lock_file.truncate()
         lock_file.write(f"{os.getpid()}\n")
         lock_file.flush()
-        try:
-            yield lock_file
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
+        yield
+    finally:
+        # Unlinked while still locked, so nobody can lock this file and then have it vanish.
+        path.unlink(missing_ok=True)
+        lock_file.close()
 
 
 class Command(BaseCommand):
-    help = "Run the platform in the foreground: ASGI web server, Celery workers and one beat."
+    help = (
+        "Run the platform in the foreground: ASGI web server, Celery workers, one beat and the "
+        "provider sandbox. Ctrl-C or SIGTERM stops everything."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
@@ -101,10 +147,13 @@ class Command(BaseCommand):
         parser.add_argument(
             "--log-dir",
             default=None,
-            help="Directory for the processes' logs (default: var/log).",
+            help="Directory for the processes' logs (default: settings.PLATFORM_LOG_DIR, var/log).",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # make (or a supervisor) killed outright cannot pass that on: the kernel sends
+        # SIGTERM instead, and the children are stopped the usual way.
+        die_with_parent(signal.SIGTERM, parent_pid=os.getppid())
         chosen = options["server"] or os.environ.get("ASGI_SERVER") or "uvicorn"
         if chosen not in SERVERS:
             raise CommandError(f"ASGI_SERVER must be one of {', '.join(SERVERS)}, not {chosen!r}")
@@ -113,10 +162,10 @@ class Command(BaseCommand):
         concurrency: int = options["workers_concurrency"]
         if concurrency < 1:
             raise CommandError(f"--workers-concurrency must be at least 1, not {concurrency}")
-        base_dir = Path(settings.BASE_DIR)
-        log_dir = Path(options["log_dir"]) if options["log_dir"] else base_dir / "var" / "log"
+        log_dir = Path(options["log_dir"]) if options["log_dir"] else Path(settings.PLATFORM_LOG_DIR)
 
-        with exclusive_lock(base_dir / "var" / "run" / "platform.lock"):
+        lock = platform_lock_path(settings.DATABASES["default"], Path(settings.BASE_DIR) / "var" / "run")
+        with StopSignals() as stop, exclusive_lock(lock):
             if not port_is_free(port):
                 raise CommandError(
                     f"port {port} on 127.0.0.1 is already in use. Stop what holds it, "
@@ -127,68 +176,75 @@ class Command(BaseCommand):
             ]
             platform = PlatformProcesses(
                 {"PORT": str(port)},
-                server=server,
                 port=port,
-                workers=workers,
                 log_dir=log_dir,
+                server=server,
+                workers=workers,
+                stop_timeout=STOP_SECONDS,
+                stop_requested=lambda: stop.requested,
+                sandbox_address=(settings.PROVIDER_SANDBOX_HOST, settings.PROVIDER_SANDBOX_HTTP_PORT),
             )
-            code = self.run(platform, server)
+            try:
+                code = self.run(platform, stop)
+            finally:
+                # Whatever went wrong above, no child outlives this command (a no-op after a
+                # stop that finished).
+                platform.stop_all(STOP_SECONDS, hurry=lambda: stop.repeated)
         if code:
             sys.exit(code)
 
-    def run(self, platform: PlatformProcesses, server: str) -> int:
+    def run(self, platform: PlatformProcesses, stop: StopSignals) -> int:
         """Start, watch and stop the platform; return the process exit code."""
-        stopping = threading.Event()
-
-        def request_stop(signum: int, frame: FrameType | None) -> None:
-            if stopping.is_set():
-                self.stdout.write("Still stopping; give the processes a few seconds.")
-                return
-            stopping.set()
-            raise StopRequested(signal.Signals(signum).name)
-
-        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        sandboxed = sandboxed_providers()
+        with_sandbox = bool(sandboxed) and apps.is_installed("sandbox")
+        self.stdout.write(
+            f"Starting {platform.server} on port {platform.port}, {len(platform.worker_specs)} Celery "
+            f"workers and one beat; logs in {platform.log_dir}/"
+        )
+        if with_sandbox:
             self.stdout.write(
-                f"Starting {server} on port {platform.port}, {len(platform.worker_specs)} Celery "
-                f"workers and one beat; logs in {platform.log_dir}/"
+                "Providers without real credentials use the provider sandbox: " + ", ".join(sandboxed)
             )
-            try:
-                if sandboxed_providers():
-                    self.stdout.write(
-                        "Providers without real credentials use the provider sandbox: "
-                        + ", ".join(sandboxed_providers())
-                    )
-                    platform.start_sandbox()
-                platform.start_all()
-            except (RuntimeError, TimeoutError) as error:
-                self.stderr.write(f"The platform did not start: {error}")
-                return 1
-            self.print_urls(platform)
-            while True:
-                exited = platform.unexpected_exits()
-                if exited:
-                    stopping.set()
-                    for name, code in exited:
-                        self.stderr.write(
-                            f"{name} exited unexpectedly (code {code}); stopping everything. "
-                            f"Log: {platform.processes[name].log_path}\n"
-                            f"{platform.processes[name].log_tail(20)}"
-                        )
-                    platform.stop_all()
-                    return 1
-                time.sleep(0.5)
-        except StopRequested as reason:
-            self.stdout.write(f"\n{reason}: stopping web, workers and beat...")
-            platform.stop_all()
-            self.stdout.write("Stopped.")
+        elif sandboxed:
+            self.stderr.write(
+                "These providers have no real credentials and the provider sandbox is not installed, "
+                "so their sends will fail: " + ", ".join(sandboxed)
+            )
+        if stop.requested:
             return 0
-        finally:
-            # A stop_all above may have been cut short; this one is then a no-op or finishes it.
-            stopping.set()
-            platform.stop_all()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        try:
+            platform.start_all(sandbox=with_sandbox)
+        except StartInterrupted:
+            # start_all has stopped what it had started.
+            self.stdout.write(f"\n{stop.first} while starting: stopped.")
+            return 0
+        except (RuntimeError, TimeoutError) as error:
+            self.stderr.write(f"The platform did not start: {error}")
+            return 1
+        self.print_urls(platform)
+        exited = platform.watch()
+        if exited:
+            for name, code in exited:
+                self.stderr.write(
+                    f"{name} exited unexpectedly (code {code}); stopping everything. "
+                    f"Log: {platform.processes[name].log_path}\n"
+                    f"{platform.processes[name].log_tail(20)}"
+                )
+            self.stop(platform, stop)
+            return 1
+        self.stdout.write(f"\n{stop.first}: stopping web, workers, beat and sandbox...")
+        return 0 if self.stop(platform, stop) else 1
+
+    def stop(self, platform: PlatformProcesses, stop: StopSignals) -> bool:
+        """Stop every process within STOP_SECONDS; False (reported) when one survived."""
+        started = time.monotonic()
+        platform.stop_all(STOP_SECONDS, hurry=lambda: stop.repeated)
+        survivors = platform.still_alive()
+        if survivors:
+            self.stderr.write(f"Still running after {STOP_SECONDS:.0f}s: {', '.join(survivors)}")
+            return False
+        self.stdout.write(f"Stopped in {time.monotonic() - started:.1f}s.")
+        return True
 
     def print_urls(self, platform: PlatformProcesses) -> None:
         web, ws = platform.web_url, platform.ws_url
