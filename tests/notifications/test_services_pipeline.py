@@ -25,7 +25,7 @@ from notifications.models import (
 from notifications.services.api_keys import api_key_create
 from notifications.services.dispatch import dispatch_batches_sweep
 from notifications.services.fanout import event_fanout
-from notifications.services.inbox import inapp_dispatch
+from notifications.services.inbox import inapp_dispatch, inapp_dispatch_batch
 from notifications.services.ingest import IdempotencyConflict, IngestError, event_ingest
 from notifications.services.outbox import outbox_sweep
 from notifications.services.scheduling import deliveries_release_due
@@ -117,6 +117,7 @@ def test_it_names_unknown_type_recipients_and_topic_and_stores_nothing(key):
 
 
 def test_it_fans_out_a_topic_in_pages_and_running_again_sends_nothing_twice(key, settings):
+    # given a topic of 130 subscribers, fanned out in pages of 40 through in-app batches
     settings.FANOUT_PAGE_SIZE = 40
     settings.INAPP_INLINE_MAX = 0
     nt = NotificationTypeFactory()
@@ -131,12 +132,27 @@ def test_it_fans_out_a_topic_in_pages_and_running_again_sends_nothing_twice(key,
     assert progress.recipients == 130 and progress.pages == 4
     # A bounded number of queries per page, none per recipient.
     assert len(queries) <= 4 * 12 + 12
+    batches = list(DispatchBatch.objects.order_by("id").values_list("id", "delivery_ids"))
+    assert sorted(i for _, ids in batches for i in ids) == sorted(
+        Delivery.objects.filter(event=event).values_list("id", flat=True)
+    )
 
+    # when the whole fan-out runs again, and every batch is dispatched twice
     OutboxMessage.objects.filter(id=outbox.id).update(processed_at=None, cursor=0)
     again = event_fanout(outbox_id=outbox.id, slice_seconds=60)
+    for _ in range(2):
+        for batch_id, _ids in batches:
+            DispatchBatch.objects.filter(id=batch_id).update(done_at=None)
+            inapp_dispatch_batch(batch_id=batch_id)
+
+    # then nothing exists twice: deliveries, batches, inbox items, sequence numbers
     assert again.recipients == 130
     assert Delivery.objects.filter(event=event).count() == 130
     assert Delivery.objects.filter(event=event).values("recipient").distinct().count() == 130
+    assert list(DispatchBatch.objects.order_by("id").values_list("id", "delivery_ids")) == batches
+    assert InboxItem.objects.filter(event=event).count() == 130
+    assert set(InboxItem.objects.filter(event=event).values_list("seq", flat=True)) == {1}
+    assert set(Delivery.objects.filter(event=event).values_list("status", flat=True)) == {"delivered"}
 
 
 def test_it_stops_after_its_time_slice_and_resumes_from_the_cursor(key, settings):

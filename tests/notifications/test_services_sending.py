@@ -12,6 +12,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from harness.sandbox import SandboxProcess
@@ -21,9 +23,11 @@ from notifications.models import (
     DeliveryAttempt,
     DeliverySchedule,
     Device,
+    DispatchBatch,
     Event,
     FallbackCheck,
     NotificationType,
+    OutboxMessage,
     Recipient,
     Suppression,
     WebhookEndpoint,
@@ -636,3 +640,106 @@ def test_it_sends_one_aggregated_email_for_a_window_of_events(
     [message] = providers.control.messages("mailgun")
     assert message["summary"]["subject"] == "3 likes"
     assert [_delivery(e, "email").status for e in events] == ["sent", "suppressed", "suppressed"]
+
+
+def _queries_to_send(capture: Any, deliveries: list[int]) -> int:
+    with CaptureQueriesContext(connection) as queries, capture(execute=True):
+        deliveries_send(delivery_ids=deliveries)
+    return len(queries)
+
+
+def test_it_sends_a_chunk_in_a_number_of_queries_that_does_not_grow_with_it(
+    providers, key, django_capture_on_commit_callbacks, settings
+):
+    from notifications.services.fanout import event_fanout
+
+    # given chunks of 2 and of 20 pending deliveries of each provider channel
+    settings.INAPP_INLINE_MAX = 0
+    Suppression.objects.create(kind="phone", address="+14155550999", reason="sms_stop")
+    counts: dict[int, int] = {}
+    for size in (2, 20):
+        people = [
+            RecipientFactory(email=f"q{size}-{i}@example.com", phone=f"+1415555{size:02d}{i:02d}")
+            for i in range(size)
+        ]
+        for person in people:
+            _device(person, f"token-{person.id}")
+            WebhookEndpoint.objects.create(
+                recipient=person, kind="slack", url=f"http://127.0.0.1:9/{person.id}"
+            )
+        nt = _type(["email", "sms", "push", "webhook"])
+        with django_capture_on_commit_callbacks(execute=False):
+            event = event_ingest(
+                api_key=key, type_key=nt.key, recipients=[p.external_id for p in people], data={"order_id": 7}
+            ).event
+            event_fanout(outbox_id=event.outbox.id)
+        ids = list(Delivery.objects.filter(event=event).values_list("id", flat=True))
+        # when the chunk is sent
+        counts[size] = _queries_to_send(django_capture_on_commit_callbacks, ids)
+        statuses = set(Delivery.objects.filter(event=event).values_list("status", flat=True))
+        assert statuses <= {"sent", "delivered", "suppressed", "retrying"}, statuses
+
+    # then ten times the deliveries cost no more queries
+    assert counts[20] == counts[2], counts
+    assert counts[20] <= 30, counts
+
+
+def test_it_answers_fallback_checks_in_a_number_of_queries_that_does_not_grow_with_them(
+    providers, key, django_capture_on_commit_callbacks
+):
+    nt = _type(["push"], fallbacks=[{"from": "push", "to": "sms", "after_seconds": 60}])
+    counts: dict[int, int] = {}
+    for size in (3, 30):
+        # one event each (a sweep answers checks of many events at once), no devices
+        for i in range(size):
+            _send(
+                key,
+                django_capture_on_commit_callbacks,
+                nt,
+                [RecipientFactory(phone=f"+1415556{size:02d}{i:02d}")],
+            )
+        FallbackCheck.objects.update(due_at=timezone.now() - timedelta(seconds=1))
+        with CaptureQueriesContext(connection) as queries:
+            assert fallback_checks_due() == size
+        counts[size] = len(queries)
+
+    assert counts[30] == counts[3] <= 16, counts
+
+
+def test_it_fans_out_and_dispatches_again_without_a_second_provider_send(
+    providers, key, django_capture_on_commit_callbacks, settings
+):
+    # given a push fanned out to 30 users, each with one device
+    settings.FANOUT_PAGE_SIZE = 7
+    from notifications.services.fanout import event_fanout
+    from notifications.services.sending.send import provider_dispatch_batch
+
+    people = [RecipientFactory() for _ in range(30)]
+    for person in people:
+        _device(person, f"again-{person.id}")
+    nt = _type(["push"])
+    with django_capture_on_commit_callbacks(execute=False):
+        event = event_ingest(
+            api_key=key, type_key=nt.key, recipients=[p.external_id for p in people], data={"order_id": 7}
+        ).event
+        event_fanout(outbox_id=event.outbox.id)
+    batches = list(DispatchBatch.objects.values_list("id", "delivery_ids"))
+
+    # when the fan-out runs again from the start, and every batch is run twice
+    OutboxMessage.objects.filter(event=event).update(processed_at=None, cursor=0)
+    with django_capture_on_commit_callbacks(execute=False):
+        event_fanout(outbox_id=event.outbox.id)
+    for _ in range(2):
+        for batch_id, _ids in batches:
+            DispatchBatch.objects.filter(id=batch_id).update(done_at=None)
+            provider_dispatch_batch(batch_id=batch_id, channel="push")
+
+    # then no batch, delivery, attempt or provider send exists twice
+    assert list(DispatchBatch.objects.values_list("id", "delivery_ids")) == batches
+    assert sorted(i for _, ids in batches for i in ids) == sorted(
+        Delivery.objects.filter(event=event).values_list("id", flat=True)
+    )
+    assert Delivery.objects.filter(event=event, status="sent").count() == 30
+    assert DeliveryAttempt.objects.filter(delivery__event=event).count() == 30
+    stats = providers.control.stats()["providers"]["fcm"]
+    assert (stats["accepted"], stats["duplicates"]) == (30, 0)
