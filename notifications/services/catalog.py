@@ -129,3 +129,173 @@ def channel_templates(*, type_id: int, channel: str) -> dict[str, dict[str, str]
     }
     _template_cache[(type_id, channel)] = (time.monotonic(), templates)
     return templates
+
+
+# --- Types with templates in several locales (the admin's type and template pages) ----------
+
+# The stored fields of a type that notification_type_save takes in ``fields``.
+TYPE_FIELDS = (
+    "name",
+    "category",
+    "channels",
+    "default_locale",
+    "aggregation_window_seconds",
+    "quiet_hours_policy",
+    "fallbacks",
+)
+DEFAULT_LOCALE = "en"
+
+
+def notification_type_locale_templates(
+    *, notification_type: NotificationType
+) -> dict[str, dict[str, dict[str, str]]]:
+    """Every template of the type, ``{locale: {channel: content}}``."""
+    locales: dict[str, dict[str, dict[str, str]]] = {}
+    for template in NotificationTemplate.objects.filter(notification_type=notification_type):
+        locales.setdefault(template.locale, {})[template.channel] = template.content
+    return locales
+
+
+def notification_type_locales_errors(
+    *,
+    key: str,
+    fields: dict[str, Any],
+    locales: dict[str, dict[str, Any]],
+    instance: NotificationType | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The judgement of a type with its templates in every locale, ``{locale: {channel:
+    content}}``: the fields and the default locale's templates exactly as the API's
+    (notification_type_errors, errors keyed as there), and each other locale's templates
+    as translations: a valid locale, a channel the type has or falls back to, content by
+    the same template rules. A translation may leave channels out; the default locale's
+    words are used for them. Errors of translations are keyed ``translations`` →
+    ``{locale: [message] | {channel: [message] | {field: [message]}}}``."""
+    default = fields.get("default_locale") or (instance.default_locale if instance else DEFAULT_LOCALE)
+    fields, errors = notification_type_errors(
+        key=key, fields=fields, templates=locales.get(default, {}), instance=instance
+    )
+    reachable = set(fields.get("channels") or []) | {rule["to"] for rule in fields["fallbacks"]}
+    translations: dict[str, Any] = {}
+    for locale, templates in locales.items():
+        if locale == default:
+            continue
+        try:
+            locale_check(locale)
+        except RuleViolation as exc:
+            translations[locale] = [str(exc)]
+            continue
+        # No channel is required of a translation, so none is passed as the type's.
+        locale_errors = type_templates_errors(channels=[], templates=templates, fallback_targets=reachable)
+        if locale_errors:
+            translations[locale] = locale_errors
+    if translations:
+        errors["translations"] = translations
+    return fields, errors
+
+
+def notification_type_save_locales(
+    *,
+    key: str,
+    fields: dict[str, Any],
+    locales: dict[str, dict[str, dict[str, str]]],
+    instance: NotificationType | None = None,
+) -> NotificationType:
+    """Create (or, given ``instance``, replace) a type with its templates in every locale.
+    ``locales`` is the whole set: stored templates not in it are deleted. ValidationFailed
+    names every field that breaks the rules (notification_type_locales_errors); nothing is
+    stored then."""
+    with transaction.atomic():
+        if instance is not None:
+            # Two staff saving the same type one after the other, never interleaved.
+            NotificationType.objects.select_for_update().filter(pk=instance.pk).first()
+        fields, errors = notification_type_locales_errors(
+            key=key, fields=fields, locales=locales, instance=instance
+        )
+        if errors:
+            raise ValidationFailed(errors)
+        if instance is None:
+            instance = NotificationType.objects.create(key=key, **fields)
+        else:
+            for name, value in fields.items():
+                setattr(instance, name, value)
+            instance.save()
+        wanted = {(locale, channel) for locale, templates in locales.items() for channel in templates}
+        stale = [
+            template.pk
+            for template in NotificationTemplate.objects.filter(notification_type=instance)
+            if (template.locale, template.channel) not in wanted
+        ]
+        NotificationTemplate.objects.filter(pk__in=stale).delete()
+        for locale, templates in locales.items():
+            for channel, content in templates.items():
+                NotificationTemplate.objects.update_or_create(
+                    notification_type=instance, channel=channel, locale=locale, defaults={"content": content}
+                )
+    return instance
+
+
+def _locales_with(
+    *,
+    notification_type: NotificationType,
+    channel: str,
+    locale: str,
+    content: Any,
+    template: NotificationTemplate | None,
+) -> dict[str, dict[str, Any]]:
+    locales: dict[str, dict[str, Any]] = notification_type_locale_templates(
+        notification_type=notification_type
+    )
+    if template is not None:
+        locales.get(template.locale, {}).pop(template.channel, None)
+    locales.setdefault(locale, {})[channel] = content
+    return {locale: templates for locale, templates in locales.items() if templates}
+
+
+def notification_template_errors(
+    *,
+    notification_type: NotificationType,
+    channel: str,
+    locale: str,
+    content: Any,
+    template: NotificationTemplate | None = None,
+) -> dict[str, Any]:
+    """The errors of one template saved on its own, in place of ``template`` (None: a new
+    one): its type is judged whole with it (notification_type_locales_errors), so a
+    template cannot break its type's rules. Keyed as there."""
+    locales = _locales_with(
+        notification_type=notification_type,
+        channel=channel,
+        locale=locale,
+        content=content,
+        template=template,
+    )
+    stored = {name: getattr(notification_type, name) for name in TYPE_FIELDS}
+    _, errors = notification_type_locales_errors(
+        key=notification_type.key, fields=stored, locales=locales, instance=notification_type
+    )
+    return errors
+
+
+def notification_template_save(
+    *,
+    notification_type: NotificationType,
+    channel: str,
+    locale: str,
+    content: dict[str, str],
+    template: NotificationTemplate | None = None,
+) -> NotificationTemplate:
+    """Store one template in place of ``template`` (None: add it), its type judged whole
+    with it; ValidationFailed as notification_template_errors says, and nothing stored.
+    A template moved to another channel or locale is stored as a new row."""
+    with transaction.atomic():
+        locked = NotificationType.objects.select_for_update().get(pk=notification_type.pk)
+        locales = _locales_with(
+            notification_type=locked, channel=channel, locale=locale, content=content, template=template
+        )
+        notification_type_save_locales(
+            key=locked.key,
+            fields={name: getattr(locked, name) for name in TYPE_FIELDS},
+            locales=locales,
+            instance=locked,
+        )
+        return NotificationTemplate.objects.get(notification_type=locked, channel=channel, locale=locale)

@@ -377,7 +377,7 @@ def test_it_rejects_a_template_field_the_channel_does_not_have(admin_client: Cli
     )
 
     assert response.status_code == 200
-    assert "Unknown field(s) subject for channel sms; expected some of text." in response.content.decode()
+    assert "subject: unknown field; sms templates have text" in response.content.decode()
     assert not NotificationType.objects.filter(key="welcome").exists()
 
 
@@ -391,15 +391,21 @@ def test_it_creates_a_type_with_its_templates(admin_client: Client) -> None:
             "channels": ["sms", "email"],
             "default_locale": "en",
             "quiet_hours_policy": "defer",
-            "templates-TOTAL_FORMS": "1",
+            "templates-TOTAL_FORMS": "2",
             "templates-INITIAL_FORMS": "0",
             "templates-0-channel": "sms",
             "templates-0-locale": "en",
             "templates-0-content": '{"text": "Hi {{ name }}"}',
+            "templates-1-channel": "email",
+            "templates-1-locale": "en",
+            "templates-1-content": '{"subject": "Welcome", "text": "Hi {{ name }}"}',
         },
     )
 
     assert response.status_code == 302
     created = NotificationType.objects.get(key="welcome")
     assert created.channels == ["sms", "email"]
-    assert created.templates.get().content == {"text": "Hi {{ name }}"}
+    assert {t.channel: t.content for t in created.templates.all()} == {
+        "sms": {"text": "Hi {{ name }}"},
+        "email": {"subject": "Welcome", "text": "Hi {{ name }}"},
+    }

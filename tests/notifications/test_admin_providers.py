@@ -104,6 +104,12 @@ def letters(db: Any, settings: Any) -> Letters:
     )
 
 
+# Breaker state lives in Redis under the test run's namespace, which every xdist worker of
+# the run shares (project/settings/test.py): the tests that wipe or count it run on one
+# worker, one after another, or one's wipe lands between another's calls and its page.
+BREAKERS = pytest.mark.xdist_group("provider-breakers")
+
+
 @pytest.fixture
 def clean_breakers(settings: Any) -> Iterator[None]:
     def wipe() -> None:
@@ -139,6 +145,7 @@ def _messages(response: Any) -> list[str]:
 # --- access -----------------------------------------------------------------------------
 
 
+@BREAKERS
 def test_it_renders_the_provider_pages_for_staff(
     admin_client: Client, letters: Letters, clean_breakers: None
 ) -> None:
@@ -177,6 +184,7 @@ def test_it_sends_anonymous_and_non_staff_users_to_the_admin_login(
         assert response["Location"].startswith(reverse("admin:login"))
 
 
+@BREAKERS
 def test_it_refuses_staff_without_the_model_permissions(letters: Letters, clean_breakers: None) -> None:
     bare = _client_for(_user(staff=True))
     viewer = _client_for(_user(staff=True, perms=("view_delivery", "view_deadletter")))
@@ -207,6 +215,7 @@ def _state_of(html: str, provider: str) -> str:
     return state.group(1)
 
 
+@BREAKERS
 def test_it_shows_an_opened_breaker_and_resets_it(
     admin_client: Client, settings: Any, clean_breakers: None
 ) -> None:
@@ -233,6 +242,7 @@ def test_it_shows_an_opened_breaker_and_resets_it(
     assert next(h for h in provider_health(minutes=5) if h.provider == "mailgun").state == "closed"
 
 
+@BREAKERS
 def test_it_resets_only_known_providers_and_only_by_post(admin_client: Client, clean_breakers: None) -> None:
     unknown = admin_client.post(reverse("admin:notifications_provider_breaker_reset", args=["nope"]))
     by_get = admin_client.get(reverse("admin:notifications_provider_breaker_reset", args=["mailgun"]))
@@ -241,6 +251,7 @@ def test_it_resets_only_known_providers_and_only_by_post(admin_client: Client, c
     assert by_get.status_code == 405
 
 
+@BREAKERS
 def test_it_links_the_sandbox_page_only_when_a_provider_uses_the_sandbox(
     admin_client: Client, settings: Any, clean_breakers: None
 ) -> None:
@@ -561,8 +572,14 @@ def _type_form(fallbacks: str) -> dict[str, Any]:
         "default_locale": "en",
         "quiet_hours_policy": "defer",
         "fallbacks": fallbacks,
-        "templates-TOTAL_FORMS": "0",
+        "templates-TOTAL_FORMS": "2",
         "templates-INITIAL_FORMS": "0",
+        "templates-0-channel": "push",
+        "templates-0-locale": "en",
+        "templates-0-content": '{"title": "Welcome", "body": "Hi"}',
+        "templates-1-channel": "sms",
+        "templates-1-locale": "en",
+        "templates-1-content": '{"text": "Welcome"}',
     }
 
 
@@ -573,13 +590,19 @@ def test_it_edits_fallback_rules_and_rejects_bad_ones(admin_client: Client, db: 
         add,
         _type_form('[{"from": "pager", "to": "sms"}, {"from": "push", "to": "sms", "after_seconds": -1}]'),
     )
-    not_a_channel_of_the_type = admin_client.post(add, _type_form('[{"from": "email", "to": "sms"}]'))
+    not_a_channel_of_the_type = admin_client.post(
+        add, _type_form('[{"from": "email", "to": "sms", "after_seconds": 60}]')
+    )
     good = admin_client.post(add, _type_form('[{"from": "push", "to": "sms", "after_seconds": 60}]'))
 
     html = bad.content.decode()
-    assert "Rule 1: from=&#x27;pager&#x27; is not a channel" in html
-    assert "Rule 2: after_seconds=-1 must be a whole number of seconds, 0 or more." in html
-    assert "from=email is not one of this type&#x27;s channels" in not_a_channel_of_the_type.content.decode()
+    assert "fallbacks[0].from: &#x27;pager&#x27; is not a channel" in html
+    assert "fallbacks[0].after_seconds: this field is required" in html
+    assert "fallbacks[1].after_seconds: must be a whole number of seconds from 0 to 86400, got -1" in html
+    assert (
+        "fallbacks[0].from: channel &#x27;email&#x27; is not among the type&#x27;s channels (push, sms)"
+        in not_a_channel_of_the_type.content.decode()
+    )
     assert good.status_code == 302
     created = NotificationType.objects.get(key="welcome")
     assert created.fallbacks == [{"from": "push", "to": "sms", "after_seconds": 60}]
