@@ -15,6 +15,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from notifications.models import (
+    Channel,
     Delivery,
     DeliveryEvent,
     DeliveryStatus,
@@ -107,29 +108,29 @@ def feedback_apply(*, message: OutboundMessage, error: TransportError) -> None:
 
 def _feedback_apply(*, message: OutboundMessage, error: TransportError) -> None:
     kind = error.feedback
-    if kind == Feedback.UNREGISTERED and message.channel == "push":
+    if kind == Feedback.UNREGISTERED and message.channel == Channel.PUSH:
         at_ms = error.detail.get("unregistered_at")
         at = datetime.fromtimestamp(int(at_ms) / 1000, tz=UTC) if at_ms else None
         device_unregistered(
             platform=str(message.options.get("platform")), token=message.to, unregistered_at=at
         )
-    elif kind == Feedback.BAD_TOKEN and message.channel == "push":
+    elif kind == Feedback.BAD_TOKEN and message.channel == Channel.PUSH:
         device_remove(platform=str(message.options.get("platform")), token=message.to)
-    elif kind == Feedback.HARD_BOUNCE and message.channel == "email":
+    elif kind == Feedback.HARD_BOUNCE and message.channel == Channel.EMAIL:
         suppression_add(
             kind=SuppressionKind.EMAIL,
             address=message.to,
             reason=SuppressionReason.HARD_BOUNCE,
             detail=error.reason,
         )
-    elif kind == Feedback.COMPLAINT and message.channel == "email":
+    elif kind == Feedback.COMPLAINT and message.channel == Channel.EMAIL:
         suppression_add(
             kind=SuppressionKind.EMAIL,
             address=message.to,
             reason=SuppressionReason.COMPLAINT,
             detail=error.reason,
         )
-    elif kind in (Feedback.INVALID_NUMBER, Feedback.NOT_SMS_CAPABLE) and message.channel == "sms":
+    elif kind in (Feedback.INVALID_NUMBER, Feedback.NOT_SMS_CAPABLE) and message.channel == Channel.SMS:
         # Twilio charges for, and carriers count, every attempt at a dead number.
         suppression_add(
             kind=SuppressionKind.PHONE,
@@ -137,7 +138,7 @@ def _feedback_apply(*, message: OutboundMessage, error: TransportError) -> None:
             reason=SuppressionReason.INVALID,
             detail=error.reason,
         )
-    elif kind == Feedback.OPTED_OUT and message.channel == "sms":
+    elif kind == Feedback.OPTED_OUT and message.channel == Channel.SMS:
         suppression_add(
             kind=SuppressionKind.PHONE,
             address=message.to,
@@ -222,7 +223,13 @@ def delivery_track(
 
 
 # How far each receipt moves a delivery, for picking the furthest of several.
-_RANK = {"delivered": 1, "opened": 2, "clicked": 3, "bounced": 4, "failed": 4}
+_RANK: dict[str, int] = {
+    DeliveryStatus.DELIVERED: 1,
+    DeliveryStatus.OPENED: 2,
+    DeliveryStatus.CLICKED: 3,
+    DeliveryStatus.BOUNCED: 4,
+    DeliveryStatus.FAILED: 4,
+}
 
 
 def receipts_apply_early(*, delivery_ids: list[int], now: datetime) -> int:
@@ -236,7 +243,7 @@ def receipts_apply_early(*, delivery_ids: list[int], now: datetime) -> int:
     for delivery_id, kind, detail in DeliveryEvent.objects.filter(
         delivery_id__in=delivery_ids, kind__in=list(RECEIPTS)
     ).values_list("delivery_id", "kind", "detail"):
-        rank = _RANK.get(kind, 0)
+        rank = _RANK.get(RECEIPTS[kind].target, 0)
         if delivery_id not in furthest or rank > furthest[delivery_id][0]:
             reason = str((detail or {}).get("reason", "")) if isinstance(detail, dict) else ""
             furthest[delivery_id] = (rank, kind, reason)

@@ -65,7 +65,7 @@ def inbox_item_payload(item: InboxItem | dict[str, Any]) -> dict[str, Any]:
 
 def _templates_for(notification_type: NotificationType) -> dict[str, dict[str, str]]:
     """{locale: content} of the type's in-app templates; edits apply within seconds."""
-    return channel_templates(type_id=notification_type.id, channel="inapp")
+    return channel_templates(type_id=notification_type.id, channel=Channel.INAPP)
 
 
 def _render(
