@@ -5,6 +5,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 RUFF := $(VENV)/bin/ruff
 MYPY := $(VENV)/bin/mypy
+LINT_IMPORTS := $(VENV)/bin/lint-imports
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
@@ -40,6 +41,7 @@ run: venv services migrate
 lint: venv
 	$(RUFF) check .
 	$(RUFF) format --check .
+	DJANGO_SETTINGS_MODULE=project.settings.test $(LINT_IMPORTS)
 
 typecheck: venv
 	$(MYPY) .
@@ -49,6 +51,7 @@ test: venv services
 	@bash scripts/ensure_browser.sh
 	$(RUFF) check .
 	$(RUFF) format --check .
+	DJANGO_SETTINGS_MODULE=project.settings.test $(LINT_IMPORTS)
 	$(MYPY) .
 	@status=0; $(PYTHON) -m pytest $(PYTEST_ARGS) || status=$$?; \
 	if [ $$status -eq 5 ]; then \
