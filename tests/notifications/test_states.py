@@ -241,3 +241,13 @@ def test_services_change_statuses_only_through_the_constants_of_the_state_machin
                 for side in [node.left, *node.comparators]:
                     found += [f"{where} compared with {value!r}" for value in _literal_strings(side)]
     assert found == []
+
+
+def test_the_architecture_document_shows_the_table_as_it_is() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "architecture.md").read_text()
+    block = doc.split("<!-- transitions:start -->")[1].split("<!-- transitions:end -->")[0]
+    rows = [line.strip("| ").split(" | ") for line in block.strip().splitlines()[2:]]
+    documented = {
+        source: frozenset() if targets == "—" else frozenset(targets.split(", ")) for source, targets in rows
+    }
+    assert documented == states.TRANSITIONS
