@@ -1,4 +1,4 @@
-"""Benchmarks of DESIGN.md section 5, run by ``make bench`` (``python -m bench``).
+"""The platform's benchmarks, run by ``make bench`` (``python -m bench``).
 
 Each benchmark builds its own stack (a private Redis, a temporary PostgreSQL database
 cloned from a migrated template, and real server and worker processes), so it never

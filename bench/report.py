@@ -248,7 +248,7 @@ def _summary_rows(results: dict[str, Any]) -> list[str]:
         rows.append(
             f"| kill -9 of the send worker during {kill['sends']:,} pushes | sent {kill['sent']:,}, "
             f"lost {kill['lost']}, {kill['duplicates']} duplicates (bound {kill['duplicate_bound']}) | "
-            f"nothing lost; duplicates counted (DESIGN §6) | {_met(bool(kill['ok']))} |"
+            f"nothing lost; duplicates counted (docs/architecture.md) | {_met(bool(kill['ok']))} |"
         )
     return rows
 
@@ -368,7 +368,7 @@ def render(results: dict[str, Any]) -> str:
     lines = [
         "# Benchmarks",
         "",
-        "Measured by `make bench` (`python -m bench`), which rewrites this file; targets from DESIGN.md section 5.",
+        "Measured by `make bench` (`python -m bench`), which rewrites this file; each figure beside its target and a baseline measured in the same run.",
         "Every benchmark starts its own stack: a private `redis-server` on a free port, a PostgreSQL database",
         "cloned from a freshly migrated template, and the platform's real processes (`harness.processes`:",
         "ASGI server, Celery workers, one beat), so the development database is never touched. `make test`",

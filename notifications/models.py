@@ -1,7 +1,7 @@
 """The notification pipeline's tables.
 
 High-volume tables (deliveries, attempts, inbox items) carry ``created_at`` so that they
-can be partitioned by time later (DESIGN.md 2b). Every uniqueness rule that makes a
+can be partitioned by time later. Every uniqueness rule that makes a
 pipeline step safe to re-run is a database constraint, not a Python check.
 """
 
@@ -47,7 +47,7 @@ class Category(models.TextChoices):
     MARKETING = "marketing", "Marketing"
 
 
-# Fields each channel's template may define (DESIGN.md section 4).
+# Fields each channel's template may define (the API's templates, README "The public contract").
 TEMPLATE_FIELDS: dict[str, tuple[str, ...]] = {
     Channel.INAPP: ("title", "body", "url"),
     Channel.EMAIL: ("subject", "html", "text"),

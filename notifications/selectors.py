@@ -1,4 +1,4 @@
-"""Reads, scoped to the acting principal (CONVENTIONS 2): an end user sees only their own
+"""Reads, scoped to the acting principal (docs/architecture.md, "Layers"): an end user sees only their own
 inbox; another user's item is indistinguishable from a missing one."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Thin Celery tasks: ids in, call a service (CONVENTIONS 4). All are idempotent, so
+"""Thin Celery tasks: ids in, call a service (docs/architecture.md, "Layers"). All are idempotent, so
 ``acks_late`` redelivery after a crash is safe."""
 
 from __future__ import annotations

@@ -1,2 +1,2 @@
 """Services: every write of the notification pipeline, called by views, tasks, consumers,
-commands and admin actions alike (CONVENTIONS.md)."""
+commands and admin actions alike (docs/architecture.md, "Layers")."""

@@ -2,7 +2,7 @@
 addresses, STOP replies, and the delivery receipts that move a delivery forward.
 
 Every function here is idempotent: providers repeat callbacks, and a replayed callback
-must change nothing (DESIGN.md section 6).
+must change nothing (tests/notifications/test_provider_webhooks.py).
 """
 
 from __future__ import annotations

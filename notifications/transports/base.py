@@ -3,7 +3,7 @@ error out.
 
 A transport makes exactly one provider call per ``send`` and never retries, sleeps or
 swallows an error: retries, pacing, breakers and failover belong to the sending service,
-which needs to see every failure to classify it (DESIGN.md section 3). Transports are
+which needs to see every failure to classify it (services/sending/). Transports are
 created once per process from ``settings.PROVIDERS`` and must be safe to call from several
 threads at once.
 """

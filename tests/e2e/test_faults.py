@@ -1,4 +1,4 @@
-"""Faults injected into a platform of the test's own (DESIGN.md section 6): every test
+"""Faults injected into a platform of the test's own (docs/architecture.md): every test
 builds its own stack, with its own Redis and database, so a fault never leaks into
 another test. Arrangement and final checks may read the temporary database directly."""
 

@@ -1,4 +1,4 @@
-"""The notification pipeline from the outside (DESIGN.md sections 3 and 4): a real web
+"""The notification pipeline from the outside (docs/architecture.md): a real web
 server, Celery workers and beat; the test speaks only HTTP and websockets."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Provider faults against real processes (DESIGN.md section 6): a 60 s provider outage in
+"""Provider faults against real processes (docs/architecture.md): a 60 s provider outage in
 the middle of a burst. Each test builds its own stack and sandbox; arrangement and final
 checks may read the temporary database directly."""
 

@@ -1,4 +1,4 @@
-"""The inbox websocket (DESIGN.md section 4): auth, frames, resume, ordering, slow clients.
+"""The inbox websocket (README, "The public contract"): auth, frames, resume, ordering, slow clients.
 
 Async test bodies run through ``async_to_sync`` (no pytest-asyncio). Recipients get random
 ids as well as the per-run Redis namespace: channel-layer groups and the connection

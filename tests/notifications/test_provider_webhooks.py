@@ -1,4 +1,4 @@
-"""Provider callbacks (DESIGN.md section 6: forged or replayed provider webhooks get 4xx
+"""Provider callbacks (forged or replayed provider webhooks get 4xx
 and change nothing), signed exactly as Twilio and Mailgun sign them."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The SSE fallback of the inbox socket (DESIGN.md section 4): ``id:`` is the seq and
+"""The SSE fallback of the inbox socket (README, "The public contract"): ``id:`` is the seq and
 ``Last-Event-ID`` resumes. Requests go through the real ASGI application with a small
 driver that can disconnect mid-stream, as a browser closing the tab does."""
 
