@@ -179,6 +179,7 @@ class NotificationTypeAdmin(admin.ModelAdmin):
     ]
     list_filter = ["category"]
     search_fields = ["key", "name"]
+    fields = ["key", *TYPE_FIELDS, "created_at", "updated_at"]
 
     @admin.display(description="channels")
     def channel_list(self, obj: NotificationType) -> str:

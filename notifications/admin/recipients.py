@@ -126,9 +126,16 @@ class PreferenceInline(admin.TabularInline):
     extra = 0
 
 
-def _text(*, required: bool, help_text: str = "") -> forms.CharField:
-    # No max_length of the form's own: the shared rules judge the length too, in the API's words.
-    return forms.CharField(required=required, help_text=help_text)
+def _text(name: str, *, required: bool, help_text: str = "") -> forms.CharField:
+    # No max_length of the form's own: the shared rules judge the length too, in the API's
+    # words. The model's default is offered, as the API stores it when the field is left out.
+    default = getattr(Recipient._meta.get_field(name), "default", None)
+    return forms.CharField(
+        required=required,
+        help_text=help_text,
+        initial=default if isinstance(default, str) else None,
+        widget=forms.TextInput(attrs={"class": "vTextField"}),
+    )
 
 
 class RecipientForm(forms.ModelForm):
@@ -136,12 +143,16 @@ class RecipientForm(forms.ModelForm):
     applies (services/validation.py): a phone is stored in E.164, a bad one refused with
     the API's message beside it."""
 
-    external_id = _text(required=True, help_text="The producing service's own id of this user.")
-    name = _text(required=False)
-    email = _text(required=False)
-    phone = _text(required=False, help_text="International form, e.g. +44 20 7946 0958; stored as E.164.")
-    locale = _text(required=True, help_text="e.g. en or pt-BR")
-    timezone = _text(required=True, help_text="An IANA name, e.g. Europe/Lisbon")
+    external_id = _text(
+        "external_id", required=True, help_text="The producing service's own id of this user."
+    )
+    name = _text("name", required=False)
+    email = _text("email", required=False)
+    phone = _text(
+        "phone", required=False, help_text="International form, e.g. +44 20 7946 0958; stored as E.164."
+    )
+    locale = _text("locale", required=True, help_text="e.g. en or pt-BR")
+    timezone = _text("timezone", required=True, help_text="An IANA name, e.g. Europe/Lisbon")
 
     class Meta:
         model = Recipient
@@ -180,6 +191,7 @@ class RecipientAdmin(BigTableAdmin):
     search_fields = ["external_id", "email", "phone", "name"]
     raw_id_fields = ["user"]
     inlines = [DeviceInline, PreferenceInline]
+    fields = [*RecipientForm.Meta.fields, "created_at", "updated_at"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Recipient | None = None) -> tuple[str, ...]:
         # The external id is the producing service's key for the user, by which

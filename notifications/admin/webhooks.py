@@ -22,7 +22,9 @@ class WebhookEndpointForm(forms.ModelForm):
     # Plain text, not a URLField: the shared rule judges the URL in the API's words, and
     # nothing guesses a scheme the sender did not write.
     url = forms.CharField(
-        label="URL", help_text="https; plain http only to 127.0.0.1 or localhost (development, the sandbox)."
+        label="URL",
+        help_text="https; plain http only to 127.0.0.1 or localhost (development, the sandbox).",
+        widget=forms.TextInput(attrs={"class": "vURLField"}),
     )
     new_secret = forms.CharField(
         label="Signing secret",

@@ -248,3 +248,9 @@ def test_it_refuses_to_keep_a_secret_on_an_unsigned_webhook_kind(admin_client: C
     assert cleared.status_code == 302
     endpoint.refresh_from_db()
     assert (endpoint.kind, endpoint.secret) == ("slack", "")
+
+
+def test_it_offers_the_api_defaults_on_the_new_recipient_page(admin_client: Client) -> None:
+    form = admin_client.get(reverse("admin:notifications_recipient_add")).context["adminform"].form
+
+    assert (form["locale"].value(), form["timezone"].value()) == ("en", "UTC")
