@@ -1,0 +1,95 @@
+"""The notification pipeline's tables, one module per domain; everything is importable
+from ``notifications.models`` as Django expects. Delivery statuses and their transitions
+live in notifications/states.py."""
+
+from notifications.models.catalog import (
+    KEY_PATTERN,
+    KEY_VALIDATOR,
+    TEMPLATE_FIELDS,
+    ApiKey,
+    Category,
+    Channel,
+    NotificationTemplate,
+    NotificationType,
+    QuietHoursPolicy,
+)
+from notifications.models.deliveries import (
+    DELIVERY_KEY_NAMESPACE,
+    AggregationBatch,
+    AttemptOutcome,
+    DeadLetter,
+    Delivery,
+    DeliveryAttempt,
+    DeliveryEvent,
+    DeliverySchedule,
+    DispatchBatch,
+    FallbackCheck,
+    delivery_idempotency_key,
+    target_idempotency_key,
+)
+from notifications.models.events import (
+    Event,
+    EventStatus,
+    OutboxMessage,
+    time_ordered_uuid,
+)
+from notifications.models.inbox import (
+    InboxItem,
+)
+from notifications.models.recipients import (
+    Device,
+    DevicePlatform,
+    InboxSequence,
+    Preference,
+    Recipient,
+    Subscription,
+    Suppression,
+    SuppressionKind,
+    SuppressionReason,
+    Topic,
+    WebhookEndpoint,
+    WebhookKind,
+)
+from notifications.states import DeliveryStatus
+
+__all__ = [
+    "AggregationBatch",
+    "ApiKey",
+    "AttemptOutcome",
+    "Category",
+    "Channel",
+    "DELIVERY_KEY_NAMESPACE",
+    "DeadLetter",
+    "Delivery",
+    "DeliveryAttempt",
+    "DeliveryEvent",
+    "DeliverySchedule",
+    "DeliveryStatus",
+    "Device",
+    "DevicePlatform",
+    "DispatchBatch",
+    "Event",
+    "EventStatus",
+    "FallbackCheck",
+    "InboxItem",
+    "InboxSequence",
+    "KEY_PATTERN",
+    "KEY_VALIDATOR",
+    "NotificationTemplate",
+    "NotificationType",
+    "OutboxMessage",
+    "Preference",
+    "QuietHoursPolicy",
+    "Recipient",
+    "Subscription",
+    "Suppression",
+    "SuppressionKind",
+    "SuppressionReason",
+    "TEMPLATE_FIELDS",
+    "Topic",
+    "WebhookEndpoint",
+    "WebhookKind",
+    "delivery_idempotency_key",
+    "target_idempotency_key",
+    "time_ordered_uuid",
+]

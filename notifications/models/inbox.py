@@ -1,0 +1,56 @@
+"""What the end user sees: inbox items, in seq order per user."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+from django.utils.timezone import now
+
+from notifications.models.catalog import Category
+from notifications.models.deliveries import Delivery
+from notifications.models.events import Event
+from notifications.models.recipients import Recipient
+
+
+class InboxItem(models.Model):
+    """What the end user sees. ``seq`` starts at 1 per recipient and grows by one per item;
+    clients resume from it, so the socket may lose frames without losing notifications."""
+
+    # (recipient, seq) is unique and serves every per-user read; no separate FK indexes.
+    recipient = models.ForeignKey(
+        Recipient, on_delete=models.CASCADE, related_name="inbox_items", db_index=False
+    )
+    seq = models.BigIntegerField()
+    delivery = models.OneToOneField(Delivery, on_delete=models.CASCADE, related_name="inbox_item")
+    event = models.ForeignKey(
+        Event, on_delete=models.CASCADE, related_name="inbox_items", db_index=False, db_constraint=False
+    )
+    notification_type = models.CharField(max_length=100)
+    category = models.CharField(max_length=20, choices=Category.choices)
+    title = models.TextField(blank=True)
+    body = models.TextField(blank=True)
+    url = models.CharField(max_length=2000, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=now)
+    # When the event was accepted (a scheduled send: when it came due). The inbox lists
+    # newest first by this, not by seq: seq is handed out in the order fan-out workers
+    # commit, which can differ from the order the producer sent in.
+    accepted_at = models.DateTimeField(default=now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["recipient", "seq"], name="inbox_unique_recipient_seq")
+        ]
+        indexes = [
+            models.Index(fields=["recipient"], condition=Q(read_at__isnull=True), name="inbox_unread_idx"),
+            models.Index(
+                "recipient",
+                models.F("accepted_at").desc(),
+                models.F("seq").desc(),
+                name="inbox_recipient_listed",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.recipient_id}#{self.seq}"
