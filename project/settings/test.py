@@ -3,8 +3,13 @@
 import os
 
 # One Redis namespace per test run, inherited by the processes end-to-end tests start, so
-# parallel runs and a running `make run` never hear each other's frames or counters.
+# parallel runs and a running `make run` never hear each other's frames or counters. Each
+# pytest-xdist worker gets one of its own (workers inherit the run's): tests that count
+# or wipe shared keys (breakers, metrics) never race across workers.
 os.environ.setdefault("REDIS_NAMESPACE", f"t{os.getpid()}:")
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _worker and not os.environ["REDIS_NAMESPACE"].endswith(f"-{_worker}:"):
+    os.environ["REDIS_NAMESPACE"] = f"{os.environ['REDIS_NAMESPACE'].rstrip(':')}-{_worker}:"
 
 from project.settings.base import *  # noqa: E402, F403
 from project.settings.env import env_str  # noqa: E402

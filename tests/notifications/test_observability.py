@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-import redis
 
 from harness import free_port
 from notifications.services import redis_client
@@ -15,12 +14,15 @@ def test_it_reports_every_dependency_ok(client):
     assert response.json() == {"database": "ok", "redis": "ok", "broker": "ok", "status": "ok"}
 
 
-def test_it_answers_503_naming_redis_when_redis_is_down(client, monkeypatch):
-    dead = redis.Redis(port=free_port(), socket_connect_timeout=0.5)
-    monkeypatch.setattr(redis_client, "redis_sync", lambda: dead)
-    monkeypatch.setattr("notifications.observability.redis_sync", lambda: dead)
-
-    response = client.get("/healthz")
+def test_it_answers_503_naming_redis_when_redis_is_down(client, settings):
+    # A dead address and a fresh client, rather than a patched function: modules imported
+    # during the request would bind a patched function for the rest of the run.
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+    redis_client.redis_sync.cache_clear()
+    try:
+        response = client.get("/healthz")
+    finally:
+        redis_client.redis_sync.cache_clear()
 
     assert response.status_code == 503
     body = response.json()
