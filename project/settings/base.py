@@ -277,8 +277,10 @@ LOGGING = {
         "uvicorn.access": {"level": "WARNING"},
     },
 }
-# `manage.py run_platform` (make run) writes one log file per process it starts here.
+# `manage.py run_platform` (make run) writes one log file per process it starts in the
+# first, and keeps its lock (one per database) in the second.
 PLATFORM_LOG_DIR = Path(env_str("PLATFORM_LOG_DIR", str(BASE_DIR / "var" / "log")))
+PLATFORM_RUN_DIR = Path(env_str("PLATFORM_RUN_DIR", str(BASE_DIR / "var" / "run")))
 QUIET_HOURS_CHANNELS = env_list("QUIET_HOURS_CHANNELS", ["inapp", "email", "sms", "push", "webhook"])
 
 CELERY_BEAT_SCHEDULE = {

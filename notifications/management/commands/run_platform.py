@@ -11,9 +11,9 @@ exits on its own stops everything and exits 1. If this process is killed outrigh
 kernel kills its children, and if the process that started it (make, a supervisor) is
 killed, the kernel sends this one SIGTERM.
 
-A lock per database keeps a second copy, and with it a second beat, from starting against
-the same database; copies on different databases (a test beside a developer's
-``make run``) run side by side.
+A lock per database (a file in ``PLATFORM_RUN_DIR``, default ``var/run``) keeps a second
+copy, and with it a second beat, from starting against the same database; copies on
+different databases (a test beside a developer's ``make run``) run side by side.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ class Command(BaseCommand):
             raise CommandError(f"--workers-concurrency must be at least 1, not {concurrency}")
         log_dir = Path(options["log_dir"]) if options["log_dir"] else Path(settings.PLATFORM_LOG_DIR)
 
-        lock = platform_lock_path(settings.DATABASES["default"], Path(settings.BASE_DIR) / "var" / "run")
+        lock = platform_lock_path(settings.DATABASES["default"], Path(settings.PLATFORM_RUN_DIR))
         with StopSignals() as stop, exclusive_lock(lock):
             if not port_is_free(port):
                 raise CommandError(
