@@ -466,3 +466,27 @@ def test_it_registers_the_connection_while_open_and_removes_it_on_close() -> Non
         assert await connections_of(recipient) == 0
 
     run(scenario)
+
+
+def test_it_still_delivers_live_frames_when_the_channel_layer_renames_its_groups(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Frames go through the layer's public group_send, never through its private naming
+    or sharding: a channels_redis upgrade that names group channels differently (as this
+    test pretends) changes nothing for the inbox."""
+    from channels_redis.pubsub import RedisPubSubLoopLayer
+
+    monkeypatch.setattr(
+        RedisPubSubLoopLayer, "_get_group_channel_name", lambda self, group: f"{self.prefix}:renamed:{group}"
+    )
+    recipient = recipient_create()
+    inbox_items_create(recipient, [1])
+
+    async def scenario() -> None:
+        communicator = token_socket(token_for(recipient))
+        await open_socket(communicator)
+        await sync_to_async(live_notification)(recipient, 1)
+        assert await receive_seqs(communicator, 1) == [1]
+        await communicator.disconnect()
+
+    run(scenario)
