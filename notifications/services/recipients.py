@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import time
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from notifications.models import (
@@ -23,6 +23,7 @@ from notifications.services.validation import (
     RuleViolation,
     ValidationFailed,
     external_id_check,
+    key_check,
     recipient_fields_clean,
     webhook_kind_check,
     webhook_secret_check,
@@ -195,3 +196,190 @@ def topic_subscribe(*, topic_key: str, recipients: list[Recipient]) -> tuple[Top
 def topic_unsubscribe(*, topic: Topic, recipients: list[Recipient]) -> int:
     deleted, _ = Subscription.objects.filter(topic=topic, recipient__in=recipients).delete()
     return deleted
+
+
+# --- Bulk ---------------------------------------------------------------------------------------
+
+RECIPIENTS_BULK_MAX = 1000
+
+
+@dataclass(frozen=True)
+class RecipientBulkResult:
+    """What became of one item of a bulk upsert: ``status`` is "created", "updated" or
+    "error"; ``external_id`` is set unless the status is "error", ``errors`` only then, and
+    ``duplicate_of`` (the index of the earlier item) when the error is a repeated id."""
+
+    index: int
+    status: str
+    external_id: str | None = None
+    errors: dict[str, list[str]] | None = None
+    duplicate_of: int | None = None
+
+
+def _unstorable(value: str) -> str | None:
+    """Why PostgreSQL could not store this text, or None. NUL and lone surrogates cannot be
+    encoded; the API's serializers refuse them before, raw bulk items are checked here."""
+    if "\x00" in value:
+        return "must not contain NUL characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must not contain unpaired surrogate characters"
+    return None
+
+
+def _bulk_item_clean(item: Any) -> tuple[str | None, dict[str, Any], dict[str, list[str]]]:
+    """(external_id, fields in stored form, errors) of one bulk item."""
+    if not isinstance(item, dict):
+        return None, {}, {"non_field_errors": ['must be an object {"external_id": ..., field: value}']}
+    errors: dict[str, list[str]] = {}
+    external_id = item.get("external_id")
+    if external_id is None:
+        errors["external_id"] = ["this field is required"]
+    elif not isinstance(external_id, str):
+        errors["external_id"] = [f"must be a string, got {type(external_id).__name__}"]
+    else:
+        try:
+            external_id_check(external_id)
+        except RuleViolation as exc:
+            errors["external_id"] = [str(exc)]
+        else:
+            if (problem := _unstorable(external_id)) is not None:
+                errors["external_id"] = [problem]
+    given = {name: value for name, value in item.items() if name != "external_id"}
+    for name, value in given.items():
+        if isinstance(value, str) and (problem := _unstorable(value)) is not None:
+            errors[name] = [problem]
+    fields, field_errors = recipient_fields_clean({n: v for n, v in given.items() if n not in errors})
+    errors.update(field_errors)
+    return (external_id if isinstance(external_id, str) else None), fields, errors
+
+
+def _recipients_insert(
+    rows: list[tuple[str, dict[str, Any]]], updated_fields: frozenset[str]
+) -> dict[str, bool]:
+    """INSERT ... ON CONFLICT (external_id) DO UPDATE the given fields of every row in one
+    statement; returns {external_id: created}. Rows are written in external_id order, so
+    two bulk calls sharing recipients lock them in the same order and never deadlock."""
+    columns = [field for field in Recipient._meta.concrete_fields if not field.primary_key]
+    values_sql: list[str] = []
+    params: list[Any] = []
+    for external_id, fields in sorted(rows):
+        # An unsaved instance carries the model's defaults (locale "en", created_at ...).
+        instance = Recipient(external_id=external_id, **fields)
+        values_sql.append("(" + ", ".join(["%s"] * len(columns)) + ")")
+        params += [field.get_db_prep_save(field.pre_save(instance, True), connection) for field in columns]
+    quote = connection.ops.quote_name
+    by_name = {field.name: field for field in columns}
+    if updated_fields:
+        assignments = ", ".join(
+            f"{quote(by_name[name].column)} = EXCLUDED.{quote(by_name[name].column)}"
+            for name in sorted({*updated_fields, "updated_at"})
+        )
+        conflict = f"DO UPDATE SET {assignments}"
+    else:
+        # Nothing to change: existing rows stay as they are (and are not returned).
+        conflict = "DO NOTHING"
+    sql = (
+        f"INSERT INTO {quote(Recipient._meta.db_table)} ({', '.join(quote(f.column) for f in columns)}) "
+        f"VALUES {', '.join(values_sql)} "
+        f"ON CONFLICT ({quote(by_name['external_id'].column)}) {conflict} "
+        # xmax is 0 only for a row this statement inserted; an updated row carries our lock.
+        f"RETURNING {quote(by_name['external_id'].column)}, (xmax = 0)"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        returned = {external_id: bool(inserted) for external_id, inserted in cursor.fetchall()}
+    return {external_id: returned.get(external_id, False) for external_id, _ in rows}
+
+
+def recipients_bulk_upsert(*, items: list[Any]) -> list[RecipientBulkResult]:
+    """Create or update up to RECIPIENTS_BULK_MAX recipients, each item an object with
+    ``external_id`` and the fields of recipient_upsert (only the given fields change).
+
+    Returns one result per item, in input order. Every item is judged on its own by the
+    rules of services/validation.py: a bad item, or a later item repeating an external_id,
+    is an "error" result and never stops or half-stores the others. The good items are
+    written in one transaction with one INSERT ... ON CONFLICT per set of given fields
+    (usually one statement in all)."""
+    if len(items) > RECIPIENTS_BULK_MAX:
+        raise ValidationFailed(
+            {"recipients": [f"at most {RECIPIENTS_BULK_MAX} recipients per call, got {len(items)}"]}
+        )
+    results: list[RecipientBulkResult | None] = [None] * len(items)
+    first_index: dict[str, int] = {}
+    groups: dict[frozenset[str], list[tuple[int, str, dict[str, Any]]]] = {}
+    for index, item in enumerate(items):
+        external_id, fields, errors = _bulk_item_clean(item)
+        if external_id is not None and not errors and external_id in first_index:
+            earlier = first_index[external_id]
+            results[index] = RecipientBulkResult(
+                index=index,
+                status="error",
+                errors={"external_id": [f"{external_id!r} is already at index {earlier}"]},
+                duplicate_of=earlier,
+            )
+            continue
+        if errors:
+            results[index] = RecipientBulkResult(index=index, status="error", errors=errors)
+            continue
+        assert external_id is not None
+        first_index[external_id] = index
+        groups.setdefault(frozenset(fields), []).append((index, external_id, fields))
+    with transaction.atomic():
+        for updated_fields, members in groups.items():
+            created = _recipients_insert([(eid, fields) for _, eid, fields in members], updated_fields)
+            for index, external_id, _ in members:
+                status = "created" if created[external_id] else "updated"
+                results[index] = RecipientBulkResult(index=index, status=status, external_id=external_id)
+    return [result for result in results if result is not None]
+
+
+# --- Topics, in bulk ------------------------------------------------------------------------------
+
+TOPIC_SUBSCRIBERS_MAX = 10_000
+
+
+def topic_subscribers_add(*, topic_key: str, external_ids: list[str]) -> tuple[Topic, int, int]:
+    """Subscribe the recipients named by external_id to the topic, creating the topic on
+    first use. Returns (topic, how many subscriptions are new, subscribers now).
+
+    A constant number of queries for any number of recipients: one lookup of their ids and
+    one INSERT ... SELECT unnest(...) ON CONFLICT DO NOTHING. ValidationFailed for a bad
+    key or unknown recipients; nothing is stored then."""
+    errors: dict[str, list[str]] = {}
+    try:
+        key_check(topic_key)
+    except RuleViolation as exc:
+        errors["key"] = [str(exc)]
+    wanted = list(dict.fromkeys(external_ids))
+    found = dict(Recipient.objects.filter(external_id__in=wanted).values_list("external_id", "id"))
+    missing = [external_id for external_id in wanted if external_id not in found]
+    if missing:
+        shown = ", ".join(repr(m) for m in missing[:20])
+        more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+        errors["recipients"] = [f"unknown recipients: {shown}{more}"]
+    if errors:
+        raise ValidationFailed(errors)
+    quote = connection.ops.quote_name
+    table = quote(Subscription._meta.db_table)
+    column = {field.name: quote(field.column) for field in Subscription._meta.concrete_fields}
+    with transaction.atomic():
+        topic, _ = Topic.objects.get_or_create(key=topic_key)
+        with connection.cursor() as cursor:
+            # Sorted: concurrent calls take the unique index's locks in the same order.
+            cursor.execute(
+                f"INSERT INTO {table} ({column['topic']}, {column['recipient']}, {column['created_at']}) "
+                "SELECT %s, unnest(%s::bigint[]), %s ON CONFLICT DO NOTHING",
+                [topic.id, sorted(found.values()), timezone.now()],
+            )
+            added = cursor.rowcount
+        subscribers = Subscription.objects.filter(topic=topic).count()
+    return topic, added, subscribers
+
+
+def topic_subscribers_remove(*, topic: Topic, external_ids: list[str]) -> tuple[int, int]:
+    """Unsubscribe the recipients named by external_id (unknown ones are ignored) in one
+    DELETE. Returns (how many were removed, subscribers now)."""
+    removed, _ = Subscription.objects.filter(topic=topic, recipient__external_id__in=external_ids).delete()
+    return removed, Subscription.objects.filter(topic=topic).count()
