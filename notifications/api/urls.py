@@ -1,50 +1,80 @@
-from django.urls import path
+"""Routes of the v1 API, one module per resource. Path parameters use the converters of
+api/common.py, whose patterns the schema states (PATH_PARAMETERS)."""
 
-from notifications.api import views
+from django.urls import path, re_path, register_converter
+
+from notifications.api import (
+    deadletters,
+    events,
+    inbox,
+    preferences,
+    recipients,
+    suppressions,
+    topics,
+    types,
+    webhooks,
+)
+from notifications.api.common import NotFoundView
+from notifications.api.schema import IdConverter, SegmentConverter
+
+register_converter(SegmentConverter, "segment")
+register_converter(IdConverter, "id")
 
 urlpatterns = [
-    path("recipients/<str:external_id>/", views.RecipientView.as_view(), name="recipient"),
-    path("recipients/<str:external_id>/devices/", views.DeviceView.as_view(), name="recipient-devices"),
-    path("recipients/<str:external_id>/token/", views.TokenView.as_view(), name="recipient-token"),
+    # Before recipients/<external_id>/: "bulk" is reserved (the schema says so).
+    path("recipients/bulk/", recipients.RecipientBulkView.as_view(), name="recipients-bulk"),
+    path("recipients/<segment:external_id>/", recipients.RecipientView.as_view(), name="recipient"),
     path(
-        "recipients/<str:external_id>/preferences/",
-        views.PreferencesView.as_view(),
+        "recipients/<segment:external_id>/devices/", recipients.DeviceView.as_view(), name="recipient-devices"
+    ),
+    path("recipients/<segment:external_id>/token/", recipients.TokenView.as_view(), name="recipient-token"),
+    path(
+        "recipients/<segment:external_id>/preferences/",
+        preferences.PreferencesView.as_view(),
         name="recipient-preferences",
     ),
     path(
-        "recipients/<str:external_id>/webhooks/",
-        views.WebhookEndpointListView.as_view(),
+        "recipients/<segment:external_id>/webhooks/",
+        webhooks.WebhookEndpointListView.as_view(),
         name="recipient-webhooks",
     ),
     path(
-        "recipients/<str:external_id>/webhooks/<int:endpoint_id>/",
-        views.WebhookEndpointDetailView.as_view(),
+        "recipients/<segment:external_id>/webhooks/<id:endpoint_id>/",
+        webhooks.WebhookEndpointDetailView.as_view(),
         name="recipient-webhook",
     ),
-    path("notification-types/", views.NotificationTypeListView.as_view(), name="notification-types"),
+    path("notification-types/", types.NotificationTypeListView.as_view(), name="notification-types"),
     path(
-        "notification-types/<str:key>/", views.NotificationTypeDetailView.as_view(), name="notification-type"
+        "notification-types/<segment:key>/",
+        types.NotificationTypeDetailView.as_view(),
+        name="notification-type",
     ),
-    path("topics/<str:key>/", views.TopicView.as_view(), name="topic"),
-    path("topics/<str:key>/subscribers/", views.TopicSubscribersView.as_view(), name="topic-subscribers"),
-    path("events/", views.EventListView.as_view(), name="events"),
-    path("events/<str:event_id>/", views.EventDetailView.as_view(), name="event"),
-    path("events/<str:event_id>/deliveries/", views.EventDeliveriesView.as_view(), name="event-deliveries"),
-    path("dead-letters/", views.DeadLetterListView.as_view(), name="dead-letters"),
-    path("dead-letters/replay/", views.DeadLetterReplayView.as_view(), name="dead-letters-replay"),
+    path("topics/<segment:key>/", topics.TopicView.as_view(), name="topic"),
     path(
-        "dead-letters/<int:delivery_id>/replay/",
-        views.DeadLetterReplayOneView.as_view(),
+        "topics/<segment:key>/subscribers/", topics.TopicSubscribersView.as_view(), name="topic-subscribers"
+    ),
+    path("events/", events.EventListView.as_view(), name="events"),
+    path("events/<segment:event_id>/", events.EventDetailView.as_view(), name="event"),
+    path(
+        "events/<segment:event_id>/deliveries/", events.EventDeliveriesView.as_view(), name="event-deliveries"
+    ),
+    path("dead-letters/", deadletters.DeadLetterListView.as_view(), name="dead-letters"),
+    path("dead-letters/replay/", deadletters.DeadLetterReplayView.as_view(), name="dead-letters-replay"),
+    path(
+        "dead-letters/<id:delivery_id>/replay/",
+        deadletters.DeadLetterReplayOneView.as_view(),
         name="dead-letter-replay",
     ),
-    path("suppressions/", views.SuppressionListView.as_view(), name="suppressions"),
+    path("suppressions/", suppressions.SuppressionListView.as_view(), name="suppressions"),
     path(
-        "suppressions/<str:kind>/<str:address>/",
-        views.SuppressionDetailView.as_view(),
+        "suppressions/<segment:kind>/<segment:address>/",
+        suppressions.SuppressionDetailView.as_view(),
         name="suppression",
     ),
-    path("inbox/", views.InboxView.as_view(), name="inbox"),
-    path("inbox/unread-count/", views.InboxUnreadCountView.as_view(), name="inbox-unread-count"),
-    path("inbox/<int:item_id>/read/", views.InboxReadView.as_view(), name="inbox-read"),
-    path("inbox/read-all/", views.InboxReadAllView.as_view(), name="inbox-read-all"),
+    path("inbox/", inbox.InboxView.as_view(), name="inbox"),
+    path("inbox/unread-count/", inbox.InboxUnreadCountView.as_view(), name="inbox-unread-count"),
+    path("inbox/<id:item_id>/read/", inbox.InboxReadView.as_view(), name="inbox-read"),
+    path("inbox/read-all/", inbox.InboxReadAllView.as_view(), name="inbox-read-all"),
+    # Last: any other path under /api/v1/ is a 404 in the API's error shape.
+    re_path(r"^.*$", NotFoundView.as_view(), name="api-not-found"),
 ]

@@ -301,7 +301,7 @@ def test_it_answers_503_when_the_database_fails_mid_request(service_client, monk
     def unavailable(**kwargs: Any) -> None:
         raise OperationalError("server closed the connection unexpectedly")
 
-    monkeypatch.setattr("notifications.api.views.event_ingest", unavailable)
+    monkeypatch.setattr("notifications.api.events.event_ingest", unavailable)
     nt = NotificationTypeFactory()
     alice = RecipientFactory()
 
