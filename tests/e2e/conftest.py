@@ -25,6 +25,7 @@ from harness.processes import (
     REPO_ROOT,
     PlatformProcesses,
     PrivateRedis,
+    Server,
     TemporaryDatabase,
     WorkerSpec,
     free_port,
@@ -58,6 +59,8 @@ class Stack:
     api_key: str = ""
     clients: list[httpx.Client] = field(default_factory=list)
     sandbox: SandboxProcess | None = None
+    # More web processes of this platform (``another_web``), in their reports too.
+    peers: list[PlatformProcesses] = field(default_factory=list)
 
     @property
     def web_url(self) -> str:
@@ -166,6 +169,8 @@ class Stack:
 
     def log_tails(self, lines: int = 60) -> str:
         tails = self.processes.log_tails(lines)
+        for number, peer in enumerate(self.peers, start=2):
+            tails += f"\n--- web process {number} ---\n{peer.log_tails(lines)}"
         if self.sandbox is not None:
             tails += f"\n--- provider sandbox ---\n{self.sandbox.log_tail(lines)}"
         return tails
@@ -227,6 +232,27 @@ def platform_stack(
         yield stack
 
 
+@contextlib.contextmanager
+def another_web(stack: Stack, *, server: Server = "uvicorn") -> Iterator[PlatformProcesses]:
+    """Start one more ASGI web process of ``stack``'s platform (same database, Redis,
+    broker and settings) on a port of its own, as a second host behind a load balancer
+    would run it; yield its ``PlatformProcesses`` (``web_url``, ``ws_url``). It is stopped
+    on exit, also when the body raises or it fails to start."""
+    web = PlatformProcesses(
+        env=stack.env,
+        workers=(),
+        server=server,
+        log_dir=stack.processes.log_dir / f"web-{len(stack.peers) + 2}",
+    )
+    stack.peers.append(web)
+    try:
+        web.start_web()
+        yield web
+    finally:
+        web.stop_all()
+        stack.peers.remove(web)
+
+
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     with platform_stack() as running:
@@ -246,6 +272,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             with contextlib.suppress(Exception):
                 report.sections.append((f"platform logs (stack {number})", running.log_tails()))
                 exits = running.processes.unexpected_exits()
+                for peer in running.peers:
+                    exits += peer.unexpected_exits()
                 if exits:
                     report.sections.append((f"unexpected exits (stack {number})", repr(exits)))
     return report
