@@ -7,6 +7,7 @@ tells it is ready through a file, and the pool processes of a prefork worker die
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_ready
+from kombu.exceptions import OperationalError as BrokerUnavailable
 
 from project.processes import WORKER_READY_FILE_VARIABLE, die_with_parent
 
@@ -22,6 +24,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 app = Celery("project")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+log = logging.getLogger(__name__)
 
 # The worker's main process, recorded before it forks its pool (each pool process inherits
 # the value): a pool process compares it with its parent to see that it was orphaned.
@@ -32,6 +36,27 @@ _worker_pid: int | None = None
 def worker_pid_remember(sender: Any = None, **kwargs: Any) -> None:
     global _worker_pid
     _worker_pid = os.getpid()
+
+
+@worker_init.connect
+def broker_queues_declare(sender: Any = None, **kwargs: Any) -> None:
+    """On RabbitMQ, declare every queue of ``task_queues`` (quorum queues and their topic
+    exchanges, project/settings/base.py) before the worker's consumer starts.
+
+    Each worker binds every queue to Celery's native delayed-delivery exchange when it
+    starts; a queue that nobody had declared yet (its worker not started) cannot be bound,
+    which Celery logs as critical, and a countdown retry routed to it would be dropped. A
+    broker that is down now is not fatal: the consumer keeps reconnecting and declares its
+    own queues when it gets through."""
+    with app.connection_for_write() as connection:
+        if connection.transport.driver_type != "amqp":
+            return
+        try:
+            channel = connection.default_channel
+            for queue in app.amqp.queues.values():
+                queue.bind(channel).declare()
+        except (BrokerUnavailable, OSError) as exc:
+            log.warning("queues not declared before the worker started (broker unavailable): %s", exc)
 
 
 @worker_process_init.connect

@@ -223,6 +223,52 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TIMEZONE = "UTC"
 
+# --- Celery on RabbitMQ (CELERY_BROKER_URL=amqp://user:password@host:5672/vhost) ----------
+# The queues every worker, web process and beat must agree on (docs/architecture.md).
+WORK_QUEUES = ("fanout", "inapp", "periodic", "default", "email", "sms", "push", "webhook")
+_broker_scheme = CELERY_BROKER_URL.partition("://")[0]
+if _broker_scheme not in {"redis", "rediss", "redis+socket", "sentinel", "amqp", "amqps", "pyamqp"}:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        f"CELERY_BROKER_URL must be a redis:// or amqp:// URL, got scheme {_broker_scheme!r}"
+    )
+if _broker_scheme in {"amqp", "amqps", "pyamqp"}:
+    from kombu import Exchange, Queue
+
+    # Quorum queues: durable and replicated by Raft across the RabbitMQ cluster. Their
+    # exchanges are topic exchanges because Celery's native delayed delivery (how a
+    # countdown retry waits on quorum queues: in broker-side TTL queues, not held by a
+    # worker) cannot route back through direct exchanges. Celery sees the quorum queues
+    # and switches to per-consumer prefetch (quorum queues refuse global QoS) and, in each
+    # worker, declares the delay exchanges and binds these queues to them.
+    CELERY_TASK_QUEUES = tuple(
+        Queue(
+            name,
+            Exchange(name, type="topic", durable=True),
+            routing_key=name,
+            durable=True,
+            queue_arguments={"x-queue-type": "quorum"},
+        )
+        for name in WORK_QUEUES
+    )
+    CELERY_TASK_DEFAULT_EXCHANGE_TYPE = "topic"
+    # A queue added later (a worker started with -Q campaign) is a quorum queue too.
+    CELERY_TASK_CREATE_MISSING_QUEUE_TYPE = "quorum"
+    CELERY_TASK_CREATE_MISSING_QUEUE_EXCHANGE_TYPE = "topic"
+    CELERY_BROKER_NATIVE_DELAYED_DELIVERY_QUEUE_TYPE = "quorum"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        # Publisher confirms: a task counts as enqueued once the broker has stored it (on
+        # a quorum of replicas), and a refused publish raises instead of vanishing, so the
+        # outbox and batch sweeps pick it up again.
+        "confirm_publish": True,
+        # As with Redis: a publisher that finds the broker down gives up at once.
+        "max_retries": 1,
+        "interval_start": 0,
+        "interval_step": 0.2,
+        "interval_max": 0.5,
+    }
+
 # --- Pipeline tuning ----------------------------------------------------------------------
 # Recipients planned per transaction during fan-out (keyset page size).
 FANOUT_PAGE_SIZE = env_int("FANOUT_PAGE_SIZE", 2000, minimum=1)
