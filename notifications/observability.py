@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -17,9 +18,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from notifications.models import OutboxMessage
 from notifications.services.metrics import metrics_read
 from notifications.services.provider_health import provider_health
+from notifications.services.queues import queue_depths
 from notifications.services.redis_client import redis_sync
 
-QUEUES = ["fanout", "inapp", "periodic", "default", "email", "sms", "push", "webhook", "campaign"]
+log = logging.getLogger(__name__)
 
 
 def _check_database() -> str:
@@ -104,11 +106,11 @@ class _PlatformCollector:
         depth = GaugeMetricFamily(
             "notifications_queue_depth", "Messages waiting in each Celery queue", labels=["queue"]
         )
-        pipe = redis_sync().pipeline(transaction=False)
-        for queue in QUEUES:
-            pipe.llen(queue)
-        for queue, length in zip(QUEUES, pipe.execute(), strict=True):
-            depth.add_metric([queue], length)
+        try:
+            for queue, length in queue_depths(settings.WORK_QUEUES).items():
+                depth.add_metric([queue], length)
+        except Exception as exc:  # noqa: BLE001 - /healthz says the broker is down; the rest still scrapes
+            log.warning("queue depths not read: %s", exc)
         yield depth
 
         oldest = OutboxMessage.objects.filter(

@@ -18,6 +18,9 @@ def _eager_celery() -> None:
 
     celery_app.conf.task_always_eager = True
     celery_app.conf.task_eager_propagates = True
+    # Register the tasks, as a worker does at start: services enqueue by name
+    # (notifications/services/queues.py), and only a registered task runs eagerly.
+    celery_app.loader.import_default_modules()
 
 
 @pytest.fixture(autouse=True, scope="session")

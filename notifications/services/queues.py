@@ -9,9 +9,10 @@ dispatch batch) and the sweeps enqueue it again, so a failure is reported as Fal
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
-from kombu.exceptions import KombuError, OperationalError
+from kombu.exceptions import ChannelError, KombuError, OperationalError
 from redis import RedisError
 
 from project.celery import app
@@ -23,27 +24,41 @@ EVENT_FANOUT = "notifications.tasks.event_fanout_task"
 INAPP_DISPATCH = "notifications.tasks.inapp_dispatch_task"
 PROVIDER_DISPATCH = "notifications.tasks.provider_dispatch_task"
 
-_registered = False
-
-
-def _task(name: str) -> Any:
-    global _registered
-    if not _registered:
-        # Registers every app's tasks module (Celery's autodiscovery) the first time work
-        # is enqueued from a process that is not a worker (the web server, a command).
-        app.loader.import_default_modules()
-        _registered = True
-    return app.tasks[name]
-
 
 def enqueue(name: str, *, args: tuple[Any, ...], queue: str | None = None) -> bool:
-    """Hand one task to the broker now; False (logged) when the broker did not take it."""
+    """Hand one task to the broker now; False (logged) when the broker did not take it.
+
+    Where the task is registered (a worker; tests, which run tasks eagerly) it is sent as
+    that task, with its own options; elsewhere (the web server, a command) by name alone,
+    which needs nothing imported and routes by CELERY_TASK_ROUTES all the same."""
     options: dict[str, Any] = {"retry": False}
     if queue is not None:
         options["queue"] = queue
+    task = app.tasks.get(name)
     try:
-        _task(name).apply_async(args=args, **options)
+        if task is not None:
+            task.apply_async(args=args, **options)
+        else:
+            app.send_task(name, args=args, **options)
     except (KombuError, OperationalError, RedisError, OSError) as exc:
         log.warning("broker unavailable, %s%r not enqueued (a sweep will): %s", name, args, exc)
         return False
     return True
+
+
+def queue_depths(names: Iterable[str]) -> dict[str, int]:
+    """Messages waiting in each named queue, as the broker counts them (Redis or RabbitMQ);
+    a queue the broker does not know yet counts 0. Raises when the broker is down."""
+    depths: dict[str, int] = {}
+    with app.connection_for_read() as connection:
+        for name in names:
+            # A channel per queue: RabbitMQ closes a channel on which a passive declare of
+            # an unknown queue failed.
+            channel = connection.channel()
+            try:
+                depths[name] = int(channel.queue_declare(queue=name, passive=True).message_count)
+            except ChannelError:
+                depths[name] = 0
+            finally:
+                channel.close()
+    return depths
