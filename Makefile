@@ -47,7 +47,8 @@ typecheck: venv
 	$(MYPY) .
 
 # Exit status 5 means pytest collected nothing: a broken test path must not pass CI.
-test: venv services
+test: venv
+	@bash scripts/ensure_services.sh --rabbitmq
 	@bash scripts/ensure_browser.sh
 	$(RUFF) check .
 	$(RUFF) format --check .

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the local services the platform needs answer on 127.0.0.1:
-#   PostgreSQL 5432, Redis 6379, Mosquitto 1883.
+#   PostgreSQL 5432, Redis 6379, Mosquitto 1883; with --rabbitmq (make test) RabbitMQ 5672
+#   too, which the test suite also runs the pipeline on.
 # A service that answers is used as it is; one that does not is started (and installed
 # with apt-get when its binary is missing and we are root). PostgreSQL must accept the
 # role in DATABASE_URL from 127.0.0.1 without a password: on a bare Debian cluster, which
@@ -16,6 +17,7 @@ HOST=127.0.0.1
 PG_PORT=${ENSURE_PG_PORT:-5432}
 REDIS_PORT=${ENSURE_REDIS_PORT:-6379}
 MQTT_PORT=${ENSURE_MQTT_PORT:-1883}
+AMQP_PORT=${ENSURE_AMQP_PORT:-5672}
 DEADLINE_SECONDS=30
 DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/notifications}"
 
@@ -248,8 +250,33 @@ ensure_mosquitto() {
 	say "mosquitto: started ${how}"
 }
 
+# --- RabbitMQ (only with --rabbitmq: the test suite runs the pipeline on it too) ----------------
+
+amqp_answers() { tcp_open "$HOST" "$AMQP_PORT"; }
+
+rabbitmq_ready() { amqp_answers && rabbitmqctl -q status >/dev/null 2>&1; }
+
+ensure_rabbitmq() {
+	if amqp_answers; then
+		say "rabbitmq: using the running server at ${HOST}:${AMQP_PORT}"
+		return
+	fi
+	local how=""
+	if ! command -v rabbitmq-server >/dev/null 2>&1 && ! [ -x /usr/sbin/rabbitmq-server ]; then
+		apt_install rabbitmq-server
+		how="after apt-get install rabbitmq-server, "
+	fi
+	is_root || die "RabbitMQ is not answering on ${HOST}:${AMQP_PORT}. Start it (rabbitmq-server -detached) or run this script as root."
+	rabbitmq-server -detached >/dev/null 2>&1 || true
+	DEADLINE_SECONDS=60 wait_for "rabbitmq at ${HOST}:${AMQP_PORT}" rabbitmq_ready
+	say "rabbitmq: started ${how}with rabbitmq-server -detached"
+}
+
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ensure_postgresql
 ensure_database
 ensure_redis
 ensure_mosquitto
+if [ "${1:-}" = "--rabbitmq" ]; then
+	ensure_rabbitmq
+fi

@@ -54,7 +54,7 @@ def queue_depths(names: Iterable[str]) -> dict[str, int]:
         for name in names:
             # A channel per queue: RabbitMQ closes a channel on which a passive declare of
             # an unknown queue failed.
-            channel = connection.channel()
+            channel: Any = connection.channel()
             try:
                 depths[name] = int(channel.queue_declare(queue=name, passive=True).message_count)
             except ChannelError:
