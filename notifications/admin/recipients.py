@@ -12,8 +12,13 @@ from django.http import HttpRequest
 
 from notifications.admin.base import BigTableAdmin, adopt_stored_row, show_refusal
 from notifications.models import Device, Preference, Recipient, Subscription, Topic
-from notifications.services.feedback import device_remove, device_unregistered
-from notifications.services.recipients import device_register, recipient_upsert
+from notifications.services.feedback import device_remove
+from notifications.services.recipients import (
+    device_deactivate,
+    device_register,
+    recipient_account_set,
+    recipient_upsert,
+)
 from notifications.services.validation import (
     RECIPIENT_FIELDS,
     RuleViolation,
@@ -58,16 +63,13 @@ class DeviceForm(forms.ModelForm):
 def device_store(device: Device, *, changed: list[str] | None) -> None:
     """Store a device row from a form through the services; ``changed`` is the form's
     changed fields, None for a new row. A new row, a new owner or switching a token back
-    on is a registration (device_register); switching it off deactivates it the way a
-    token the provider no longer knows is (device_unregistered)."""
+    on is a registration (device_register); switching it off is device_deactivate."""
     if changed is None or "recipient" in changed or ("active" in changed and device.active):
         stored, _ = device_register(recipient=device.recipient, platform=device.platform, token=device.token)
         if not device.active:
-            device_unregistered(platform=device.platform, token=device.token)
-            stored.refresh_from_db()
+            stored = device_deactivate(device=stored)
     elif "active" in changed:
-        device_unregistered(platform=device.platform, token=device.token)
-        stored = Device.objects.get(pk=device.pk)
+        stored = device_deactivate(device=device)
     else:
         return
     adopt_stored_row(device, stored)
@@ -180,6 +182,14 @@ class RecipientForm(forms.ModelForm):
         )
         show_refusal(self, errors)
         cleaned.update(stored)
+        start, end = cleaned.get("quiet_hours_start"), cleaned.get("quiet_hours_end")
+        if (start is None) != (end is None):
+            self.add_error(
+                "quiet_hours_end" if end is None else "quiet_hours_start",
+                "Give both ends of quiet hours, or neither.",
+            )
+        elif start is not None and start == end:
+            self.add_error("quiet_hours_end", "must differ from the start of quiet hours")
         return cleaned
 
 
@@ -204,15 +214,13 @@ class RecipientAdmin(BigTableAdmin):
             external_id=obj.external_id,
             fields={name: data[name] for name in RECIPIENT_FIELDS if name in data},
         )
-        # The fields the API does not take: the site login linked to the recipient, and
-        # quiet hours (set by the API only together with every preference).
-        others = [
-            name for name in ("user", "quiet_hours_start", "quiet_hours_end") if name in form.changed_data
-        ]
-        if others:
-            for name in others:
-                setattr(stored, name, getattr(obj, name))
-            stored.save(update_fields=[*others, "updated_at"])
+        # What the upsert does not take: the site login linked to the recipient, and quiet
+        # hours (which the API sets together with every preference).
+        if {"user", "quiet_hours_start", "quiet_hours_end"} & set(form.changed_data):
+            start, end = data.get("quiet_hours_start"), data.get("quiet_hours_end")
+            stored = recipient_account_set(
+                recipient=stored, user=data.get("user"), quiet_hours=(start, end) if start and end else None
+            )
         adopt_stored_row(obj, stored)
 
     def save_formset(

@@ -12,7 +12,7 @@ from django.http import HttpRequest
 
 from notifications.admin.base import BigTableAdmin, adopt_stored_row
 from notifications.models import WebhookEndpoint
-from notifications.services.recipients import webhook_endpoint_add
+from notifications.services.recipients import webhook_endpoint_add, webhook_endpoint_change
 from notifications.services.validation import RuleViolation, webhook_secret_check, webhook_url_check
 
 
@@ -103,7 +103,9 @@ class WebhookEndpointAdmin(BigTableAdmin):
             )
             adopt_stored_row(obj, stored)
             return
-        # No service changes an endpoint in place (webhook_endpoint_add keys by URL, so a
-        # new URL would be a second endpoint): the form applied the same rules above.
-        obj.secret = secret
-        obj.save(update_fields=["recipient", "kind", "url", "active", "secret"])
+        # The form judged the values by the same rules, and the model form's uniqueness check
+        # refused a URL the recipient has on another endpoint, so the service agrees.
+        stored = webhook_endpoint_change(
+            endpoint=obj, kind=obj.kind, url=obj.url, secret=secret, active=obj.active
+        )
+        adopt_stored_row(obj, stored)

@@ -100,17 +100,7 @@ def webhook_endpoint_add(
     """Add a webhook endpoint to the recipient. The same URL again replaces its kind and
     secret and reactivates it (one endpoint per URL). Returns (endpoint, created).
     ValidationFailed when the URL or secret breaks the rules of services/validation.py."""
-    errors: dict[str, list[str]] = {}
-    try:
-        url = webhook_url_check(url)
-    except RuleViolation as exc:
-        errors["url"] = [str(exc)]
-    try:
-        secret = webhook_secret_check(kind=webhook_kind_check(kind), secret=secret)
-    except RuleViolation as exc:
-        errors["secret" if kind in WebhookKind.values else "kind"] = [str(exc)]
-    if errors:
-        raise ValidationFailed(errors)
+    url, secret = _webhook_clean(kind=kind, url=url, secret=secret)
     with transaction.atomic():
         endpoint = WebhookEndpoint.objects.select_for_update().filter(recipient=recipient, url=url).first()
         if endpoint is None:
@@ -126,6 +116,68 @@ def webhook_endpoint_add(
         endpoint.kind, endpoint.secret, endpoint.active = kind, secret, True
         endpoint.save(update_fields=["kind", "secret", "active"])
     return endpoint, False
+
+
+def _webhook_clean(*, kind: str, url: str, secret: str) -> tuple[str, str]:
+    """The URL and secret in stored form, or ValidationFailed naming what breaks the rules."""
+    errors: dict[str, list[str]] = {}
+    try:
+        url = webhook_url_check(url)
+    except RuleViolation as exc:
+        errors["url"] = [str(exc)]
+    try:
+        secret = webhook_secret_check(kind=webhook_kind_check(kind), secret=secret)
+    except RuleViolation as exc:
+        errors["secret" if kind in WebhookKind.values else "kind"] = [str(exc)]
+    if errors:
+        raise ValidationFailed(errors)
+    return url, secret
+
+
+def webhook_endpoint_change(
+    *, endpoint: WebhookEndpoint, kind: str, url: str, secret: str, active: bool
+) -> WebhookEndpoint:
+    """Change one endpoint in place (staff editing it), by the rules webhook_endpoint_add
+    applies; a URL the recipient has on another endpoint is refused (one endpoint per URL).
+    Returns the stored endpoint; ValidationFailed names every bad field."""
+    url, secret = _webhook_clean(kind=kind, url=url, secret=secret)
+    with transaction.atomic():
+        taken = (
+            WebhookEndpoint.objects.filter(recipient_id=endpoint.recipient_id, url=url)
+            .exclude(id=endpoint.id)
+            .exists()
+        )
+        if taken:
+            raise ValidationFailed({"url": [f"the recipient has another endpoint with the URL {url!r}"]})
+        stored = WebhookEndpoint.objects.select_for_update().get(id=endpoint.id)
+        stored.kind, stored.url, stored.secret, stored.active = kind, url, secret, active
+        stored.save(update_fields=["kind", "url", "secret", "active"])
+    return stored
+
+
+def device_deactivate(*, device: Device) -> Device:
+    """Switch a push token off (staff): nothing is pushed to it until it is registered
+    again (device_register). Idempotent; returns the stored device."""
+    Device.objects.filter(id=device.id, active=True).update(active=False, deactivated_at=timezone.now())
+    return Device.objects.get(id=device.id)
+
+
+def recipient_account_set(
+    *, recipient: Recipient, user: Any, quiet_hours: tuple[time, time] | None
+) -> Recipient:
+    """Link the recipient to a site login (its live inbox page and session sockets) or
+    unlink it (None), and set or clear its quiet hours, for staff. The API sets quiet
+    hours with the preferences (preferences_replace); both refuse equal start and end."""
+    if quiet_hours is not None and quiet_hours[0] == quiet_hours[1]:
+        raise ValidationFailed({"quiet_hours_end": ["must differ from the start of quiet hours"]})
+    if user is not None and Recipient.objects.filter(user=user).exclude(id=recipient.id).exists():
+        raise ValidationFailed({"user": [f"{user} is linked to another recipient already"]})
+    with transaction.atomic():
+        stored = Recipient.objects.select_for_update().get(id=recipient.id)
+        stored.user = user
+        stored.quiet_hours_start, stored.quiet_hours_end = quiet_hours or (None, None)
+        stored.save(update_fields=["user", "quiet_hours_start", "quiet_hours_end", "updated_at"])
+    return stored
 
 
 def webhook_endpoint_remove(*, recipient: Recipient, endpoint_id: int) -> bool:

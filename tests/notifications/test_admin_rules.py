@@ -254,3 +254,30 @@ def test_it_offers_the_api_defaults_on_the_new_recipient_page(admin_client: Clie
     form = admin_client.get(reverse("admin:notifications_recipient_add")).context["adminform"].form
 
     assert (form["locale"].value(), form["timezone"].value()) == ("en", "UTC")
+
+
+def test_it_refuses_half_of_quiet_hours_and_stores_both_ends_through_the_service(admin_client):
+    recipient = RecipientFactory()
+    url = reverse("admin:notifications_recipient_change", args=[recipient.pk])
+    base = {
+        "name": recipient.name,
+        "email": "",
+        "phone": "",
+        "locale": "en",
+        "timezone": "UTC",
+        "devices-TOTAL_FORMS": "0",
+        "devices-INITIAL_FORMS": "0",
+        "preferences-TOTAL_FORMS": "0",
+        "preferences-INITIAL_FORMS": "0",
+    }
+
+    refused = admin_client.post(url, {**base, "quiet_hours_start": "22:00"})
+    assert refused.status_code == 200
+    assert "Give both ends of quiet hours" in refused.content.decode()
+    recipient.refresh_from_db()
+    assert recipient.quiet_hours_start is None
+
+    stored = admin_client.post(url, {**base, "quiet_hours_start": "22:00", "quiet_hours_end": "07:00"})
+    assert stored.status_code == 302, stored.content.decode()[:2000]
+    recipient.refresh_from_db()
+    assert (recipient.quiet_hours_start.hour, recipient.quiet_hours_end.hour) == (22, 7)
