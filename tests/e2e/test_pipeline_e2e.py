@@ -547,9 +547,16 @@ def test_it_shows_a_new_notification_live_in_the_browser_inbox(
                 == 202
             )
 
-            # then it appears on the open page, and the unread badge goes up by one
+            # then it appears on the open page, at the top (newest first by acceptance, the
+            # order the API lists in), and the unread badge goes up by one
             item = page.wait_for_selector(f"text={title}", timeout=10_000)
             assert item is not None
+            shown = page.eval_on_selector_all(
+                "#inbox-items .item-title", "els => els.map(e => e.textContent)"
+            )
+            listed = stack.end_user(stack.token("demo-user")).get("/api/v1/inbox/").json()["results"]
+            assert shown[0] == title
+            assert shown[: len(listed)] == [entry["title"] for entry in listed][: len(shown)]
             page.wait_for_function(
                 "n => Number((document.querySelector('#unread-badge') || {}).textContent) === n",
                 arg=unread_before + 1,

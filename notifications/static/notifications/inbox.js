@@ -61,6 +61,7 @@ function renderItem(item) {
   li.className = item.read ? "item" : "item unread";
   li.dataset.id = String(item.id);
   li.dataset.seq = String(item.seq);
+  li.dataset.accepted = item.accepted_at;
   li.dataset.url = item.url || "";
   li.tabIndex = 0;
 
@@ -82,8 +83,8 @@ function renderItem(item) {
   type.className = "item-type";
   type.textContent = item.type;
   const time = document.createElement("time");
-  time.dateTime = item.created_at;
-  time.textContent = formatTime(item.created_at);
+  time.dateTime = item.accepted_at;
+  time.textContent = formatTime(item.accepted_at);
   meta.append(type, time);
   li.append(meta);
   return li;
@@ -93,8 +94,13 @@ function addItem(seq, item) {
   if (list.querySelector(`[data-seq="${seq}"]`)) return;
   const li = renderItem(item);
   li.classList.add("fresh");
-  // Newest first: place it before the first item with a smaller seq.
-  const next = [...list.children].find((el) => Number(el.dataset.seq) < seq);
+  // Newest first by when the event was accepted, as the server lists them (seq only
+  // breaks ties: it follows the order items were written in, which can differ).
+  const accepted = Date.parse(item.accepted_at);
+  const next = [...list.children].find((el) => {
+    const other = Date.parse(el.dataset.accepted);
+    return other < accepted || (other === accepted && Number(el.dataset.seq) < seq);
+  });
   list.insertBefore(li, next || null);
   empty.classList.add("hidden");
   lastSeq = Math.max(lastSeq, seq);
