@@ -112,6 +112,21 @@ def checked(check: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         raise serializers.ValidationError(str(exc)) from exc
 
 
+KEY_SHAPE = "a key of lowercase letters, digits and . _ : - (at most 100, starting with a letter or digit)"
+PHONE_SHAPE = "a phone number in international form (+<country><number>, e.g. +14155550100)"
+
+
+def shaped(value: str, pattern: str, expected: str) -> str:
+    """``value`` if all of it matches the schema's ``pattern``, else a serializer error.
+
+    The rules of services/validation.py normalise leniently (libphonenumber ignores a
+    trailing "*"; Python's "$" also matches before a final newline); the API promises its
+    schema's patterns, so it refuses what they refuse before the rule normalises."""
+    if not re.fullmatch(pattern, value):
+        raise serializers.ValidationError(f"{value!r} is not {expected}")
+    return value
+
+
 def text_field(**kwargs: Any) -> serializers.CharField:
     """A CharField taken as sent: no silent trimming, so the length the schema states is
     the length the server checks (the services normalise what needs it)."""

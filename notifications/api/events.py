@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 
 from notifications import selectors
 from notifications.api.common import (
+    KEY_SHAPE,
     DateTimeField,
     JsonObjectField,
     StrictSerializer,
@@ -25,6 +26,7 @@ from notifications.api.common import (
     operation,
     query,
     query_params_for,
+    shaped,
     text_field,
 )
 from notifications.api.pagination import PAGE_PARAMETERS, Pagination, page_of
@@ -67,7 +69,7 @@ class EventFieldsSerializer(StrictSerializer):
     )
 
     def validate_type(self, value: str) -> str:
-        return checked(key_check, value)
+        return checked(key_check, shaped(value, KEY_PATTERN, KEY_SHAPE))
 
     def validate_data(self, value: dict[str, Any]) -> dict[str, Any]:
         size = len(json.dumps(value, separators=(",", ":")).encode())
@@ -103,7 +105,7 @@ class EventCreateSerializer(EventFieldsSerializer):
     topic = KeyField(max_length=100, trim_whitespace=False, required=False)
 
     def validate_topic(self, value: str) -> str:
-        return checked(key_check, value)
+        return checked(key_check, shaped(value, KEY_PATTERN, KEY_SHAPE))
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         has_recipients, has_topic = "recipients" in attrs, "topic" in attrs

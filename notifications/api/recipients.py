@@ -11,7 +11,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from notifications.api.common import ErrorTreeField, StrictSerializer, checked, operation, text_field
+from notifications.api.common import (
+    PHONE_SHAPE,
+    ErrorTreeField,
+    StrictSerializer,
+    checked,
+    operation,
+    shaped,
+    text_field,
+)
 from notifications.api.schema import EMAIL_PATTERN
 from notifications.models import DevicePlatform, Recipient
 from notifications.services.recipients import (
@@ -83,10 +91,12 @@ class RecipientUpsertSerializer(StrictSerializer):
         return checked(email_normalise, value)
 
     def validate_phone(self, value: str) -> str:
+        if value:
+            shaped(value, PHONE_PATTERN, PHONE_SHAPE)
         return checked(phone_normalise, value)
 
     def validate_locale(self, value: str) -> str:
-        return checked(locale_check, value)
+        return checked(locale_check, shaped(value, LOCALE_PATTERN, "a locale such as 'en' or 'pt-BR'"))
 
     def validate_timezone(self, value: str) -> str:
         return checked(timezone_check, value)

@@ -13,12 +13,14 @@ from rest_framework.views import APIView
 
 from notifications import selectors
 from notifications.api.common import (
+    PHONE_SHAPE,
     StrictSerializer,
     checked,
     errors_response,
     operation,
     query,
     query_params_for,
+    shaped,
     text_field,
 )
 from notifications.api.pagination import PAGE_PARAMETERS, Pagination, page_of
@@ -42,6 +44,8 @@ class SuppressionSerializer(StrictSerializer):
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         try:
+            if attrs["kind"] == SuppressionKind.PHONE:
+                shaped(attrs["address"], PHONE_PATTERN, PHONE_SHAPE)
             address = checked(suppression_address_normalise, kind=attrs["kind"], address=attrs["address"])
         except serializers.ValidationError as exc:
             raise serializers.ValidationError({"address": exc.detail}) from exc

@@ -12,7 +12,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from notifications.api.common import StrictSerializer, WholeNumberField, checked, operation, text_field
+from notifications.api.common import (
+    KEY_SHAPE,
+    StrictSerializer,
+    WholeNumberField,
+    checked,
+    operation,
+    shaped,
+    text_field,
+)
 from notifications.api.schema import NO_NUL_PATTERN
 from notifications.models import (
     KEY_PATTERN,
@@ -133,10 +141,10 @@ class NotificationTypeSerializer(StrictSerializer):
     fallbacks = FallbacksField(required=False, default=list)
 
     def validate_key(self, value: str) -> str:
-        return checked(key_check, value)
+        return checked(key_check, shaped(value, KEY_PATTERN, KEY_SHAPE))
 
     def validate_default_locale(self, value: str) -> str:
-        return checked(locale_check, value)
+        return checked(locale_check, shaped(value, LOCALE_PATTERN, "a locale such as 'en' or 'pt-BR'"))
 
     def validate_channels(self, value: list[str]) -> list[str]:
         duplicates = sorted({c for c in value if value.count(c) > 1})

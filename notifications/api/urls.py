@@ -75,6 +75,7 @@ urlpatterns = [
     path("inbox/unread-count/", inbox.InboxUnreadCountView.as_view(), name="inbox-unread-count"),
     path("inbox/<id:item_id>/read/", inbox.InboxReadView.as_view(), name="inbox-read"),
     path("inbox/read-all/", inbox.InboxReadAllView.as_view(), name="inbox-read-all"),
-    # Last: any other path under /api/v1/ is a 404 in the API's error shape.
-    re_path(r"^.*$", NotFoundView.as_view(), name="api-not-found"),
+    # Last: any other path under /api/v1/ is a 404 in the API's error shape ([\s\S]: a
+    # decoded %0A is a path character too, and "." would not match it).
+    re_path(r"^[\s\S]*$", NotFoundView.as_view(), name="api-not-found"),
 ]
