@@ -6,6 +6,7 @@ beside the field it concerns, and a value is stored in the same normalised form.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import time
 from typing import Any
 
 import pytest
@@ -280,4 +281,4 @@ def test_it_refuses_half_of_quiet_hours_and_stores_both_ends_through_the_service
     stored = admin_client.post(url, {**base, "quiet_hours_start": "22:00", "quiet_hours_end": "07:00"})
     assert stored.status_code == 302, stored.content.decode()[:2000]
     recipient.refresh_from_db()
-    assert (recipient.quiet_hours_start.hour, recipient.quiet_hours_end.hour) == (22, 7)
+    assert (recipient.quiet_hours_start, recipient.quiet_hours_end) == (time(22, 0), time(7, 0))
