@@ -280,5 +280,5 @@ def test_it_refuses_half_of_quiet_hours_and_stores_both_ends_through_the_service
 
     stored = admin_client.post(url, {**base, "quiet_hours_start": "22:00", "quiet_hours_end": "07:00"})
     assert stored.status_code == 302, stored.content.decode()[:2000]
-    recipient.refresh_from_db()
-    assert (recipient.quiet_hours_start, recipient.quiet_hours_end) == (time(22, 0), time(7, 0))
+    saved = Recipient.objects.get(pk=recipient.pk)
+    assert (saved.quiet_hours_start, saved.quiet_hours_end) == (time(22, 0), time(7, 0))
