@@ -49,8 +49,7 @@ PHONE_SCHEMA = {
 }
 EMAIL_SCHEMA = {
     "type": "string",
-    "maxLength": 254,
-    "anyOf": [{"format": "email", "pattern": EMAIL_PATTERN}, {"maxLength": 0}],
+    "anyOf": [{"format": "email", "pattern": EMAIL_PATTERN, "maxLength": 254}, {"maxLength": 0}],
     "description": '"" for none',
 }
 # The very set timezone_check accepts, so the enum and the rule cannot drift apart.

@@ -32,7 +32,7 @@ ID_MAX = 10**18 - 1
 # refuses; what Django takes beyond the pattern (longer or more dotted addresses, punycode)
 # is accepted and left unpromised.
 _ATOM = "[-!#$%&'*+/=?^_`{}|~0-9A-Za-z]"
-_LABEL = "[A-Za-z0-9]{1,20}(-[A-Za-z0-9]{1,20})?"
+LABEL_PATTERN = _LABEL = "[A-Za-z0-9]{1,20}(-[A-Za-z0-9]{1,20})?"
 EMAIL_PATTERN = rf"^{_ATOM}{{1,32}}(\.{_ATOM}{{1,15}}){{0,2}}@{_LABEL}(\.{_LABEL}){{0,3}}\.[A-Za-z]{{2,63}}$"
 
 
@@ -56,7 +56,8 @@ class ApiSchema(AutoSchema):
 
 
 def _forbid_nul(schema: dict[str, Any]) -> None:
-    if schema.get("type") == "string" and not {"pattern", "format", "enum"} & set(schema):
+    # A string with branches (anyOf) is judged by its branches, which carry their patterns.
+    if schema.get("type") == "string" and not {"pattern", "format", "enum", "anyOf", "oneOf"} & set(schema):
         schema["pattern"] = NO_NUL_PATTERN
     for key in ("items", "additionalProperties"):
         if isinstance(schema.get(key), dict):
@@ -136,6 +137,13 @@ class SegmentConverter:
         return value
 
 
+class AddressConverter(SegmentConverter):
+    """The rest of the path, "/" included: an email address may hold one ("a/b@example.com")
+    and must be removable from the suppression list like any other."""
+
+    regex = r"[^\x00]+"
+
+
 class IdConverter:
     """A positive bigint id; anything else does not match the route (a JSON 404)."""
 
@@ -162,7 +170,7 @@ PATH_PARAMETERS: dict[str, tuple[dict[str, Any], str]] = {
     "item_id": (_ID, "Id of the inbox item"),
     "kind": ({"type": "string", "enum": list(SuppressionKind.values)}, "What the address is"),
     "address": (
-        {"type": "string", "minLength": 1, "maxLength": 320, "pattern": r"^[^/\x00]+$"},
-        "The address as listed or in any form that normalises to it",
+        {"type": "string", "minLength": 1, "maxLength": 320, "pattern": r"^[^\x00]+$"},
+        "The address as listed or in any form that normalises to it ('/' encoded as %2F)",
     ),
 }

@@ -132,15 +132,17 @@ class SuppressionListView(APIView):
             query(
                 "address",
                 {
+                    # One flat anyOf (not query's blank wrapper around another): generators
+                    # are much quicker with it.
                     "type": "string",
-                    "maxLength": ADDRESS_MAX,
                     "anyOf": [
-                        {"format": "email", "pattern": EMAIL_PATTERN},
+                        {"format": "email", "pattern": EMAIL_PATTERN, "maxLength": ADDRESS_MAX},
                         {"pattern": PHONE_PATTERN, "format": "phone"},
+                        {"maxLength": 0},
                     ],
                 },
-                "One exact address, in any form that normalises to it (its kind follows from an '@')",
-                blank=True,
+                "One exact address, in any form that normalises to it (its kind follows from an '@'); "
+                "empty means no filter",
             ),
             *PAGE_PARAMETERS,
         ],

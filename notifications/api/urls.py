@@ -15,10 +15,11 @@ from notifications.api import (
     webhooks,
 )
 from notifications.api.common import NotFoundView
-from notifications.api.schema import IdConverter, SegmentConverter
+from notifications.api.schema import AddressConverter, IdConverter, SegmentConverter
 
 register_converter(SegmentConverter, "segment")
 register_converter(IdConverter, "id")
+register_converter(AddressConverter, "address")
 
 urlpatterns = [
     # Before recipients/<external_id>/: "bulk" is reserved (the schema says so).
@@ -67,7 +68,7 @@ urlpatterns = [
     ),
     path("suppressions/", suppressions.SuppressionListView.as_view(), name="suppressions"),
     path(
-        "suppressions/<segment:kind>/<segment:address>/",
+        "suppressions/<segment:kind>/<address:address>/",
         suppressions.SuppressionDetailView.as_view(),
         name="suppression",
     ),

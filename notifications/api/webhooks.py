@@ -14,7 +14,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from notifications import selectors
-from notifications.api.common import StrictSerializer, checked, operation, text_field
+from notifications.api.common import StrictSerializer, checked, operation, shaped, text_field
+from notifications.api.schema import LABEL_PATTERN
 from notifications.models import Recipient, WebhookEndpoint, WebhookKind
 from notifications.services.recipients import webhook_endpoint_add, webhook_endpoint_remove
 from notifications.services.validation import (
@@ -26,15 +27,25 @@ from notifications.services.validation import (
     webhook_url_check,
 )
 
-# https anywhere; plain http only to this machine (LOOPBACK_HOSTS of services/validation.py).
-# Schemes and host names are case-insensitive, as webhook_url_check reads them.
-_HTTPS = "[Hh][Tt][Tt][Pp][Ss]://"
-_LOOPBACK = r"[Hh][Tt][Tt][Pp]://(127\.0\.0\.1|[Ll][Oo][Cc][Aa][Ll][Hh][Oo][Ss][Tt]|\[::1\])([:/?#]|$)"
+# https to a host name whose last label is two or more letters (as Django's URLValidator in
+# webhook_url_check wants; "format: uri" alone would promise https://0.a), or http(s) to
+# this machine (LOOPBACK_HOSTS of services/validation.py). Schemes and host names are
+# case-insensitive, as webhook_url_check reads them. The schema's pattern states the start
+# (generators build long values of a short pattern quickly) and "format: uri" the rest; the
+# API refuses what either refuses: IP hosts other than loopback, and characters a URI must
+# escape, which URLValidator would let by.
+_HTTPS = f"[Hh][Tt][Tt][Pp][Ss]://({LABEL_PATTERN}\\.)+[A-Za-z]{{2,63}}"
+_LOOPBACK = r"[Hh][Tt][Tt][Pp][Ss]?://(127\.0\.0\.1|[Ll][Oo][Cc][Aa][Ll][Hh][Oo][Ss][Tt]|\[::1\])"
+_PORT = "(:[0-9]{1,5})?"
+URL_PATTERN = f"^({_HTTPS}|{_LOOPBACK}){_PORT}([/?#]|$)"
+_URI_REST = r"([/?#]([A-Za-z0-9\-._~!$&'()*+,;=:@/?#]|%[0-9A-Fa-f]{2})*)?"
+_WHOLE_URL = f"({_HTTPS}|{_LOOPBACK}){_PORT}{_URI_REST}"
+URL_SHAPE = "an https URL (http only to 127.0.0.1, localhost or [::1]) of URI characters"
 URL_SCHEMA = {
     "type": "string",
     "format": "uri",
     "maxLength": WEBHOOK_URL_MAX,
-    "pattern": f"^({_HTTPS}|{_LOOPBACK})",
+    "pattern": URL_PATTERN,
     "description": "https; plain http only to 127.0.0.1, localhost or [::1] (development, sandbox)",
 }
 
@@ -71,7 +82,8 @@ class WebhookEndpointSerializer(StrictSerializer):
             raise serializers.ValidationError(
                 f"must be an https URL (http only to 127.0.0.1 or localhost), got scheme {scheme!r}"
             )
-        return checked(webhook_url_check, value)
+        # The rule first, for its specific messages; then the schema's shape for what it lets by.
+        return shaped(checked(webhook_url_check, value), _WHOLE_URL, URL_SHAPE)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         kind, secret = checked(webhook_kind_check, attrs["kind"]), attrs.get("secret", "")

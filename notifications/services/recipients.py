@@ -298,6 +298,10 @@ def _bulk_item_clean(item: Any) -> tuple[str | None, dict[str, Any], dict[str, l
         else:
             if (problem := _unstorable(external_id)) is not None:
                 errors["external_id"] = [problem]
+            elif "/" in external_id:
+                # The API names a recipient by a path segment (/recipients/{external_id}/),
+                # which cannot hold a "/"; PUT cannot create such an id, nor can bulk.
+                errors["external_id"] = [f"{external_id!r} must not contain '/'"]
     given = {name: value for name, value in item.items() if name != "external_id"}
     for name, value in given.items():
         if isinstance(value, str) and (problem := _unstorable(value)) is not None:

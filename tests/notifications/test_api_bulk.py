@@ -63,6 +63,7 @@ def test_it_refuses_a_repeated_external_id_in_the_later_item_only(service_client
         ({"name": "no id"}, "external_id"),
         ({"external_id": 7}, "external_id"),
         ({"external_id": "x" * 201}, "external_id"),
+        ({"external_id": "team/alice"}, "external_id"),
         ({"external_id": "ok", "nickname": "x"}, "nickname"),
         ({"external_id": "ok", "name": 5}, "name"),
         ({"external_id": "ok", "timezone": "Mars/Olympus"}, "timezone"),

@@ -56,6 +56,16 @@ def test_it_refuses_what_the_schema_refuses_instead_of_coercing_it(service_clien
     assert not Recipient.objects.exists()
 
 
+def test_it_removes_a_suppressed_address_holding_a_slash(service_client):
+    added = service_client.post(
+        "/api/v1/suppressions/", {"kind": "email", "address": "team/ops@example.com"}, format="json"
+    )
+
+    removed = service_client.delete("/api/v1/suppressions/email/team%2Fops@example.com/")
+
+    assert (added.status_code, removed.status_code) == (201, 204)
+
+
 def test_it_takes_a_whole_number_written_as_3_0(service_client):
     body = {
         "key": "digest",
