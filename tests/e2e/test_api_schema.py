@@ -95,6 +95,8 @@ def test_it_answers_only_what_its_schema_documents(schema_stack: Stack) -> None:
         command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_SECONDS, check=False
     )
 
+    # The phases' times and counts, in the captured output of a passing run too.
+    print(completed.stdout[completed.stdout.find("Examples (in") :][:3000])
     report = completed.stdout[-20000:] + completed.stderr[-5000:]
     assert completed.returncode == 0, report
     assert re.search(r"\d+ generated, \d+ passed", completed.stdout), report
