@@ -34,7 +34,8 @@ from notifications.services.validation import (
 # (generators build long values of a short pattern quickly) and "format: uri" the rest; the
 # API refuses what either refuses: IP hosts other than loopback, and characters a URI must
 # escape, which URLValidator would let by.
-_HTTPS = f"[Hh][Tt][Tt][Pp][Ss]://({LABEL_PATTERN}\\.)+[A-Za-z]{{2,63}}"
+# At most four labels before the top-level one: URLValidator refuses host names over 253.
+_HTTPS = f"[Hh][Tt][Tt][Pp][Ss]://({LABEL_PATTERN}\\.){{1,4}}[A-Za-z]{{2,63}}"
 _LOOPBACK = r"[Hh][Tt][Tt][Pp][Ss]?://(127\.0\.0\.1|[Ll][Oo][Cc][Aa][Ll][Hh][Oo][Ss][Tt]|\[::1\])"
 _PORT = "(:[0-9]{1,5})?"
 URL_PATTERN = f"^({_HTTPS}|{_LOOPBACK}){_PORT}([/?#]|$)"
