@@ -30,10 +30,10 @@ from notifications.services.recipients import (
 )
 from notifications.services.tokens import end_user_token_issue
 from notifications.services.validation import (
-    _TIMEZONES,
     LOCALE_PATTERN,
     PHONE_PATTERN,
     RECIPIENT_FIELDS,
+    TIMEZONES,
     email_normalise,
     locale_check,
     phone_normalise,
@@ -53,7 +53,7 @@ EMAIL_SCHEMA = {
     "description": '"" for none',
 }
 # The very set timezone_check accepts, so the enum and the rule cannot drift apart.
-TIMEZONE_SCHEMA = {"type": "string", "enum": sorted(_TIMEZONES), "description": "IANA time zone"}
+TIMEZONE_SCHEMA = {"type": "string", "enum": sorted(TIMEZONES), "description": "IANA time zone"}
 
 
 @extend_schema_field(PHONE_SCHEMA)

@@ -36,17 +36,23 @@ class RuleViolation(ValueError):
 
 CHANNELS: tuple[str, ...] = tuple(Channel.values)
 CATEGORIES: tuple[str, ...] = tuple(Category.values)
-_TIMEZONES = frozenset(available_timezones())
+TIMEZONES = frozenset(available_timezones())
+
 _LOCALE = re.compile(r"^[a-z]{2,3}([_-][A-Za-z0-9]{2,8})*$")
 LOCALE_PATTERN = _LOCALE.pattern
+# Characters PostgreSQL cannot store in text: NUL, and unpaired UTF-16 surrogates.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 # --- Keys -------------------------------------------------------------------------------
 
 
 def key_check(value: str) -> str:
-    """A type or topic key: lowercase letters, digits and . _ : - (at most 100)."""
+    """A type or topic key: lowercase letters, digits and . _ : - (at most 100). The whole
+    value must match: a regex "$" would also let a final newline through."""
     try:
         KEY_VALIDATOR(value)
+        if "\n" in value:
+            raise DjangoValidationError(KEY_VALIDATOR.message)
     except DjangoValidationError as exc:
         raise RuleViolation(f"{value!r}: {exc.messages[0]}") from exc
     return value
@@ -55,6 +61,7 @@ def key_check(value: str) -> str:
 # --- Recipients ---------------------------------------------------------------------------
 
 PHONE_PATTERN = r"^\+[1-9][0-9 ().-]{5,30}$"
+_PHONE = re.compile(PHONE_PATTERN.removeprefix("^").removesuffix("$"))
 
 
 def phone_normalise(value: str) -> str:
@@ -63,13 +70,17 @@ def phone_normalise(value: str) -> str:
     value = value.strip()
     if not value:
         return ""
+    invalid = RuleViolation(
+        f"{value!r} is not a valid phone number in international form (+<country><number>, e.g. +14155550100)"
+    )
+    # Only digits and the usual separators: libphonenumber would skip other characters (a
+    # trailing "*", letters of a vanity number) and store a number nobody typed.
+    if not _PHONE.fullmatch(value):
+        raise invalid
     try:
         e164, _ = sms_normalise(value)
     except InvalidPhoneNumber as exc:
-        raise RuleViolation(
-            f"{value!r} is not a valid phone number in international form (+<country><number>, "
-            "e.g. +14155550100)"
-        ) from exc
+        raise invalid from exc
     return e164
 
 
@@ -86,13 +97,13 @@ def email_normalise(value: str) -> str:
 
 
 def locale_check(value: str) -> str:
-    if not _LOCALE.match(value):
+    if not _LOCALE.fullmatch(value) or "\n" in value:
         raise RuleViolation(f"{value!r} is not a locale such as 'en' or 'pt-BR'")
     return value
 
 
 def timezone_check(value: str) -> str:
-    if value not in _TIMEZONES:
+    if value not in TIMEZONES:
         raise RuleViolation(f"{value!r} is not an IANA time zone such as 'Europe/Lisbon'")
     return value
 
@@ -116,6 +127,9 @@ def recipient_fields_clean(fields: dict[str, Any]) -> tuple[dict[str, Any], dict
         if len(value) > _RECIPIENT_LIMITS[name]:
             errors[name] = [f"at most {_RECIPIENT_LIMITS[name]} characters, got {len(value)}"]
             continue
+        if _UNSTORABLE.search(value):
+            errors[name] = ["contains a character that cannot be stored (NUL or an unpaired surrogate)"]
+            continue
         try:
             if name == "phone":
                 value = phone_normalise(value)
@@ -138,6 +152,8 @@ EXTERNAL_ID_MAX = 200
 def external_id_check(value: str) -> str:
     if not value or len(value) > EXTERNAL_ID_MAX:
         raise RuleViolation(f"must be 1 to {EXTERNAL_ID_MAX} characters, got {len(value)}")
+    if _UNSTORABLE.search(value):
+        raise RuleViolation("contains a character that cannot be stored (NUL or an unpaired surrogate)")
     return value
 
 
@@ -154,6 +170,11 @@ def webhook_url_check(value: str) -> str:
     """An https URL; plain http only to 127.0.0.1 or localhost (development, sandbox)."""
     if len(value) > WEBHOOK_URL_MAX:
         raise RuleViolation(f"at most {WEBHOOK_URL_MAX} characters, got {len(value)}")
+    scheme = urlsplit(value).scheme
+    if scheme not in ("http", "https"):
+        raise RuleViolation(
+            f"must be an https URL (http only to 127.0.0.1 or localhost), got scheme {scheme!r}"
+        )
     try:
         URLValidator(schemes=["http", "https"])(value)
     except DjangoValidationError as exc:
@@ -259,6 +280,8 @@ def fallback_rules_clean(
                     f"{value!r} is not a channel; expected one of {', '.join(CHANNELS)}"
                 ]
                 shape_ok = False
+        if isinstance(after, float) and after.is_integer():
+            after = int(after)  # JSON has one number type: 60.0 is 60 seconds
         if after is None:
             errors[f"{where}.after_seconds"] = ["this field is required"]
             shape_ok = False

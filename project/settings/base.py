@@ -169,6 +169,8 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Notification platform API",
     "DESCRIPTION": "Events in, deliveries out: the platform's public contract (v1).",
     "VERSION": "1.0.0",
+    # OpenAPI 3.1 (JSON Schema 2020-12), as /api/schema/ serves it (project/urls.py).
+    "OAS_VERSION": "3.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
     # Swagger UI served from our own static files: no CDN, works offline.
