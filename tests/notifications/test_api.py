@@ -293,21 +293,3 @@ def test_it_replaces_preferences_and_validates_them(service_client):
 def test_it_serves_the_openapi_schema(client):
     response = client.get("/api/schema/")
     assert response.status_code == 200 and b"/api/v1/events/" in response.content
-
-
-def test_it_answers_503_when_the_database_fails_mid_request(service_client, monkeypatch):
-    from django.db import OperationalError
-
-    def unavailable(**kwargs: Any) -> None:
-        raise OperationalError("server closed the connection unexpectedly")
-
-    monkeypatch.setattr("notifications.api.events.event_ingest", unavailable)
-    nt = NotificationTypeFactory()
-    alice = RecipientFactory()
-
-    response = service_client.post(
-        "/api/v1/events/", {"type": nt.key, "recipients": [alice.external_id]}, format="json"
-    )
-
-    assert response.status_code == 503 and response["Retry-After"] == "5"
-    assert "service" in _errors(response)
