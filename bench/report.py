@@ -510,10 +510,12 @@ def render(results: dict[str, Any]) -> str:
         "from just before each POST to the arrival of the `notification` frame whose `item.event_id` is the "
         "id the API returned. Frames still missing after a 90 s grace period count as lost; the database's "
         "inbox rows for the events are counted too. The load generator runs on the same cores.",
-        "- **Memory**: one web process alone (no workers) and C recipients; after opening and closing 20 "
-        "sockets twice (warm-up), the resident memory of the web process tree (`VmRSS` from `/proc`) is read "
-        "until it is steady, C sockets are opened (50 at a time, each waits for its first frame), and it is "
-        "read again. KiB per connection = difference / C. Client pings are off so the sockets stay idle.",
+        "- **Memory**: one web process alone (no workers) and C recipients; 20 warm-up sockets are opened and "
+        "kept open through both readings (closed, the memory they freed would be reused by the measured "
+        "sockets unseen), the resident memory of the web process tree (`VmRSS` from `/proc`) is read until it "
+        "is steady, C sockets are opened (50 at a time, each waits for its first frame), and it is read "
+        "again; every socket must then still answer a ping, and both readings must be of one process. KiB per "
+        "connection = difference / C. Client pings are off so the sockets stay idle.",
         "- The server choice: lower P2 p99 when the two differ by more than 10%, otherwise less memory per "
         "idle connection.",
         *_provider_method(results),
