@@ -8,6 +8,7 @@ print their figures, and (unless ``--no-write``) record them in ``docs/benchmark
     python -m bench p4 --rate 1000 --seconds 20      # event -> push accepted by the sandbox
     python -m bench sends --per-channel 5000         # provider sends/s per channel
     python -m bench kill-sends --sends 10000         # kill -9 of the send worker mid-send
+    python -m bench p1-against --against c0fea50     # P1 here and at another revision, in turns
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import argparse
 import sys
 from typing import Any
 
-from bench import kill_sends, memory, p1_fanout, p2_latency, p4_push, provider_sends, report
+from bench import kill_sends, memory, p1_against, p1_fanout, p2_latency, p4_push, provider_sends, report
 from bench.stack import template_database
 from harness.processes import Server
 
@@ -26,7 +27,7 @@ SERVERS: tuple[Server, ...] = ("uvicorn", "daphne")
 ALTERNATIVES_MAX_SECONDS = 120.0
 P2_DEFAULT_RATE = 200.0
 P4_DEFAULT_RATE = p4_push.TARGET_RATE
-BENCHMARKS = ("all", "p1", "p2", "memory", "p4", "sends", "kill-sends")
+BENCHMARKS = ("all", "p1", "p2", "memory", "p4", "sends", "kill-sends", "p1-against")
 
 
 def _servers(choice: str) -> tuple[Server, ...]:
@@ -95,6 +96,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=2_500,
         help="kill-sends: kill the send worker after this many accepted pushes (default 2,500)",
     )
+    parser.add_argument(
+        "--against", default=None, help="p1-against: the git revision to measure P1 beside (e.g. a commit)"
+    )
+    parser.add_argument("--rounds", type=int, default=4, help="p1-against: interleaved rounds (default 4)")
     parser.add_argument("--no-write", action="store_true", help="print figures only; leave docs/ alone")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
@@ -233,6 +238,16 @@ def run_kill_sends(args: argparse.Namespace, template: str) -> dict[str, Any]:
     return {"kill_sends": worst, "kill_sends_runs": results}
 
 
+def run_p1_against(args: argparse.Namespace, template: str) -> dict[str, Any]:
+    if not args.against:
+        raise SystemExit("p1-against needs --against <git revision>")
+    result = p1_against.run(
+        against=args.against, rounds=args.rounds, recipients=args.recipients, progress=not args.no_progress
+    )
+    print(result.summary(), flush=True)
+    return {"p1_against": result.as_dict()}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     runs = [
@@ -244,8 +259,9 @@ def main(argv: list[str] | None = None) -> int:
             ("p4", run_p4),
             ("sends", run_sends),
             ("kill-sends", run_kill_sends),
+            ("p1-against", run_p1_against),
         )
-        if args.benchmark in ("all", name)
+        if args.benchmark == name or (args.benchmark == "all" and name != "p1-against")
     ]
     if not args.no_write and args.benchmark == "all":
         # A full run replaces everything, so nothing stale survives from older runs.

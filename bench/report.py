@@ -114,6 +114,7 @@ SECTION_OF = {
     "p1": "p1",
     "p1_layouts": "p1",
     "p1_note": "p1",
+    "p1_against": "p1_against",
     "p2": "p2",
     "p2_low": "p2",
     "memory": "memory",
@@ -425,6 +426,26 @@ def render(results: dict[str, Any]) -> str:
         if results.get("p1_note"):
             lines += ["", str(results["p1_note"])]
         lines += _measured_on(results, "p1")
+        lines.append("")
+
+    against = results.get("p1_against")
+    if against:
+        lines += [
+            "## P1 beside an earlier revision",
+            "",
+            f"This tree's P1 and P1 at `{against['against']}` ({str(against['against_revision'])[:10]}), "
+            f"{against['recipients']:,} recipients, default layout, measured in turns in one run "
+            "(`python -m bench p1-against`), so that the day's speed of the machine cancels out. "
+            f"Median of the per-round ratios (this / other): **{_fmt(against['median_ratio'], 3)}**.",
+            "",
+            "| round | this tree (recipients/s) | other revision (recipients/s) | ratio |",
+            "|---|---|---|---|",
+        ]
+        for number, (this, other) in enumerate(zip(against["this"], against["other"], strict=True), start=1):
+            lines.append(
+                f"| {number} | {_fmt(this, 0)} | {_fmt(other, 0)} | {_fmt(this / other if other else None, 3)} |"
+            )
+        lines += _measured_on(results, "p1_against")
         lines.append("")
 
     p2_all = [*sorted(results.get("p2", {}).items()), *sorted(results.get("p2_low", {}).items())]
