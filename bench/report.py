@@ -402,8 +402,8 @@ def render(results: dict[str, Any]) -> str:
     ]
     if chosen:
         lines += [
-            f"**Default ASGI server: {chosen}** ({reason}). `make run` takes `ASGI_SERVER=uvicorn|daphne`; "
-            "both are kept working and measured here.",
+            f"**ASGI server these figures favour: {chosen}** ({reason}). `make run` starts uvicorn unless "
+            "`ASGI_SERVER=daphne` says otherwise; both are kept working and measured here.",
             "",
         ]
 
