@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench import kill_sends, memory, p1_fanout, p2_latency, p4_push, provider_sends, report
+from bench import kill_sends, memory, p1_against, p1_fanout, p2_latency, p4_push, provider_sends, report
 from bench.stack import Progress, bench_stack, progress_bar, template_database
 from harness.processes import Server
 
@@ -207,3 +207,14 @@ def test_report_renders_the_provider_sections() -> None:
     assert "| push (FCM HTTP v1) | 5,000 | 800 |" in text
     assert "## kill -9 of the send worker during 10,000 pushes" in text
     assert "duplicates ≤ chunks in flight × chunk size" in text
+
+
+def test_p1_against_an_earlier_revision_runs_both_in_turns() -> None:
+    # The smallest real run: one round each, this tree and HEAD in a worktree of its own.
+    result = p1_against.run(against="HEAD", rounds=1, recipients=300, progress=False)
+
+    assert len(result.this) == len(result.other) == 1
+    assert result.this[0] > 0 and result.other[0] > 0
+    assert result.median_ratio == result.this[0] / result.other[0]
+    rendered = report.render({"p1_against": result.as_dict(), "machine": report.machine(), "measured_on": {}})
+    assert "## P1 beside an earlier revision" in rendered and "| 1 |" in rendered
