@@ -89,6 +89,27 @@ class ProviderFilter(admin.SimpleListFilter):
         return queryset.filter(provider=self.value()) if self.value() else queryset
 
 
+class TimestampSetFilter(admin.SimpleListFilter):
+    """Rows by whether a timestamp column is set (replayed, processed, read, revoked).
+    Subclasses name the column and the two choices, each (URL value, label), in the order
+    the sidebar lists them."""
+
+    field: str
+    unset: tuple[str, str]
+    set: tuple[str, str]
+    set_first = False
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [self.set, self.unset] if self.set_first else [self.unset, self.set]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == self.unset[0]:
+            return queryset.filter(**{f"{self.field}__isnull": True})
+        if self.value() == self.set[0]:
+            return queryset.filter(**{f"{self.field}__isnull": False})
+        return queryset
+
+
 class BigTableAdmin(admin.ModelAdmin):
     """Defaults for tables that grow with traffic: no full counts, no facet counts."""
 

@@ -11,7 +11,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, path
 
-from notifications.admin.base import PipelineOwnedAdmin, delivery_admin_link, parse_id
+from notifications.admin.base import PipelineOwnedAdmin, TimestampSetFilter, delivery_admin_link, parse_id
 from notifications.admin.deadletter_replay import (
     can_replay_dead_letters,
     deadletter_replay_matching,
@@ -24,20 +24,11 @@ from notifications.models import DeadLetter, DeliveryAttempt, DeliveryEvent, Not
 from notifications.services.deadletters import deadletters_replay
 
 
-class ReplayedFilter(admin.SimpleListFilter):
+class ReplayedFilter(TimestampSetFilter):
     title = "replayed"
     parameter_name = "replayed"
-
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
-        return [("no", "Open (not replayed)"), ("yes", "Replayed")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> QuerySet[DeadLetter]:
-        # "no" is served by the partial deadletter_open_idx.
-        if self.value() == "no":
-            return queryset.filter(replayed_at__isnull=True)
-        if self.value() == "yes":
-            return queryset.filter(replayed_at__isnull=False)
-        return queryset
+    # "no" is served by the partial deadletter_open_idx.
+    field, unset, set = "replayed_at", ("no", "Open (not replayed)"), ("yes", "Replayed")
 
 
 class DeadLetterTypeFilter(admin.SimpleListFilter):

@@ -11,7 +11,13 @@ from django.http import HttpRequest
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
-from notifications.admin.base import PipelineOwnedAdmin, ProviderFilter, ReadOnlyInline, parse_uuid
+from notifications.admin.base import (
+    PipelineOwnedAdmin,
+    ProviderFilter,
+    ReadOnlyInline,
+    TimestampSetFilter,
+    parse_uuid,
+)
 from notifications.admin.pages import delivery_charts_page, provider_breaker_reset, provider_health_page
 from notifications.models import (
     AggregationBatch,
@@ -166,19 +172,10 @@ class AggregationBatchAdmin(PipelineOwnedAdmin):
     raw_id_fields = ["recipient", "leader"]
 
 
-class ReadFilter(admin.SimpleListFilter):
+class ReadFilter(TimestampSetFilter):
     title = "read"
     parameter_name = "read"
-
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
-        return [("no", "Unread"), ("yes", "Read")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[InboxItem]) -> QuerySet[InboxItem]:
-        if self.value() == "no":
-            return queryset.filter(read_at__isnull=True)
-        if self.value() == "yes":
-            return queryset.filter(read_at__isnull=False)
-        return queryset
+    field, unset, set = "read_at", ("no", "Unread"), ("yes", "Read")
 
 
 @admin.register(InboxItem)

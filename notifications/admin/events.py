@@ -14,7 +14,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
-from notifications.admin.base import PipelineOwnedAdmin, parse_uuid
+from notifications.admin.base import PipelineOwnedAdmin, TimestampSetFilter, parse_uuid
 from notifications.models import Channel, Delivery, DeliveryStatus, Event, OutboxMessage, Subscription
 
 
@@ -169,20 +169,11 @@ def event_pipeline_context(event: Event) -> dict[str, Any]:
     }
 
 
-class ProcessedFilter(admin.SimpleListFilter):
+class ProcessedFilter(TimestampSetFilter):
     title = "processed"
     parameter_name = "processed"
-
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
-        return [("pending", "Pending"), ("processed", "Processed")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[OutboxMessage]) -> QuerySet[OutboxMessage]:
-        # "pending" is served by the partial outbox_unprocessed_idx.
-        if self.value() == "pending":
-            return queryset.filter(processed_at__isnull=True)
-        if self.value() == "processed":
-            return queryset.filter(processed_at__isnull=False)
-        return queryset
+    # "pending" is served by the partial outbox_unprocessed_idx.
+    field, unset, set = "processed_at", ("pending", "Pending"), ("processed", "Processed")
 
 
 @admin.register(OutboxMessage)

@@ -7,23 +7,15 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from notifications.admin.base import TimestampSetFilter
 from notifications.models import ApiKey
 from notifications.services.api_keys import api_key_create, api_key_revoke
 
 
-class RevokedFilter(admin.SimpleListFilter):
+class RevokedFilter(TimestampSetFilter):
     title = "revoked"
     parameter_name = "revoked"
-
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
-        return [("yes", "Revoked"), ("no", "Active")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> QuerySet[ApiKey]:
-        if self.value() == "yes":
-            return queryset.filter(revoked_at__isnull=False)
-        if self.value() == "no":
-            return queryset.filter(revoked_at__isnull=True)
-        return queryset
+    field, unset, set, set_first = "revoked_at", ("no", "Active"), ("yes", "Revoked"), True
 
 
 @admin.register(ApiKey)
