@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init, worker_ready
+from celery.signals import task_postrun, worker_init, worker_process_init, worker_ready
+from django.db import close_old_connections
 from kombu.exceptions import OperationalError as BrokerUnavailable
 
 from project.processes import WORKER_READY_FILE_VARIABLE, die_with_parent
@@ -65,6 +66,17 @@ def pool_process_die_with_worker(sender: Any = None, **kwargs: Any) -> None:
     and its connections while nobody hands it work; the kernel kills it instead. Its task
     goes back to the queue (acks_late)."""
     die_with_parent(signal.SIGKILL, parent_pid=_worker_pid)
+
+
+@task_postrun.connect
+def database_connection_return(sender: Any = None, **kwargs: Any) -> None:
+    """After each task, give the database connection back to the process's pool (or drop
+    it if it broke) without closing the pool: CELERY_DB_REUSE_MAX keeps Celery's fixup
+    from reconnecting for every task (project/settings/base.py). A task run eagerly, in
+    its caller's process and maybe inside its transaction, leaves the connection alone."""
+    if sender is not None and getattr(sender.request, "is_eager", False):
+        return
+    close_old_connections()
 
 
 @worker_ready.connect

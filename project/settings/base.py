@@ -217,6 +217,7 @@ CELERY_TASK_PUBLISH_RETRY = False
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "notifications.tasks.event_fanout_task": {"queue": "fanout"},
+    "notifications.tasks.events_fanout_many_task": {"queue": "fanout"},
     "notifications.tasks.inapp_dispatch_task": {"queue": "inapp"},
     # Provider sends are routed per channel at enqueue time (queues email, sms, push,
     # webhook), so a slow provider of one channel never delays another.
@@ -224,6 +225,13 @@ CELERY_TASK_ROUTES = {
 }
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Celery's Django fixup closes the database connection before and after every task, and in
+# a prefork pool process the whole connection pool with it, unless this is set: every task
+# then paid for a new pool, a new PostgreSQL backend and its TLS-less handshake (a third of
+# a one-recipient fan-out's time, docs/benchmarks.md). With it, the fixup closes them only
+# every DB_REUSE_MAX tasks, and project/celery.py hands the connection back to the pool
+# after each task (a broken one is discarded by the pool there).
+CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000, minimum=1)
 CELERY_TIMEZONE = "UTC"
 
 # --- Celery on RabbitMQ (CELERY_BROKER_URL=amqp://user:password@host:5672/vhost) ----------
@@ -286,6 +294,9 @@ DELIVERY_STALE_SECONDS = env_int("DELIVERY_STALE_SECONDS", 120, minimum=1)
 SWEEP_INTERVAL_SECONDS = env_float("SWEEP_INTERVAL_SECONDS", 5.0)
 # Fan-out pages with at most this many in-app deliveries write their inbox items in the
 # page's own transaction instead of going through the in-app queue (0: always the queue).
+# Small events (one page of explicit recipients) fanned out together by one task: the
+# events of a bulk request, in tasks of at most this many (notifications/services/fanout.py).
+FANOUT_MANY_MAX = env_int("FANOUT_MANY_MAX", 500, minimum=1)
 INAPP_INLINE_MAX = env_int("INAPP_INLINE_MAX", 50, minimum=0)
 # Per-user per-channel caps: "count/seconds". Critical types are not capped.
 RATE_CAPS = {
