@@ -10,7 +10,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from notifications.services.dispatch import dispatch_batches_sweep
 from notifications.services.fallback import fallback_checks_due
-from notifications.services.fanout import event_fanout
+from notifications.services.fanout import event_fanout, events_fanout_many
 from notifications.services.inbox import inapp_dispatch_batch
 from notifications.services.outbox import outbox_sweep
 from notifications.services.scheduling import deliveries_release_due
@@ -24,6 +24,11 @@ _TRANSIENT = (DatabaseOperationalError, RedisConnectionError, RedisTimeoutError)
 @shared_task(autoretry_for=_TRANSIENT, retry_backoff=1, retry_backoff_max=30, max_retries=5)
 def event_fanout_task(outbox_id: int) -> int:
     return event_fanout(outbox_id=outbox_id).recipients
+
+
+@shared_task(autoretry_for=_TRANSIENT, retry_backoff=1, retry_backoff_max=30, max_retries=5)
+def events_fanout_many_task(outbox_ids: list[int]) -> int:
+    return events_fanout_many(outbox_ids=outbox_ids).recipients
 
 
 @shared_task(autoretry_for=_TRANSIENT, retry_backoff=1, retry_backoff_max=30, max_retries=5)

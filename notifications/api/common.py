@@ -207,6 +207,7 @@ _ERROR_DESCRIPTIONS = {
     403: "Signed in, but this session has no inbox, or its CSRF token is missing",
     404: "No such resource, or a path parameter outside its pattern (`errors.detail`)",
     409: "Conflicts with what is stored (`errors` names the field)",
+    413: "The body is over MAX_REQUEST_BYTES (`errors.body` names the limit); nothing was stored",
     503: "The database is unavailable; nothing was stored. Retry after `Retry-After` seconds",
 }
 ERRORS = {

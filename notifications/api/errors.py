@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.db import DatabaseError, DataError, IntegrityError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -23,6 +25,19 @@ def _as_lists(detail: Any) -> Any:
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, RequestDataTooBig):
+        # Django's own answer would be an HTML 400 that names nothing.
+        return Response(
+            {
+                "errors": {
+                    "body": [
+                        f"the body is over the limit of {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes "
+                        "(MAX_REQUEST_BYTES); send fewer items per call"
+                    ]
+                }
+            },
+            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
     if isinstance(exc, ValidationFailed):
         # A service refused a value by the rules every door shares (services/validation.py).
         return Response({"errors": _as_lists(exc.errors)}, status=status.HTTP_400_BAD_REQUEST)

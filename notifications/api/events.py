@@ -19,6 +19,7 @@ from notifications import selectors
 from notifications.api.common import (
     KEY_SHAPE,
     DateTimeField,
+    ErrorTreeField,
     JsonObjectField,
     StrictSerializer,
     checked,
@@ -31,7 +32,14 @@ from notifications.api.common import (
 )
 from notifications.api.pagination import PAGE_PARAMETERS, Pagination, page_of
 from notifications.models import KEY_PATTERN, Channel, DeliveryStatus, Event, EventStatus
-from notifications.services.ingest import IdempotencyConflict, IngestError, event_ingest
+from notifications.services.ingest import (
+    EVENTS_BULK_MAX,
+    EventSpec,
+    IdempotencyConflict,
+    IngestError,
+    event_ingest,
+    events_ingest_many,
+)
 from notifications.services.validation import EXTERNAL_ID_MAX, key_check
 
 IDEMPOTENCY_KEY_MAX = 255
@@ -221,6 +229,106 @@ class EventListView(APIView):
             return errors_response({"idempotency_key": [str(exc)]}, status.HTTP_409_CONFLICT)
         code = status.HTTP_202_ACCEPTED if result.created else status.HTTP_200_OK
         return Response({"id": str(result.event.id), "status": "accepted"}, status=code)
+
+
+# --- Bulk ---------------------------------------------------------------------------------
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "description": "An event body as for POST /api/v1/events/ (type, recipients or topic, data, "
+        "idempotency_key, send_at, origin_ip); checked item by item",
+    }
+)
+class BulkEventField(serializers.DictField):
+    pass
+
+
+class EventBulkSerializer(StrictSerializer):
+    events = serializers.ListField(
+        child=BulkEventField(),
+        max_length=EVENTS_BULK_MAX,
+        error_messages={"max_length": "at most {max_length} events per call"},
+    )
+
+
+class EventBulkAcceptedSerializer(serializers.Serializer):
+    index = serializers.IntegerField(min_value=0)
+    status = serializers.ChoiceField(
+        choices=["accepted", "duplicate"],
+        help_text="accepted: stored now; duplicate: its idempotency key was used before with the "
+        "same body, and id is the first event's",
+    )
+    id = serializers.UUIDField()
+
+
+class EventBulkRefusedSerializer(serializers.Serializer):
+    index = serializers.IntegerField(min_value=0)
+    status = serializers.ChoiceField(choices=["error"])
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        # "errors" would shadow Serializer.errors as a class attribute.
+        fields: dict[str, serializers.Field] = super().get_fields()
+        fields["errors"] = ErrorTreeField(help_text="{field: [message, ...]}")
+        return fields
+
+
+class EventBulkResultsSerializer(serializers.Serializer):
+    results = serializers.ListField(
+        child=PolymorphicProxySerializer(
+            component_name="EventBulkResult",
+            serializers=[EventBulkAcceptedSerializer, EventBulkRefusedSerializer],
+            resource_type_field_name=None,
+        )
+    )
+
+
+def _spec(item: dict[str, Any]) -> EventSpec | dict[str, Any]:
+    serializer = EventCreateSerializer(data=item)
+    if not serializer.is_valid():
+        return dict(serializer.errors)
+    data = serializer.validated_data
+    return EventSpec(
+        type_key=data["type"],
+        recipients=data.get("recipients"),
+        topic_key=data.get("topic"),
+        data=data["data"],
+        idempotency_key=data.get("idempotency_key"),
+        send_at=data.get("send_at"),
+        origin_ip=data.get("origin_ip"),
+    )
+
+
+class EventBulkView(APIView):
+    @operation(
+        summary="Send up to 1,000 events",
+        description="Each item is an event body as for `POST /api/v1/events/`, validated and "
+        "idempotent on its own. One result per item, in input order: `accepted` with the new "
+        "event's `id`, `duplicate` with the first event's `id` (its idempotency key was used "
+        "before with the same body, here or in an earlier call), or `error` with `errors` "
+        "naming the field. A bad item never rejects or half-stores the others; only a body "
+        'that is not `{"events": [objects]}` (at most 1,000) is a 400. Accepted events are '
+        "fanned out together, many per task.",
+        request=EventBulkSerializer,
+        responses={200: EventBulkResultsSerializer},
+        errors=[400, 413],
+    )
+    def post(self, request: Request) -> Response:
+        serializer = EventBulkSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        items = [_spec(item) for item in serializer.validated_data["events"]]
+        results = events_ingest_many(api_key=request.user.api_key, items=items)  # type: ignore[union-attr]
+        return Response(
+            {
+                "results": [
+                    {"index": r.index, "status": r.status, "errors": r.errors}
+                    if r.status == "error"
+                    else {"index": r.index, "status": r.status, "id": str(r.event_id)}
+                    for r in results
+                ]
+            }
+        )
 
 
 def _event(event_id: str) -> Event:

@@ -55,6 +55,7 @@ urlpatterns = [
         "topics/<segment:key>/subscribers/", topics.TopicSubscribersView.as_view(), name="topic-subscribers"
     ),
     path("events/", events.EventListView.as_view(), name="events"),
+    path("events/bulk/", events.EventBulkView.as_view(), name="events-bulk"),
     path("events/<segment:event_id>/", events.EventDetailView.as_view(), name="event"),
     path(
         "events/<segment:event_id>/deliveries/", events.EventDeliveriesView.as_view(), name="event-deliveries"

@@ -14,6 +14,7 @@ import bisect
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NamedTuple
@@ -34,7 +35,7 @@ from notifications.services.aggregation import aggregation_plan, aggregation_rec
 from notifications.services.deliveries import deliveries_store
 from notifications.services.durability import relax_commit_durability
 from notifications.services.metrics import metrics_increment
-from notifications.services.outbox import outbox_relay
+from notifications.services.outbox import outbox_relay, outbox_relay_each
 from notifications.services.planning import PlannedDelivery, RecipientFacts, plan_page
 
 log = logging.getLogger(__name__)
@@ -204,3 +205,142 @@ def event_fanout(*, outbox_id: int, slice_seconds: float | None = None) -> Fanou
         if time.monotonic() - started >= budget:
             outbox_relay(outbox_id=outbox_id)
             return FanoutProgress(pages, recipients, finished=False)
+
+
+# --- Small events, many at once ------------------------------------------------------------
+
+
+def fanout_is_small(event: Event, cursor: int) -> bool:
+    """Whether the event fans out in one page with nothing carried between events: explicit
+    recipients (at most a page), not started, no aggregation window."""
+    return (
+        event.topic_id is None
+        and cursor == 0
+        and len(event.recipient_ids or []) <= settings.FANOUT_PAGE_SIZE
+        and not event.notification_type.aggregation_window_seconds
+    )
+
+
+def _facts_of(recipient_ids: list[int]) -> dict[int, RecipientFacts]:
+    if not recipient_ids:
+        return {}
+    with connection.cursor() as db:
+        db.execute(
+            f"SELECT {_FACTS_COLUMNS} FROM {Recipient._meta.db_table} r WHERE r.id = ANY(%b)",
+            [recipient_ids],
+        )
+        return {row[0]: RecipientFacts(*row) for row in db.fetchall()}
+
+
+class _SmallPlan(NamedTuple):
+    notification_type: NotificationType
+    owners: list[int]  # the outbox row of each planned row
+    event_ids: list[object]  # the event of each planned row
+    planned: list[PlannedDelivery]
+    counts: dict[int, int]  # outbox id -> recipients planned
+
+
+def _plan_small(outboxes: Sequence[OutboxMessage], now: datetime) -> list[_SmallPlan]:
+    """Plan small events type by type: one recipient query for all of them, then one
+    preference query and one rate-cap call per channel for each type (plan_page plans
+    the concatenated recipients of a type's events entry by entry)."""
+    facts = _facts_of(sorted({rid for o in outboxes for rid in o.event.recipient_ids or []}))
+    by_type: dict[int, list[OutboxMessage]] = {}
+    for outbox in outboxes:
+        by_type.setdefault(outbox.event.notification_type_id, []).append(outbox)
+    plans: list[_SmallPlan] = []
+    for members in by_type.values():
+        notification_type = members[0].event.notification_type
+        entries: list[RecipientFacts] = []
+        owners: list[OutboxMessage] = []
+        counts: dict[int, int] = {}
+        for outbox in members:
+            # A recipient deleted since ingest is skipped, as on the paged path.
+            mine = [facts[rid] for rid in outbox.event.recipient_ids or [] if rid in facts]
+            entries.extend(mine)
+            owners.extend([outbox] * len(mine))
+            counts[outbox.id] = len(mine)
+        planned = (
+            plan_page(notification_type=notification_type, recipients=entries, now=now) if entries else []
+        )
+        # planned[c * width + i] belongs to entries[i] (plan_page's order)
+        width = len(entries)
+        row_owners = [owners[index % width] for index in range(len(planned))] if width else []
+        plans.append(
+            _SmallPlan(
+                notification_type,
+                [o.id for o in row_owners],
+                [o.event_id for o in row_owners],
+                planned,
+                counts,
+            )
+        )
+    return plans
+
+
+def _fanout_small(outboxes: Sequence[OutboxMessage], now: datetime) -> int:
+    """Plan small events outside any transaction, then store all of them in one: lock the
+    outbox rows still unstarted (SKIP LOCKED: a row another worker holds is its work), keep
+    the plans of the rows locked, insert their deliveries, and mark rows and events done
+    with one statement each. Returns the recipients planned."""
+    plans = _plan_small(outboxes, now)
+    with transaction.atomic():
+        relax_commit_durability()
+        locked = set(
+            OutboxMessage.objects.select_for_update(skip_locked=True)
+            .filter(id__in=[o.id for o in outboxes], processed_at__isnull=True, cursor=0)
+            .values_list("id", flat=True)
+        )
+        if not locked:
+            return 0
+        event_of = {o.id: o.event_id for o in outboxes}
+        counts: Counter[str] = Counter()
+        planned_count: dict[int, int] = {}
+        for plan in plans:
+            keep = [index for index, owner in enumerate(plan.owners) if owner in locked]
+            inserted = deliveries_store(
+                notification_type=plan.notification_type,
+                event_ids=[plan.event_ids[i] for i in keep],
+                planned=[plan.planned[i] for i in keep],
+                now=now,
+                inline_inapp=True,
+            )
+            counts.update(f"deliveries:{row.channel}:{row.status}" for row in inserted)
+            planned_count.update({oid: n for oid, n in plan.counts.items() if oid in locked})
+        done = sorted(locked)
+        OutboxMessage.objects.filter(id__in=done).update(processed_at=now, leased_until=None)
+        with connection.cursor() as db:
+            db.execute(
+                f"""UPDATE {Event._meta.db_table} e
+                    SET status = %s, completed_at = %s, planned_count = t.n
+                    FROM unnest(%b::uuid[], %b::int[]) AS t(id, n)
+                    WHERE e.id = t.id""",
+                [
+                    EventStatus.COMPLETED,
+                    now,
+                    [event_of[oid] for oid in done],
+                    [planned_count.get(oid, 0) for oid in done],
+                ],
+            )
+        counts["fanout_recipients"] = sum(planned_count.values())
+        transaction.on_commit(lambda: metrics_increment(counts), robust=True)
+    return counts["fanout_recipients"]
+
+
+def events_fanout_many(*, outbox_ids: Sequence[int]) -> FanoutProgress:
+    """Fan out several events in one go: the small ones (``fanout_is_small``) planned and
+    stored together in one transaction, so the per-task and per-commit costs are paid once
+    for all of them; each other one is relayed to a fan-out task of its own. Safe to run
+    twice, or alongside ``event_fanout`` of the same rows."""
+    now = timezone.now()
+    outboxes = list(
+        OutboxMessage.objects.select_related("event", "event__notification_type").filter(
+            id__in=list(outbox_ids), processed_at__isnull=True
+        )
+    )
+    small = [o for o in outboxes if fanout_is_small(o.event, o.cursor)]
+    large = [o.id for o in outboxes if not fanout_is_small(o.event, o.cursor)]
+    recipients = _fanout_small(small, now) if small else 0
+    if large:
+        outbox_relay_each(outbox_ids=large)
+    return FanoutProgress(pages=1 if small else 0, recipients=recipients, finished=not large)

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from notifications.models import ApiKey, Event, EventStatus, NotificationType, OutboxMessage, Recipient, Topic
 from notifications.services.metrics import metrics_increment
-from notifications.services.outbox import outbox_relay
+from notifications.services.outbox import outbox_relay, outbox_relay_many
 
 log = logging.getLogger(__name__)
 
@@ -169,3 +169,211 @@ def event_ingest(
     metrics_increment({"events_accepted": 1})
     log.info("event accepted", extra={"event_id": str(event.id), "type": type_key})
     return IngestResult(event=event, created=True)
+
+
+# --- Many events in one call ----------------------------------------------------------------
+
+EVENTS_BULK_MAX = 1000
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """One event of a bulk call, its fields already checked one by one (the API's
+    serializer); what only the database can judge is judged here."""
+
+    type_key: str
+    recipients: list[str] | None = None
+    topic_key: str | None = None
+    data: dict[str, Any] | None = None
+    idempotency_key: str | None = None
+    send_at: datetime | None = None
+    origin_ip: str | None = None
+
+
+@dataclass(frozen=True)
+class BulkEventResult:
+    """``status`` is "accepted" (stored now), "duplicate" (its idempotency key was used
+    before with the same body: ``event_id`` is the first event) or "error"."""
+
+    index: int
+    status: str
+    event_id: Any = None
+    errors: dict[str, list[str]] | None = None
+
+
+@dataclass
+class _Pending:
+    index: int
+    spec: EventSpec
+    fingerprint: str
+    event: Event | None = None
+
+
+def _unknown(kind: str, missing: list[str], hint: str = "") -> list[str]:
+    shown = ", ".join(repr(m) for m in missing[:20])
+    more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+    return [f"unknown {kind}: {shown}{more}{hint}"]
+
+
+def events_ingest_many(
+    *, api_key: ApiKey, items: list[EventSpec | dict[str, list[str]]]
+) -> list[BulkEventResult]:
+    """Store up to EVENTS_BULK_MAX events for fan-out; ``items`` holds an EventSpec per
+    good item and the field errors of each bad one. Returns one result per item, in input
+    order. Each item is validated and idempotent on its own: a bad item, or one whose
+    idempotency key was used with another body (here or before), is an "error" result and
+    never stops or half-stores the others. The accepted events and their outbox rows are
+    written in one transaction with one statement per table (types, recipients, topics and
+    earlier keys are read with one query each), and their fan-out is enqueued after commit
+    as tasks of many small events each (services/outbox.py)."""
+    if len(items) > EVENTS_BULK_MAX:
+        raise IngestError({"events": [f"at most {EVENTS_BULK_MAX} events per call, got {len(items)}"]})
+    try:
+        return _ingest_many(api_key, items)
+    except IntegrityError:
+        # A concurrent call stored one of these idempotency keys first; judged again, that
+        # item is now a duplicate (or a conflict) and the rest are stored.
+        return _ingest_many(api_key, items)
+
+
+def _ingest_many(api_key: ApiKey, items: list[EventSpec | dict[str, list[str]]]) -> list[BulkEventResult]:
+    results: list[BulkEventResult | None] = [None] * len(items)
+    pending: list[_Pending] = []
+    for index, item in enumerate(items):
+        if isinstance(item, EventSpec):
+            fingerprint = _fingerprint(
+                item.type_key,
+                item.recipients,
+                item.topic_key,
+                item.data or {},
+                item.send_at,
+                item.origin_ip or None,
+            )
+            pending.append(_Pending(index, item, fingerprint))
+        else:
+            results[index] = BulkEventResult(index, "error", errors=item)
+
+    # Idempotency: keys used before (one query), then keys repeated inside this call.
+    keys = {p.spec.idempotency_key for p in pending if p.spec.idempotency_key}
+    earlier = (
+        {
+            key: (event_id, fingerprint)
+            for key, event_id, fingerprint in Event.objects.filter(
+                api_key=api_key, idempotency_key__in=keys
+            ).values_list("idempotency_key", "id", "request_fingerprint")
+        }
+        if keys
+        else {}
+    )
+    first_with_key: dict[str, _Pending] = {}
+    repeats: list[tuple[_Pending, _Pending]] = []
+    fresh: list[_Pending] = []
+    for p in pending:
+        key = p.spec.idempotency_key
+        if key and key in earlier:
+            event_id, fingerprint = earlier[key]
+            results[p.index] = (
+                BulkEventResult(p.index, "duplicate", event_id=event_id)
+                if fingerprint == p.fingerprint
+                else BulkEventResult(
+                    p.index,
+                    "error",
+                    errors={"idempotency_key": [str(IdempotencyConflict(event_id))]},
+                )
+            )
+        elif key and key in first_with_key:
+            first = first_with_key[key]
+            if first.fingerprint == p.fingerprint:
+                repeats.append((p, first))
+            else:
+                results[p.index] = BulkEventResult(
+                    p.index,
+                    "error",
+                    errors={
+                        "idempotency_key": [f"already used at index {first.index} with a different body"]
+                    },
+                )
+        else:
+            if key:
+                first_with_key[key] = p
+            fresh.append(p)
+
+    # What only the database can judge: one query per kind.
+    type_keys = {p.spec.type_key for p in fresh}
+    types = {t.key: t for t in NotificationType.objects.filter(key__in=type_keys)} if type_keys else {}
+    wanted = {eid for p in fresh for eid in p.spec.recipients or []}
+    recipient_ids = (
+        dict(Recipient.objects.filter(external_id__in=wanted).values_list("external_id", "id"))
+        if wanted
+        else {}
+    )
+    topic_keys = {p.spec.topic_key for p in fresh if p.spec.topic_key is not None}
+    topics = {t.key: t for t in Topic.objects.filter(key__in=topic_keys)} if topic_keys else {}
+
+    now = timezone.now()
+    events: list[Event] = []
+    outboxes: list[OutboxMessage] = []
+    for p in fresh:
+        spec = p.spec
+        errors: dict[str, list[str]] = {}
+        if spec.type_key not in types:
+            errors["type"] = [f"unknown notification type {spec.type_key!r}"]
+        ids: list[int] | None = None
+        if spec.recipients is not None:
+            unique = list(dict.fromkeys(spec.recipients))
+            missing = [eid for eid in unique if eid not in recipient_ids]
+            if missing:
+                errors["recipients"] = _unknown(
+                    "recipients", missing, "; create them with PUT /api/v1/recipients/{id}/ or in bulk"
+                )
+            ids = sorted(recipient_ids[eid] for eid in unique if eid in recipient_ids)
+        elif spec.topic_key is not None and spec.topic_key not in topics:
+            errors["topic"] = [f"unknown topic {spec.topic_key!r}"]
+        if errors:
+            results[p.index] = BulkEventResult(p.index, "error", errors=errors)
+            continue
+        deferred = spec.send_at is not None and spec.send_at > now
+        p.event = Event(
+            notification_type=types[spec.type_key],
+            api_key=api_key,
+            idempotency_key=spec.idempotency_key or None,
+            request_fingerprint=p.fingerprint,
+            data=spec.data or {},
+            recipient_ids=ids,
+            topic=topics.get(spec.topic_key) if spec.topic_key is not None else None,
+            send_at=spec.send_at,
+            origin_ip=spec.origin_ip or None,
+            status=EventStatus.SCHEDULED if deferred else EventStatus.ACCEPTED,
+        )
+        events.append(p.event)
+        outboxes.append(
+            OutboxMessage(
+                event=p.event,
+                available_at=spec.send_at if deferred and spec.send_at else now,
+                leased_until=None if deferred else now + timedelta(seconds=settings.OUTBOX_LEASE_SECONDS),
+                created_at=now,
+            )
+        )
+
+    if events:
+        with transaction.atomic():
+            Event.objects.bulk_create(events)
+            OutboxMessage.objects.bulk_create(outboxes)
+            relayed = [o.id for o in outboxes if o.leased_until is not None]
+            if relayed:
+                transaction.on_commit(lambda: outbox_relay_many(outbox_ids=relayed), robust=True)
+        metrics_increment({"events_accepted": len(events)})
+        log.info("events accepted in bulk", extra={"events": len(events)})
+    for p in fresh:
+        if p.event is not None:
+            results[p.index] = BulkEventResult(p.index, "accepted", event_id=p.event.id)
+    for p, first in repeats:
+        if first.event is not None:
+            results[p.index] = BulkEventResult(p.index, "duplicate", event_id=first.event.id)
+        else:
+            results[p.index] = BulkEventResult(
+                p.index,
+                "error",
+                errors={"idempotency_key": [f"the item at index {first.index} with this key was refused"]},
+            )
+    return [result for result in results if result is not None]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import timedelta
 
 from django.conf import settings
@@ -10,7 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from notifications.models import OutboxMessage
-from notifications.services.queues import EVENT_FANOUT, enqueue
+from notifications.services.queues import EVENT_FANOUT, EVENTS_FANOUT_MANY, enqueue
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,30 @@ def outbox_relay(*, outbox_id: int) -> bool:
     except Exception:  # noqa: BLE001 - the sweep still finds the row once its lease ends
         log.exception("could not release outbox lease", extra={"outbox_id": outbox_id})
     return False
+
+
+def outbox_relay_each(*, outbox_ids: Sequence[int]) -> int:
+    """``outbox_relay`` for each row; returns how many the broker took."""
+    return sum(outbox_relay(outbox_id=outbox_id) for outbox_id in outbox_ids)
+
+
+def outbox_relay_many(*, outbox_ids: Sequence[int]) -> bool:
+    """Enqueue the fan-out of many outbox rows (a bulk request's events) as tasks of at
+    most FANOUT_MANY_MAX rows, each fanning its small events out together. True when the
+    broker took them all; otherwise the rows not enqueued have their lease dropped, so the
+    next sweep takes them over at once."""
+    ids = list(outbox_ids)
+    size = settings.FANOUT_MANY_MAX
+    for start in range(0, len(ids), size):
+        if not enqueue(EVENTS_FANOUT_MANY, args=(ids[start : start + size],)):
+            try:
+                OutboxMessage.objects.filter(id__in=ids[start:], processed_at__isnull=True).update(
+                    leased_until=None
+                )
+            except Exception:  # noqa: BLE001 - the sweep still finds them once their lease ends
+                log.exception("could not release outbox leases", extra={"outbox_ids": ids[start:][:20]})
+            return False
+    return True
 
 
 def outbox_sweep(*, limit: int = SWEEP_BATCH) -> int:

@@ -89,8 +89,10 @@ def preferences_resolve(
 def plan_page(
     *, notification_type: NotificationType, recipients: Sequence[RecipientFacts], now: datetime
 ) -> list[PlannedDelivery]:
-    """One PlannedDelivery per recipient and channel of the type: channel by channel, each
-    channel's rows in the order of ``recipients``."""
+    """One PlannedDelivery per entry of ``recipients`` and channel of the type: channel by
+    channel, each channel's rows in the order of ``recipients`` (so ``planned[c * n + i]``
+    belongs to ``recipients[i]``). A recipient may appear more than once (the recipients
+    of several events of one type, planned together); each entry is planned on its own."""
     critical = notification_type.is_critical
     overrides = (
         {}
@@ -133,11 +135,15 @@ def plan_page(
                 continue
             slots.append(None)
             candidates.append(facts.id)
-        over_cap = set() if critical else rate_caps_consume(channel=channel, recipient_ids=candidates)
+        over_cap = iter(
+            [False] * len(candidates)
+            if critical
+            else rate_caps_consume(channel=channel, recipient_ids=candidates)
+        )
         for facts, slot in zip(recipients, slots, strict=True):
             if slot is not None:
                 planned.append(slot)
-            elif facts.id in over_cap:
+            elif next(over_cap):
                 planned.append(
                     PlannedDelivery(facts.id, channel, DeliveryStatus.SUPPRESSED, "rate cap reached")
                 )

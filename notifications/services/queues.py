@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 # Task names (notifications/tasks.py registers them under these names).
 EVENT_FANOUT = "notifications.tasks.event_fanout_task"
+EVENTS_FANOUT_MANY = "notifications.tasks.events_fanout_many_task"
 INAPP_DISPATCH = "notifications.tasks.inapp_dispatch_task"
 PROVIDER_DISPATCH = "notifications.tasks.provider_dispatch_task"
 

@@ -48,8 +48,11 @@ def _consume_script() -> Any:
     return redis_sync().register_script(_CONSUME)
 
 
-def rate_caps_consume(*, channel: str, recipient_ids: Sequence[int]) -> set[int]:
-    """Count one send per recipient in the current window; returns the ids over the cap.
+def rate_caps_consume(*, channel: str, recipient_ids: Sequence[int]) -> list[bool]:
+    """Count one send per entry of ``recipient_ids`` in the current window; returns, entry
+    by entry, whether it is over the cap. A recipient may appear more than once (several
+    small events fanned out together): each entry counts, and only those past the cap are
+    over it, as if the events had come one by one.
 
     Counts are taken before the deliveries commit, so a page that is rolled back and planned
     again counts twice: at most one page of a crashed fan-out errs towards suppressing.
@@ -59,7 +62,7 @@ def rate_caps_consume(*, channel: str, recipient_ids: Sequence[int]) -> set[int]
     """
     cap = rate_cap(channel)
     if cap is None or not recipient_ids:
-        return set()
+        return [False] * len(recipient_ids)
     limit, seconds = cap
     window = int(time.time()) // seconds
     keys = [redis_key(f"rl:{channel}:{recipient_id}:{window}") for recipient_id in recipient_ids]
@@ -69,5 +72,5 @@ def rate_caps_consume(*, channel: str, recipient_ids: Sequence[int]) -> set[int]
         log.warning(
             "rate caps not checked (Redis unavailable), %d %s sends uncapped: %s", len(keys), channel, exc
         )
-        return set()
-    return {rid for rid, count in zip(recipient_ids, counts, strict=True) if int(count) > limit}
+        return [False] * len(keys)
+    return [int(count) > limit for count in counts]
