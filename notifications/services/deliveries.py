@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 from django.conf import settings
 from django.db import connection
 
-from notifications.models import Channel, Delivery, FallbackCheck, NotificationType
+from notifications.models import Channel, Delivery, Event, FallbackCheck, NotificationType
 from notifications.services.dispatch import deliveries_dispatch
 from notifications.services.inbox import inapp_dispatch
 from notifications.services.planning import PlannedDelivery
@@ -108,18 +108,22 @@ def deliveries_store(
     planned: Sequence[PlannedDelivery],
     now: datetime,
     inline_inapp: bool = False,
+    inline_max: int | None = None,
+    events: dict[Any, Event] | None = None,
 ) -> list[Inserted]:
     """Inside a transaction: insert the planned deliveries of one type and send each
     inserted row on its way (see the module docstring). With ``inline_inapp``, a page with
     at most INAPP_INLINE_MAX pending in-app deliveries writes their inbox items in this
     same transaction: no dispatch batch, no broker hop, no second commit (the common
-    one-recipient event). Returns the rows inserted."""
+    one-recipient event); ``inline_max`` overrides that limit, and ``events`` (by id, with
+    their types) spares the inbox reading them again. Returns the rows inserted."""
     inserted = deliveries_insert(event_ids=event_ids, planned=planned, now=now)
     pending = [(row.id, row.channel) for row in inserted if row.status == DeliveryStatus.PENDING]
     if inline_inapp:
         inline = [delivery_id for delivery_id, channel in pending if channel == Channel.INAPP]
-        if inline and len(inline) <= settings.INAPP_INLINE_MAX:
-            inapp_dispatch(delivery_ids=inline)
+        limit = settings.INAPP_INLINE_MAX if inline_max is None else inline_max
+        if inline and len(inline) <= limit:
+            inapp_dispatch(delivery_ids=inline, events=events)
             pending = [(delivery_id, channel) for delivery_id, channel in pending if channel != Channel.INAPP]
     deliveries_dispatch(pending, now=now)
     deliveries_schedule([(row.id, row.due_at) for row in inserted if row.status == DeliveryStatus.SCHEDULED])

@@ -294,6 +294,7 @@ def _fanout_small(outboxes: Sequence[OutboxMessage], now: datetime) -> int:
         if not locked:
             return 0
         event_of = {o.id: o.event_id for o in outboxes}
+        events = {o.event_id: o.event for o in outboxes}
         counts: Counter[str] = Counter()
         planned_count: dict[int, int] = {}
         for plan in plans:
@@ -304,6 +305,10 @@ def _fanout_small(outboxes: Sequence[OutboxMessage], now: datetime) -> int:
                 planned=[plan.planned[i] for i in keep],
                 now=now,
                 inline_inapp=True,
+                # The in-app items of a batch of small events are written in this same
+                # transaction: a dispatch batch would only read the same rows again.
+                inline_max=settings.FANOUT_MANY_MAX,
+                events=events,
             )
             counts.update(f"deliveries:{row.channel}:{row.status}" for row in inserted)
             planned_count.update({oid: n for oid, n in plan.counts.items() if oid in locked})

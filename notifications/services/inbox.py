@@ -96,9 +96,10 @@ def inapp_dispatch_batch(*, batch_id: int) -> int:
         return inapp_dispatch(delivery_ids=delivery_ids)
 
 
-def inapp_dispatch(*, delivery_ids: list[int]) -> int:
+def inapp_dispatch(*, delivery_ids: list[int], events: dict[Any, Event] | None = None) -> int:
     """Write inbox items for the pending in-app deliveries among ``delivery_ids`` and push a
     frame to each connected owner after commit. Returns how many items were written.
+    ``events`` (optional): events already loaded with their types, by id, not read again.
 
     Rows are claimed with a compare-and-set (pending -> delivered) in the same transaction
     as their inbox items, so a task run twice writes each item once. One that cannot be
@@ -128,12 +129,14 @@ def inapp_dispatch(*, delivery_ids: list[int]) -> int:
             return 0
         claimed = [(row[0], row[1], row[2]) for row in claimed_rows]
         aggregates = aggregation_context(delivery_ids=[row[0] for row in claimed_rows if row[3] > 1])
-        events = {
-            e.id: e
-            for e in Event.objects.select_related("notification_type").filter(
-                id__in={row[1] for row in claimed}
+        # The caller (a fan-out) may hold the events with their types already.
+        known = events or {}
+        events = {event_id: known[event_id] for event_id in {row[1] for row in claimed} if event_id in known}
+        missing = {row[1] for row in claimed} - events.keys()
+        if missing:
+            events.update(
+                (e.id, e) for e in Event.objects.select_related("notification_type").filter(id__in=missing)
             )
-        }
         templates = {event_id: _templates_for(e.notification_type) for event_id, e in events.items()}
         multilingual = any(len(by_locale) > 1 for by_locale in templates.values())
         recipients_needed = any(

@@ -6,15 +6,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from notifications.models import ApiKey, Event, EventStatus, NotificationType, OutboxMessage, Recipient, Topic
+from notifications.models.events import time_ordered_uuid
 from notifications.services.metrics import metrics_increment
 from notifications.services.outbox import outbox_relay, outbox_relay_many
 
@@ -206,7 +208,63 @@ class _Pending:
     index: int
     spec: EventSpec
     fingerprint: str
-    event: Event | None = None
+    event_id: uuid.UUID | None = None  # set once the item is to be stored
+    recipient_ids: list[int] | None = None
+
+
+def _insert_events(
+    api_key: ApiKey,
+    rows: list[_Pending],
+    types: dict[str, NotificationType],
+    topics: dict[str, Topic],
+    now: datetime,
+) -> list[int]:
+    """The events and their outbox rows, one INSERT ... SELECT FROM unnest(...) each (the
+    ORM's bulk_create spent more time preparing values than PostgreSQL spent storing them).
+    Returns the outbox ids to relay now (the others wait for their send_at)."""
+    deferred = [p.spec.send_at is not None and p.spec.send_at > now for p in rows]
+    with connection.cursor() as db:
+        db.execute(
+            f"""INSERT INTO {Event._meta.db_table}
+                    (id, notification_type_id, api_key_id, idempotency_key, request_fingerprint, data,
+                     recipient_ids, topic_id, send_at, origin_ip, status, planned_count, created_at)
+                SELECT id, nt, %s, ik, fp, d::jsonb, r::bigint[], tp, sa, ip::inet, st, 0, %s
+                FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[],
+                            %b::bigint[], %b::timestamptz[], %b::text[], %b::text[])
+                     AS t(id, nt, ik, fp, d, r, tp, sa, ip, st)""",
+            [
+                api_key.id,
+                now,
+                [p.event_id for p in rows],
+                [types[p.spec.type_key].id for p in rows],
+                [p.spec.idempotency_key or None for p in rows],
+                [p.fingerprint for p in rows],
+                [json.dumps(p.spec.data or {}) for p in rows],
+                [
+                    None if p.recipient_ids is None else "{" + ",".join(map(str, p.recipient_ids)) + "}"
+                    for p in rows
+                ],
+                [topics[p.spec.topic_key].id if p.spec.topic_key is not None else None for p in rows],
+                [p.spec.send_at for p in rows],
+                [p.spec.origin_ip or None for p in rows],
+                [EventStatus.SCHEDULED if later else EventStatus.ACCEPTED for later in deferred],
+            ],
+        )
+        lease = now + timedelta(seconds=settings.OUTBOX_LEASE_SECONDS)
+        db.execute(
+            f"""INSERT INTO {OutboxMessage._meta.db_table}
+                    (event_id, available_at, leased_until, cursor, attempts, created_at)
+                SELECT e, a, l, 0, 0, %s FROM unnest(%b::uuid[], %b::timestamptz[], %b::timestamptz[])
+                     AS t(e, a, l)
+                RETURNING id, leased_until IS NOT NULL""",
+            [
+                now,
+                [p.event_id for p in rows],
+                [p.spec.send_at if later else now for p, later in zip(rows, deferred, strict=True)],
+                [None if later else lease for later in deferred],
+            ],
+        )
+        return [outbox_id for outbox_id, relay in db.fetchall() if relay]
 
 
 def _unknown(kind: str, missing: list[str], hint: str = "") -> list[str]:
@@ -311,8 +369,7 @@ def _ingest_many(api_key: ApiKey, items: list[EventSpec | dict[str, list[str]]])
     topics = {t.key: t for t in Topic.objects.filter(key__in=topic_keys)} if topic_keys else {}
 
     now = timezone.now()
-    events: list[Event] = []
-    outboxes: list[OutboxMessage] = []
+    rows: list[_Pending] = []
     for p in fresh:
         spec = p.spec
         errors: dict[str, list[str]] = {}
@@ -332,44 +389,22 @@ def _ingest_many(api_key: ApiKey, items: list[EventSpec | dict[str, list[str]]])
         if errors:
             results[p.index] = BulkEventResult(p.index, "error", errors=errors)
             continue
-        deferred = spec.send_at is not None and spec.send_at > now
-        p.event = Event(
-            notification_type=types[spec.type_key],
-            api_key=api_key,
-            idempotency_key=spec.idempotency_key or None,
-            request_fingerprint=p.fingerprint,
-            data=spec.data or {},
-            recipient_ids=ids,
-            topic=topics.get(spec.topic_key) if spec.topic_key is not None else None,
-            send_at=spec.send_at,
-            origin_ip=spec.origin_ip or None,
-            status=EventStatus.SCHEDULED if deferred else EventStatus.ACCEPTED,
-        )
-        events.append(p.event)
-        outboxes.append(
-            OutboxMessage(
-                event=p.event,
-                available_at=spec.send_at if deferred and spec.send_at else now,
-                leased_until=None if deferred else now + timedelta(seconds=settings.OUTBOX_LEASE_SECONDS),
-                created_at=now,
-            )
-        )
+        p.event_id = time_ordered_uuid()
+        p.recipient_ids = ids
+        rows.append(p)
 
-    if events:
+    if rows:
         with transaction.atomic():
-            Event.objects.bulk_create(events)
-            OutboxMessage.objects.bulk_create(outboxes)
-            relayed = [o.id for o in outboxes if o.leased_until is not None]
+            relayed = _insert_events(api_key, rows, types, topics, now)
             if relayed:
                 transaction.on_commit(lambda: outbox_relay_many(outbox_ids=relayed), robust=True)
-        metrics_increment({"events_accepted": len(events)})
-        log.info("events accepted in bulk", extra={"events": len(events)})
-    for p in fresh:
-        if p.event is not None:
-            results[p.index] = BulkEventResult(p.index, "accepted", event_id=p.event.id)
+        metrics_increment({"events_accepted": len(rows)})
+        log.info("events accepted in bulk", extra={"events": len(rows)})
+    for p in rows:
+        results[p.index] = BulkEventResult(p.index, "accepted", event_id=p.event_id)
     for p, first in repeats:
-        if first.event is not None:
-            results[p.index] = BulkEventResult(p.index, "duplicate", event_id=first.event.id)
+        if first.event_id is not None:
+            results[p.index] = BulkEventResult(p.index, "duplicate", event_id=first.event_id)
         else:
             results[p.index] = BulkEventResult(
                 p.index,
