@@ -9,6 +9,7 @@ print their figures, and (unless ``--no-write``) record them in ``docs/benchmark
     python -m bench sends --per-channel 5000         # provider sends/s per channel
     python -m bench kill-sends --sends 10000         # kill -9 of the send worker mid-send
     python -m bench p1-against --against c0fea50     # P1 here and at another revision, in turns
+    python -m bench bulk --events 50000              # POST /api/v1/events/bulk/, accepted and delivered
 """
 
 from __future__ import annotations
@@ -17,7 +18,17 @@ import argparse
 import sys
 from typing import Any
 
-from bench import kill_sends, memory, p1_against, p1_fanout, p2_latency, p4_push, provider_sends, report
+from bench import (
+    bulk_events,
+    kill_sends,
+    memory,
+    p1_against,
+    p1_fanout,
+    p2_latency,
+    p4_push,
+    provider_sends,
+    report,
+)
 from bench.stack import template_database
 from harness.processes import Server
 
@@ -27,7 +38,7 @@ SERVERS: tuple[Server, ...] = ("uvicorn", "daphne")
 ALTERNATIVES_MAX_SECONDS = 120.0
 P2_DEFAULT_RATE = 200.0
 P4_DEFAULT_RATE = p4_push.TARGET_RATE
-BENCHMARKS = ("all", "p1", "p2", "memory", "p4", "sends", "kill-sends", "p1-against")
+BENCHMARKS = ("all", "p1", "p2", "memory", "p4", "sends", "kill-sends", "p1-against", "bulk")
 
 
 def _servers(choice: str) -> tuple[Server, ...]:
@@ -100,6 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--against", default=None, help="p1-against: the git revision to measure P1 beside (e.g. a commit)"
     )
     parser.add_argument("--rounds", type=int, default=4, help="p1-against: interleaved rounds (default 4)")
+    parser.add_argument("--events", type=int, default=50_000, help="bulk: events in all (default 50,000)")
     parser.add_argument("--no-write", action="store_true", help="print figures only; leave docs/ alone")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
@@ -248,6 +260,12 @@ def run_p1_against(args: argparse.Namespace, template: str) -> dict[str, Any]:
     return {"p1_against": result.as_dict()}
 
 
+def run_bulk(args: argparse.Namespace, template: str) -> dict[str, Any]:
+    result = bulk_events.run(template=template, events=args.events, progress=not args.no_progress)
+    print(result.summary(), flush=True)
+    return {"bulk": result.as_dict()}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     runs = [
@@ -255,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, function in (
             ("p1", run_p1),
             ("p2", run_p2),
+            ("bulk", run_bulk),
             ("memory", run_memory),
             ("p4", run_p4),
             ("sends", run_sends),

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
-from bench.stack import Progress, Stack, bench_stack
+from bench.stack import Progress, Stack, bench_stack, cpu_sample, cpu_seconds
 from harness.processes import Server
 
 TYPE_KEY = "bench.p2"
@@ -60,6 +60,9 @@ class P2Result:
     seq_gaps: int
     late_over_1s: int
     latencies_ms: list[float] = field(default_factory=list, repr=False)
+    # CPU milliseconds per accepted event, by process (web, each worker, PostgreSQL, Redis,
+    # the load generator, the whole machine), over the measured phase.
+    cpu_ms_per_event: dict[str, float] = field(default_factory=dict)
 
     @property
     def meets_target(self) -> bool:
@@ -248,6 +251,7 @@ async def measure(
             lags_ms: list[float] = []
             errors: list[str] = []
             bar = Progress(f"P2 {stack.platform.server}: events accepted", count, enabled=progress)
+            cpu_before = cpu_sample()
             took = await _send_events(
                 client,
                 count=count,
@@ -263,6 +267,7 @@ async def measure(
             )
             bar.finish(len(sent_at))
             await _wait_for_frames(list(sent_at), arrivals, grace)
+            cpu = cpu_seconds(stack, cpu_before, cpu_sample())
     finally:
         for listener in listeners:
             await listener.socket.close()
@@ -305,6 +310,9 @@ async def measure(
         seq_gaps=sum(listener.seq_gaps() for listener in listeners),
         late_over_1s=sum(1 for value in latencies if value > 1000),
         latencies_ms=latencies,
+        cpu_ms_per_event={
+            name: round(seconds * 1000 / len(sent_at), 2) for name, seconds in cpu.items() if sent_at
+        },
     )
 
 

@@ -123,6 +123,8 @@ SECTION_OF = {
     "sends": "sends",
     "kill_sends": "kill_sends",
     "kill_sends_runs": "kill_sends",
+    "bulk": "bulk",
+    "p2_profile": "p2_profile",
 }
 
 
@@ -243,6 +245,13 @@ def _summary_rows(results: dict[str, Any]) -> list[str]:
             f"| P4 event → push accepted, {_p4_mode(p4)}, {p4['layout']} | "
             f"{_fmt(p4['accepted_per_second'], 0)} pushes/s accepted, p99 {_fmt(p4['p99_s'], 2)} s, "
             f"lost {p4['lost']} | p99 ≤ 5 s at 1,000 pushes/s | {_met(bool(p4['meets_target']))} |"
+        )
+    bulk = results.get("bulk")
+    if bulk:
+        rows.append(
+            f"| Bulk events, {bulk['events']:,} in requests of {bulk['batch']:,} | "
+            f"{_fmt(bulk['accepted_per_second'], 0)}/s accepted, {_fmt(bulk['delivered_per_second'], 0)}/s "
+            f"delivered in-app | ≥ 5,000 events/s accepted and delivered | {_met(bool(bulk['meets_target']))} |"
         )
     kill = results.get("kill_sends")
     if kill:
@@ -484,6 +493,8 @@ def render(results: dict[str, Any]) -> str:
         lines += _measured_on(results, "memory")
         lines.append("")
 
+    lines += _profile_section(results)
+    lines += _bulk_section(results)
     lines += _p4_section(results)
     lines += _sends_section(results)
     lines += _kill_section(results)
@@ -700,6 +711,63 @@ def _sends_section(results: dict[str, Any]) -> list[str]:
         "",
     ]
     return lines
+
+
+def _profile_section(results: dict[str, Any]) -> list[str]:
+    profile = results.get("p2_profile")
+    if not profile:
+        return []
+    names = ("web", "worker-fanout", "postgres", "redis", "load generator", "machine")
+    lines = [
+        "## Where a single event's time goes (P2 path, before and after)",
+        "",
+        f"The same P2 load on this tree and on revision {profile['revision_before']} in turns "
+        f"({profile['server']}, {profile['clients']} clients, {profile['seconds']} s each); CPU milliseconds "
+        "per accepted event by process, over the measured phase.",
+        "",
+        "| run | p50 | p99 | HTTP p50 | " + " | ".join(names) + " |",
+        "|---|---|---|---|" + "---|" * len(names),
+    ]
+    for run, figures in profile["runs"].items():
+        cpu = figures["cpu_ms_per_event"]
+        lines.append(
+            f"| {run} events/s | {_fmt(figures['p50_ms'])} ms | {_fmt(figures['p99_ms'])} ms | "
+            f"{_fmt(figures['accept_p50_ms'])} ms | "
+            + " | ".join(_fmt(cpu.get(name), 2) for name in names)
+            + " |"
+        )
+    lines += ["", *[f"- {finding}" for finding in profile.get("findings", [])], ""]
+    return lines
+
+
+def _bulk_section(results: dict[str, Any]) -> list[str]:
+    bulk = results.get("bulk")
+    if not bulk:
+        return []
+    cpu = bulk.get("cpu_seconds") or {}
+    per_event = ", ".join(
+        f"{name} {value * 1000 / bulk['events']:.2f} ms"
+        for name, value in cpu.items()
+        if name in ("web", "worker-fanout", "worker-inapp", "postgres", "load generator", "machine")
+    )
+    return [
+        "## Bulk events: POST /api/v1/events/bulk/, accepted and delivered in-app",
+        "",
+        "| events | per request | in flight | accepted/s | delivered in-app/s | inbox items | refused | "
+        "bare COPY rows/s (same run) | delivered / COPY |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {bulk['events']:,} | {bulk['batch']:,} | {bulk['concurrency']} | {_fmt(bulk['accepted_per_second'], 0)} | "
+        f"{_fmt(bulk['delivered_per_second'], 0)} | {bulk['inbox_items']:,} | {bulk['refused']} | "
+        f"{_fmt(bulk['copy_rows_per_second'], 0)} | {_fmt(bulk['ratio_to_copy'], 3)} |",
+        "",
+        f"Each event goes to one recipient (round-robin over {bulk['recipients']:,}). Both rates count from the "
+        "first request: *accepted* until every request was answered, *delivered* until every event's inbox "
+        "item was stored. The baseline is a bare `COPY` of as many rows into a table shaped like the inbox "
+        "items (defaults and indexes included), on the same database in the same run. "
+        f"CPU per event: {per_event}.",
+        *_measured_on(results, "bulk"),
+        "",
+    ]
 
 
 def _kill_section(results: dict[str, Any]) -> list[str]:

@@ -9,7 +9,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench import kill_sends, memory, p1_against, p1_fanout, p2_latency, p4_push, provider_sends, report
+from bench import (
+    bulk_events,
+    kill_sends,
+    memory,
+    p1_against,
+    p1_fanout,
+    p2_latency,
+    p4_push,
+    provider_sends,
+    report,
+)
 from bench.stack import Progress, bench_stack, progress_bar, template_database
 from harness.processes import Server
 
@@ -139,6 +149,20 @@ def test_kill_sends_loses_nothing_and_counts_duplicates(template: str) -> None:
     assert result.duplicates <= result.duplicate_bound, result.as_dict()
     assert result.requests == result.unique_keys + result.duplicates
     assert result.ok
+
+
+def test_bulk_events_are_all_accepted_and_delivered_in_app(template: str) -> None:
+    result = bulk_events.run(template=template, events=1_500, batch=500, recipients=200, progress=False)
+
+    assert result.accepted == 1_500 and result.refused == 0, result.as_dict()
+    assert result.inbox_items == 1_500, result.as_dict()
+    assert (
+        0 < result.accepted_per_second
+        and 0 < result.delivered_per_second <= result.accepted_per_second * 1.01
+    )
+    assert result.copy_rows_per_second > 0 and result.cpu_seconds["web"] > 0
+    rendered = report.render({"bulk": result.as_dict(), "machine": report.machine(), "measured_on": {}})
+    assert "## Bulk events: POST /api/v1/events/bulk/" in rendered and "| 1,500 | 500 |" in rendered
 
 
 def test_report_renders_the_provider_sections() -> None:
