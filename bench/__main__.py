@@ -10,6 +10,7 @@ print their figures, and (unless ``--no-write``) record them in ``docs/benchmark
     python -m bench kill-sends --sends 10000         # kill -9 of the send worker mid-send
     python -m bench p1-against --against c0fea50     # P1 here and at another revision, in turns
     python -m bench bulk --events 50000              # POST /api/v1/events/bulk/, accepted and delivered
+    python -m bench p2-curve --rates 25,100,200,400  # P2 at each rate, and the highest that holds p99
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ SERVERS: tuple[Server, ...] = ("uvicorn", "daphne")
 ALTERNATIVES_MAX_SECONDS = 120.0
 P2_DEFAULT_RATE = 200.0
 P4_DEFAULT_RATE = p4_push.TARGET_RATE
-BENCHMARKS = ("all", "p1", "p2", "memory", "p4", "sends", "kill-sends", "p1-against", "bulk")
+BENCHMARKS = ("all", "p1", "p2", "memory", "p4", "sends", "kill-sends", "p1-against", "bulk", "p2-curve")
 
 
 def _servers(choice: str) -> tuple[Server, ...]:
@@ -111,6 +112,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--against", default=None, help="p1-against: the git revision to measure P1 beside (e.g. a commit)"
     )
     parser.add_argument("--rounds", type=int, default=4, help="p1-against: interleaved rounds (default 4)")
+    parser.add_argument(
+        "--rates", default="25,100,200,400", help="p2-curve: events/s to measure (default 25,100,200,400)"
+    )
+    parser.add_argument(
+        "--search-steps",
+        type=int,
+        default=3,
+        help="p2-curve: bisection steps for the highest rate (default 3)",
+    )
     parser.add_argument("--events", type=int, default=50_000, help="bulk: events in all (default 50,000)")
     parser.add_argument("--no-write", action="store_true", help="print figures only; leave docs/ alone")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -260,6 +270,54 @@ def run_p1_against(args: argparse.Namespace, template: str) -> dict[str, Any]:
     return {"p1_against": result.as_dict()}
 
 
+def run_p2_curve(args: argparse.Namespace, template: str) -> dict[str, Any]:
+    """P2 at each of ``--rates`` on the default server, then a bisection between the highest
+    rate that held p99 <= 250 ms with nothing lost and the lowest that did not."""
+    server = p2_latency.DEFAULT_SERVER
+    points: dict[float, p2_latency.P2Result] = {}
+
+    def at(rate: float) -> p2_latency.P2Result:
+        result = p2_latency.run(
+            template=template,
+            server=server,
+            clients=args.clients,
+            rate=rate,
+            seconds=args.seconds,
+            grace=args.grace,
+            progress=not args.no_progress,
+        )
+        print(result.summary(), flush=True)
+        points[rate] = result
+        return result
+
+    for rate in sorted(float(part) for part in args.rates.split(",") if part.strip()):
+        at(rate)
+    held = [rate for rate, result in points.items() if result.holds_p99]
+    failed = [rate for rate, result in points.items() if not result.holds_p99]
+    low = max(held, default=0.0)
+    high = min((rate for rate in failed if rate > low), default=None)
+    for _ in range(args.search_steps if high is not None else 0):
+        assert high is not None
+        middle = round((low + high) / 2)
+        if middle in (low, high):
+            break
+        if at(middle).holds_p99:
+            low = middle
+        else:
+            high = middle
+    print(
+        f"P2 curve [{server}]: highest rate holding p99 <= 250 ms with nothing lost: {low:.0f}/s", flush=True
+    )
+    return {
+        "p2_curve": {
+            "server": server,
+            "points": [points[rate].as_dict() for rate in sorted(points)],
+            "highest_rate_holding": low,
+            "lowest_rate_failing": high,
+        }
+    }
+
+
 def run_bulk(args: argparse.Namespace, template: str) -> dict[str, Any]:
     result = bulk_events.run(template=template, events=args.events, progress=not args.no_progress)
     print(result.summary(), flush=True)
@@ -274,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             ("p1", run_p1),
             ("p2", run_p2),
             ("bulk", run_bulk),
+            ("p2-curve", run_p2_curve),
             ("memory", run_memory),
             ("p4", run_p4),
             ("sends", run_sends),

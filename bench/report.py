@@ -125,6 +125,7 @@ SECTION_OF = {
     "kill_sends_runs": "kill_sends",
     "bulk": "bulk",
     "p2_profile": "p2_profile",
+    "p2_curve": "p2_curve",
 }
 
 
@@ -245,6 +246,13 @@ def _summary_rows(results: dict[str, Any]) -> list[str]:
             f"| P4 event → push accepted, {_p4_mode(p4)}, {p4['layout']} | "
             f"{_fmt(p4['accepted_per_second'], 0)} pushes/s accepted, p99 {_fmt(p4['p99_s'], 2)} s, "
             f"lost {p4['lost']} | p99 ≤ 5 s at 1,000 pushes/s | {_met(bool(p4['meets_target']))} |"
+        )
+    curve = results.get("p2_curve")
+    if curve:
+        rows.append(
+            f"| P2 loaded, {curve['server']}: highest rate holding p99 ≤ 250 ms | "
+            f"{curve['highest_rate_holding']:.0f} events/s | 200/s (aim 500/s) | "
+            f"{_met(curve['highest_rate_holding'] >= 200)} |"
         )
     bulk = results.get("bulk")
     if bulk:
@@ -493,6 +501,7 @@ def render(results: dict[str, Any]) -> str:
         lines += _measured_on(results, "memory")
         lines.append("")
 
+    lines += _curve_section(results)
     lines += _profile_section(results)
     lines += _bulk_section(results)
     lines += _p4_section(results)
@@ -708,6 +717,41 @@ def _sends_section(results: dict[str, Any]) -> list[str]:
         "two Twilio status callbacks per SMS; none for the others). CPU is from the POST until every delivery "
         "settled and every receipt was handled, per accepted send.",
         *_measured_on(results, "sends"),
+        "",
+    ]
+    return lines
+
+
+def _curve_section(results: dict[str, Any]) -> list[str]:
+    curve = results.get("p2_curve")
+    if not curve:
+        return []
+    lines = [
+        f"## P2 as a curve ({curve['server']})",
+        "",
+        "| offered | achieved | p50 | p95 | p99 | lost | HTTP errors | holds p99 ≤ 250 ms | CPU per event "
+        "(web / fan-out / PostgreSQL / load generator / machine) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for point in curve["points"]:
+        cpu = point.get("cpu_ms_per_event") or {}
+        cells = " / ".join(
+            _fmt(cpu.get(name), 1)
+            for name in ("web", "worker-fanout", "postgres", "load generator", "machine")
+        )
+        lines.append(
+            f"| {point['target_rate']:.0f}/s | {point['achieved_rate']:.0f}/s | {_fmt(point['p50_ms'])} ms | "
+            f"{_fmt(point['p95_ms'])} ms | {_fmt(point['p99_ms'])} ms | {point['lost']} | {point['http_errors']} | "
+            f"{'yes' if point.get('holds_p99') else 'no'} | {cells} ms |"
+        )
+    failing = curve.get("lowest_rate_failing")
+    lines += [
+        "",
+        f"Highest rate measured that holds p99 ≤ 250 ms with nothing lost: **{curve['highest_rate_holding']:.0f} "
+        f"events/s**" + (f" (the lowest that did not: {failing:.0f}/s)." if failing else "."),
+        "Each point is a fresh stack, 50 connected clients, one-recipient events sent open-loop; the load "
+        "generator's own CPU is in the last columns.",
+        *_measured_on(results, "p2_curve"),
         "",
     ]
     return lines

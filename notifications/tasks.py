@@ -10,7 +10,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from notifications.services.dispatch import dispatch_batches_sweep
 from notifications.services.fallback import fallback_checks_due
-from notifications.services.fanout import event_fanout, events_fanout_many
+from notifications.services.fanout import event_fanout_next, events_fanout_many
 from notifications.services.inbox import inapp_dispatch_batch
 from notifications.services.outbox import outbox_sweep
 from notifications.services.scheduling import deliveries_release_due
@@ -23,7 +23,7 @@ _TRANSIENT = (DatabaseOperationalError, RedisConnectionError, RedisTimeoutError)
 
 @shared_task(autoretry_for=_TRANSIENT, retry_backoff=1, retry_backoff_max=30, max_retries=5)
 def event_fanout_task(outbox_id: int) -> int:
-    return event_fanout(outbox_id=outbox_id).recipients
+    return event_fanout_next(outbox_id=outbox_id).recipients
 
 
 @shared_task(autoretry_for=_TRANSIENT, retry_backoff=1, retry_backoff_max=30, max_retries=5)

@@ -242,3 +242,16 @@ def test_p1_against_an_earlier_revision_runs_both_in_turns() -> None:
     assert result.median_ratio == result.this[0] / result.other[0]
     rendered = report.render({"p1_against": result.as_dict(), "machine": report.machine(), "measured_on": {}})
     assert "## P1 beside an earlier revision" in rendered and "| 1 |" in rendered
+
+
+def test_p2_curve_measures_each_rate_and_names_the_highest_that_holds(template: str) -> None:
+    from bench.__main__ import parse_args, run_p2_curve
+
+    args = parse_args(["p2-curve", "--rates", "10", "--seconds", "2", "--clients", "5", "--no-progress"])
+    curve = run_p2_curve(args, template)["p2_curve"]
+
+    assert [point["target_rate"] for point in curve["points"]] == [10.0]
+    assert curve["points"][0]["lost"] == 0 and curve["points"][0]["cpu_ms_per_event"]["web"] > 0
+    assert curve["highest_rate_holding"] == (10.0 if curve["points"][0]["holds_p99"] else 0.0)
+    rendered = report.render({"p2_curve": curve, "machine": report.machine(), "measured_on": {}})
+    assert "## P2 as a curve (uvicorn)" in rendered and "| 10/s |" in rendered

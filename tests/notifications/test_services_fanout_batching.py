@@ -1,0 +1,92 @@
+"""Small events fanned out together (notifications/services/fanout.py): the fan-out task
+of one small event takes along the other small events waiting, stores them in one
+transaction, and leaves large, scheduled and aggregated events to their own paths."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from notifications.models import Delivery, Event, InboxItem, OutboxMessage
+from notifications.services.api_keys import api_key_create
+from notifications.services.fanout import event_fanout_next
+from notifications.services.ingest import event_ingest
+from tests.notifications.factories import NotificationTypeFactory, RecipientFactory, SubscriptionFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def _outbox(event: Event) -> int:
+    return OutboxMessage.objects.get(event=event).id
+
+
+def test_the_task_of_one_small_event_stores_every_small_event_waiting_in_one_go(
+    django_capture_on_commit_callbacks, django_assert_max_num_queries
+):
+    key, _ = api_key_create(name="t")
+    nt = NotificationTypeFactory()
+    users = [RecipientFactory() for _ in range(20)]
+    with django_capture_on_commit_callbacks(execute=False):  # their own tasks not run yet
+        events = [
+            event_ingest(api_key=key, type_key=nt.key, recipients=[u.external_id], data={"order_id": n}).event
+            for n, u in enumerate(users)
+        ]
+
+    # as many statements as for one event alone (test below), plus reading the others
+    with django_assert_max_num_queries(19):
+        progress = event_fanout_next(outbox_id=_outbox(events[5]))
+
+    assert progress.recipients == 20 and progress.finished
+    assert InboxItem.objects.count() == 20
+    assert set(Event.objects.values_list("status", flat=True)) == {"completed"}
+    # and the tasks of the events taken along find them done and store nothing twice
+    for event in events:
+        assert event_fanout_next(outbox_id=_outbox(event)).recipients == 0
+    assert InboxItem.objects.count() == Delivery.objects.count() == 20
+
+
+def test_large_scheduled_and_aggregated_events_are_not_taken_along(django_capture_on_commit_callbacks):
+    key, _ = api_key_create(name="t")
+    nt = NotificationTypeFactory()
+    aggregated = NotificationTypeFactory(aggregation_window_seconds=30)
+    alice, bob = RecipientFactory(), RecipientFactory()
+    subscription = SubscriptionFactory(recipient=bob)
+    with django_capture_on_commit_callbacks(execute=False):
+        small = event_ingest(
+            api_key=key, type_key=nt.key, recipients=[alice.external_id], data={"order_id": 1}
+        )
+        topic = event_ingest(
+            api_key=key, type_key=nt.key, topic_key=subscription.topic.key, data={"order_id": 2}
+        )
+        later = event_ingest(
+            api_key=key,
+            type_key=nt.key,
+            recipients=[alice.external_id],
+            data={"order_id": 3},
+            send_at=timezone.now() + timedelta(hours=1),
+        )
+        liked = event_ingest(api_key=key, type_key=aggregated.key, recipients=[alice.external_id], data={})
+
+    assert event_fanout_next(outbox_id=_outbox(small.event)).recipients == 1
+
+    undone = set(OutboxMessage.objects.filter(processed_at__isnull=True).values_list("event_id", flat=True))
+    assert undone == {topic.event.id, later.event.id, liked.event.id}
+    # and the topic event still fans out page by page through its own task
+    assert event_fanout_next(outbox_id=_outbox(topic.event)).recipients == 1
+    assert InboxItem.objects.filter(recipient=bob).count() == 1
+
+
+def test_a_lone_small_event_goes_alone(django_capture_on_commit_callbacks, django_assert_max_num_queries):
+    key, _ = api_key_create(name="t")
+    nt = NotificationTypeFactory()
+    alice = RecipientFactory()
+    with django_capture_on_commit_callbacks(execute=False):
+        result = event_ingest(
+            api_key=key, type_key=nt.key, recipients=[alice.external_id], data={"order_id": 1}
+        )
+
+    with django_assert_max_num_queries(18):
+        assert event_fanout_next(outbox_id=_outbox(result.event)).recipients == 1
+    assert InboxItem.objects.get(recipient=alice).title == "Order 1"
