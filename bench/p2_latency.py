@@ -21,6 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from bench.stack import Progress, Stack, bench_stack, cpu_sample, cpu_seconds
 from harness.processes import Server
+from project.processes import DEFAULT_WEB_PROCESSES
 
 TYPE_KEY = "bench.p2"
 DEFAULT_SERVER: Server = "uvicorn"  # make run's web server
@@ -64,6 +65,7 @@ class P2Result:
     # CPU milliseconds per accepted event, by process (web, each worker, PostgreSQL, Redis,
     # the load generator, the whole machine), over the measured phase.
     cpu_ms_per_event: dict[str, float] = field(default_factory=dict)
+    web_processes: int = 1
 
     @property
     def meets_target(self) -> bool:
@@ -295,6 +297,7 @@ async def measure(
     if errors:
         print(f"P2 [{stack.platform.server}] first HTTP errors: {errors[:3]}", flush=True)
     return P2Result(
+        web_processes=stack.platform.web_processes,
         server=stack.platform.server,
         clients=clients,
         target_rate=rate,
@@ -333,9 +336,14 @@ def run(
     senders: int = 8,
     grace: float = 90.0,
     progress: bool = True,
+    web_processes: int | None = None,
 ) -> P2Result:
-    """One P2 run on a fresh stack with ``server`` as the web process."""
-    with bench_stack(template=template, server=server, label="p2") as stack:
+    """One P2 run on a fresh stack with ``server`` as the web server: as make run runs it
+    (DEFAULT_WEB_PROCESSES uvicorn processes sharing the port, one daphne) unless
+    ``web_processes`` says otherwise."""
+    if web_processes is None:
+        web_processes = DEFAULT_WEB_PROCESSES if server == "uvicorn" else 1
+    with bench_stack(template=template, server=server, label="p2", web_processes=web_processes) as stack:
         result = asyncio.run(
             measure(
                 stack,

@@ -199,6 +199,7 @@ def bench_stack(
     label: str = "bench",
     cwd: Path | None = None,
     sandbox: bool = False,
+    web_processes: int = 1,
 ) -> Iterator[Stack]:
     """Start private Redis, a database cloned from ``template`` (migrated when None), and
     the platform's processes; stop and drop everything on exit. ``cwd`` runs the processes
@@ -237,6 +238,7 @@ def bench_stack(
             log_dir=log_dir,
             loglevel=merged_env.get("CELERY_LOG_LEVEL", "WARNING"),
             cwd=cwd if cwd is not None else REPO_ROOT,
+            web_processes=web_processes,
         )
         stack.callback(platform.stop_all)
         for spec in worker_specs:
@@ -324,6 +326,9 @@ def cpu_seconds(stack: Stack, before: CpuSample, after: CpuSample) -> dict[str, 
     for name, pid in leaders.items():
         if pid is not None:
             result[name] = (after.groups.get(pid, 0) - before.groups.get(pid, 0)) / CLOCK_TICKS
+    # "web" is every web process (web, web-2, ... share the port).
+    for name in [name for name in result if name.startswith("web-")]:
+        result["web"] = result.get("web", 0.0) + result.pop(name)
     result["load generator"] = after.own_seconds - before.own_seconds
     result[POSTGRES_CPU] = (after.postgres - before.postgres) / CLOCK_TICKS
     machine = (after.machine_busy - before.machine_busy) / CLOCK_TICKS

@@ -339,6 +339,7 @@ class PlatformProcesses(processes.PlatformProcesses):
         web_timeout: float = 60.0,
         worker_timeout: float = 60.0,
         stop_timeout: float = 15.0,
+        web_processes: int = 1,
     ) -> None:
         super().__init__(
             env,
@@ -352,4 +353,5 @@ class PlatformProcesses(processes.PlatformProcesses):
             web_timeout=web_timeout,
             worker_timeout=worker_timeout,
             stop_timeout=stop_timeout,
+            web_processes=web_processes,
         )

@@ -28,6 +28,7 @@ from project.processes.children import (
     process_group_signal,
 )
 from project.processes.platform import (
+    DEFAULT_WEB_PROCESSES,
     DEFAULT_WORKERS,
     KILL_RESERVE_SECONDS,
     WORKER_READY_FILE_VARIABLE,
@@ -39,6 +40,7 @@ from project.processes.signals import StartInterrupted, StopSignals
 from project.processes.waiting import LOCALHOST, http_status, port_is_open, wait_for_http, wait_until
 
 __all__ = [
+    "DEFAULT_WEB_PROCESSES",
     "DEFAULT_WORKERS",
     "KILL_RESERVE_SECONDS",
     "LOCALHOST",

@@ -45,6 +45,12 @@ DEFAULT_WORKERS: tuple[WorkerSpec, ...] = (
     WorkerSpec("send", ("push", "sms", "email", "webhook")),
 )
 
+# uvicorn processes sharing the web port under make run. Django runs a request's synchronous
+# code on one thread per web process, so one process accepts about a hundred single events
+# per second on a two-core machine; the kernel spreads connections over the processes
+# (project/serve.py, docs/benchmarks.md).
+DEFAULT_WEB_PROCESSES = 2
+
 # Of a stop's budget, what is kept back for SIGKILL and for the kernel to tear the
 # processes down (at most): the rest is the grace the processes get after SIGTERM.
 KILL_RESERVE_SECONDS = 2.0
@@ -77,10 +83,15 @@ class PlatformProcesses:
         stop_timeout: float = 15.0,
         stop_requested: Callable[[], bool] | None = None,
         sandbox_address: tuple[str, int] | None = None,
+        web_processes: int = 1,
     ) -> None:
         if server not in ("uvicorn", "daphne"):
             raise ValueError(f"server must be 'uvicorn' or 'daphne', not {server!r}")
+        if web_processes < 1 or (server == "daphne" and web_processes > 1):
+            raise ValueError(f"web_processes must be 1 for daphne and at least 1, not {web_processes}")
         self.server: Server = server
+        # More than one: uvicorn processes sharing the port (project/serve.py).
+        self.web_processes = web_processes
         self.port = port
         self.python = python
         self.cwd = cwd
@@ -170,19 +181,43 @@ class PlatformProcesses:
 
     # -- starting --
 
+    @property
+    def web_names(self) -> list[str]:
+        """The web processes' names: ``web``, then ``web-2``, ``web-3``..."""
+        return ["web", *(f"web-{number}" for number in range(2, self.web_processes + 1))]
+
+    def _serve_argv(self, name: str) -> list[str]:
+        return [
+            self.python, "-m", "project.serve", "--host", LOCALHOST, "--port", str(self.port),
+            "--ready-file", str(self.log_dir / f"{name}.ready"),
+        ]  # fmt: skip
+
     def start_web(self, *, wait: bool = True) -> ManagedProcess:
-        """Start the ASGI server and (by default) wait until ``/healthz`` answers at all."""
-        process = self._process("web", self._web_argv())
-        process.start()
+        """Start the ASGI server (``web_processes`` of them sharing the port) and (by
+        default) wait until ``/healthz`` answers and each of them accepts connections.
+        Returns the first."""
+        for name in self.web_names:
+            if self.web_processes > 1:
+                (self.log_dir / f"{name}.ready").unlink(missing_ok=True)
+                argv = self._serve_argv(name)
+            else:
+                argv = self._web_argv()
+            self._process(name, argv).start()
         if wait:
             self.wait_for_web()
-        return process
+        return self.processes["web"]
 
     def wait_for_web(self, timeout: float | None = None) -> None:
         process = self.processes["web"]
+        others = [self.processes[name] for name in self.web_names[1:]] if self.web_processes > 1 else []
 
         def answered() -> int:
             self._raise_if_exited(process)
+            for other in others:
+                self._raise_if_exited(other)
+            ready = all((self.log_dir / f"{name}.ready").exists() for name in self.web_names)
+            if self.web_processes > 1 and not ready:
+                return 0
             return http_status(f"{self.web_url}/healthz")
 
         try:

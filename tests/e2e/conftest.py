@@ -233,16 +233,20 @@ def platform_stack(
 
 
 @contextlib.contextmanager
-def another_web(stack: Stack, *, server: Server = "uvicorn") -> Iterator[PlatformProcesses]:
-    """Start one more ASGI web process of ``stack``'s platform (same database, Redis,
-    broker and settings) on a port of its own, as a second host behind a load balancer
-    would run it; yield its ``PlatformProcesses`` (``web_url``, ``ws_url``). It is stopped
-    on exit, also when the body raises or it fails to start."""
+def another_web(
+    stack: Stack, *, server: Server = "uvicorn", web_processes: int = 1
+) -> Iterator[PlatformProcesses]:
+    """Start one more ASGI web server of ``stack``'s platform (same database, Redis,
+    broker and settings; ``web_processes`` processes sharing its port) on a port of its
+    own, as a second host behind a load balancer would run it; yield its
+    ``PlatformProcesses`` (``web_url``, ``ws_url``). It is stopped on exit, also when the
+    body raises or it fails to start."""
     web = PlatformProcesses(
         env=stack.env,
         workers=(),
         server=server,
         log_dir=stack.processes.log_dir / f"web-{len(stack.peers) + 2}",
+        web_processes=web_processes,
     )
     stack.peers.append(web)
     try:

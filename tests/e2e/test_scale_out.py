@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 import uuid
 from collections import Counter
@@ -280,3 +281,50 @@ def test_it_resumes_on_either_web_process_exactly_what_both_fanout_workers_wrote
     with sse_stream(web_b.web_url, token, last_event_id=last_seen) as stream:
         events = stream.notifications(len(missed), timeout=20)
     assert [(int(e["id"]), e["data"]["item"]["event_id"]) for e in events] == stored
+
+
+def _socket_fds(pid: int) -> int:
+    fd_dir = f"/proc/{pid}/fd"
+    count = 0
+    for name in os.listdir(fd_dir):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"{fd_dir}/{name}").startswith("socket:")
+    return count
+
+
+def test_web_processes_sharing_one_port_each_hold_sockets_and_every_socket_gets_its_frame(
+    platform: tuple[Stack, PlatformProcesses],
+) -> None:
+    # given one web server of two processes sharing a port (make run's default), and
+    # twelve users who open their inbox on that port
+    stack, _ = platform
+    with another_web(stack, web_processes=2) as shared:
+        pids = [shared.processes[name].pid for name in shared.web_names]
+        assert len(pids) == 2 and all(pids)
+        before = {pid: _socket_fds(pid) for pid in pids if pid}
+        users = [stack.create_recipient("shared") for _ in range(12)]
+        sockets = [InboxSocket.open(shared.ws_url, token=token) for _, token in users]
+        try:
+            for socket in sockets:
+                assert socket.frame(10) == {"type": "unread_count", "count": 0}
+            # then the kernel spread the connections: each process holds some of them
+            grown = {pid: _socket_fds(pid) - before[pid] for pid in before}
+            assert all(count > 0 for count in grown.values()), grown
+
+            # and events posted through the shared port reach every socket, whichever
+            # process accepted the event and whichever holds the socket
+            with httpx.Client(
+                base_url=shared.web_url, headers={"Authorization": f"Api-Key {stack.api_key}"}
+            ) as api:
+                sent = []
+                for user, _ in users:
+                    response = api.post(
+                        "/api/v1/events/", json={"type": TYPE, "recipients": [user], "data": {}}
+                    )
+                    assert response.status_code == 202, response.text
+                    sent.append(response.json()["id"])
+            received = [socket.notifications(1, timeout=30)[0]["item"]["event_id"] for socket in sockets]
+            assert received == sent
+        finally:
+            for socket in sockets:
+                socket.close()

@@ -37,6 +37,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from project.processes import (
+    DEFAULT_WEB_PROCESSES,
     DEFAULT_WORKERS,
     PlatformProcesses,
     Server,
@@ -122,6 +123,20 @@ def exclusive_lock(path: Path) -> Iterator[None]:
         lock_file.close()
 
 
+def web_processes_choice(given: int | None, server: Server) -> int:
+    """--web-processes, else $WEB_PROCESSES, else the default; daphne always runs one."""
+    if server == "daphne":
+        return 1
+    raw = given if given is not None else os.environ.get("WEB_PROCESSES") or DEFAULT_WEB_PROCESSES
+    try:
+        count = int(raw)
+    except ValueError:
+        raise CommandError(f"WEB_PROCESSES must be a whole number, not {raw!r}") from None
+    if not 1 <= count <= 16:
+        raise CommandError(f"--web-processes must be between 1 and 16, not {count}")
+    return count
+
+
 class Command(BaseCommand):
     help = (
         "Run the platform in the foreground: ASGI web server, Celery workers, one beat and the "
@@ -137,6 +152,12 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--port", type=int, default=None, help="Port on 127.0.0.1 (default: settings.PORT)."
+        )
+        parser.add_argument(
+            "--web-processes",
+            type=int,
+            default=None,
+            help="uvicorn processes sharing the port (default: $WEB_PROCESSES, else 2; daphne runs one).",
         )
         parser.add_argument(
             "--workers-concurrency",
@@ -163,6 +184,7 @@ class Command(BaseCommand):
         if concurrency < 1:
             raise CommandError(f"--workers-concurrency must be at least 1, not {concurrency}")
         log_dir = Path(options["log_dir"]) if options["log_dir"] else Path(settings.PLATFORM_LOG_DIR)
+        web_processes = web_processes_choice(options["web_processes"], server)
 
         lock = platform_lock_path(settings.DATABASES["default"], Path(settings.PLATFORM_RUN_DIR))
         with StopSignals() as stop, exclusive_lock(lock):
@@ -183,6 +205,7 @@ class Command(BaseCommand):
                 stop_timeout=STOP_SECONDS,
                 stop_requested=lambda: stop.requested,
                 sandbox_address=(settings.PROVIDER_SANDBOX_HOST, settings.PROVIDER_SANDBOX_HTTP_PORT),
+                web_processes=web_processes,
             )
             try:
                 code = self.run(platform, stop)
@@ -198,7 +221,8 @@ class Command(BaseCommand):
         sandboxed = sandboxed_providers()
         with_sandbox = bool(sandboxed) and apps.is_installed("sandbox")
         self.stdout.write(
-            f"Starting {platform.server} on port {platform.port}, {len(platform.worker_specs)} Celery "
+            f"Starting {platform.server} ({platform.web_processes} web process"
+            f"{'es' if platform.web_processes > 1 else ''}) on port {platform.port}, {len(platform.worker_specs)} Celery "
             f"workers and one beat; logs in {platform.log_dir}/"
         )
         if with_sandbox:
