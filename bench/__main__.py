@@ -33,7 +33,7 @@ from bench import (
 from bench.stack import template_database
 from harness.processes import Server
 
-SERVERS: tuple[Server, ...] = ("uvicorn", "daphne")
+SERVERS: tuple[Server, ...] = ("uvicorn", "daphne", "granian")
 # Alternative P1 layouts are only worth their time when the default run is not dominated by
 # something the layout cannot change (a stall): past this, they are skipped with a note.
 ALTERNATIVES_MAX_SECONDS = 120.0
@@ -43,7 +43,7 @@ BENCHMARKS = ("all", "p1", "p2", "memory", "p4", "sends", "kill-sends", "p1-agai
 
 
 def _servers(choice: str) -> tuple[Server, ...]:
-    return SERVERS if choice == "both" else tuple(s for s in SERVERS if s == choice)
+    return SERVERS if choice in ("all", "both") else tuple(s for s in SERVERS if s == choice)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,7 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="P1 worker layouts: the default only, or the alternatives too (default: all)",
     )
     parser.add_argument(
-        "--server", choices=("uvicorn", "daphne", "both"), default="both", help="P2/memory server"
+        "--server",
+        choices=(*SERVERS, "all", "both"),
+        default="all",
+        help="P2/memory server (default: all of them; 'both' is an old name for all)",
     )
     parser.add_argument(
         "--rate",
@@ -69,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"(default {P4_DEFAULT_RATE:,.0f})",
     )
     parser.add_argument(
-        "--low-rate", type=float, default=25.0, help="with 'all': P2 again at this rate (default 25; 0: skip)"
+        "--low-rate", type=float, default=25.0, help="P2 again at this rate (default 25; 0: skip)"
     )
     parser.add_argument("--seconds", type=float, default=20.0, help="P2 and P4 duration (default 20)")
     parser.add_argument("--clients", type=int, default=50, help="P2 connected clients (default 50)")
@@ -160,7 +163,7 @@ def run_p1(args: argparse.Namespace, template: str) -> dict[str, Any]:
 
 def run_p2(args: argparse.Namespace, template: str) -> dict[str, Any]:
     results = {"p2": _p2_at(args, template, args.rate or P2_DEFAULT_RATE)}
-    if args.benchmark == "all" and args.low_rate:
+    if args.benchmark in ("all", "p2") and args.low_rate:
         # The same measurement below saturation, to show where latency stands when the
         # machine is not the bottleneck.
         results["p2_low"] = _p2_at(args, template, args.low_rate)

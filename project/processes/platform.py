@@ -21,7 +21,9 @@ from project.processes.waiting import LOCALHOST, http_status, port_is_open, wait
 # consumes (project.celery); readiness then never depends on log levels or formats.
 WORKER_READY_FILE_VARIABLE = "WORKER_READY_FILE"
 
-Server = Literal["uvicorn", "daphne"]
+# granian (a Rust ASGI server) is measured beside the others by the benchmarks; make run
+# offers uvicorn and daphne (docs/benchmarks.md says why).
+Server = Literal["uvicorn", "daphne", "granian"]
 
 
 # --- The platform: web, workers, beat, provider sandbox ----------------------------------------
@@ -85,10 +87,10 @@ class PlatformProcesses:
         sandbox_address: tuple[str, int] | None = None,
         web_processes: int = 1,
     ) -> None:
-        if server not in ("uvicorn", "daphne"):
-            raise ValueError(f"server must be 'uvicorn' or 'daphne', not {server!r}")
-        if web_processes < 1 or (server == "daphne" and web_processes > 1):
-            raise ValueError(f"web_processes must be 1 for daphne and at least 1, not {web_processes}")
+        if server not in ("uvicorn", "daphne", "granian"):
+            raise ValueError(f"server must be 'uvicorn', 'daphne' or 'granian', not {server!r}")
+        if web_processes < 1 or (server != "uvicorn" and web_processes > 1):
+            raise ValueError(f"web_processes must be 1 for {server} and at least 1, not {web_processes}")
         self.server: Server = server
         # More than one: uvicorn processes sharing the port (project/serve.py).
         self.web_processes = web_processes
@@ -129,6 +131,11 @@ class PlatformProcesses:
     # -- commands --
 
     def _web_argv(self) -> list[str]:
+        if self.server == "granian":
+            # One worker process, as the others run one process each.
+            return [self.python, "-m", "granian", "--interface", "asgi", "--host", LOCALHOST,
+                    "--port", str(self.port), "--workers", "1", "--log-level", "warning",
+                    "--no-access-log", "project.asgi:application"]  # fmt: skip
         if self.server == "daphne":
             # -v 0: warnings and errors only, no access log.
             return [self.python, "-m", "daphne", "-b", LOCALHOST, "-p", str(self.port), "-v", "0",

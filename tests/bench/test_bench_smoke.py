@@ -50,7 +50,7 @@ def test_p1_fanout_persists_every_row(template: str) -> None:
     assert result.last_inbox_s <= result.observed_complete_s
 
 
-@pytest.mark.parametrize("server", ["uvicorn", "daphne"])
+@pytest.mark.parametrize("server", ["uvicorn", "daphne", "granian"])
 def test_p2_latency_receives_every_frame(template: str, server: Server) -> None:
     result = p2_latency.run(
         template=template, server=server, clients=5, rate=20, seconds=2, grace=30, progress=False
@@ -65,7 +65,7 @@ def test_p2_latency_receives_every_frame(template: str, server: Server) -> None:
     assert not math.isnan(result.mean_ms)
 
 
-@pytest.mark.parametrize("server", ["uvicorn", "daphne"])
+@pytest.mark.parametrize("server", ["uvicorn", "daphne", "granian"])
 def test_memory_per_idle_connection_is_measured(template: str, server: Server) -> None:
     result = memory.run(template=template, server=server, connections=50, progress=False)
 
