@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from psycopg import sql
+
 from bench.stack import Progress, Stack, bench_stack
 from harness.processes import DEFAULT_WORKERS, WorkerSpec
 
@@ -71,6 +73,18 @@ class P1Result:
     inbox_items: int
     distinct_inbox_recipients: int
     seed_s: float
+    # The baseline of the same run: a bare COPY of the very rows the fan-out wrote (its
+    # deliveries and inbox items) into empty tables with the same columns and indexes.
+    copy_s: float = 0.0
+
+    @property
+    def copy_per_second(self) -> float:
+        return self.recipients / self.copy_s if self.copy_s > 0 else 0.0
+
+    @property
+    def ratio_to_copy(self) -> float:
+        """P1's rate as a fraction of the bare COPY's (the target is at least 0.5)."""
+        return self.per_second / self.copy_per_second if self.copy_per_second else 0.0
 
     @property
     def per_second(self) -> float:
@@ -111,6 +125,8 @@ class P1Result:
             fanout_s=self.fanout_s,
             inapp_s=self.inapp_s,
             all_persisted=self.all_persisted,
+            copy_per_second=self.copy_per_second,
+            ratio_to_copy=self.ratio_to_copy,
         )
         return data
 
@@ -120,8 +136,31 @@ class P1Result:
             f"(POST -> last inbox row {self.last_inbox_s:.2f}s; all committed by {self.observed_complete_s:.2f}s "
             f"= {self.per_second_observed:,.0f}/s); fan-out {self.fanout_s:.2f}s "
             f"(event completed at {self.fanout_completed_s:.2f}s), in-app {self.inapp_s:.2f}s; "
-            f"persisted: {'yes' if self.all_persisted else 'NO'}"
+            f"persisted: {'yes' if self.all_persisted else 'NO'}; bare COPY of the same rows "
+            f"{self.copy_per_second:,.0f}/s (P1/COPY {self.ratio_to_copy:.2f})"
         )
+
+
+def copy_baseline(connection: Any, event_id: str) -> float:
+    """Seconds a bare COPY takes to write the event's delivery and inbox rows again, into
+    empty temporary tables LIKE the real ones (columns, defaults, indexes, constraints)."""
+    took = 0.0
+    for table in ("notifications_delivery", "notifications_inboxitem"):
+        copy_of = f"p1_copy_{table}"
+        connection.execute(f"CREATE TEMP TABLE {copy_of} (LIKE {table} INCLUDING ALL)")
+        data = bytearray()
+        select = sql.SQL("COPY (SELECT * FROM {} WHERE event_id = {}) TO STDOUT").format(
+            sql.Identifier(table), sql.Literal(event_id)
+        )
+        with connection.cursor() as cursor, cursor.copy(select) as copy:
+            for block in copy:
+                data += block
+        started = time.perf_counter()
+        with connection.cursor() as cursor, cursor.copy(f"COPY {copy_of} FROM STDIN") as copy:
+            copy.write(bytes(data))
+        took += time.perf_counter() - started
+        connection.execute(f"DROP TABLE {copy_of}")
+    return took
 
 
 def seed(stack: Stack, recipients: int) -> float:
@@ -228,6 +267,7 @@ def run_on_stack(
         completed_at = connection.execute(
             "SELECT completed_at FROM notifications_event WHERE id = %s", [event_id]
         ).fetchone()[0]
+        copy_s = copy_baseline(connection, event_id)
 
     return P1Result(
         layout=layout.name,
@@ -246,6 +286,7 @@ def run_on_stack(
         inbox_items=i_total,
         distinct_inbox_recipients=i_distinct,
         seed_s=seed_s,
+        copy_s=copy_s,
     )
 
 

@@ -222,11 +222,20 @@ def _summary_rows(results: dict[str, Any]) -> list[str]:
     p1 = results.get("p1")
     if p1:
         rate = p1.get("per_second")
-        ok = bool(rate and rate >= P1_TARGET and p1.get("all_persisted"))
-        rows.append(
-            f"| P1 fan-out, {p1['recipients']:,} recipients ({p1['layout']}) | {_fmt(rate, 0)} recipients/s "
-            f"(all persisted: {'yes' if p1.get('all_persisted') else 'no'}) | ≥ 20,000 recipients/s | {_met(ok)} |"
-        )
+        ratio = p1.get("ratio_to_copy")
+        if ratio:
+            ok = bool(ratio >= 0.5 and p1.get("all_persisted"))
+            rows.append(
+                f"| P1 fan-out, {p1['recipients']:,} recipients ({p1['layout']}) | {_fmt(rate, 0)} recipients/s, "
+                f"{_fmt(ratio, 2)} of the same run's bare COPY ({_fmt(p1.get('copy_per_second'), 0)}/s; all "
+                f"persisted: {'yes' if p1.get('all_persisted') else 'no'}) | ≥ 0.5 of COPY | {_met(ok)} |"
+            )
+        else:
+            ok = bool(rate and rate >= P1_TARGET and p1.get("all_persisted"))
+            rows.append(
+                f"| P1 fan-out, {p1['recipients']:,} recipients ({p1['layout']}) | {_fmt(rate, 0)} recipients/s "
+                f"(all persisted: {'yes' if p1.get('all_persisted') else 'no'}) | ≥ 20,000 recipients/s | {_met(ok)} |"
+            )
     p2_rows = [*sorted(results.get("p2", {}).items()), *sorted(results.get("p2_low", {}).items())]
     for server, p2 in p2_rows:
         ok = p2["lost"] == 0 and p2["p50_ms"] <= P2_P50_TARGET and p2["p99_ms"] <= P2_P99_TARGET
@@ -430,17 +439,24 @@ def render(results: dict[str, Any]) -> str:
         lines += [
             "## P1: in-app fan-out of one event",
             "",
-            "| layout | recipients | recipients/s (POST → last inbox row) | all committed | fan-out only | "
-            "in-app only | persisted | settings |",
-            "|---|---|---|---|---|---|---|---|",
+            "| layout | recipients | recipients/s (POST → last inbox row) | bare COPY of the same rows | "
+            "P1 / COPY | all committed | fan-out only | in-app only | persisted | settings |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, p1 in sorted(layouts.items(), key=lambda item: -float(item[1].get("per_second") or 0)):
             lines.append(
                 f"| {name} | {p1['recipients']:,} | {_fmt(p1['per_second'], 0)} | "
+                f"{_fmt(p1.get('copy_per_second'), 0)}/s | {_fmt(p1.get('ratio_to_copy'), 2)} | "
                 f"{_fmt(p1['observed_complete_s'], 2)} s ({_fmt(p1['per_second_observed'], 0)}/s) | "
                 f"{_fmt(p1['fanout_s'], 2)} s | {_fmt(p1['inapp_s'], 2)} s | "
                 f"{'yes' if p1['all_persisted'] else 'NO'} | {p1['settings']} |"
             )
+        lines += [
+            "",
+            "The baseline is measured in the same run on the same database: the event's delivery and "
+            "inbox rows, copied out and written again with a bare `COPY` into empty tables with the same "
+            "columns, defaults and indexes. The target is P1 at 50% of it or more.",
+        ]
         if results.get("p1_note"):
             lines += ["", str(results["p1_note"])]
         lines += _measured_on(results, "p1")
