@@ -25,6 +25,10 @@ RESULTS_PATH = BENCH_DIR / "results.json"
 DOC_PATH = REPO_ROOT / "docs" / "benchmarks.md"
 
 P1_TARGET = 20_000.0
+# P2 idle: at this rate or below, accept -> frame p50 <= 15 ms and p99 <= 50 ms.
+P2_IDLE_RATE = 25.0
+P2_IDLE_P50 = 15.0
+P2_IDLE_P99 = 50.0
 P2_P50_TARGET = 50.0
 P2_P99_TARGET = 250.0
 MEMORY_TARGET_KIB = 30.0
@@ -238,10 +242,17 @@ def _summary_rows(results: dict[str, Any]) -> list[str]:
             )
     p2_rows = [*sorted(results.get("p2", {}).items()), *sorted(results.get("p2_low", {}).items())]
     for server, p2 in p2_rows:
-        ok = p2["lost"] == 0 and p2["p50_ms"] <= P2_P50_TARGET and p2["p99_ms"] <= P2_P99_TARGET
+        # At the idle rate (25/s) the targets are tighter than under load.
+        idle = p2["target_rate"] <= P2_IDLE_RATE
+        p50_target, p99_target = (P2_IDLE_P50, P2_IDLE_P99) if idle else (P2_P50_TARGET, P2_P99_TARGET)
+        ok = p2["lost"] == 0 and p2["p50_ms"] <= p50_target and p2["p99_ms"] <= p99_target
+        processes = p2.get("web_processes") or 1
         rows.append(
-            f"| P2 accept → frame, {server}, {p2['target_rate']:.0f} events/s | p50 {_fmt(p2['p50_ms'])} ms, "
-            f"p99 {_fmt(p2['p99_ms'])} ms, lost {p2['lost']} | p50 ≤ 50 ms, p99 ≤ 250 ms | {_met(ok)} |"
+            f"| P2 accept → frame, {server}"
+            f"{f' ({processes} processes)' if processes > 1 else ''}, {p2['target_rate']:.0f} events/s offered, "
+            f"{p2['achieved_rate']:.0f}/s sent | p50 {_fmt(p2['p50_ms'])} ms, "
+            f"p99 {_fmt(p2['p99_ms'])} ms, lost {p2['lost']} | p50 ≤ {p50_target:.0f} ms, p99 ≤ {p99_target:.0f} ms "
+            f"| {_met(ok)} |"
         )
     for server, memory in sorted(results.get("memory", {}).items()):
         kib = memory.get("kib_per_connection")
@@ -429,8 +440,11 @@ def render(results: dict[str, Any]) -> str:
     ]
     if chosen:
         lines += [
-            f"**ASGI server these figures favour: {chosen}** ({reason}). `make run` starts uvicorn unless "
-            "`ASGI_SERVER=daphne` says otherwise; both are kept working and measured here.",
+            f"**ASGI server these figures favour: {chosen}** ({reason}). `make run` starts uvicorn "
+            "(`WEB_PROCESSES` processes sharing the port, 2 by default) unless `ASGI_SERVER=daphne` says "
+            "otherwise; granian is measured beside them, not offered by `make run`. P2 rows name the rate "
+            "offered and the rate the load generator got through: a web server that accepts more slowly "
+            "holds events back in the client, where this latency does not count them.",
             "",
         ]
 
