@@ -66,6 +66,8 @@ class P2Result:
     # the load generator, the whole machine), over the measured phase.
     cpu_ms_per_event: dict[str, float] = field(default_factory=dict)
     web_processes: int = 1
+    # The first HTTP errors the load generator saw (exception or status and body), if any.
+    http_error_sample: list[str] = field(default_factory=list)
 
     @property
     def meets_target(self) -> bool:
@@ -297,6 +299,7 @@ async def measure(
     if errors:
         print(f"P2 [{stack.platform.server}] first HTTP errors: {errors[:3]}", flush=True)
     return P2Result(
+        http_error_sample=errors[:3],
         web_processes=stack.platform.web_processes,
         server=stack.platform.server,
         clients=clients,

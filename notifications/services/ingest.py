@@ -136,30 +136,18 @@ def event_ingest(
 
     now = timezone.now()
     deferred = send_at is not None and send_at > now
+    spec = EventSpec(type_key, recipients, topic_key, data, idempotency_key, send_at, origin_ip)
+    pending = _Pending(0, spec, fingerprint, event_id=time_ordered_uuid(), recipient_ids=recipient_ids)
     try:
         with transaction.atomic():
-            event = Event.objects.create(
-                notification_type=notification_type,
-                api_key=api_key,
-                idempotency_key=idempotency_key or None,
-                request_fingerprint=fingerprint,
-                data=data,
-                recipient_ids=recipient_ids,
-                topic=topic,
-                send_at=send_at,
-                origin_ip=origin_ip,
-                status=EventStatus.SCHEDULED if deferred else EventStatus.ACCEPTED,
+            # The statements of the bulk path: two plain INSERTs, no ORM objects to prepare.
+            relayed = _insert_events(
+                api_key, [pending], {type_key: notification_type}, {topic.key: topic} if topic else {}, now
             )
-            outbox = OutboxMessage.objects.create(
-                event=event,
-                available_at=send_at if deferred and send_at else now,
-                # Leased to the relay below; if the enqueue is lost the sweep takes it over
-                # when the lease runs out.
-                leased_until=None if deferred else now + timedelta(seconds=settings.OUTBOX_LEASE_SECONDS),
-            )
-            if not deferred:
-                outbox_id = outbox.id
+            if relayed:
+                outbox_id = relayed[0]
                 # robust: the event is stored; a failed relay must not turn the answer into a 500.
+                # If the enqueue is lost, the sweep takes the row over when its lease runs out.
                 transaction.on_commit(lambda: outbox_relay(outbox_id=outbox_id), robust=True)
     except IntegrityError:
         # Two requests with one idempotency key raced; the loser answers like a replay.
@@ -168,6 +156,23 @@ def event_ingest(
             if replay:
                 return replay
         raise
+    event = Event(
+        id=pending.event_id,
+        notification_type=notification_type,
+        api_key=api_key,
+        idempotency_key=idempotency_key or None,
+        request_fingerprint=fingerprint,
+        data=data,
+        recipient_ids=recipient_ids,
+        topic=topic,
+        send_at=send_at,
+        origin_ip=origin_ip,
+        status=EventStatus.SCHEDULED if deferred else EventStatus.ACCEPTED,
+        created_at=now,
+    )
+    # The row exists: this instance stands for it (saving it again would update, not insert).
+    event._state.adding = False
+    event._state.db = "default"
     metrics_increment({"events_accepted": 1})
     log.info("event accepted", extra={"event_id": str(event.id), "type": type_key})
     return IngestResult(event=event, created=True)
