@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from notifications.models import (
@@ -278,11 +278,62 @@ def _plan_small(outboxes: Sequence[OutboxMessage], now: datetime) -> list[_Small
     return plans
 
 
+# Session advisory locks on the outbox rows a batch of small events is planning, in a key
+# space of their own: two fan-out tasks that would take along the same waiting events must
+# not both plan them, or both would count them against the recipients' rate caps.
+_CLAIM_SPACE = 1 << 62
+
+
+def _claim_small(outbox_ids: list[int]) -> tuple[list[int], set[int]]:
+    """Take the claims nobody else holds; returns (claimed, those of them still unstarted).
+    Claims are session locks, not row locks: nothing else waits on them, planning (Redis)
+    runs while they are held, and a worker that dies drops them with its connection."""
+    if not outbox_ids:
+        return [], set()
+    with connection.cursor() as db:
+        db.execute(
+            "SELECT id FROM unnest(%b::bigint[]) AS t(id) WHERE pg_try_advisory_lock(%s + id)",
+            [outbox_ids, _CLAIM_SPACE],
+        )
+        claimed = [row[0] for row in db.fetchall()]
+        if not claimed:
+            return [], set()
+        # Read again under the claim: a batch that held a row until a moment ago stored it.
+        db.execute(
+            f"""SELECT id FROM {OutboxMessage._meta.db_table}
+                WHERE id = ANY(%b) AND processed_at IS NULL AND cursor = 0""",
+            [claimed],
+        )
+        return claimed, {row[0] for row in db.fetchall()}
+
+
+def _release_small(claimed: list[int]) -> None:
+    if not claimed:
+        return
+    try:
+        with connection.cursor() as db:
+            db.execute(
+                "SELECT pg_advisory_unlock(%s + id) FROM unnest(%b::bigint[]) AS t(id)",
+                [_CLAIM_SPACE, claimed],
+            )
+    except DatabaseError:  # the connection is gone, and its locks with it
+        log.warning("fan-out claims not released", exc_info=True)
+
+
 def _fanout_small(outboxes: Sequence[OutboxMessage], now: datetime) -> int:
-    """Plan small events outside any transaction, then store all of them in one: lock the
-    outbox rows still unstarted (SKIP LOCKED: a row another worker holds is its work), keep
-    the plans of the rows locked, insert their deliveries, and mark rows and events done
-    with one statement each. Returns the recipients planned."""
+    """Claim the small events no other fan-out is planning, plan them outside any
+    transaction, then store them in one: lock the outbox rows still unstarted (SKIP
+    LOCKED), insert their deliveries, and mark rows and events done with one statement
+    each. Returns the recipients planned."""
+    claimed, fresh = _claim_small([o.id for o in outboxes])
+    try:
+        mine = [o for o in outboxes if o.id in fresh]
+        return _store_small(mine, now) if mine else 0
+    finally:
+        _release_small(claimed)
+
+
+def _store_small(outboxes: Sequence[OutboxMessage], now: datetime) -> int:
     plans = _plan_small(outboxes, now)
     with transaction.atomic():
         relax_commit_durability()

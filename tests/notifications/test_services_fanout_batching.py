@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import psycopg
 import pytest
 from django.utils import timezone
 
 from notifications.models import Delivery, Event, InboxItem, OutboxMessage
 from notifications.services.api_keys import api_key_create
+from notifications.services.fanout import _CLAIM_SPACE as CLAIM_SPACE
 from notifications.services.fanout import event_fanout_next
 from notifications.services.ingest import event_ingest
 from tests.notifications.factories import NotificationTypeFactory, RecipientFactory, SubscriptionFactory
@@ -35,7 +37,7 @@ def test_the_task_of_one_small_event_stores_every_small_event_waiting_in_one_go(
         ]
 
     # as many statements as for one event alone (test below), plus reading the others
-    with django_assert_max_num_queries(19):
+    with django_assert_max_num_queries(22):
         progress = event_fanout_next(outbox_id=_outbox(events[5]))
 
     assert progress.recipients == 20 and progress.finished
@@ -87,6 +89,44 @@ def test_a_lone_small_event_goes_alone(django_capture_on_commit_callbacks, djang
             api_key=key, type_key=nt.key, recipients=[alice.external_id], data={"order_id": 1}
         )
 
-    with django_assert_max_num_queries(18):
+    with django_assert_max_num_queries(21):
         assert event_fanout_next(outbox_id=_outbox(result.event)).recipients == 1
     assert InboxItem.objects.get(recipient=alice).title == "Order 1"
+
+
+def test_events_another_fanout_is_planning_are_neither_planned_nor_stored_twice(
+    django_capture_on_commit_callbacks,
+):
+    # given three small events waiting, the second claimed by another fan-out (another
+    # database session holds its claim)
+    key, _ = api_key_create(name="t")
+    nt = NotificationTypeFactory()
+    users = [RecipientFactory() for _ in range(3)]
+    with django_capture_on_commit_callbacks(execute=False):
+        events = [
+            event_ingest(api_key=key, type_key=nt.key, recipients=[u.external_id], data={"order_id": n}).event
+            for n, u in enumerate(users)
+        ]
+    claimed = _outbox(events[1])
+    other = psycopg.connect(**_connection_kwargs(), autocommit=True)  # type: ignore[arg-type]
+    try:
+        assert other.execute("SELECT pg_try_advisory_lock(%s)", [CLAIM_SPACE + claimed]).fetchone() == (True,)
+
+        # when the first event's task runs, and then the claimed event's own task
+        first = event_fanout_next(outbox_id=_outbox(events[0]))
+        own = event_fanout_next(outbox_id=claimed)
+    finally:
+        other.close()
+
+    # then the two others were stored and the claimed one left to its holder
+    assert (first.recipients, own.recipients) == (2, 0)
+    assert set(InboxItem.objects.values_list("recipient_id", flat=True)) == {users[0].id, users[2].id}
+    # and once the claim is gone, its own task stores it
+    assert event_fanout_next(outbox_id=claimed).recipients == 1
+
+
+def _connection_kwargs() -> dict[str, object]:
+    from django.db import connection
+
+    params = connection.get_connection_params()
+    return {k: v for k, v in params.items() if k in ("host", "port", "user", "password", "dbname")}
