@@ -7,4 +7,8 @@ class NotificationsConfig(AppConfig):
 
     def ready(self) -> None:
         # Connects the receiver of anymail's tracking signal.
-        from notifications import provider_webhooks  # noqa: F401
+        # Invalidates the cached API keys and types when either changes.
+        from notifications import (
+            provider_webhooks,  # noqa: F401
+            signals,  # noqa: F401
+        )

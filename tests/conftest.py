@@ -30,6 +30,15 @@ def _test_settings_in_use() -> None:
     assert settings.SETTINGS_MODULE == "project.settings.test", settings.SETTINGS_MODULE
 
 
+@pytest.fixture(autouse=True)
+def _fresh_lookup_cache() -> None:
+    # Each test rolls its rows back, and with them the commits that would invalidate the
+    # cached API keys and types (notifications/services/lookups.py): start each empty.
+    from notifications.services.lookups import lookups_clear
+
+    lookups_clear()
+
+
 @pytest.fixture
 def api_key(db: Any) -> str:
     from notifications.services.api_keys import api_key_create

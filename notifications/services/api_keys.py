@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 from datetime import timedelta
 
 from django.utils import timezone
 
 from notifications.models import ApiKey
+from notifications.services.lookups import api_key_active, lookups_changed
 
 KEY_SCHEME = "nk"
 # last_used_at is written at most this often per key, so authentication stays read-only on
@@ -34,21 +34,26 @@ def api_key_create(*, name: str) -> tuple[ApiKey, str]:
 
 
 def api_key_authenticate(*, raw: str) -> ApiKey | None:
-    """The active key matching ``raw``, or None. Constant-time comparison of digests."""
+    """The active key matching ``raw``, or None. Constant-time comparison of digests; the
+    key comes from this process's cache while no key or type changed (services/lookups.py)."""
     parts = raw.strip().split("_", 2)
     if len(parts) != 3 or parts[0] != KEY_SCHEME:
         return None
-    key = ApiKey.objects.filter(prefix=parts[1], revoked_at__isnull=True).first()
-    if key is None or not hmac.compare_digest(key.key_hash, _digest(raw.strip())):
+    key = api_key_active(prefix=parts[1], digest=_digest(raw.strip()))
+    if key is None:
         return None
     now = timezone.now()
     if key.last_used_at is None or now - key.last_used_at > _LAST_USED_RESOLUTION:
         ApiKey.objects.filter(id=key.id).update(last_used_at=now)
+        key.last_used_at = now
     return key
 
 
 def api_key_revoke(*, api_key_id: int) -> bool:
     """Revoke a key; True when it was active."""
-    return (
+    revoked = (
         ApiKey.objects.filter(id=api_key_id, revoked_at__isnull=True).update(revoked_at=timezone.now()) == 1
     )
+    if revoked:
+        lookups_changed()
+    return revoked

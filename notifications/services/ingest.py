@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from notifications.models import ApiKey, Event, EventStatus, NotificationType, OutboxMessage, Recipient, Topic
 from notifications.models.events import time_ordered_uuid
+from notifications.services.lookups import notification_type_by_key
 from notifications.services.metrics import metrics_increment
 from notifications.services.outbox import outbox_relay, outbox_relay_many
 
@@ -109,7 +110,7 @@ def event_ingest(
             return replay
 
     errors: dict[str, list[str]] = {}
-    notification_type = NotificationType.objects.filter(key=type_key).first()
+    notification_type = notification_type_by_key(type_key)
     if notification_type is None:
         errors["type"] = [f"unknown notification type {type_key!r}"]
 

@@ -298,6 +298,9 @@ SWEEP_INTERVAL_SECONDS = env_float("SWEEP_INTERVAL_SECONDS", 5.0)
 # events of a bulk request, in tasks of at most this many (notifications/services/fanout.py).
 FANOUT_MANY_MAX = env_int("FANOUT_MANY_MAX", 500, minimum=1)
 INAPP_INLINE_MAX = env_int("INAPP_INLINE_MAX", 50, minimum=0)
+# API keys and notification types are cached per process, checked against a version in
+# Redis on every use (notifications/services/lookups.py); an entry lives at most this long.
+LOOKUP_CACHE_SECONDS = env_float("LOOKUP_CACHE_SECONDS", 60.0)
 # Per-user per-channel caps: "count/seconds". Critical types are not capped.
 RATE_CAPS = {
     "inapp": env_str("RATE_CAP_INAPP", "600/60"),

@@ -1,0 +1,65 @@
+"""The per-process cache of API keys and notification types (notifications/services/
+lookups.py): used while nothing changed, dropped in every process once a change commits."""
+
+from __future__ import annotations
+
+import pytest
+
+from notifications.models import NotificationType
+from notifications.services.api_keys import api_key_authenticate, api_key_create, api_key_revoke
+from notifications.services.lookups import notification_type_by_key
+from tests.notifications.factories import NotificationTypeFactory, RecipientFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_key_is_read_from_the_database_once_while_nothing_changes(django_assert_num_queries):
+    key, raw = api_key_create(name="cached")
+    assert api_key_authenticate(raw=raw) == key  # read, and last_used_at written
+
+    with django_assert_num_queries(0):
+        assert api_key_authenticate(raw=raw) == key
+
+
+def test_a_revoked_key_is_refused_at_once_although_it_was_cached(django_capture_on_commit_callbacks):
+    key, raw = api_key_create(name="revoked")
+    assert api_key_authenticate(raw=raw) == key
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api_key_revoke(api_key_id=key.id)
+
+    assert api_key_authenticate(raw=raw) is None
+
+
+def test_a_wrong_secret_with_a_known_prefix_is_refused_cached_or_not():
+    key, raw = api_key_create(name="k")
+    assert api_key_authenticate(raw=raw) == key
+
+    assert api_key_authenticate(raw=raw[:-2] + ("xy" if not raw.endswith("xy") else "zz")) is None
+
+
+def test_a_deleted_type_is_unknown_at_once_although_it_was_cached(
+    service_client, django_capture_on_commit_callbacks
+):
+    nt = NotificationTypeFactory()
+    alice = RecipientFactory()
+    assert notification_type_by_key(nt.key) == nt
+
+    with django_capture_on_commit_callbacks(execute=True):
+        NotificationType.objects.get(id=nt.id).delete()
+    response = service_client.post(
+        "/api/v1/events/", {"type": nt.key, "recipients": [alice.external_id]}, format="json"
+    )
+
+    assert response.status_code == 400 and nt.key in response.json()["errors"]["type"][0]
+
+
+def test_a_type_is_read_from_the_database_once_while_nothing_changes(django_assert_num_queries):
+    nt = NotificationTypeFactory()
+    assert notification_type_by_key(nt.key) == nt
+
+    with django_assert_num_queries(0):
+        assert notification_type_by_key(nt.key) == nt
+    # and an unknown key is not cached as missing: it may be created any moment
+    with django_assert_num_queries(1):
+        assert notification_type_by_key("not.yet") is None
