@@ -66,6 +66,8 @@ class P2Result:
     # the load generator, the whole machine), over the measured phase.
     cpu_ms_per_event: dict[str, float] = field(default_factory=dict)
     web_processes: int = 1
+    # Where the time goes, p50 of each stage in ms (stage_medians).
+    stage_p50_ms: dict[str, float] = field(default_factory=dict)
     # The first HTTP errors the load generator saw (exception or status and body), if any.
     http_error_sample: list[str] = field(default_factory=list)
 
@@ -147,6 +149,34 @@ class Listener:
             return 0
         expected = list(range(1, max(self.seqs) + 1))
         return len(set(expected) - set(self.seqs)) + (len(self.seqs) - len(set(self.seqs)))
+
+
+STAGES = (
+    ("request", "POST sent -> event stored (HTTP, Django, ingest up to its INSERT)"),
+    ("to fan-out", "event stored -> fan-out planned it (commit, relay, broker, worker)"),
+    ("fan-out", "fan-out planned -> in-app item written (plan, deliveries, inbox)"),
+    ("to frame", "item written -> frame at the client (commit, channel layer, web, socket)"),
+)
+
+
+def stage_medians(
+    stamps: Sequence[tuple[str, Any, Any, Any]],
+    sent_at: dict[str, float],
+    arrivals: dict[str, float],
+    wall_offset: float,
+) -> dict[str, float]:
+    """p50 in ms of each stage of STAGES, from the rows' timestamps (event, delivery and
+    inbox item ``created_at``, all from this machine's clock) and the client's times."""
+    spans: dict[str, list[float]] = {name: [] for name, _ in STAGES}
+    for event_id, event_at, delivery_at, item_at in stamps:
+        if event_id not in sent_at or event_id not in arrivals:
+            continue
+        sent = sent_at[event_id] + wall_offset
+        arrived = arrivals[event_id] + wall_offset
+        points = (sent, float(event_at), float(delivery_at), float(item_at), arrived)
+        for (name, _), start, end in zip(STAGES, points, points[1:], strict=False):
+            spans[name].append((end - start) * 1000)
+    return {name: round(percentile(values, 0.5), 2) for name, values in spans.items() if values}
 
 
 async def _open_listeners(stack: Stack, tokens: Sequence[str], arrivals: dict[str, float]) -> list[Listener]:
@@ -235,6 +265,8 @@ async def measure(
     progress: bool = True,
 ) -> P2Result:
     tokens = prepare(stack, clients)
+    # The client times with perf_counter; the platform stamps rows with the wall clock.
+    wall_offset = time.time() - time.perf_counter()
     arrivals: dict[str, float] = {}
     listeners = await _open_listeners(stack, tokens, arrivals)
     try:
@@ -296,6 +328,16 @@ async def measure(
         inbox_rows = connection.execute(
             "SELECT count(*) FROM notifications_inboxitem WHERE event_id = ANY(%s::uuid[])", [list(sent_at)]
         ).fetchone()[0]
+        stamps = connection.execute(
+            """SELECT e.id::text, extract(epoch FROM e.created_at), extract(epoch FROM d.created_at),
+                      extract(epoch FROM i.created_at)
+               FROM notifications_event e
+               JOIN notifications_delivery d ON d.event_id = e.id AND d.channel = 'inapp'
+               JOIN notifications_inboxitem i ON i.delivery_id = d.id
+               WHERE e.id = ANY(%s::uuid[])""",
+            [list(sent_at)],
+        ).fetchall()
+    stages = stage_medians(stamps, sent_at, arrivals, wall_offset)
     if errors:
         print(f"P2 [{stack.platform.server}] first HTTP errors: {errors[:3]}", flush=True)
     return P2Result(
@@ -322,6 +364,7 @@ async def measure(
         inbox_rows=inbox_rows,
         seq_gaps=sum(listener.seq_gaps() for listener in listeners),
         late_over_1s=sum(1 for value in latencies if value > 1000),
+        stage_p50_ms=stages,
         latencies_ms=latencies,
         cpu_ms_per_event={
             name: round(seconds * 1000 / len(sent_at), 2) for name, seconds in cpu.items() if sent_at

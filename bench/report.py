@@ -512,6 +512,27 @@ def render(results: dict[str, Any]) -> str:
                 f"{_fmt(p2['max_ms'])} ms | {p2['late_over_1s']} | {p2['lost']} | "
                 f"{_fmt(p2.get('accept_p50_ms'))} / {_fmt(p2.get('accept_p99_ms'))} ms | {p2['http_errors']} |"
             )
+        staged = [(server, p2) for server, p2 in p2_all if p2.get("stage_p50_ms")]
+        if staged:
+            lines += [
+                "",
+                "Where the time goes, p50 of each stage (from the rows' `created_at` and the client's clock): "
+                "*request* = POST sent → event stored, *to fan-out* = → fan-out planned it (commit, relay, "
+                "broker, worker), *fan-out* = → in-app item written, *to frame* = → frame at the client.",
+                "",
+                "| server | rate | request | to fan-out | fan-out | to frame |",
+                "|---|---|---|---|---|---|",
+            ]
+            for server, p2 in staged:
+                stage = p2["stage_p50_ms"]
+                lines.append(
+                    f"| {server} | {p2['target_rate']:.0f}/s | "
+                    + " | ".join(
+                        f"{_fmt(stage.get(name))} ms"
+                        for name in ("request", "to fan-out", "fan-out", "to frame")
+                    )
+                    + " |"
+                )
         lines += _measured_on(results, "p2")
         lines.append("")
 

@@ -64,7 +64,10 @@ def broker_queues_declare(sender: Any = None, **kwargs: Any) -> None:
 def pool_process_die_with_worker(sender: Any = None, **kwargs: Any) -> None:
     """A pool process outliving its worker (killed with SIGKILL, say) would hold its task
     and its connections while nobody hands it work; the kernel kills it instead. Its task
-    goes back to the queue (acks_late)."""
+    goes back to the queue (acks_late). A worker without pool processes (``--pool solo``)
+    runs its tasks itself and is left alone: its supervisor is its parent."""
+    if os.getpid() == _worker_pid:
+        return
     die_with_parent(signal.SIGKILL, parent_pid=_worker_pid)
 
 

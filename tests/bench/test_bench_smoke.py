@@ -64,6 +64,9 @@ def test_p2_latency_receives_every_frame(template: str, server: Server) -> None:
     assert result.inbox_rows == 40
     assert result.seq_gaps == 0
     assert 0 < result.p50_ms <= result.p95_ms <= result.p99_ms <= result.max_ms
+    # and where the time went, stage by stage, from the rows' timestamps
+    assert list(result.stage_p50_ms) == [name for name, _ in p2_latency.STAGES], result.stage_p50_ms
+    assert all(value >= 0 for value in result.stage_p50_ms.values()), result.stage_p50_ms
     assert not math.isnan(result.mean_ms)
 
 
