@@ -393,27 +393,43 @@ def _load_outboxes(outbox_ids: Sequence[int]) -> list[OutboxMessage]:
 
 def events_fanout_many(*, outbox_ids: Sequence[int]) -> FanoutProgress:
     """Fan out several events in one go: the small ones (``fanout_is_small``) planned and
-    stored together in one transaction, so the per-task and per-commit costs are paid once
-    for all of them; each other one is relayed to a fan-out task of its own. Safe to run
+    stored together, one transaction per page of recipients (FANOUT_PAGE_SIZE), so the
+    per-task and per-commit costs are paid once for many of them; each other one is relayed to a fan-out task of its own. Safe to run
     twice, or alongside ``event_fanout`` of the same rows."""
     now = timezone.now()
     outboxes = _load_outboxes(outbox_ids)
     small = [o for o in outboxes if fanout_is_small(o.event, o.cursor)]
     large = [o.id for o in outboxes if not fanout_is_small(o.event, o.cursor)]
-    recipients = _fanout_small(small, now) if small else 0
+    recipients = sum(_fanout_small(group, now) for group in _page_sized(small))
     if large:
         outbox_relay_each(outbox_ids=large)
     return FanoutProgress(pages=1 if small else 0, recipients=recipients, finished=not large)
 
 
-def _small_events_waiting(*, besides: int, limit: int, now: datetime) -> list[int]:
+def _page_sized(outboxes: Sequence[OutboxMessage]) -> list[list[OutboxMessage]]:
+    """The events in groups of at most FANOUT_PAGE_SIZE recipients in all (an event alone
+    may fill a group), so that one transaction never writes more than a page does."""
+    groups: list[list[OutboxMessage]] = []
+    size = 0
+    for outbox in outboxes:
+        count = len(outbox.event.recipient_ids or [])
+        if not groups or size + count > settings.FANOUT_PAGE_SIZE:
+            groups.append([])
+            size = 0
+        groups[-1].append(outbox)
+        size += count
+    return groups
+
+
+def _small_events_waiting(*, besides: int, limit: int, room: int, now: datetime) -> list[int]:
     """Outbox rows of other small events that are due and not started (most have a fan-out
-    task of their own queued behind this one), oldest first."""
-    if limit <= 0:
+    task of their own queued behind this one), oldest first: at most ``limit`` of them and
+    ``room`` recipients in all."""
+    if limit <= 0 or room <= 0:
         return []
     with connection.cursor() as db:
         db.execute(
-            f"""SELECT o.id
+            f"""SELECT o.id, cardinality(e.recipient_ids)
                 FROM {OutboxMessage._meta.db_table} o
                 JOIN {Event._meta.db_table} e ON e.id = o.event_id
                 JOIN {NotificationType._meta.db_table} t ON t.id = e.notification_type_id
@@ -424,13 +440,21 @@ def _small_events_waiting(*, besides: int, limit: int, now: datetime) -> list[in
                 LIMIT %s""",
             [now, besides, settings.FANOUT_PAGE_SIZE, limit],
         )
-        return [row[0] for row in db.fetchall()]
+        rows = db.fetchall()
+    taken: list[int] = []
+    for outbox_id, count in rows:
+        if count > room:
+            break
+        taken.append(outbox_id)
+        room -= count
+    return taken
 
 
 def event_fanout_next(*, outbox_id: int) -> FanoutProgress:
     """The fan-out task of one outbox row. A large event is fanned out page by page
     (``event_fanout``). A small one takes along up to FANOUT_MANY_MAX - 1 other small events
-    that are waiting, and all are stored in one transaction: under load the per-task and
+    that are waiting, as many as one page of recipients holds in all (FANOUT_PAGE_SIZE), and
+    all are stored in one transaction: under load the per-task and
     per-commit costs are paid once per batch (the tasks of the rows taken along then find
     them done), while an event that comes alone goes alone, as fast as before."""
     outboxes = _load_outboxes([outbox_id])
@@ -440,7 +464,12 @@ def event_fanout_next(*, outbox_id: int) -> FanoutProgress:
     if not fanout_is_small(own.event, own.cursor):
         return event_fanout(outbox_id=outbox_id)
     now = timezone.now()
-    others = _small_events_waiting(besides=outbox_id, limit=settings.FANOUT_MANY_MAX - 1, now=now)
+    others = _small_events_waiting(
+        besides=outbox_id,
+        limit=settings.FANOUT_MANY_MAX - 1,
+        room=settings.FANOUT_PAGE_SIZE - len(own.event.recipient_ids or []),
+        now=now,
+    )
     if others:
         outboxes += [o for o in _load_outboxes(others) if fanout_is_small(o.event, o.cursor)]
     recipients = _fanout_small(outboxes, now)

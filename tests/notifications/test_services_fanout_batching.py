@@ -13,7 +13,7 @@ from django.utils import timezone
 from notifications.models import Delivery, Event, InboxItem, OutboxMessage
 from notifications.services.api_keys import api_key_create
 from notifications.services.fanout import _CLAIM_SPACE as CLAIM_SPACE
-from notifications.services.fanout import event_fanout_next
+from notifications.services.fanout import event_fanout_next, events_fanout_many
 from notifications.services.ingest import event_ingest
 from tests.notifications.factories import NotificationTypeFactory, RecipientFactory, SubscriptionFactory
 
@@ -130,3 +130,30 @@ def _connection_kwargs() -> dict[str, object]:
 
     params = connection.get_connection_params()
     return {k: v for k, v in params.items() if k in ("host", "port", "user", "password", "dbname")}
+
+
+def test_a_batch_of_small_events_writes_at_most_a_page_of_recipients(
+    django_capture_on_commit_callbacks, settings
+):
+    # given a page of four recipients, and three waiting events to two recipients each
+    settings.FANOUT_PAGE_SIZE = 4
+    key, _ = api_key_create(name="t")
+    nt = NotificationTypeFactory()
+    users = [RecipientFactory() for _ in range(6)]
+    with django_capture_on_commit_callbacks(execute=False):
+        events = [
+            event_ingest(
+                api_key=key,
+                type_key=nt.key,
+                recipients=[users[2 * n].external_id, users[2 * n + 1].external_id],
+                data={"order_id": n},
+            ).event
+            for n in range(3)
+        ]
+
+    # when the first event's task runs, it takes along only as many as fit in the page
+    assert event_fanout_next(outbox_id=_outbox(events[0])).recipients == 4
+    assert OutboxMessage.objects.filter(processed_at__isnull=True).count() == 1
+    # and a bulk task over all three stores the rest, a page at a time
+    assert events_fanout_many(outbox_ids=[_outbox(e) for e in events]).recipients == 2
+    assert InboxItem.objects.count() == 6
