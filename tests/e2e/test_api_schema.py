@@ -1,4 +1,4 @@
-"""The API keeps to its own OpenAPI schema (DESIGN section 6: schemathesis ``--checks all``,
+"""The API keeps to its own OpenAPI schema (schemathesis ``--checks all``,
 no 5xx, no undocumented status code, no response that breaks the schema).
 
 A real web server on a temporary database is driven by the schemathesis CLI with a fixed

@@ -1,4 +1,4 @@
-"""The v1 API contract (DESIGN.md section 4) through Django's test client."""
+"""The v1 API contract (README.md, "The public contract (v1)") through Django's test client."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bulk recipients (POST /api/v1/recipients/bulk/, DESIGN section 4b) and topic
+"""Bulk recipients (POST /api/v1/recipients/bulk/, README.md, "The public contract (v1)") and topic
 subscription of many recipients at once, through Django's test client."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Events in bulk (POST /api/v1/events/bulk/, DESIGN section 4b) through Django's test
+"""Events in bulk (POST /api/v1/events/bulk/, README.md, "The public contract (v1)") through Django's test
 client, with the fan-out tasks run eagerly: per-item results in input order, partial
 failure, idempotency per item, the limits, and small events fanned out together."""
 
