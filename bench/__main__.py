@@ -170,21 +170,22 @@ def run_p2(args: argparse.Namespace, template: str) -> dict[str, Any]:
     return results
 
 
+def _p2_run(args: argparse.Namespace, template: str, server: Server, rate: float) -> p2_latency.P2Result:
+    result = p2_latency.run(
+        template=template,
+        server=server,
+        clients=args.clients,
+        rate=rate,
+        seconds=args.seconds,
+        grace=args.grace,
+        progress=not args.no_progress,
+    )
+    print(result.summary(), flush=True)
+    return result
+
+
 def _p2_at(args: argparse.Namespace, template: str, rate: float) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for server in _servers(args.server):
-        result = p2_latency.run(
-            template=template,
-            server=server,
-            clients=args.clients,
-            rate=rate,
-            seconds=args.seconds,
-            grace=args.grace,
-            progress=not args.no_progress,
-        )
-        print(result.summary(), flush=True)
-        out[server] = result.as_dict()
-    return out
+    return {server: _p2_run(args, template, server, rate).as_dict() for server in _servers(args.server)}
 
 
 def run_memory(args: argparse.Namespace, template: str) -> dict[str, Any]:
@@ -280,18 +281,8 @@ def run_p2_curve(args: argparse.Namespace, template: str) -> dict[str, Any]:
     points: dict[float, p2_latency.P2Result] = {}
 
     def at(rate: float) -> p2_latency.P2Result:
-        result = p2_latency.run(
-            template=template,
-            server=server,
-            clients=args.clients,
-            rate=rate,
-            seconds=args.seconds,
-            grace=args.grace,
-            progress=not args.no_progress,
-        )
-        print(result.summary(), flush=True)
-        points[rate] = result
-        return result
+        points[rate] = _p2_run(args, template, server, rate)
+        return points[rate]
 
     for rate in sorted(float(part) for part in args.rates.split(",") if part.strip()):
         at(rate)

@@ -16,6 +16,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from bench.provider_sends import create_type
 from bench.stack import Progress, Stack, bench_stack, cpu_sample, cpu_seconds, wait_for
 
 TYPE_KEY = "bench.bulk"
@@ -61,16 +62,12 @@ class BulkResult:
 
 def prepare(stack: Stack, recipients: int) -> list[str]:
     with stack.client() as client:
-        response = client.post(
-            "/api/v1/notification-types/",
-            json={
-                "key": TYPE_KEY,
-                "category": "transactional",
-                "channels": ["inapp"],
-                "templates": {"inapp": {"title": "Bulk {{ data.i }}", "body": "bulk probe", "url": ""}},
-            },
+        create_type(
+            client,
+            key=TYPE_KEY,
+            channel="inapp",
+            template={"title": "Bulk {{ data.i }}", "body": "bulk probe", "url": ""},
         )
-        response.raise_for_status()
         ids = [f"bulk-{index}" for index in range(recipients)]
         for start in range(0, recipients, 1000):
             response = client.post(

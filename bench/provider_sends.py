@@ -143,15 +143,23 @@ def seed_audience(
     return topics
 
 
-def create_type(client: httpx.Client, *, key: str, channel: str, category: str = "transactional") -> None:
-    """Create a notification type with ``channel`` as its only channel, over the API."""
+def create_type(
+    client: httpx.Client,
+    *,
+    key: str,
+    channel: str,
+    category: str = "transactional",
+    template: dict[str, str] | None = None,
+) -> None:
+    """Create a notification type with ``channel`` as its only channel, over the API, with
+    ``template`` (default: the channel's of TEMPLATES)."""
     response = client.post(
         "/api/v1/notification-types/",
         json={
             "key": key,
             "category": category,
             "channels": [channel],
-            "templates": {channel: TEMPLATES[channel]},
+            "templates": {channel: template or TEMPLATES[channel]},
         },
     )
     if response.status_code != 201:

@@ -189,6 +189,19 @@ class ErrorTreeField(serializers.DictField):
     """{field: [message, ...]}, or {field: {sub-field: [message, ...]}} for nested values."""
 
 
+class BulkRefusedSerializer(serializers.Serializer):
+    """The result of a refused item of a bulk call (recipients, events)."""
+
+    index = serializers.IntegerField(min_value=0)
+    status = serializers.ChoiceField(choices=["error"])
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        # "errors" would shadow Serializer.errors as a class attribute.
+        fields: dict[str, serializers.Field] = super().get_fields()
+        fields["errors"] = ErrorTreeField(help_text="{field: [message, ...]}")
+        return fields
+
+
 class ErrorBodySerializer(serializers.Serializer):
     """Every 4xx and 503 of the API: ``{"errors": {field: [message, ...]}}``."""
 

@@ -19,8 +19,8 @@ from rest_framework.views import APIView
 from notifications import selectors
 from notifications.api.common import (
     KEY_SHAPE,
+    BulkRefusedSerializer,
     DateTimeField,
-    ErrorTreeField,
     JsonObjectField,
     StrictSerializer,
     checked,
@@ -212,18 +212,9 @@ class EventListView(APIView):
             body = {**body, "idempotency_key": header_key}
         serializer = EventCreateSerializer(data=body)
         serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
+        spec = _spec(serializer.validated_data)
         try:
-            result = event_ingest(
-                api_key=request.user.api_key,  # type: ignore[union-attr]
-                type_key=data["type"],
-                recipients=data.get("recipients"),
-                topic_key=data.get("topic"),
-                data=data["data"],
-                idempotency_key=data.get("idempotency_key"),
-                send_at=data.get("send_at"),
-                origin_ip=data.get("origin_ip"),
-            )
+            result = event_ingest(api_key=request.user.api_key, **vars(spec))  # type: ignore[union-attr]
         except IngestError as exc:
             return errors_response(exc.errors)
         except IdempotencyConflict as exc:
@@ -264,24 +255,26 @@ class EventBulkAcceptedSerializer(serializers.Serializer):
     id = serializers.UUIDField()
 
 
-class EventBulkRefusedSerializer(serializers.Serializer):
-    index = serializers.IntegerField(min_value=0)
-    status = serializers.ChoiceField(choices=["error"])
-
-    def get_fields(self) -> dict[str, serializers.Field]:
-        # "errors" would shadow Serializer.errors as a class attribute.
-        fields: dict[str, serializers.Field] = super().get_fields()
-        fields["errors"] = ErrorTreeField(help_text="{field: [message, ...]}")
-        return fields
-
-
 class EventBulkResultsSerializer(serializers.Serializer):
     results = serializers.ListField(
         child=PolymorphicProxySerializer(
             component_name="EventBulkResult",
-            serializers=[EventBulkAcceptedSerializer, EventBulkRefusedSerializer],
+            serializers=[EventBulkAcceptedSerializer, BulkRefusedSerializer],
             resource_type_field_name=None,
         )
+    )
+
+
+def _spec(data: dict[str, Any]) -> EventSpec:
+    """The event an EventCreateSerializer's validated data describes."""
+    return EventSpec(
+        type_key=data["type"],
+        recipients=data.get("recipients"),
+        topic_key=data.get("topic"),
+        data=data["data"],
+        idempotency_key=data.get("idempotency_key"),
+        send_at=data.get("send_at"),
+        origin_ip=data.get("origin_ip"),
     )
 
 
@@ -297,17 +290,7 @@ def _specs(items: list[dict[str, Any]]) -> list[EventSpec | dict[str, Any]]:
         except (serializers.ValidationError, DjangoValidationError) as exc:
             specs.append(dict(serializers.as_serializer_error(exc)))
             continue
-        specs.append(
-            EventSpec(
-                type_key=data["type"],
-                recipients=data.get("recipients"),
-                topic_key=data.get("topic"),
-                data=data["data"],
-                idempotency_key=data.get("idempotency_key"),
-                send_at=data.get("send_at"),
-                origin_ip=data.get("origin_ip"),
-            )
-        )
+        specs.append(_spec(data))
     return specs
 
 

@@ -13,7 +13,7 @@ from rest_framework.views import APIView
 
 from notifications.api.common import (
     PHONE_SHAPE,
-    ErrorTreeField,
+    BulkRefusedSerializer,
     StrictSerializer,
     checked,
     operation,
@@ -162,17 +162,6 @@ class BulkUpsertedSerializer(serializers.Serializer):
     index = serializers.IntegerField(min_value=0)
     status = serializers.ChoiceField(choices=["created", "updated"])
     id = serializers.CharField(help_text="The external_id")
-
-
-class BulkRefusedSerializer(serializers.Serializer):
-    index = serializers.IntegerField(min_value=0)
-    status = serializers.ChoiceField(choices=["error"])
-
-    def get_fields(self) -> dict[str, serializers.Field]:
-        # "errors" would shadow Serializer.errors as a class attribute.
-        fields: dict[str, serializers.Field] = super().get_fields()
-        fields["errors"] = ErrorTreeField(help_text="{field: [message, ...]}")
-        return fields
 
 
 class BulkResultsSerializer(serializers.Serializer):
