@@ -284,27 +284,19 @@ def _plan_small(outboxes: Sequence[OutboxMessage], now: datetime) -> list[_Small
 _CLAIM_SPACE = 1 << 62
 
 
-def _claim_small(outbox_ids: list[int]) -> tuple[list[int], set[int]]:
-    """Take the claims nobody else holds; returns (claimed, those of them still unstarted).
-    Claims are session locks, not row locks: nothing else waits on them, planning (Redis)
-    runs while they are held, and a worker that dies drops them with its connection."""
+def _claim_small(outbox_ids: Sequence[int]) -> list[int]:
+    """Take the claims nobody else holds; returns the ids claimed. Claims are session
+    locks, not row locks: nothing else waits on them, planning (Redis) runs while they are
+    held, and a worker that dies drops them with its connection. Rows are read again once
+    claimed (``_load_outboxes``): a batch that held one until a moment ago stored it."""
     if not outbox_ids:
-        return [], set()
+        return []
     with connection.cursor() as db:
         db.execute(
             "SELECT id FROM unnest(%b::bigint[]) AS t(id) WHERE pg_try_advisory_lock(%s + id)",
-            [outbox_ids, _CLAIM_SPACE],
+            [list(outbox_ids), _CLAIM_SPACE],
         )
-        claimed = [row[0] for row in db.fetchall()]
-        if not claimed:
-            return [], set()
-        # Read again under the claim: a batch that held a row until a moment ago stored it.
-        db.execute(
-            f"""SELECT id FROM {OutboxMessage._meta.db_table}
-                WHERE id = ANY(%b) AND processed_at IS NULL AND cursor = 0""",
-            [claimed],
-        )
-        return claimed, {row[0] for row in db.fetchall()}
+        return [row[0] for row in db.fetchall()]
 
 
 def _release_small(claimed: list[int]) -> None:
@@ -320,15 +312,17 @@ def _release_small(claimed: list[int]) -> None:
         log.warning("fan-out claims not released", exc_info=True)
 
 
-def _fanout_small(outboxes: Sequence[OutboxMessage], now: datetime) -> int:
-    """Claim the small events no other fan-out is planning, plan them outside any
-    transaction, then store them in one: lock the outbox rows still unstarted (SKIP
-    LOCKED), insert their deliveries, and mark rows and events done with one statement
-    each. Returns the recipients planned."""
-    claimed, fresh = _claim_small([o.id for o in outboxes])
+def _fanout_small(outbox_ids: Sequence[int], now: datetime) -> tuple[int, list[OutboxMessage]]:
+    """Claim the rows no other fan-out is planning and read them under the claim; plan the
+    small events among them outside any transaction, then store them a page of recipients
+    at a time (``_store_small``). Returns (recipients planned, the claimed rows that are
+    not small events: large, started or aggregated, for the caller to send on)."""
+    claimed = _claim_small(outbox_ids)
     try:
-        mine = [o for o in outboxes if o.id in fresh]
-        return _store_small(mine, now) if mine else 0
+        outboxes = _load_outboxes(claimed)
+        small = [o for o in outboxes if fanout_is_small(o.event, o.cursor)]
+        others = [o for o in outboxes if not fanout_is_small(o.event, o.cursor)]
+        return sum(_store_small(group, now) for group in _page_sized(small)), others
     finally:
         _release_small(claimed)
 
@@ -364,14 +358,20 @@ def _store_small(outboxes: Sequence[OutboxMessage], now: datetime) -> int:
             counts.update(f"deliveries:{row.channel}:{row.status}" for row in inserted)
             planned_count.update({oid: n for oid, n in plan.counts.items() if oid in locked})
         done = sorted(locked)
-        OutboxMessage.objects.filter(id__in=done).update(processed_at=now, leased_until=None)
         with connection.cursor() as db:
+            # The outbox rows and their events marked done in one statement.
             db.execute(
-                f"""UPDATE {Event._meta.db_table} e
+                f"""WITH o AS (
+                        UPDATE {OutboxMessage._meta.db_table} SET processed_at = %s, leased_until = NULL
+                        WHERE id = ANY(%b)
+                    )
+                    UPDATE {Event._meta.db_table} e
                     SET status = %s, completed_at = %s, planned_count = t.n
                     FROM unnest(%b::uuid[], %b::int[]) AS t(id, n)
                     WHERE e.id = t.id""",
                 [
+                    now,
+                    done,
                     EventStatus.COMPLETED,
                     now,
                     [event_of[oid] for oid in done],
@@ -394,16 +394,13 @@ def _load_outboxes(outbox_ids: Sequence[int]) -> list[OutboxMessage]:
 def events_fanout_many(*, outbox_ids: Sequence[int]) -> FanoutProgress:
     """Fan out several events in one go: the small ones (``fanout_is_small``) planned and
     stored together, one transaction per page of recipients (FANOUT_PAGE_SIZE), so the
-    per-task and per-commit costs are paid once for many of them; each other one is relayed to a fan-out task of its own. Safe to run
-    twice, or alongside ``event_fanout`` of the same rows."""
-    now = timezone.now()
-    outboxes = _load_outboxes(outbox_ids)
-    small = [o for o in outboxes if fanout_is_small(o.event, o.cursor)]
-    large = [o.id for o in outboxes if not fanout_is_small(o.event, o.cursor)]
-    recipients = sum(_fanout_small(group, now) for group in _page_sized(small))
-    if large:
-        outbox_relay_each(outbox_ids=large)
-    return FanoutProgress(pages=1 if small else 0, recipients=recipients, finished=not large)
+    per-task and per-commit costs are paid once for many of them; each other one is
+    relayed to a fan-out task of its own. Rows another fan-out holds are left to it. Safe
+    to run twice, or alongside ``event_fanout`` of the same rows."""
+    recipients, others = _fanout_small(outbox_ids, timezone.now())
+    if others:
+        outbox_relay_each(outbox_ids=[o.id for o in others])
+    return FanoutProgress(pages=1 if recipients else 0, recipients=recipients, finished=not others)
 
 
 def _page_sized(outboxes: Sequence[OutboxMessage]) -> list[list[OutboxMessage]]:
@@ -470,7 +467,7 @@ def event_fanout_next(*, outbox_id: int) -> FanoutProgress:
         room=settings.FANOUT_PAGE_SIZE - len(own.event.recipient_ids or []),
         now=now,
     )
-    if others:
-        outboxes += [o for o in _load_outboxes(others) if fanout_is_small(o.event, o.cursor)]
-    recipients = _fanout_small(outboxes, now)
+    recipients, started = _fanout_small([outbox_id, *others], now)
+    if any(o.id == outbox_id for o in started):  # it was started by another task meanwhile
+        return event_fanout(outbox_id=outbox_id)
     return FanoutProgress(pages=1, recipients=recipients, finished=True)

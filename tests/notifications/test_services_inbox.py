@@ -105,7 +105,8 @@ def test_it_writes_an_in_app_batch_in_a_number_of_queries_that_does_not_grow_wit
     large_written, large = _dispatch_queries(key, 60)
 
     assert (small_written, large_written) == (2, 60)
-    assert large == small <= 8
+    # past a few ids, one SET LOCAL keeps the planner on the primary key
+    assert small <= large <= small + 1 <= 8
 
 
 def test_it_fails_unrenderable_in_app_items_in_one_statement_whatever_their_number(key, settings):
