@@ -322,8 +322,9 @@ class TemporaryDatabase:
 
 
 class PlatformProcesses(processes.PlatformProcesses):
-    """``project.processes.PlatformProcesses`` with defaults for tests: a free port, and
-    logs in a new temporary directory (kept for debugging) unless ``log_dir`` is given."""
+    """``project.processes.PlatformProcesses`` with defaults for tests: a free port, logs
+    in a new temporary directory (kept for debugging) unless ``log_dir`` is given, and web
+    processes that fan out nearby as in production (FANOUT_NEARBY) unless ``env`` says."""
 
     def __init__(
         self,
@@ -342,7 +343,7 @@ class PlatformProcesses(processes.PlatformProcesses):
         web_processes: int = 1,
     ) -> None:
         super().__init__(
-            env,
+            {"FANOUT_NEARBY": "1", **(env or {})},
             port=port if port is not None else free_port(),
             log_dir=log_dir if log_dir is not None else tempfile.mkdtemp(prefix="platform-logs-"),
             server=server,

@@ -17,9 +17,10 @@ from django.utils import timezone
 
 from notifications.models import ApiKey, Event, EventStatus, NotificationType, OutboxMessage, Recipient, Topic
 from notifications.models.events import time_ordered_uuid
+from notifications.services.fanout_nearby import fanout_soon
 from notifications.services.lookups import notification_type_by_key
 from notifications.services.metrics import metrics_increment
-from notifications.services.outbox import outbox_relay, outbox_relay_many
+from notifications.services.outbox import outbox_relay_many
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +149,8 @@ def event_ingest(
             if relayed:
                 outbox_id = relayed[0]
                 # robust: the event is stored; a failed relay must not turn the answer into a 500.
-                # If the enqueue is lost, the sweep takes the row over when its lease runs out.
-                transaction.on_commit(lambda: outbox_relay(outbox_id=outbox_id), robust=True)
+                # If the fan-out is lost, the sweep takes the row over when its lease runs out.
+                transaction.on_commit(lambda: fanout_soon(outbox_ids=[outbox_id]), robust=True)
     except IntegrityError:
         # Two requests with one idempotency key raced; the loser answers like a replay.
         if idempotency_key:

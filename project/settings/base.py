@@ -292,11 +292,16 @@ OUTBOX_LEASE_SECONDS = env_int("OUTBOX_LEASE_SECONDS", 60, minimum=1)
 # Pending deliveries older than this with nobody working on them are dispatched again.
 DELIVERY_STALE_SECONDS = env_int("DELIVERY_STALE_SECONDS", 120, minimum=1)
 SWEEP_INTERVAL_SECONDS = env_float("SWEEP_INTERVAL_SECONDS", 5.0)
-# Fan-out pages with at most this many in-app deliveries write their inbox items in the
-# page's own transaction instead of going through the in-app queue (0: always the queue).
 # Small events (one page of explicit recipients) fanned out together by one task: the
 # events of a bulk request, in tasks of at most this many (notifications/services/fanout.py).
 FANOUT_MANY_MAX = env_int("FANOUT_MANY_MAX", 500, minimum=1)
+# A web process fans out the events it accepted itself, right after its commit, on a thread
+# of its own (notifications/services/fanout_nearby.py); with more than
+# FANOUT_NEARBY_BACKLOG events waiting there, the rest go to the fan-out queue.
+FANOUT_NEARBY = env_bool("FANOUT_NEARBY", True)
+FANOUT_NEARBY_BACKLOG = env_int("FANOUT_NEARBY_BACKLOG", 2000, minimum=1)
+# Fan-out pages with at most this many in-app deliveries write their inbox items in the
+# page's own transaction instead of going through the in-app queue (0: always the queue).
 INAPP_INLINE_MAX = env_int("INAPP_INLINE_MAX", 50, minimum=0)
 # API keys and notification types are cached per process, checked against a version in
 # Redis on every use (notifications/services/lookups.py); an entry lives at most this long.

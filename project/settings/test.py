@@ -12,7 +12,7 @@ if _worker and not os.environ["REDIS_NAMESPACE"].endswith(f"-{_worker}:"):
     os.environ["REDIS_NAMESPACE"] = f"{os.environ['REDIS_NAMESPACE'].rstrip(':')}-{_worker}:"
 
 from project.settings.base import *  # noqa: E402, F403
-from project.settings.env import env_str  # noqa: E402
+from project.settings.env import env_bool, env_str  # noqa: E402
 
 # The package's __init__ may have evaluated base before the namespace was set above.
 REDIS_NAMESPACE = os.environ["REDIS_NAMESPACE"]
@@ -22,3 +22,7 @@ CACHES["default"]["KEY_PREFIX"] = f"{REDIS_NAMESPACE}cache"  # noqa: F405
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 LOG_LEVEL = env_str("LOG_LEVEL", "WARNING")
 LOGGING["root"]["level"] = LOG_LEVEL  # type: ignore[index]  # noqa: F405
+
+# In-process tests run Celery tasks eagerly, so an event is fanned out before its POST
+# returns; processes that tests start opt in to fanning out nearby (harness/).
+FANOUT_NEARBY = env_bool("FANOUT_NEARBY", False)

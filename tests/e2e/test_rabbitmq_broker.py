@@ -84,6 +84,8 @@ def stack(broker_url: str) -> Iterator[Stack]:
         # Every in-app page goes through the inapp queue (no inline shortcut), so each
         # queue class of the pipeline passes through RabbitMQ.
         "INAPP_INLINE_MAX": "0",
+        # Every event is fanned out by a fan-out task, not by the web process that took it.
+        "FANOUT_NEARBY": "0",
         # A worker's record of each task it receives (with its ETA) is a JSON line.
         "LOG_FORMAT": "json",
         # No second fan-out task from the outbox sweep while the retried one waits.
