@@ -93,6 +93,13 @@ class P2Result:
             f"for {self.seconds:.0f}s: p50 {self.p50_ms:.1f} ms, p95 {self.p95_ms:.1f} ms, p99 {self.p99_ms:.1f} ms, "
             f"max {self.max_ms:.1f} ms; {self.received}/{self.accepted} frames, lost {self.lost}, "
             f"HTTP errors {self.http_errors}, >1s {self.late_over_1s}"
+            + (
+                "; stages p50 "
+                + ", ".join(f"{name} {ms:.1f}" for name, ms in self.stage_p50_ms.items())
+                + " ms"
+                if self.stage_p50_ms
+                else ""
+            )
         )
 
 
