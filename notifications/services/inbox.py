@@ -262,6 +262,7 @@ def _push_frames(items: list[tuple[Any, ...]], written: list[int], now: datetime
         .values_list("recipient_id", "n")
     )
     frames: list[tuple[int, dict[str, Any]]] = []
+    last: dict[int, dict[str, Any]] = {}
     for item_id, item in zip(written, items, strict=True):
         recipient_id, seq, _delivery_id, event_id, event, (title, body, url) = item
         if recipient_id not in online:
@@ -282,9 +283,13 @@ def _push_frames(items: list[tuple[Any, ...]], written: list[int], now: datetime
                 "event_id": event_id,
             }
         )
-        frames.append((recipient_id, {"type": NOTIFICATION_MESSAGE, "seq": seq, "item": payload}))
-    for recipient_id in online:
-        frames.append((recipient_id, {"type": UNREAD_MESSAGE, "count": unread.get(recipient_id, 0)}))
+        message = {"type": NOTIFICATION_MESSAGE, "seq": seq, "item": payload}
+        frames.append((recipient_id, message))
+        last[recipient_id] = message
+    # The new unread count rides on each owner's last message (one publish, not two); the
+    # connection sends it as its own unread_count frame after the notification.
+    for recipient_id, message in last.items():
+        message["unread"] = unread.get(recipient_id, 0)
     realtime_publish(frames)
 
 

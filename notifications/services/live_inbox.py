@@ -180,6 +180,8 @@ class LiveInbox:
         """A channel-layer message for this recipient (services/realtime.py)."""
         if message.get("type") == NOTIFICATION_MESSAGE:
             self._put(("notification", message["seq"], message["item"]))
+            if "unread" in message:  # the count after it (services/inbox.py)
+                self._put(("frame", {"type": "unread_count", "count": message["unread"]}))
         elif message.get("type") == UNREAD_MESSAGE:
             self._put(("frame", {"type": "unread_count", "count": message["count"]}))
 
