@@ -49,6 +49,10 @@ def main(argv: list[str] | None = None) -> None:
     config = uvicorn.Config(
         "project.asgi:application",
         ws="websockets-sansio",
+        # Inbox frames are a few hundred bytes: compressing each costs CPU on every frame
+        # and a compression context per socket for little gain (Centrifugo too leaves
+        # compression off by default).
+        ws_per_message_deflate=False,
         lifespan="off",
         access_log=False,
         log_level="warning",

@@ -143,7 +143,8 @@ class PlatformProcesses:
         return [
             self.python, "-m", "uvicorn", "project.asgi:application",
             "--host", LOCALHOST, "--port", str(self.port),
-            "--ws", "websockets-sansio", "--lifespan", "off", "--no-access-log",
+            "--ws", "websockets-sansio", "--ws-per-message-deflate", "false",
+            "--lifespan", "off", "--no-access-log",
             "--log-level", "warning", "--timeout-graceful-shutdown", "5",
         ]  # fmt: skip
 
