@@ -5,10 +5,16 @@ Runs under uvicorn (the default of ``make run``) or daphne.
 
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
-django_asgi_app = get_asgi_application()
+# django.core.asgi.get_asgi_application, with the handler that runs the middleware chain
+# in one thread hop (project/handlers.py).
+django.setup(set_prefix=False)
+
+from project.handlers import SyncChainASGIHandler  # noqa: E402
+
+django_asgi_app = SyncChainASGIHandler()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
