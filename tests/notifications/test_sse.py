@@ -17,6 +17,7 @@ from django.test import AsyncClient
 
 from notifications.views import sse_inbox_stream
 from project.asgi import application
+from tests.asgi_scope import http_get_scope
 from tests.notifications.test_consumers import (
     connections_of,
     inbox_items_create,
@@ -51,20 +52,7 @@ class SseClient:
     """Drives one GET through the ASGI app and yields its events until disconnect()."""
 
     def __init__(self, path: str, query: dict[str, str], headers: dict[str, str] | None = None) -> None:
-        self.scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": urlencode(query).encode(),
-            "headers": [(b"host", b"testserver")]
-            + [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()],
-            "client": ("127.0.0.1", 50000),
-            "server": ("testserver", 80),
-        }
+        self.scope = http_get_scope(path, query_string=urlencode(query).encode(), headers=headers)
         self.sent: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.gone = asyncio.Event()
         self.buffer = ""
