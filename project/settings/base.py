@@ -99,6 +99,10 @@ DATABASES = {
         "CONN_HEALTH_CHECKS": False,
         "OPTIONS": {
             "connect_timeout": env_int("DB_CONNECT_TIMEOUT", 5, minimum=1),
+            # Parameters travel apart from the statement, arrays in binary (psycopg's
+            # client-side binding quoted every element of a fan-out page's arrays into the
+            # SQL text), and statements run often are prepared once per connection.
+            "server_side_binding": env_bool("DB_SERVER_SIDE_BINDING", True),
             "pool": {
                 "min_size": env_int("DB_POOL_MIN", 1, minimum=0),
                 "max_size": env_int("DB_POOL_MAX", 8, minimum=1),
