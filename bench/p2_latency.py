@@ -160,7 +160,7 @@ class Listener:
 
 STAGES = (
     ("request", "POST sent -> event stored (HTTP, Django, ingest up to its INSERT)"),
-    ("to fan-out", "event stored -> fan-out planned it (commit, relay, broker, worker)"),
+    ("to fan-out", "event stored -> fan-out planned it (commit, the web process's fan-out thread)"),
     ("fan-out", "fan-out planned -> in-app item written (plan, deliveries, inbox)"),
     ("to frame", "item written -> frame at the client (commit, channel layer, web, socket)"),
 )

@@ -517,8 +517,9 @@ def render(results: dict[str, Any]) -> str:
             lines += [
                 "",
                 "Where the time goes, p50 of each stage (from the rows' `created_at` and the client's clock): "
-                "*request* = POST sent → event stored, *to fan-out* = → fan-out planned it (commit, relay, "
-                "broker, worker), *fan-out* = → in-app item written, *to frame* = → frame at the client.",
+                "*request* = POST sent → event stored, *to fan-out* = → fan-out planned it (commit, then the "
+                "web process's fan-out thread: FANOUT_NEARBY), *fan-out* = → in-app item written, *to frame* = "
+                "→ frame at the client.",
                 "",
                 "| server | rate | request | to fan-out | fan-out | to frame |",
                 "|---|---|---|---|---|---|",
