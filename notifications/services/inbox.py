@@ -165,6 +165,8 @@ def inapp_dispatch(
                 recipient_rows[facts["id"]] = dict(facts)
 
         rendered_once: dict[tuple[Any, str], tuple[str, str, str] | TemplateRenderError] = {}
+        # (event, locale) -> whether its template differs per recipient, asked once each
+        per_recipient: dict[tuple[Any, str], bool] = {}
         ready: list[tuple[int, int, Any, tuple[str, str, str]]] = []
         failed: list[tuple[int, str]] = []
         for delivery_id, event_id, recipient_id in claimed:
@@ -177,12 +179,16 @@ def inapp_dispatch(
             if content is None:
                 failed.append((delivery_id, "no in-app template for this type"))
                 continue
+            personal = per_recipient.get((event_id, locale))
+            if personal is None:
+                personal = any(template_uses_recipient(s) for s in content.values())
+                per_recipient[(event_id, locale)] = personal
             try:
                 if delivery_id in aggregates:
                     text = _render(
                         content, event.data, recipient_rows.get(recipient_id), aggregates[delivery_id]
                     )
-                elif any(template_uses_recipient(s) for s in content.values()):
+                elif personal:
                     text = _render(content, event.data, recipient_rows.get(recipient_id))
                 else:
                     cached = rendered_once.get((event_id, locale))
