@@ -825,7 +825,13 @@ def _profile_section(results: dict[str, Any]) -> list[str]:
         "| run | p50 | p99 | HTTP p50 | " + " | ".join(names) + " |",
         "|---|---|---|---|" + "---|" * len(names),
     ]
-    for run, figures in profile["runs"].items():
+
+    def order(run: str) -> tuple[float, bool]:
+        # "before 25", "after 25", "before 150", ... (the results file sorts its keys)
+        label, _, rate = run.partition(" ")
+        return (float(rate) if rate.replace(".", "", 1).isdigit() else 0.0, label != "before")
+
+    for run, figures in sorted(profile["runs"].items(), key=lambda item: order(item[0])):
         cpu = figures["cpu_ms_per_event"]
         lines.append(
             f"| {run} events/s | {_fmt(figures['p50_ms'])} ms | {_fmt(figures['p99_ms'])} ms | "
