@@ -48,9 +48,14 @@ class _Nearby:
         self.thread.start()
 
     def offer(self, outbox_ids: Sequence[int]) -> bool:
-        """Take the rows unless the backlog is full or the process is stopping."""
+        """Take the rows unless the backlog is full, the process is stopping or the thread
+        is gone."""
         with self.changed:
-            if self.stopped or len(self.waiting) + len(outbox_ids) > settings.FANOUT_NEARBY_BACKLOG:
+            if (
+                self.stopped
+                or not self.thread.is_alive()
+                or len(self.waiting) + len(outbox_ids) > settings.FANOUT_NEARBY_BACKLOG
+            ):
                 return False
             self.waiting.extend(outbox_ids)
             self.changed.notify_all()
@@ -82,7 +87,10 @@ class _Nearby:
         except Exception:  # noqa: BLE001 - the fan-out workers take the rows over
             log.exception("fan-out nearby failed; %d events go to the fan-out queue", len(batch))
             connections.close_all()
-            _relay(batch)
+            try:
+                _relay(batch)
+            except Exception:  # noqa: BLE001 - the sweep takes them when their lease runs out
+                log.exception("%d events not handed to the fan-out queue", len(batch))
         finally:
             with self.changed:
                 self.busy = 0
