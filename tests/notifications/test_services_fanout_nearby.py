@@ -157,3 +157,25 @@ def test_stopping_hands_the_waiting_events_to_the_fanout_queue(
     thread.join(10)
     assert not thread.is_alive()
     assert _done([first]) and InboxItem.objects.count() == Delivery.objects.count() == 2
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread's death
+def test_events_go_to_the_fanout_queue_once_the_thread_is_gone(
+    monkeypatch: pytest.MonkeyPatch, enqueued: list[str]
+) -> None:
+    first, second = _stored_events(2, monkeypatch)
+
+    def fatal(outbox_ids: list[int]) -> None:
+        raise SystemExit  # not an Exception: the thread ends
+
+    monkeypatch.setattr(fanout_nearby, "events_fanout_many", fatal)
+    fanout_soon(outbox_ids=[first])
+    thread = fanout_nearby._nearby.thread  # type: ignore[union-attr]
+    thread.join(10)
+    assert not thread.is_alive()
+
+    fanout_soon(outbox_ids=[second])
+
+    assert enqueued == [EVENT_FANOUT]
+    # the second's task takes along the first, which the thread left behind
+    assert _done([first, second]) and InboxItem.objects.count() == Delivery.objects.count() == 2
