@@ -28,7 +28,8 @@ from collections.abc import Sequence
 from django.conf import settings
 from django.db import close_old_connections, connections
 
-from notifications.services.fanout import events_fanout_many
+from notifications.models import Event
+from notifications.services.fanout import events_fanout_many, fanout_is_small
 from notifications.services.outbox import outbox_relay, outbox_relay_many
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,16 @@ def fanout_soon(*, outbox_ids: Sequence[int]) -> None:
     if settings.FANOUT_NEARBY and _instance().offer(list(outbox_ids)):
         return
     _relay(outbox_ids)
+
+
+def event_fanout_soon(*, outbox_id: int, event: Event) -> None:
+    """After the commit of one accepted event: a small one (``fanout_is_small``) is fanned
+    out nearby, any other goes straight to a fan-out task of its own (the nearby thread
+    would only read it to hand it on)."""
+    if fanout_is_small(event, 0):
+        fanout_soon(outbox_ids=[outbox_id])
+    else:
+        outbox_relay(outbox_id=outbox_id)
 
 
 def _relay(outbox_ids: Sequence[int]) -> None:

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from notifications.models import ApiKey, Event, EventStatus, NotificationType, OutboxMessage, Recipient, Topic
 from notifications.models.events import time_ordered_uuid
-from notifications.services.fanout_nearby import fanout_soon
+from notifications.services.fanout_nearby import event_fanout_soon
 from notifications.services.lookups import notification_type_by_key
 from notifications.services.metrics import metrics_increment
 from notifications.services.outbox import outbox_relay_many
@@ -140,24 +140,6 @@ def event_ingest(
     deferred = send_at is not None and send_at > now
     spec = EventSpec(type_key, recipients, topic_key, data, idempotency_key, send_at, origin_ip)
     pending = _Pending(0, spec, fingerprint, event_id=time_ordered_uuid(), recipient_ids=recipient_ids)
-    try:
-        with transaction.atomic():
-            # The statements of the bulk path: two plain INSERTs, no ORM objects to prepare.
-            relayed = _insert_events(
-                api_key, [pending], {type_key: notification_type}, {topic.key: topic} if topic else {}, now
-            )
-            if relayed:
-                outbox_id = relayed[0]
-                # robust: the event is stored; a failed relay must not turn the answer into a 500.
-                # If the fan-out is lost, the sweep takes the row over when its lease runs out.
-                transaction.on_commit(lambda: fanout_soon(outbox_ids=[outbox_id]), robust=True)
-    except IntegrityError:
-        # Two requests with one idempotency key raced; the loser answers like a replay.
-        if idempotency_key:
-            replay = _replay(api_key, idempotency_key, fingerprint)
-            if replay:
-                return replay
-        raise
     event = Event(
         id=pending.event_id,
         notification_type=notification_type,
@@ -172,9 +154,29 @@ def event_ingest(
         status=EventStatus.SCHEDULED if deferred else EventStatus.ACCEPTED,
         created_at=now,
     )
-    # The row exists: this instance stands for it (saving it again would update, not insert).
+    # Once stored, this instance stands for the row (saving it again would update, not insert).
     event._state.adding = False
     event._state.db = "default"
+    try:
+        with transaction.atomic():
+            # The statements of the bulk path: two plain INSERTs, no ORM objects to prepare.
+            relayed = _insert_events(
+                api_key, [pending], {type_key: notification_type}, {topic.key: topic} if topic else {}, now
+            )
+            if relayed:
+                outbox_id = relayed[0]
+                # robust: the event is stored; a failed relay must not turn the answer into a 500.
+                # If the fan-out is lost, the sweep takes the row over when its lease runs out.
+                transaction.on_commit(
+                    lambda: event_fanout_soon(outbox_id=outbox_id, event=event), robust=True
+                )
+    except IntegrityError:
+        # Two requests with one idempotency key raced; the loser answers like a replay.
+        if idempotency_key:
+            replay = _replay(api_key, idempotency_key, fingerprint)
+            if replay:
+                return replay
+        raise
     metrics_increment({"events_accepted": 1})
     log.info("event accepted", extra={"event_id": str(event.id), "type": type_key})
     return IngestResult(event=event, created=True)

@@ -17,7 +17,12 @@ from notifications.services.api_keys import api_key_create
 from notifications.services.fanout_nearby import fanout_nearby_idle, fanout_nearby_stop, fanout_soon
 from notifications.services.ingest import event_ingest
 from notifications.services.queues import EVENT_FANOUT, EVENTS_FANOUT_MANY
-from tests.notifications.factories import NotificationTypeFactory, RecipientFactory
+from tests.notifications.factories import (
+    NotificationTypeFactory,
+    RecipientFactory,
+    SubscriptionFactory,
+    TopicFactory,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -50,7 +55,7 @@ def _stored_events(count: int, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     nt = NotificationTypeFactory()
     users = [RecipientFactory() for _ in range(count)]
     with monkeypatch.context() as patch:
-        patch.setattr(ingest, "fanout_soon", lambda outbox_ids: None)
+        patch.setattr(ingest, "event_fanout_soon", lambda **kwargs: None)
         events = [
             event_ingest(api_key=key, type_key=nt.key, recipients=[u.external_id], data={"order_id": n}).event
             for n, u in enumerate(users)
@@ -79,6 +84,24 @@ def test_an_accepted_event_is_fanned_out_by_the_process_that_accepted_it(
     assert InboxItem.objects.get(recipient=alice).title == "Order 7"
     assert Event.objects.get(id=response.json()["id"]).status == "completed"
     assert enqueued == []  # no broker hop
+
+
+def test_an_event_to_a_topic_goes_to_the_fanout_queue_at_once(
+    service_client: Any, enqueued: list[str]
+) -> None:
+    nt = NotificationTypeFactory()
+    topic = TopicFactory()
+    alice = RecipientFactory()
+    SubscriptionFactory(topic=topic, recipient=alice)
+
+    response = service_client.post(
+        "/api/v1/events/", {"type": nt.key, "topic": topic.key, "data": {"order_id": 8}}, format="json"
+    )
+
+    assert response.status_code == 202
+    assert enqueued == [EVENT_FANOUT]  # paged by a fan-out task, as before
+    assert fanout_nearby._nearby is None  # the thread never saw it
+    assert InboxItem.objects.get(recipient=alice).title == "Order 8"
 
 
 def test_events_waiting_together_are_stored_by_one_fanout(
