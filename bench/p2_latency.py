@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
+from bench.provider_sends import create_type
 from bench.stack import Progress, Stack, bench_stack, cpu_sample, cpu_seconds
 from harness.processes import Server
 from project.processes import DEFAULT_WEB_PROCESSES
@@ -107,17 +108,12 @@ def prepare(stack: Stack, clients: int) -> list[str]:
     """Create the type and ``clients`` recipients over HTTP; return one token each."""
     tokens = []
     with stack.client() as client:
-        response = client.post(
-            "/api/v1/notification-types/",
-            json={
-                "key": TYPE_KEY,
-                "category": "transactional",
-                "channels": ["inapp"],
-                "templates": {"inapp": {"title": "P2 {{ data.i }}", "body": "latency probe", "url": ""}},
-            },
+        create_type(
+            client,
+            key=TYPE_KEY,
+            channel="inapp",
+            template={"title": "P2 {{ data.i }}", "body": "latency probe", "url": ""},
         )
-        if response.status_code != 201:
-            raise RuntimeError(f"creating the type failed: {response.status_code} {response.text}")
         for index in range(clients):
             external_id = f"p2-{index}"
             response = client.put(f"/api/v1/recipients/{external_id}/", json={"name": external_id})
