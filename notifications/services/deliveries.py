@@ -113,7 +113,7 @@ def deliveries_store(
 ) -> list[Inserted]:
     """Inside a transaction: insert the planned deliveries of one type and send each
     inserted row on its way (see the module docstring). With ``inline_inapp`` (from a
-    fan-out page's transaction, which relaxed its commit durability), a page with
+    fan-out page's transaction, which then commits durably), a page with
     at most INAPP_INLINE_MAX pending in-app deliveries writes their inbox items in this
     same transaction: no dispatch batch, no broker hop, no second commit (the common
     one-recipient event); ``inline_max`` overrides that limit, and ``events`` (by id, with
@@ -124,7 +124,7 @@ def deliveries_store(
         inline = [delivery_id for delivery_id, channel in pending if channel == Channel.INAPP]
         limit = settings.INAPP_INLINE_MAX if inline_max is None else inline_max
         if inline and len(inline) <= limit:
-            inapp_dispatch(delivery_ids=inline, events=events, durability_relaxed=True)
+            inapp_dispatch(delivery_ids=inline, events=events)
             pending = [(delivery_id, channel) for delivery_id, channel in pending if channel != Channel.INAPP]
     deliveries_dispatch(pending, now=now)
     deliveries_schedule([(row.id, row.due_at) for row in inserted if row.status == DeliveryStatus.SCHEDULED])

@@ -24,6 +24,8 @@ from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from notifications.models import (
+    Channel,
+    DeliveryStatus,
     Event,
     EventStatus,
     NotificationType,
@@ -125,7 +127,6 @@ def _fanout_page(outbox_id: int) -> tuple[int, bool] | None:
     notification_type: NotificationType = event.notification_type
     page = _plan_next_page(outbox, event, now)
     with transaction.atomic():
-        relax_commit_durability()
         # The row is locked only if it is still where the page was planned from: another
         # worker that stored this page first moved the cursor, and this plan is dropped
         # (its rate-cap counts err towards suppressing, as a rolled-back page's would).
@@ -173,9 +174,18 @@ def _fanout_page(outbox_id: int) -> tuple[int, bool] | None:
                 planned_count=event.planned_count, status=EventStatus.PROCESSING
             )
         counts: Counter[str] = Counter(f"deliveries:{row.channel}:{row.status}" for row in inserted)
+        _relax_unless_inapp(counts)
         counts["fanout_recipients"] = len(page.facts)
         transaction.on_commit(lambda: metrics_increment(counts), robust=True)
     return len(page.facts), page.last
+
+
+def _relax_unless_inapp(counts: Counter[str]) -> None:
+    """A page that planned no pending in-app delivery commits without waiting for the WAL
+    flush; one that did may have written their inbox items, whose frames go out right after
+    the commit, so it commits durably (services/durability.py)."""
+    if not counts[f"deliveries:{Channel.INAPP}:{DeliveryStatus.PENDING}"]:
+        relax_commit_durability()
 
 
 def _finish(outbox: OutboxMessage, event: Event, now: datetime) -> None:
@@ -330,7 +340,6 @@ def _fanout_small(outbox_ids: Sequence[int], now: datetime) -> tuple[int, list[O
 def _store_small(outboxes: Sequence[OutboxMessage], now: datetime) -> int:
     plans = _plan_small(outboxes, now)
     with transaction.atomic():
-        relax_commit_durability()
         locked = set(
             OutboxMessage.objects.select_for_update(skip_locked=True)
             .filter(id__in=[o.id for o in outboxes], processed_at__isnull=True, cursor=0)
@@ -378,6 +387,7 @@ def _store_small(outboxes: Sequence[OutboxMessage], now: datetime) -> int:
                     [planned_count.get(oid, 0) for oid in done],
                 ],
             )
+        _relax_unless_inapp(counts)
         counts["fanout_recipients"] = sum(planned_count.values())
         transaction.on_commit(lambda: metrics_increment(counts), robust=True)
     return counts["fanout_recipients"]

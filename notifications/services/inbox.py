@@ -31,7 +31,6 @@ from notifications.services.aggregation import aggregation_context
 from notifications.services.catalog import channel_templates
 from notifications.services.connections import recipients_connected
 from notifications.services.dispatch import dispatch_batch_claim
-from notifications.services.durability import relax_commit_durability
 from notifications.services.metrics import metrics_increment
 from notifications.services.realtime import NOTIFICATION_MESSAGE, UNREAD_MESSAGE, realtime_publish
 from notifications.services.templating import TemplateRenderError, template_render, template_uses_recipient
@@ -100,13 +99,11 @@ def inapp_dispatch_batch(*, batch_id: int) -> int:
 _FEW_IDS = 50
 
 
-def inapp_dispatch(
-    *, delivery_ids: list[int], events: dict[Any, Event] | None = None, durability_relaxed: bool = False
-) -> int:
+def inapp_dispatch(*, delivery_ids: list[int], events: dict[Any, Event] | None = None) -> int:
     """Write inbox items for the pending in-app deliveries among ``delivery_ids`` and push a
     frame to each connected owner after commit. Returns how many items were written.
-    ``events`` (optional): events already loaded with their types, by id, not read again;
-    ``durability_relaxed``: the caller's transaction (a fan-out) relaxed its commit already.
+    ``events`` (optional): events already loaded with their types, by id, not read again.
+    The commit is durable (services/durability.py): frames go out right after it.
 
     Rows are claimed with a compare-and-set (pending -> delivered) in the same transaction
     as their inbox items, so a task run twice writes each item once. One that cannot be
@@ -117,8 +114,6 @@ def inapp_dispatch(
     now = timezone.now()
     # No savepoint: called inside a fan-out page or a batch claim, it fails with its caller.
     with transaction.atomic(savepoint=False):
-        if not durability_relaxed:
-            relax_commit_durability()
         with connection.cursor() as db:
             # Primary-key lookups only: given "channel = …" the planner scans the whole
             # (event, recipient, channel) index testing each row against the id array, and

@@ -37,7 +37,7 @@ def test_the_task_of_one_small_event_stores_every_small_event_waiting_in_one_go(
         ]
 
     # as many statements as for one event alone (test below)
-    with django_assert_max_num_queries(18):
+    with django_assert_max_num_queries(17):
         progress = event_fanout_next(outbox_id=_outbox(events[5]))
 
     assert progress.recipients == 20 and progress.finished
@@ -89,7 +89,7 @@ def test_a_lone_small_event_goes_alone(django_capture_on_commit_callbacks, djang
             api_key=key, type_key=nt.key, recipients=[alice.external_id], data={"order_id": 1}
         )
 
-    with django_assert_max_num_queries(18):
+    with django_assert_max_num_queries(17):
         assert event_fanout_next(outbox_id=_outbox(result.event)).recipients == 1
     assert InboxItem.objects.get(recipient=alice).title == "Order 1"
 
