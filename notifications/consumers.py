@@ -19,6 +19,7 @@ from django.conf import settings
 
 from notifications import selectors
 from notifications.services.live_inbox import LiveInbox, LiveInboxTooSlow
+from notifications.services.realtime import NOTIFICATION_MESSAGE, UNREAD_MESSAGE
 from notifications.services.tokens import TokenInvalid, end_user_token_verify
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN_ORIGIN = 4403
 CLOSE_TOO_SLOW = 4008
+
+# What the channel layer sends an inbox socket (services/realtime.py): queued, never awaited.
+_LAYER_MESSAGES = frozenset({NOTIFICATION_MESSAGE, UNREAD_MESSAGE})
 
 
 class _SendTimedOut(Exception):
@@ -153,13 +157,16 @@ class InboxConsumer(AsyncJsonWebsocketConsumer):
 
     # --- channel-layer handlers: queue and return, never await the socket --------------
 
-    async def inbox_notification(self, message: dict[str, Any]) -> None:
-        if self.live is not None:
-            self.live.deliver(message)
-
-    async def inbox_unread(self, message: dict[str, Any]) -> None:
-        if self.live is not None:
-            self.live.deliver(message)
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Channels closes stale database connections before every message it dispatches,
+        a hop to a thread and back. The channel layer's frames touch no database, and one
+        comes for every item of every socket, so they skip that hop; the socket's own
+        events (connect, receive, disconnect) keep it."""
+        if message["type"] in _LAYER_MESSAGES:
+            if self.live is not None:
+                self.live.deliver(message)
+            return
+        await super().dispatch(message)
 
     # --- the writer --------------------------------------------------------------------
 

@@ -269,6 +269,40 @@ def test_it_passes_live_items_and_unread_counts_on_without_a_resume() -> None:
     run(scenario)
 
 
+def test_it_passes_channel_layer_frames_on_without_a_thread_hop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Channels hops to a thread to close stale database connections before each message
+    it dispatches; the frames of the channel layer skip it (consumers.py, ``dispatch``)."""
+    import channels.consumer
+
+    hops: list[str] = []
+    close_old = channels.consumer.aclose_old_connections
+
+    async def counted() -> None:
+        hops.append("close_old_connections")
+        await close_old()
+
+    monkeypatch.setattr(channels.consumer, "aclose_old_connections", counted)
+    recipient = recipient_create()
+    inbox_items_create(recipient, [1, 2, 3])
+
+    async def scenario() -> None:
+        communicator = token_socket(token_for(recipient))
+        await open_socket(communicator)
+        before = len(hops)
+        await sync_to_async(live_notification)(recipient, 3)
+        realtime_publish([(recipient.id, {"type": "inbox.unread", "count": 7})])
+
+        assert await receive_seqs(communicator, 1) == [3]
+        assert (await communicator.receive_json_from(timeout=FRAME_TIMEOUT))["count"] == 7
+        assert len(hops) == before
+        await communicator.send_json_to({"type": "ping"})  # the socket's own events keep it
+        assert (await communicator.receive_json_from(timeout=FRAME_TIMEOUT))["type"] == "pong"
+        assert len(hops) == before + 1
+        await communicator.disconnect()
+
+    run(scenario)
+
+
 def test_it_refuses_a_forged_token() -> None:
     recipient = recipient_create()
     token = token_for(recipient)
