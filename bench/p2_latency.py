@@ -101,6 +101,12 @@ class P2Result:
                 if self.stage_p50_ms
                 else ""
             )
+            + (
+                "; CPU ms/event "
+                + ", ".join(f"{name} {ms:.2f}" for name, ms in self.cpu_ms_per_event.items())
+                if self.cpu_ms_per_event
+                else ""
+            )
         )
 
 
