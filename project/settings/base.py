@@ -307,8 +307,8 @@ FANOUT_NEARBY_BACKLOG = env_int("FANOUT_NEARBY_BACKLOG", 2000, minimum=1)
 # Fan-out pages with at most this many in-app deliveries write their inbox items in the
 # page's own transaction instead of going through the in-app queue (0: always the queue).
 INAPP_INLINE_MAX = env_int("INAPP_INLINE_MAX", 50, minimum=0)
-# API keys and notification types are cached per process, checked against a version in
-# Redis on every use (notifications/services/lookups.py); an entry lives at most this long.
+# API keys and notification types are cached per process and dropped when a change is
+# published through Redis (notifications/services/lookups.py); an entry lives at most this long.
 LOOKUP_CACHE_SECONDS = env_float("LOOKUP_CACHE_SECONDS", 60.0)
 # Per-user per-channel caps: "count/seconds". Critical types are not capped.
 RATE_CAPS = {

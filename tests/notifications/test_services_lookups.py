@@ -3,11 +3,16 @@ lookups.py): used while nothing changed, dropped in every process once a change 
 
 from __future__ import annotations
 
-import pytest
+import time
 
-from notifications.models import NotificationType
+import pytest
+from django.utils import timezone
+
+from notifications.models import ApiKey, NotificationType
+from notifications.services import lookups
 from notifications.services.api_keys import api_key_authenticate, api_key_create, api_key_revoke
 from notifications.services.lookups import notification_type_by_key
+from notifications.services.redis_client import redis_key, redis_sync
 from tests.notifications.factories import NotificationTypeFactory, RecipientFactory
 
 pytestmark = pytest.mark.django_db
@@ -63,3 +68,42 @@ def test_a_type_is_read_from_the_database_once_while_nothing_changes(django_asse
     # and an unknown key is not cached as missing: it may be created any moment
     with django_assert_num_queries(1):
         assert notification_type_by_key("not.yet") is None
+
+
+def _watcher_listening() -> None:
+    deadline = time.monotonic() + 5
+    while not lookups._watching():
+        assert time.monotonic() < deadline, "the lookup cache watcher never subscribed"
+        time.sleep(0.02)
+
+
+def test_a_key_revoked_by_another_process_is_refused_once_its_message_arrives():
+    key, raw = api_key_create(name="elsewhere")
+    assert api_key_authenticate(raw=raw) == key
+    _watcher_listening()
+    # another process revokes it: its row changes, and its commit hook bumps and publishes
+    ApiKey.objects.filter(id=key.id).update(revoked_at=timezone.now())
+    assert api_key_authenticate(raw=raw) == key  # still cached here
+    version = redis_sync().incr(redis_key(lookups.VERSION_KEY))
+    redis_sync().publish(redis_key(lookups.CHANGES_CHANNEL), version)
+
+    deadline = time.monotonic() + 2
+    while api_key_authenticate(raw=raw) is not None:
+        assert time.monotonic() < deadline, "the revoked key was still accepted after 2 s"
+        time.sleep(0.01)
+
+
+def test_while_the_watcher_listens_a_cached_lookup_asks_neither_redis_nor_the_database(
+    monkeypatch, django_assert_num_queries
+):
+    nt = NotificationTypeFactory()
+    assert notification_type_by_key(nt.key) == nt
+    _watcher_listening()
+
+    class Unreachable:
+        def __getattr__(self, name: str) -> None:
+            raise AssertionError(f"Redis asked: {name}")
+
+    monkeypatch.setattr(lookups, "redis_sync", Unreachable)
+    with django_assert_num_queries(0):
+        assert notification_type_by_key(nt.key) == nt
