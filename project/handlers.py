@@ -1,11 +1,17 @@
-"""Django's ASGI handler with the middleware chain run as one synchronous call."""
+"""Django's ASGI handler with the middleware chain run as one synchronous call, on threads
+kept from one request to the next."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.core.handlers.asgi import ASGIHandler
+
+# Idle request threads kept for the next requests; more are started while more requests
+# run at once, and those past this many stop when their request is done.
+IDLE_THREADS_KEPT = 32
 
 
 class SyncChainASGIHandler(ASGIHandler):
@@ -16,9 +22,44 @@ class SyncChainASGIHandler(ASGIHandler):
     chain is built synchronous, as under WSGI, and the whole of it (middleware and view)
     runs in one hop to the request's thread. Asynchronous views still work: Django runs
     them through ``async_to_sync`` on the server's event loop, and streams their
-    asynchronous responses from the loop as before."""
+    asynchronous responses from the loop as before.
+
+    Each request still gets a thread of its own for its synchronous work (Django's
+    thread-sensitive context), but not a new one: Django starts a thread per request, and
+    another to join it when the request ends; here an idle one is taken from those kept,
+    as a threaded WSGI server does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._idle: list[ThreadPoolExecutor] = []
 
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=False)
         chain: Any = self._middleware_chain  # type: ignore[has-type]
         self._middleware_chain = sync_to_async(chain, thread_sensitive=True)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)  # refuses it
+            return
+        try:
+            executor = self._idle.pop()
+        except IndexError:
+            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="request")
+        try:
+            async with ThreadSensitiveContext(executor=executor):
+                await self.handle(scope, receive, send)
+        finally:
+            # Kept once its thread is idle: a request cancelled by a disconnect may leave
+            # its view running there, and the next request must not queue behind it.
+            executor.submit(_idle).add_done_callback(lambda _: self._keep(executor))
+
+    def _keep(self, executor: ThreadPoolExecutor) -> None:
+        if len(self._idle) < IDLE_THREADS_KEPT:
+            self._idle.append(executor)
+        else:
+            executor.shutdown(wait=False)
+
+
+def _idle() -> None:
+    """Runs once the executor's thread has finished the work of its request."""

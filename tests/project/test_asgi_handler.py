@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
 import pytest
@@ -60,3 +62,28 @@ def test_a_static_file_is_served_through_the_synchronous_chain() -> None:
     assert found is not None
     status, body = async_to_sync(_get)(SyncChainASGIHandler(), "/static/admin/css/base.css")
     assert status == 200 and body
+
+
+def test_requests_one_after_another_run_on_the_same_kept_thread() -> None:
+    from django.core.signals import request_started
+
+    application = SyncChainASGIHandler()
+    threads: list[str] = []
+
+    def record(**kwargs: Any) -> None:  # a synchronous receiver runs on the request's thread
+        threads.append(threading.current_thread().name)
+
+    request_started.connect(record)
+    try:
+
+        async def three() -> None:
+            for _ in range(3):
+                assert (await _get(application, "/api/v1/events/"))[0] == 401
+                await asyncio.sleep(0.05)  # the thread is kept once it is idle
+
+        async_to_sync(three)()
+    finally:
+        request_started.disconnect(record)
+
+    assert len(threads) == 3 and len(set(threads)) == 1, threads
+    assert threads[0].startswith("request")
