@@ -3,7 +3,9 @@ kept from one request to the next."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
@@ -31,7 +33,7 @@ class SyncChainASGIHandler(ASGIHandler):
 
     def __init__(self) -> None:
         super().__init__()
-        self._idle: list[ThreadPoolExecutor] = []
+        self._idle: list[_RequestThread] = []
 
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=False)
@@ -45,21 +47,51 @@ class SyncChainASGIHandler(ASGIHandler):
         try:
             executor = self._idle.pop()
         except IndexError:
-            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="request")
+            executor = _RequestThread()
         try:
             async with ThreadSensitiveContext(executor=executor):
                 await self.handle(scope, receive, send)
         finally:
             # Kept once its thread is idle: a request cancelled by a disconnect may leave
             # its view running there, and the next request must not queue behind it.
-            executor.submit(_idle).add_done_callback(lambda _: self._keep(executor))
+            executor.when_idle(lambda: self._keep(executor))
 
-    def _keep(self, executor: ThreadPoolExecutor) -> None:
+    def _keep(self, executor: _RequestThread) -> None:
         if len(self._idle) < IDLE_THREADS_KEPT:
             self._idle.append(executor)
         else:
             executor.shutdown(wait=False)
 
 
-def _idle() -> None:
-    """Runs once the executor's thread has finished the work of its request."""
+class _RequestThread(ThreadPoolExecutor):
+    """One thread that counts the calls it has not finished, to tell when it is idle."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1, thread_name_prefix="request")
+        self._count_lock = threading.Lock()
+        self._unfinished = 0
+        self._on_idle: Callable[[], None] | None = None
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        with self._count_lock:
+            self._unfinished += 1
+        future = super().submit(fn, *args, **kwargs)
+        future.add_done_callback(self._finished)
+        return future
+
+    def _finished(self, _: Future[Any]) -> None:
+        with self._count_lock:
+            self._unfinished -= 1
+            callback = self._on_idle if self._unfinished == 0 else None
+            if callback is not None:
+                self._on_idle = None
+        if callback is not None:
+            callback()
+
+    def when_idle(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` now if no call is unfinished, else once the last one is."""
+        with self._count_lock:
+            if self._unfinished:
+                self._on_idle = callback
+                return
+        callback()

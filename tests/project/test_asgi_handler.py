@@ -87,3 +87,23 @@ def test_requests_one_after_another_run_on_the_same_kept_thread() -> None:
 
     assert len(threads) == 3 and len(set(threads)) == 1, threads
     assert threads[0].startswith("request")
+
+
+def test_a_request_thread_still_busy_is_kept_only_once_its_work_is_done() -> None:
+    from project.handlers import _RequestThread
+
+    thread = _RequestThread()
+    release = threading.Event()
+    kept: list[str] = []
+    thread.submit(release.wait, 10)  # a view still running after its request was cancelled
+
+    thread.when_idle(lambda: kept.append("kept"))
+    assert kept == []
+    release.set()
+    thread.shutdown(wait=True)
+    assert kept == ["kept"]
+    # and an idle one is kept at once
+    idle = _RequestThread()
+    idle.when_idle(lambda: kept.append("at once"))
+    assert kept == ["kept", "at once"]
+    idle.shutdown()
