@@ -3,6 +3,7 @@ one transaction, and relay to the fan-out queue after commit."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -119,7 +120,7 @@ def event_ingest(
     topic: Topic | None = None
     if recipients is not None:
         wanted = list(dict.fromkeys(recipients))
-        found = dict(Recipient.objects.filter(external_id__in=wanted).values_list("external_id", "id"))
+        found = _recipient_ids(wanted)
         missing = [external_id for external_id in wanted if external_id not in found]
         if missing:
             shown = ", ".join(repr(m) for m in missing[:20])
@@ -138,10 +139,8 @@ def event_ingest(
 
     now = timezone.now()
     deferred = send_at is not None and send_at > now
-    spec = EventSpec(type_key, recipients, topic_key, data, idempotency_key, send_at, origin_ip)
-    pending = _Pending(0, spec, fingerprint, event_id=time_ordered_uuid(), recipient_ids=recipient_ids)
     event = Event(
-        id=pending.event_id,
+        id=time_ordered_uuid(),
         notification_type=notification_type,
         api_key=api_key,
         idempotency_key=idempotency_key or None,
@@ -158,18 +157,16 @@ def event_ingest(
     event._state.adding = False
     event._state.db = "default"
     try:
-        with transaction.atomic():
-            # The statements of the bulk path: two plain INSERTs, no ORM objects to prepare.
-            relayed = _insert_events(
-                api_key, [pending], {type_key: notification_type}, {topic.key: topic} if topic else {}, now
-            )
-            if relayed:
-                outbox_id = relayed[0]
-                # robust: the event is stored; a failed relay must not turn the answer into a 500.
-                # If the fan-out is lost, the sweep takes the row over when its lease runs out.
-                transaction.on_commit(
-                    lambda: event_fanout_soon(outbox_id=outbox_id, event=event), robust=True
-                )
+        # One statement stores the event and its outbox row, atomic on its own: no
+        # transaction block around it, no ORM objects to prepare. Inside a caller's
+        # transaction it gets a savepoint, so that a lost idempotency race (below) leaves
+        # that transaction usable.
+        with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
+            outbox_id = _insert_event(event, lease=None if deferred else now + _lease())
+        if not deferred:
+            # robust: the event is stored; a failed relay must not turn the answer into a 500.
+            # If the fan-out is lost, the sweep takes the row over when its lease runs out.
+            transaction.on_commit(lambda: event_fanout_soon(outbox_id=outbox_id, event=event), robust=True)
     except IntegrityError:
         # Two requests with one idempotency key raced; the loser answers like a replay.
         if idempotency_key:
@@ -221,6 +218,61 @@ class _Pending:
     recipient_ids: list[int] | None = None
 
 
+def _recipient_ids(external_ids: list[str]) -> dict[str, int]:
+    """{external_id: id} of the recipients among ``external_ids`` that exist."""
+    with connection.cursor() as db:
+        db.execute(
+            f"SELECT external_id, id FROM {Recipient._meta.db_table} WHERE external_id = ANY(%s)",
+            [external_ids],
+        )
+        return dict(db.fetchall())
+
+
+def _lease() -> timedelta:
+    return timedelta(seconds=settings.OUTBOX_LEASE_SECONDS)
+
+
+def _insert_event(event: Event, *, lease: datetime | None) -> int:
+    """Store one event and its outbox row in one statement (atomic without a transaction
+    block); ``lease``: the row's lease for the fan-out about to take it, None when the
+    event waits for its send_at. Returns the outbox row's id."""
+    with connection.cursor() as db:
+        db.execute(
+            f"""WITH e AS (
+                    INSERT INTO {Event._meta.db_table}
+                        (id, notification_type_id, api_key_id, idempotency_key, request_fingerprint,
+                         data, recipient_ids, topic_id, send_at, origin_ip, status, planned_count,
+                         created_at)
+                    VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::bigint[], %s, %s, %s::inet, %s, 0, %s)
+                    RETURNING id
+                )
+                INSERT INTO {OutboxMessage._meta.db_table}
+                    (event_id, available_at, leased_until, cursor, attempts, created_at)
+                SELECT id, %s, %s, 0, 0, %s FROM e
+                RETURNING id""",
+            [
+                event.id,
+                event.notification_type_id,
+                event.api_key_id,
+                event.idempotency_key,
+                event.request_fingerprint,
+                json.dumps(event.data),
+                event.recipient_ids,
+                event.topic_id,
+                event.send_at,
+                event.origin_ip,
+                event.status,
+                event.created_at,
+                event.send_at if lease is None else event.created_at,
+                lease,
+                event.created_at,
+            ],
+        )
+        row = db.fetchone()
+        assert row is not None
+        return int(row[0])
+
+
 def _insert_events(
     api_key: ApiKey,
     rows: list[_Pending],
@@ -259,7 +311,7 @@ def _insert_events(
                 [EventStatus.SCHEDULED if later else EventStatus.ACCEPTED for later in deferred],
             ],
         )
-        lease = now + timedelta(seconds=settings.OUTBOX_LEASE_SECONDS)
+        lease = now + _lease()
         db.execute(
             f"""INSERT INTO {OutboxMessage._meta.db_table}
                     (event_id, available_at, leased_until, cursor, attempts, created_at)

@@ -6,8 +6,10 @@ import uuid
 from typing import Any
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
-from notifications.models import ApiKey, Delivery, Device, Event, InboxItem, Recipient
+from notifications.models import ApiKey, Delivery, Device, Event, InboxItem, OutboxMessage, Recipient
 from tests.notifications.factories import NotificationTypeFactory, RecipientFactory
 
 pytestmark = pytest.mark.django_db
@@ -142,6 +144,23 @@ def test_it_accepts_an_event_and_reports_its_deliveries(service_client, django_c
     }
     assert service_client.get(f"/api/v1/events/{uuid.uuid4()}/").status_code == 404
     assert service_client.get("/api/v1/events/not-a-uuid/").status_code == 404
+
+
+def test_an_accepted_event_costs_one_lookup_and_one_insert_once_key_and_type_are_cached(
+    service_client, django_capture_on_commit_callbacks
+):
+    nt = NotificationTypeFactory()
+    alice = RecipientFactory()
+    body = {"type": nt.key, "recipients": [alice.external_id], "data": {"order_id": 5}}
+    with django_capture_on_commit_callbacks(execute=False):
+        assert service_client.post("/api/v1/events/", body, format="json").status_code == 202
+        with CaptureQueriesContext(connection) as queries:
+            assert service_client.post("/api/v1/events/", body, format="json").status_code == 202
+
+    # the test's transaction adds a savepoint around the insert; a server has none
+    statements = [q["sql"].split()[0] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]
+    assert statements == ["SELECT", "WITH"], queries.captured_queries
+    assert Event.objects.count() == OutboxMessage.objects.count() == 2
 
 
 def test_it_answers_a_repeated_idempotency_key_with_200_and_a_changed_body_with_409(service_client):
