@@ -14,7 +14,7 @@ import bisect
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NamedTuple
@@ -298,7 +298,9 @@ def _claim_small(outbox_ids: Sequence[int]) -> list[int]:
     """Take the claims nobody else holds; returns the ids claimed. Claims are session
     locks, not row locks: nothing else waits on them, planning (Redis) runs while they are
     held, and a worker that dies drops them with its connection. Rows are read again once
-    claimed (``_load_outboxes``): a batch that held one until a moment ago stored it."""
+    claimed (``_load_outboxes``): a batch that held one until a moment ago stored it. (A
+    row whose event the caller holds is not read: if another fan-out stored it meanwhile,
+    its plan is dropped when stored, as ``_store_small`` locks only rows still undone.)"""
     if not outbox_ids:
         return []
     with connection.cursor() as db:
@@ -322,14 +324,19 @@ def _release_small(claimed: list[int]) -> None:
         log.warning("fan-out claims not released", exc_info=True)
 
 
-def _fanout_small(outbox_ids: Sequence[int], now: datetime) -> tuple[int, list[OutboxMessage]]:
-    """Claim the rows no other fan-out is planning and read them under the claim; plan the
-    small events among them outside any transaction, then store them a page of recipients
-    at a time (``_store_small``). Returns (recipients planned, the claimed rows that are
-    not small events: large, started or aggregated, for the caller to send on)."""
+def _fanout_small(
+    outbox_ids: Sequence[int], now: datetime, events: Mapping[int, Event] | None = None
+) -> tuple[int, list[OutboxMessage]]:
+    """Claim the rows no other fan-out is planning and read them under the claim (those of
+    ``events``, by outbox id, just stored with their types by the caller, are not read);
+    plan the small events among them outside any transaction, then store them a page of
+    recipients at a time (``_store_small``). Returns (recipients planned, the claimed rows
+    that are not small events: large, started or aggregated, for the caller to send on)."""
     claimed = _claim_small(outbox_ids)
     try:
-        outboxes = _load_outboxes(claimed)
+        known = events or {}
+        outboxes = [OutboxMessage(id=i, event=known[i], cursor=0) for i in claimed if i in known]
+        outboxes += _load_outboxes([i for i in claimed if i not in known])
         small = [o for o in outboxes if fanout_is_small(o.event, o.cursor)]
         others = [o for o in outboxes if not fanout_is_small(o.event, o.cursor)]
         return sum(_store_small(group, now) for group in _page_sized(small)), others
@@ -401,13 +408,17 @@ def _load_outboxes(outbox_ids: Sequence[int]) -> list[OutboxMessage]:
     )
 
 
-def events_fanout_many(*, outbox_ids: Sequence[int]) -> FanoutProgress:
+def events_fanout_many(
+    *, outbox_ids: Sequence[int], events: Mapping[int, Event] | None = None
+) -> FanoutProgress:
     """Fan out several events in one go: the small ones (``fanout_is_small``) planned and
     stored together, one transaction per page of recipients (FANOUT_PAGE_SIZE), so the
     per-task and per-commit costs are paid once for many of them; each other one is
     relayed to a fan-out task of its own. Rows another fan-out holds are left to it. Safe
-    to run twice, or alongside ``event_fanout`` of the same rows."""
-    recipients, others = _fanout_small(outbox_ids, timezone.now())
+    to run twice, or alongside ``event_fanout`` of the same rows. ``events``: the events
+    of some of the rows (by outbox id, with their types), as the caller just stored them,
+    so that those rows are not read again."""
+    recipients, others = _fanout_small(outbox_ids, timezone.now(), events)
     if others:
         outbox_relay_each(outbox_ids=[o.id for o in others])
     return FanoutProgress(pages=1 if recipients else 0, recipients=recipients, finished=not others)

@@ -23,7 +23,7 @@ import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from django.conf import settings
 from django.db import close_old_connections, connections
@@ -42,14 +42,16 @@ class _Nearby:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.waiting: deque[int] = deque()
+        self.events: dict[int, Event] = {}  # the events of waiting rows, by outbox id
         self.busy = 0  # rows the thread has taken and not yet finished
         self.stopped = False
         self.changed = threading.Condition()
         self.thread = threading.Thread(target=self._run, name="fanout-nearby", daemon=True)
         self.thread.start()
 
-    def offer(self, outbox_ids: Sequence[int]) -> bool:
-        """Take the rows unless the backlog is full, the process is stopping or the thread
+    def offer(self, outbox_ids: Sequence[int], events: Mapping[int, Event] | None = None) -> bool:
+        """Take the rows (and the events of some, by outbox id, so that the fan-out need
+        not read them) unless the backlog is full, the process is stopping or the thread
         is gone."""
         with self.changed:
             if (
@@ -59,11 +61,13 @@ class _Nearby:
             ):
                 return False
             self.waiting.extend(outbox_ids)
+            self.events.update(events or {})
             self.changed.notify_all()
             return True
 
-    def _take(self) -> list[int] | None:
-        """The next batch of waiting rows; None once the process is stopping."""
+    def _take(self) -> tuple[list[int], dict[int, Event]] | None:
+        """The next batch of waiting rows and the events known of them; None once the
+        process is stopping."""
         with self.changed:
             while not self.waiting and not self.stopped:
                 self.changed.wait()
@@ -71,20 +75,21 @@ class _Nearby:
                 return None
             size = min(len(self.waiting), settings.FANOUT_MANY_MAX)
             batch = [self.waiting.popleft() for _ in range(size)]
+            known = {i: event for i in batch if (event := self.events.pop(i, None)) is not None}
             self.busy = len(batch)
-            return batch
+            return batch, known
 
     def _run(self) -> None:
         try:
-            while (batch := self._take()) is not None:
-                self._fanout(batch)
+            while (taken := self._take()) is not None:
+                self._fanout(*taken)
         finally:
             connections.close_all()
 
-    def _fanout(self, batch: list[int]) -> None:
+    def _fanout(self, batch: list[int], events: dict[int, Event]) -> None:
         try:
             close_old_connections()
-            events_fanout_many(outbox_ids=batch)
+            events_fanout_many(outbox_ids=batch, events=events)
         except Exception:  # noqa: BLE001 - the fan-out workers take the rows over
             log.exception("fan-out nearby failed; %d events go to the fan-out queue", len(batch))
             connections.close_all()
@@ -110,6 +115,7 @@ class _Nearby:
             self.stopped = True
             rest = list(self.waiting)
             self.waiting.clear()
+            self.events.clear()
             self.changed.notify_all()
         if rest:
             try:
@@ -145,12 +151,13 @@ def fanout_nearby_stop(timeout: float = STOP_SECONDS) -> None:
 atexit.register(fanout_nearby_stop)
 
 
-def fanout_soon(*, outbox_ids: Sequence[int]) -> None:
+def fanout_soon(*, outbox_ids: Sequence[int], events: Mapping[int, Event] | None = None) -> None:
     """After commit: fan the rows out in this process (FANOUT_NEARBY) or through the
-    fan-out queue. Never raises: the rows are stored, and the sweep backs both ways up."""
+    fan-out queue; ``events``: the events of some, by outbox id, with their types, as just
+    stored. Never raises: the rows are stored, and the sweep backs both ways up."""
     if not outbox_ids:
         return
-    if settings.FANOUT_NEARBY and _instance().offer(list(outbox_ids)):
+    if settings.FANOUT_NEARBY and _instance().offer(list(outbox_ids), events):
         return
     _relay(outbox_ids)
 
@@ -160,7 +167,7 @@ def event_fanout_soon(*, outbox_id: int, event: Event) -> None:
     out nearby, any other goes straight to a fan-out task of its own (the nearby thread
     would only read it to hand it on)."""
     if fanout_is_small(event, 0):
-        fanout_soon(outbox_ids=[outbox_id])
+        fanout_soon(outbox_ids=[outbox_id], events={outbox_id: event})
     else:
         outbox_relay(outbox_id=outbox_id)
 

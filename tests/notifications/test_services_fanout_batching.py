@@ -8,6 +8,8 @@ from datetime import timedelta
 
 import psycopg
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from notifications.models import Delivery, Event, InboxItem, OutboxMessage
@@ -157,3 +159,27 @@ def test_a_batch_of_small_events_writes_at_most_a_page_of_recipients(
     # and a bulk task over all three stores the rest, a page at a time
     assert events_fanout_many(outbox_ids=[_outbox(e) for e in events]).recipients == 2
     assert InboxItem.objects.count() == 6
+
+
+def test_rows_whose_events_the_caller_holds_are_not_read_again_nor_stored_twice(
+    django_capture_on_commit_callbacks,
+):
+    key, _ = api_key_create(name="t")
+    nt = NotificationTypeFactory()
+    alice = RecipientFactory()
+    with django_capture_on_commit_callbacks(execute=False):  # as the web process hands it over
+        event = event_ingest(
+            api_key=key, type_key=nt.key, recipients=[alice.external_id], data={"order_id": 1}
+        ).event
+    outbox_id = _outbox(event)
+
+    with CaptureQueriesContext(connection) as queries:
+        assert events_fanout_many(outbox_ids=[outbox_id], events={outbox_id: event}).recipients == 1
+
+    # the row is locked to be stored, and not read with its event beforehand
+    reads = [q["sql"] for q in queries.captured_queries if 'FROM "notifications_outboxmessage"' in q["sql"]]
+    assert len(reads) == 1 and "FOR UPDATE" in reads[0], reads
+    assert InboxItem.objects.get(recipient=alice).title == "Order 1"
+    # handed over again (another fan-out stored it meanwhile): planned, and dropped when stored
+    assert events_fanout_many(outbox_ids=[outbox_id], events={outbox_id: event}).recipients == 0
+    assert InboxItem.objects.count() == Delivery.objects.count() == 1

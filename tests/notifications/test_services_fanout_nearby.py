@@ -111,9 +111,9 @@ def test_events_waiting_together_are_stored_by_one_fanout(
     batches: list[list[int]] = []
     real = fanout_nearby.events_fanout_many
 
-    def counted(outbox_ids: list[int]) -> Any:
+    def counted(outbox_ids: list[int], **kwargs: Any) -> Any:
         batches.append(list(outbox_ids))
-        return real(outbox_ids=outbox_ids)
+        return real(outbox_ids=outbox_ids, **kwargs)
 
     monkeypatch.setattr(fanout_nearby, "events_fanout_many", counted)
 
@@ -142,7 +142,7 @@ def test_a_failed_fanout_hands_its_events_to_the_fanout_queue(
 ) -> None:
     outbox_ids = _stored_events(1, monkeypatch)
 
-    def broken(outbox_ids: list[int]) -> None:
+    def broken(outbox_ids: list[int], **kwargs: Any) -> None:
         raise RuntimeError("database went away")
 
     monkeypatch.setattr(fanout_nearby, "events_fanout_many", broken)
@@ -161,10 +161,10 @@ def test_stopping_hands_the_waiting_events_to_the_fanout_queue(
     taken, release = threading.Event(), threading.Event()
     real = fanout_nearby.events_fanout_many
 
-    def held(outbox_ids: list[int]) -> Any:
+    def held(outbox_ids: list[int], **kwargs: Any) -> Any:
         taken.set()
         release.wait(10)
-        return real(outbox_ids=outbox_ids)
+        return real(outbox_ids=outbox_ids, **kwargs)
 
     monkeypatch.setattr(fanout_nearby, "events_fanout_many", held)
     fanout_soon(outbox_ids=[first])
@@ -188,7 +188,7 @@ def test_events_go_to_the_fanout_queue_once_the_thread_is_gone(
 ) -> None:
     first, second = _stored_events(2, monkeypatch)
 
-    def fatal(outbox_ids: list[int]) -> None:
+    def fatal(outbox_ids: list[int], **kwargs: Any) -> None:
         raise SystemExit  # not an Exception: the thread ends
 
     monkeypatch.setattr(fanout_nearby, "events_fanout_many", fatal)
