@@ -600,7 +600,7 @@ def render(results: dict[str, Any]) -> str:
         "- **P2**: K recipients are created over HTTP, each gets a token and opens `/ws/inbox/?token=`; the run "
         "starts once every socket had its first `unread_count` frame and one warm-up event per client "
         "arrived. Events go to one recipient each (round-robin, explicit `recipients`), open loop at the "
-        "target rate through at most 8 concurrent keep-alive HTTP connections (httpx, asyncio). Latency is "
+        "target rate through at most 8 concurrent keep-alive HTTP connections (aiohttp on uvloop). Latency is "
         "from just before each POST to the arrival of the `notification` frame whose `item.event_id` is the "
         "id the API returned. Frames still missing after a 90 s grace period count as lost; the database's "
         "inbox rows for the events are counted too. The load generator runs on the same cores.",
@@ -826,15 +826,18 @@ def _profile_section(results: dict[str, Any]) -> list[str]:
         "|---|---|---|---|" + "---|" * len(names),
     ]
 
-    def order(run: str) -> tuple[float, bool]:
-        # "before 25", "after 25", "before 150", ... (the results file sorts its keys)
-        label, _, rate = run.partition(" ")
-        return (float(rate) if rate.replace(".", "", 1).isdigit() else 0.0, label != "before")
+    def order(run: str) -> tuple[float, str, bool]:
+        # "before 25", "after 25", "before 150 (round 2)", ... (the results file sorts its keys)
+        label, _, rest = run.partition(" ")
+        rate, _, round_ = rest.partition(" ")
+        return (float(rate) if rate.replace(".", "", 1).isdigit() else 0.0, round_, label != "before")
 
     for run, figures in sorted(profile["runs"].items(), key=lambda item: order(item[0])):
         cpu = figures["cpu_ms_per_event"]
+        label, _, rest = run.partition(" ")
+        rate, _, round_ = rest.partition(" ")
         lines.append(
-            f"| {run} events/s | {_fmt(figures['p50_ms'])} ms | {_fmt(figures['p99_ms'])} ms | "
+            f"| {label} {rate} events/s {round_} | {_fmt(figures['p50_ms'])} ms | {_fmt(figures['p99_ms'])} ms | "
             f"{_fmt(figures['accept_p50_ms'])} ms | "
             + " | ".join(_fmt(cpu.get(name), 2) for name in names)
             + " |"
