@@ -49,10 +49,11 @@ class SyncChainASGIHandler(ASGIHandler):
         self._middleware_chain = sync_to_async(self._sync_chain, thread_sensitive=True)
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """Django's ``handle`` with its three hops (the request_started signal, the chain,
-        and closing the response, which sends request_finished) made one: all three run
-        in ``_respond`` on the request's thread. A streaming response is closed once it
-        has been streamed, as Django does, and the stream stops when the client goes."""
+        """Django's ``handle`` with its hops (the request_started signal, the chain, the
+        log line of an error response, and closing the response, which sends
+        request_finished) made one: all of them run in ``_respond`` on the request's
+        thread. A streaming response is closed once it has been streamed, as Django does,
+        and the stream stops when the client goes."""
         try:
             body_file = await self.read_body(receive)
         except RequestAborted:

@@ -77,7 +77,10 @@ class _Watcher(threading.Thread):
                 self._listen()
             except (redis.RedisError, OSError, ValueError) as exc:
                 log.info("lookup cache watcher reconnecting: %s", exc)
-            self.listening = False
+            except Exception:  # noqa: BLE001 - a dead watcher would leave a stale cache trusted
+                log.exception("lookup cache watcher failed; reconnecting")
+            finally:
+                self.listening = False
             time.sleep(1.0)
 
     def _listen(self) -> None:
@@ -116,7 +119,7 @@ def _watching() -> bool:
                 _watcher = _Watcher()
                 _watcher.start()
                 _watcher_pid = os.getpid()
-    return _watcher is not None and _watcher.listening
+    return _watcher is not None and _watcher.listening and _watcher.is_alive()
 
 
 def _cache_is_current() -> int | None:
