@@ -1,5 +1,6 @@
-"""Accepting events: validate, enforce idempotency, store the event and its outbox row in
-one transaction, and relay to the fan-out queue after commit."""
+"""Accepting events: validate, enforce idempotency, store the event and its outbox row
+together (one statement for a single event, one transaction for a bulk call), and hand
+them to a fan-out after commit (services/fanout_nearby.py)."""
 
 from __future__ import annotations
 
