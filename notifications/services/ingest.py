@@ -1,6 +1,7 @@
 """Accepting events: validate, enforce idempotency, store the event and its outbox row
 together (one statement for a single event, one transaction for a bulk call), and hand
-them to a fan-out after commit (services/fanout_nearby.py)."""
+them on after commit: a single event to the fan-out of the process that accepted it
+(services/fanout_nearby.py), a bulk call's to fan-out tasks."""
 
 from __future__ import annotations
 
