@@ -3,8 +3,6 @@ lookups.py): used while nothing changed, dropped in every process once a change 
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from django.utils import timezone
 
@@ -13,6 +11,7 @@ from notifications.services import lookups
 from notifications.services.api_keys import api_key_authenticate, api_key_create, api_key_revoke
 from notifications.services.lookups import notification_type_by_key
 from notifications.services.redis_client import redis_key, redis_sync
+from project.processes.waiting import wait_until
 from tests.notifications.factories import NotificationTypeFactory, RecipientFactory
 
 pytestmark = pytest.mark.django_db
@@ -71,10 +70,7 @@ def test_a_type_is_read_from_the_database_once_while_nothing_changes(django_asse
 
 
 def _watcher_listening() -> None:
-    deadline = time.monotonic() + 5
-    while not lookups._watching():
-        assert time.monotonic() < deadline, "the lookup cache watcher never subscribed"
-        time.sleep(0.02)
+    wait_until(lookups._watching, 5, interval=0.02, message="the lookup cache watcher never subscribed")
 
 
 def test_a_key_revoked_by_another_process_is_refused_once_its_message_arrives():
@@ -87,10 +83,12 @@ def test_a_key_revoked_by_another_process_is_refused_once_its_message_arrives():
     version = redis_sync().incr(redis_key(lookups.VERSION_KEY))
     redis_sync().publish(redis_key(lookups.CHANGES_CHANNEL), version)
 
-    deadline = time.monotonic() + 2
-    while api_key_authenticate(raw=raw) is not None:
-        assert time.monotonic() < deadline, "the revoked key was still accepted after 2 s"
-        time.sleep(0.01)
+    wait_until(
+        lambda: api_key_authenticate(raw=raw) is None,
+        2,
+        interval=0.01,
+        message="the revoked key was still accepted",
+    )
 
 
 def test_while_the_watcher_listens_a_cached_lookup_asks_neither_redis_nor_the_database(

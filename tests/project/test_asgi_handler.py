@@ -78,7 +78,12 @@ def test_requests_one_after_another_run_on_the_same_kept_thread() -> None:
         async def three() -> None:
             for _ in range(3):
                 assert (await _get(application, "/api/v1/events/"))[0] == 401
-                await asyncio.sleep(0.05)  # the thread is kept once it is idle
+                # the thread is kept once it is idle
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 5
+                while not application._idle:
+                    assert loop.time() < deadline, "the request's thread was never kept"
+                    await asyncio.sleep(0.005)
 
         async_to_sync(three)()
     finally:
