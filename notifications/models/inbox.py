@@ -17,8 +17,12 @@ class InboxItem(models.Model):
     clients resume from it, so the socket may lose frames without losing notifications."""
 
     # (recipient, seq) is unique and serves every per-user read; no separate FK indexes.
+    # No database-level foreign key to the recipient either: an item's recipient is its
+    # delivery's, whose own key to the recipient stands for both (an item cannot outlive
+    # its delivery, below). Each such key costs every inserted row a lookup and a KEY SHARE
+    # lock on the recipient row (docs/benchmarks.md, P1). Deletion cascades through the ORM.
     recipient = models.ForeignKey(
-        Recipient, on_delete=models.CASCADE, related_name="inbox_items", db_index=False
+        Recipient, on_delete=models.CASCADE, related_name="inbox_items", db_index=False, db_constraint=False
     )
     seq = models.BigIntegerField()
     delivery = models.OneToOneField(Delivery, on_delete=models.CASCADE, related_name="inbox_item")

@@ -34,7 +34,12 @@ class InboxSequence(models.Model):
     """The last inbox sequence number handed out per recipient. A narrow row of its own so
     that bumping it during fan-out does not rewrite the wide recipient row."""
 
-    recipient = models.OneToOneField(Recipient, primary_key=True, on_delete=models.CASCADE)
+    # No database-level foreign key: the row is bumped only in the transaction that writes
+    # the recipient's inbox items, which are tied to their deliveries and those to the
+    # recipient (notifications/models/inbox.py). Deletion cascades through the ORM.
+    recipient = models.OneToOneField(
+        Recipient, primary_key=True, on_delete=models.CASCADE, db_constraint=False
+    )
     last_seq = models.BigIntegerField(default=0)
 
     def __str__(self) -> str:
