@@ -5,7 +5,7 @@ unique (event, recipient, channel) key makes every re-run harmless) and hands ea
 inserted row to what comes next, in the caller's transaction:
 
 - pending: a dispatch batch for its channel's queue, or, for a small in-app page, the
-  inbox at once (services/inbox.py);
+  inbox at once (services/inbox.py), the row then stored delivered in the first place;
 - scheduled: its due-time row (services/scheduling.py);
 - a channel with a fallback rule on the type: a fallback check (services/fallback.py
   answers it when due).
@@ -21,17 +21,22 @@ from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import connection
+from django.utils import timezone
 
 from notifications.models import Channel, Delivery, Event, FallbackCheck, NotificationType
 from notifications.services.dispatch import deliveries_dispatch
-from notifications.services.inbox import inapp_dispatch
+from notifications.services.inbox import inapp_write
 from notifications.services.planning import PlannedDelivery
 from notifications.services.scheduling import deliveries_schedule
-from notifications.states import DeliveryStatus
+from notifications.states import INAPP_WRITTEN, DeliveryStatus
+
+# The status a planned in-app row waits in for its inbox item.
+(INAPP_WRITTEN_FROM,) = INAPP_WRITTEN.sources
 
 
 class Inserted(NamedTuple):
-    """A delivery row this call inserted."""
+    """A delivery row this call inserted, with the status it was planned with (an in-app
+    row written at once is stored delivered, see ``deliveries_insert``)."""
 
     id: int
     recipient_id: int
@@ -39,6 +44,7 @@ class Inserted(NamedTuple):
     status: str
     reason: str
     due_at: datetime | None
+    event_id: Any = None
 
 
 def fallback_rules(notification_type: NotificationType) -> dict[str, tuple[str, int]]:
@@ -52,33 +58,59 @@ def fallback_rules(notification_type: NotificationType) -> dict[str, tuple[str, 
 
 
 def deliveries_insert(
-    *, event_ids: Sequence[Any], planned: Sequence[PlannedDelivery], now: datetime
+    *,
+    event_ids: Sequence[Any],
+    planned: Sequence[PlannedDelivery],
+    now: datetime,
+    inapp_delivered: datetime | None = None,
 ) -> list[Inserted]:
     """Insert planned deliveries (``event_ids[i]`` is the event of ``planned[i]``),
-    skipping any that exist; returns the rows this call inserted."""
+    skipping any that exist; returns the rows this call inserted. With ``inapp_delivered``,
+    a time (the caller writes their inbox items in this same transaction, services/inbox.py's
+    ``inapp_write``), pending in-app rows are stored delivered at once, as their claim
+    would have moved them (INAPP_WRITTEN in notifications/states.py): each row is written
+    once, not inserted and then updated, and its sent_at and updated_at say when."""
     if not planned:
         return []
+    direct = [
+        inapp_delivered and p.channel == Channel.INAPP and p.status == INAPP_WRITTEN_FROM for p in planned
+    ]
     with connection.cursor() as db:
         db.execute(
             f"""INSERT INTO {Delivery._meta.db_table}
-                    (event_id, recipient_id, channel, status, reason, attempts, due_at, created_at, updated_at)
-                SELECT e, r, c, s, re, 0, d, %s, %s
-                FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::timestamptz[])
-                     AS t(e, r, c, s, re, d)
+                    (event_id, recipient_id, channel, status, reason, attempts, due_at, sent_at, created_at,
+                     updated_at)
+                SELECT e, r, c, s, re, CASE WHEN w THEN 1 ELSE 0 END, d,
+                       CASE WHEN w THEN %s::timestamptz END, %s, CASE WHEN w THEN %s::timestamptz ELSE %s END
+                FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::timestamptz[],
+                            %b::bool[])
+                     AS t(e, r, c, s, re, d, w)
                 ON CONFLICT (event_id, recipient_id, channel) DO NOTHING
-                RETURNING id, recipient_id, channel, status, reason, due_at""",
+                RETURNING id, recipient_id, channel, status, reason, due_at, event_id""",
             [
+                inapp_delivered,
                 now,
+                inapp_delivered,
                 now,
                 list(event_ids),
                 [p.recipient_id for p in planned],
                 [p.channel for p in planned],
-                [p.status for p in planned],
+                [INAPP_WRITTEN.target if w else p.status for p, w in zip(planned, direct, strict=True)],
                 [p.reason for p in planned],
                 [p.due_at for p in planned],
+                direct,
             ],
         )
-        return [Inserted(*row) for row in db.fetchall()]
+        rows = db.fetchall()
+    if inapp_delivered is None:
+        return [Inserted(*row) for row in rows]
+    # Planned rows are never delivered: a delivered in-app row was planned pending.
+    return [
+        Inserted(*row)
+        if not (row[2] == Channel.INAPP and row[3] == INAPP_WRITTEN.target)
+        else Inserted(row[0], row[1], row[2], INAPP_WRITTEN_FROM, *row[4:])
+        for row in rows
+    ]
 
 
 def fallback_checks_plan(
@@ -115,17 +147,27 @@ def deliveries_store(
     inserted row on its way (see the module docstring). With ``inline_inapp`` (from a
     fan-out page's transaction, which then commits durably), a page with
     at most INAPP_INLINE_MAX pending in-app deliveries writes their inbox items in this
-    same transaction: no dispatch batch, no broker hop, no second commit (the common
-    one-recipient event); ``inline_max`` overrides that limit, and ``events`` (by id, with
+    same transaction, and those rows are inserted delivered: no dispatch batch, no broker
+    hop, no second commit, no second write of the row (the common one-recipient event); ``inline_max`` overrides that limit, and ``events`` (by id, with
     their types) spares the inbox reading them again. Returns the rows inserted."""
-    inserted = deliveries_insert(event_ids=event_ids, planned=planned, now=now)
+    limit = settings.INAPP_INLINE_MAX if inline_max is None else inline_max
+    inline = (
+        inline_inapp
+        and 0 < sum(p.channel == Channel.INAPP and p.status == INAPP_WRITTEN_FROM for p in planned) <= limit
+    )
+    # The in-app rows written at once are stamped when written, not when planned.
+    written_at = timezone.now() if inline else None
+    inserted = deliveries_insert(event_ids=event_ids, planned=planned, now=now, inapp_delivered=written_at)
     pending = [(row.id, row.channel) for row in inserted if row.status == DeliveryStatus.PENDING]
-    if inline_inapp:
-        inline = [delivery_id for delivery_id, channel in pending if channel == Channel.INAPP]
-        limit = settings.INAPP_INLINE_MAX if inline_max is None else inline_max
-        if inline and len(inline) <= limit:
-            inapp_dispatch(delivery_ids=inline, events=events)
-            pending = [(delivery_id, channel) for delivery_id, channel in pending if channel != Channel.INAPP]
+    if written_at is not None:
+        delivered = [
+            (row.id, row.event_id, row.recipient_id)
+            for row in inserted
+            if row.channel == Channel.INAPP and row.status == DeliveryStatus.PENDING
+        ]
+        if delivered:
+            inapp_write(delivered=delivered, events=events, now=written_at)
+        pending = [(delivery_id, channel) for delivery_id, channel in pending if channel != Channel.INAPP]
     deliveries_dispatch(pending, now=now)
     deliveries_schedule([(row.id, row.due_at) for row in inserted if row.status == DeliveryStatus.SCHEDULED])
     if notification_type.fallbacks:

@@ -132,12 +132,34 @@ def inapp_dispatch(*, delivery_ids: list[int], events: dict[Any, Event] | None =
             claimed_rows = db.fetchall()
         if not claimed_rows:
             return 0
-        claimed = [(row[0], row[1], row[2]) for row in claimed_rows]
-        aggregates = aggregation_context(delivery_ids=[row[0] for row in claimed_rows if row[3] > 1])
+        return inapp_write(
+            delivered=[(row[0], row[1], row[2]) for row in claimed_rows],
+            aggregated=[row[0] for row in claimed_rows if row[3] > 1],
+            events=events,
+            now=now,
+        )
+
+
+def inapp_write(
+    *,
+    delivered: list[tuple[int, Any, int]],
+    now: datetime,
+    aggregated: list[int] | None = None,
+    events: dict[Any, Event] | None = None,
+) -> int:
+    """Inside a transaction that just made these in-app deliveries delivered, by claiming
+    them (``inapp_dispatch``) or by inserting them so (services/deliveries.py): write their
+    inbox items, fail the ones that cannot be rendered, and push frames after commit.
+    ``delivered``: (delivery id, event id, recipient id); ``aggregated``: those of them that
+    stand for several events. Returns how many items were written."""
+    with transaction.atomic(savepoint=False):
+        aggregates = aggregation_context(delivery_ids=aggregated) if aggregated else {}
         # The caller (a fan-out) may hold the events with their types already.
         known = events or {}
-        events = {event_id: known[event_id] for event_id in {row[1] for row in claimed} if event_id in known}
-        missing = {row[1] for row in claimed} - events.keys()
+        events = {
+            event_id: known[event_id] for event_id in {row[1] for row in delivered} if event_id in known
+        }
+        missing = {row[1] for row in delivered} - events.keys()
         if missing:
             events.update(
                 (e.id, e) for e in Event.objects.select_related("notification_type").filter(id__in=missing)
@@ -153,7 +175,7 @@ def inapp_dispatch(*, delivery_ids: list[int], events: dict[Any, Event] | None =
         recipient_rows: dict[int, dict[str, Any]] = {}
         locales: dict[int, str] = {}
         # The recipients' rows are read only when a template needs them (locale or fields).
-        wanted = {r[2] for r in claimed} if multilingual or recipients_needed else set()
+        wanted = {r[2] for r in delivered} if multilingual or recipients_needed else set()
         for facts in Recipient.objects.filter(id__in=wanted).values("id", "external_id", "name", "locale"):
             locales[facts["id"]] = facts["locale"]
             if recipients_needed:
@@ -164,7 +186,7 @@ def inapp_dispatch(*, delivery_ids: list[int], events: dict[Any, Event] | None =
         per_recipient: dict[tuple[Any, str], bool] = {}
         ready: list[tuple[int, int, Any, tuple[str, str, str]]] = []
         failed: list[tuple[int, str]] = []
-        for delivery_id, event_id, recipient_id in claimed:
+        for delivery_id, event_id, recipient_id in delivered:
             event = events[event_id]
             by_locale = templates[event_id]
             locale = locales.get(recipient_id, "")
@@ -217,14 +239,14 @@ def inapp_dispatch(*, delivery_ids: list[int], events: dict[Any, Event] | None =
     by_event: dict[Any, list[int]] = {}
     for item in items:
         by_event.setdefault(item[3], []).append(item[2])
-    for event_id, delivered in by_event.items():
+    for event_id, ids in by_event.items():
         log.info(
             "in-app delivered",
             extra={
                 "event_id": str(event_id),
                 # Small batches name every delivery; large ones their id range.
-                "delivery_ids": delivered if len(delivered) <= 20 else [delivered[0], delivered[-1]],
-                "count": len(delivered),
+                "delivery_ids": ids if len(ids) <= 20 else [ids[0], ids[-1]],
+                "count": len(ids),
             },
         )
     return len(items)

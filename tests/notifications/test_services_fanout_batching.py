@@ -4,6 +4,7 @@ transaction, and leaves large, scheduled and aggregated events to their own path
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import psycopg
@@ -12,7 +13,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from notifications.models import Delivery, Event, InboxItem, OutboxMessage
+from notifications.models import Delivery, Event, InboxItem, OutboxMessage, Recipient
 from notifications.services.api_keys import api_key_create
 from notifications.services.fanout import _CLAIM_SPACE as CLAIM_SPACE
 from notifications.services.fanout import event_fanout_next, events_fanout_many
@@ -39,7 +40,7 @@ def test_the_task_of_one_small_event_stores_every_small_event_waiting_in_one_go(
         ]
 
     # as many statements as for one event alone (test below)
-    with django_assert_max_num_queries(17):
+    with django_assert_max_num_queries(16):
         progress = event_fanout_next(outbox_id=_outbox(events[5]))
 
     assert progress.recipients == 20 and progress.finished
@@ -82,17 +83,21 @@ def test_large_scheduled_and_aggregated_events_are_not_taken_along(django_captur
     assert InboxItem.objects.filter(recipient=bob).count() == 1
 
 
-def test_a_lone_small_event_goes_alone(django_capture_on_commit_callbacks, django_assert_max_num_queries):
+def _one_event_for(recipient: Recipient) -> Event:
     key, _ = api_key_create(name="t")
     nt = NotificationTypeFactory()
-    alice = RecipientFactory()
-    with django_capture_on_commit_callbacks(execute=False):
-        result = event_ingest(
-            api_key=key, type_key=nt.key, recipients=[alice.external_id], data={"order_id": 1}
-        )
+    return event_ingest(
+        api_key=key, type_key=nt.key, recipients=[recipient.external_id], data={"order_id": 1}
+    ).event
 
-    with django_assert_max_num_queries(17):
-        assert event_fanout_next(outbox_id=_outbox(result.event)).recipients == 1
+
+def test_a_lone_small_event_goes_alone(django_capture_on_commit_callbacks, django_assert_max_num_queries):
+    alice = RecipientFactory()
+    with django_capture_on_commit_callbacks(execute=False):  # its own task not run yet
+        event = _one_event_for(alice)
+
+    with django_assert_max_num_queries(16):
+        assert event_fanout_next(outbox_id=_outbox(event)).recipients == 1
     assert InboxItem.objects.get(recipient=alice).title == "Order 1"
 
 
@@ -183,3 +188,25 @@ def test_rows_whose_events_the_caller_holds_are_not_read_again_nor_stored_twice(
     # handed over again (another fan-out stored it meanwhile): planned, and dropped when stored
     assert events_fanout_many(outbox_ids=[outbox_id], events={outbox_id: event}).recipients == 0
     assert InboxItem.objects.count() == Delivery.objects.count() == 1
+
+
+def test_an_inapp_delivery_written_with_its_page_is_inserted_delivered_not_inserted_then_updated(
+    django_capture_on_commit_callbacks,
+):
+    alice = RecipientFactory()
+    with django_capture_on_commit_callbacks(execute=False):  # its own task not run yet
+        event = _one_event_for(alice)
+
+    with CaptureQueriesContext(connection) as queries:
+        assert event_fanout_next(outbox_id=_outbox(event)).recipients == 1
+
+    delivery_writes = [
+        q["sql"].split()[0]
+        for q in queries.captured_queries
+        if q["sql"].split()[0] in ("INSERT", "UPDATE") and re.search(r"\bnotifications_delivery\b", q["sql"])
+    ]
+    assert delivery_writes == ["INSERT"], queries.captured_queries
+    delivery = Delivery.objects.get(recipient=alice)
+    assert (delivery.status, delivery.attempts) == ("delivered", 1)
+    assert delivery.sent_at is not None and delivery.updated_at == delivery.sent_at >= delivery.created_at
+    assert InboxItem.objects.get(delivery=delivery).seq == 1
