@@ -88,7 +88,7 @@ def env_database(name: str, default: str) -> dict[str, object]:
     if not db_name:
         raise ImproperlyConfigured(f"{name} must name a database, got {url!r}")
     return {
-        "ENGINE": "django.db.backends.postgresql",
+        "ENGINE": "project.database",
         "NAME": unquote(db_name),
         "USER": unquote(parsed.username or "postgres"),
         "PASSWORD": unquote(parsed.password or ""),
