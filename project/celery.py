@@ -19,6 +19,7 @@ from django.db import close_old_connections
 from kombu.exceptions import OperationalError as BrokerUnavailable
 
 from project.processes import WORKER_READY_FILE_VARIABLE, die_with_parent
+from project.processes.heap import heap_freeze
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
@@ -71,6 +72,13 @@ def pool_process_die_with_worker(sender: Any = None, **kwargs: Any) -> None:
     die_with_parent(signal.SIGKILL, parent_pid=_worker_pid)
 
 
+@worker_process_init.connect
+def pool_process_heap_freeze(sender: Any = None, **kwargs: Any) -> None:
+    """A pool process starts with the worker's whole setup (Django, the apps, their tasks):
+    the collector need not walk it again and again (project/processes/heap.py)."""
+    heap_freeze()
+
+
 @task_postrun.connect
 def database_connection_return(sender: Any = None, **kwargs: Any) -> None:
     """After each task, give the database connection back to the process's pool (or drop
@@ -86,6 +94,8 @@ def database_connection_return(sender: Any = None, **kwargs: Any) -> None:
 def worker_ready_file_write(sender: Any = None, **kwargs: Any) -> None:
     """Write the worker's pid to the file named by ``WORKER_READY_FILE`` once it consumes,
     so that readiness never depends on log levels or formats."""
+    # A worker without pool processes (``--pool solo``) runs its tasks itself.
+    heap_freeze()
     path = os.environ.get(WORKER_READY_FILE_VARIABLE)
     if path:
         Path(path).write_text(f"{os.getpid()}\n")

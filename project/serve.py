@@ -17,6 +17,8 @@ from pathlib import Path
 
 import uvicorn
 
+from project.processes.heap import heap_freeze
+
 
 def listening_socket(host: str, port: int) -> socket.socket:
     """A TCP socket bound to (host, port) that other processes may bind too."""
@@ -36,6 +38,8 @@ class _Server(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        # The application is loaded: the collector need not walk it on every pass.
+        heap_freeze()
         if self.ready_file is not None and not self.should_exit:
             self.ready_file.write_text(f"{os.getpid()}\n")
 
