@@ -17,10 +17,11 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
+from django.db.models import JSONField
 from django.utils import timezone
 
 from notifications.models import (
@@ -242,6 +243,18 @@ def _facts_of(recipient_ids: list[int]) -> dict[int, RecipientFacts]:
         return {row[0]: RecipientFacts(*row) for row in db.fetchall()}
 
 
+class _Undone(NamedTuple):
+    """An outbox row not yet fanned out, with its event (and the event's type)."""
+
+    id: int
+    event: Event
+    cursor: int
+
+    @property
+    def event_id(self) -> Any:
+        return self.event.id
+
+
 class _SmallPlan(NamedTuple):
     notification_type: NotificationType
     owners: list[int]  # the outbox row of each planned row
@@ -250,19 +263,19 @@ class _SmallPlan(NamedTuple):
     counts: dict[int, int]  # outbox id -> recipients planned
 
 
-def _plan_small(outboxes: Sequence[OutboxMessage], now: datetime) -> list[_SmallPlan]:
+def _plan_small(outboxes: Sequence[_Undone], now: datetime) -> list[_SmallPlan]:
     """Plan small events type by type: one recipient query for all of them, then one
     preference query and one rate-cap call per channel for each type (plan_page plans
     the concatenated recipients of a type's events entry by entry)."""
     facts = _facts_of(sorted({rid for o in outboxes for rid in o.event.recipient_ids or []}))
-    by_type: dict[int, list[OutboxMessage]] = {}
+    by_type: dict[int, list[_Undone]] = {}
     for outbox in outboxes:
         by_type.setdefault(outbox.event.notification_type_id, []).append(outbox)
     plans: list[_SmallPlan] = []
     for members in by_type.values():
         notification_type = members[0].event.notification_type
         entries: list[RecipientFacts] = []
-        owners: list[OutboxMessage] = []
+        owners: list[_Undone] = []
         counts: dict[int, int] = {}
         for outbox in members:
             # A recipient deleted since ingest is skipped, as on the paged path.
@@ -326,7 +339,7 @@ def _release_small(claimed: list[int]) -> None:
 
 def _fanout_small(
     outbox_ids: Sequence[int], now: datetime, events: Mapping[int, Event] | None = None
-) -> tuple[int, list[OutboxMessage]]:
+) -> tuple[int, list[_Undone]]:
     """Claim the rows no other fan-out is planning and read them under the claim (those of
     ``events``, by outbox id, just stored with their types by the caller, are not read);
     plan the small events among them outside any transaction, then store them a page of
@@ -335,7 +348,7 @@ def _fanout_small(
     claimed = _claim_small(outbox_ids)
     try:
         known = events or {}
-        outboxes = [OutboxMessage(id=i, event=known[i], cursor=0) for i in claimed if i in known]
+        outboxes = [_Undone(i, known[i], 0) for i in claimed if i in known]
         outboxes += _load_outboxes([i for i in claimed if i not in known])
         small = [o for o in outboxes if fanout_is_small(o.event, o.cursor)]
         others = [o for o in outboxes if not fanout_is_small(o.event, o.cursor)]
@@ -344,7 +357,7 @@ def _fanout_small(
         _release_small(claimed)
 
 
-def _store_small(outboxes: Sequence[OutboxMessage], now: datetime) -> int:
+def _store_small(outboxes: Sequence[_Undone], now: datetime) -> int:
     plans = _plan_small(outboxes, now)
     with transaction.atomic():
         locked = set(
@@ -400,12 +413,62 @@ def _store_small(outboxes: Sequence[OutboxMessage], now: datetime) -> int:
     return counts["fanout_recipients"]
 
 
-def _load_outboxes(outbox_ids: Sequence[int]) -> list[OutboxMessage]:
-    return list(
-        OutboxMessage.objects.select_related("event", "event__notification_type").filter(
-            id__in=list(outbox_ids), processed_at__isnull=True
+# The event's and its type's columns in their models' order, so that a row read by hand
+# becomes model instances the way the ORM makes them (Model.from_db).
+_EVENT_FIELDS = [f.attname for f in Event._meta.concrete_fields]
+_TYPE_FIELDS = [f.attname for f in NotificationType._meta.concrete_fields]
+_COLUMNS = ", ".join(
+    [f"e.{f.column}" for f in Event._meta.concrete_fields]
+    + [f"t.{f.column}" for f in NotificationType._meta.concrete_fields]
+)
+
+
+def _load_outboxes(outbox_ids: Sequence[int]) -> list[_Undone]:
+    """The undone rows among ``outbox_ids`` with their events and types, in one statement.
+    Read by hand rather than through a queryset with select_related (which cost more than
+    the fan-out's writes for a batch of small events, docs/benchmarks.md); each type is
+    made once, not once per event."""
+    if not outbox_ids:
+        return []
+    with connection.cursor() as db:
+        db.execute(
+            f"""SELECT o.id, o.cursor, {_COLUMNS}
+                FROM {OutboxMessage._meta.db_table} o
+                JOIN {Event._meta.db_table} e ON e.id = o.event_id
+                JOIN {NotificationType._meta.db_table} t ON t.id = e.notification_type_id
+                WHERE o.id = ANY(%b) AND o.processed_at IS NULL""",
+            [list(outbox_ids)],
         )
-    )
+        rows = db.fetchall()
+    converters = _json_converters(Event, 2) + _json_converters(NotificationType, 2 + len(_EVENT_FIELDS))
+    types: dict[int, NotificationType] = {}
+    undone: list[_Undone] = []
+    for row in rows:
+        values = list(row)
+        for at, convert in converters:
+            values[at] = convert(values[at])
+        type_values = values[2 + len(_EVENT_FIELDS) :]
+        notification_type = types.get(type_values[0])
+        if notification_type is None:
+            notification_type = NotificationType.from_db(connection.alias, _TYPE_FIELDS, type_values)
+            types[type_values[0]] = notification_type
+        event = Event.from_db(connection.alias, _EVENT_FIELDS, values[2 : 2 + len(_EVENT_FIELDS)])
+        event.notification_type = notification_type
+        undone.append(_Undone(row[0], event, row[1]))
+    return undone
+
+
+def _json_converters(model: type[Any], offset: int) -> list[tuple[int, Any]]:
+    """(position in the row, conversion) of the model's JSON columns, which the database
+    driver hands over as text for Django to decode (its JSONField.from_db_value)."""
+    converters: list[tuple[int, Any]] = []
+    for index, field in enumerate(model._meta.concrete_fields):
+        if isinstance(field, JSONField):
+            column = field.get_col(model._meta.db_table)
+            converters.append(
+                (offset + index, lambda v, f=field, c=column: f.from_db_value(v, c, connection))
+            )
+    return converters
 
 
 def events_fanout_many(
@@ -424,10 +487,10 @@ def events_fanout_many(
     return FanoutProgress(pages=1 if recipients else 0, recipients=recipients, finished=not others)
 
 
-def _page_sized(outboxes: Sequence[OutboxMessage]) -> list[list[OutboxMessage]]:
+def _page_sized(outboxes: Sequence[_Undone]) -> list[list[_Undone]]:
     """The events in groups of at most FANOUT_PAGE_SIZE recipients in all (an event alone
     may fill a group), so that one transaction never writes more than a page does."""
-    groups: list[list[OutboxMessage]] = []
+    groups: list[list[_Undone]] = []
     size = 0
     for outbox in outboxes:
         count = len(outbox.event.recipient_ids or [])

@@ -16,7 +16,7 @@ from django.utils import timezone
 from notifications.models import Delivery, Event, InboxItem, OutboxMessage, Recipient
 from notifications.services.api_keys import api_key_create
 from notifications.services.fanout import _CLAIM_SPACE as CLAIM_SPACE
-from notifications.services.fanout import event_fanout_next, events_fanout_many
+from notifications.services.fanout import _load_outboxes, event_fanout_next, events_fanout_many
 from notifications.services.ingest import event_ingest
 from tests.notifications.factories import NotificationTypeFactory, RecipientFactory, SubscriptionFactory
 
@@ -210,3 +210,36 @@ def test_an_inapp_delivery_written_with_its_page_is_inserted_delivered_not_inser
     assert (delivery.status, delivery.attempts) == ("delivered", 1)
     assert delivery.sent_at is not None and delivery.updated_at == delivery.sent_at >= delivery.created_at
     assert InboxItem.objects.get(delivery=delivery).seq == 1
+
+
+def test_rows_read_by_hand_carry_the_events_and_types_the_orm_would_give(django_capture_on_commit_callbacks):
+    nt = NotificationTypeFactory(fallbacks=[{"from": "inapp", "to": "email", "after_seconds": 60}])
+    alice, bob = RecipientFactory(), RecipientFactory()
+    key, _ = api_key_create(name="t")
+    with django_capture_on_commit_callbacks(execute=False):
+        events = [
+            event_ingest(
+                api_key=key, type_key=nt.key, recipients=[r.external_id], data={"order_id": n, "x": [1]}
+            ).event
+            for n, r in enumerate([alice, bob])
+        ]
+    ids = [_outbox(e) for e in events]
+
+    rows = sorted(_load_outboxes(ids), key=lambda row: row.id)
+
+    assert [(row.id, row.cursor, row.event_id) for row in rows] == [
+        (i, 0, e.id) for i, e in zip(ids, events, strict=True)
+    ]
+    for row in rows:
+        expected = Event.objects.select_related("notification_type").get(id=row.event_id)
+        fields = [f.attname for f in Event._meta.concrete_fields]
+        assert [getattr(row.event, f) for f in fields] == [getattr(expected, f) for f in fields]
+        type_fields = [f.attname for f in type(nt)._meta.concrete_fields]
+        assert [getattr(row.event.notification_type, f) for f in type_fields] == [
+            getattr(expected.notification_type, f) for f in type_fields
+        ]
+        assert not row.event._state.adding
+    assert rows[0].event.notification_type is rows[1].event.notification_type  # one per type
+    assert rows[0].event.data == {"order_id": 0, "x": [1]}
+    OutboxMessage.objects.filter(id=ids[0]).update(processed_at=timezone.now())
+    assert [row.id for row in _load_outboxes(ids)] == [ids[1]]
