@@ -8,11 +8,13 @@ by the claim that made it, so an accepted target is known to be done on the next
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -82,31 +84,67 @@ def outcome_decide(job: Job, now: datetime) -> Outcome:
     return Outcome(DeliveryStatus.FAILED, reason[:200])
 
 
+class _Attempt(NamedTuple):
+    """One provider call of a delivery, as DeliveryAttempt stores it."""
+
+    delivery_id: int
+    number: int
+    outcome: str
+    error: str
+    provider: str
+    provider_message_id: str
+    latency_ms: int
+    target: str
+    detail: dict[str, Any]
+
+
 def _attempt(
     job: Job, message: OutboundMessage, provider: str, result: SendResult | TransportError, latency: int
-) -> DeliveryAttempt:
+) -> _Attempt:
     c = job.claimed
     if isinstance(result, SendResult):
-        return DeliveryAttempt(
-            delivery_id=c.id,
-            number=c.attempts,
-            outcome=AttemptOutcome.SUCCESS,
-            provider=provider,
-            provider_message_id=result.provider_message_id[:200],
-            latency_ms=latency,
-            target=message.to[:512],
-            detail=result.detail,
+        return _Attempt(
+            c.id,
+            c.attempts,
+            AttemptOutcome.SUCCESS,
+            "",
+            provider,
+            result.provider_message_id[:200],
+            latency,
+            message.to[:512],
+            result.detail,
         )
-    return DeliveryAttempt(
-        delivery_id=c.id,
-        number=c.attempts,
-        outcome=result.outcome,
-        error=result.reason[:2000],
-        provider=provider,
-        latency_ms=latency,
-        target=message.to[:512],
-        detail={"code": result.code, **result.detail} if result.code else result.detail,
+    return _Attempt(
+        c.id,
+        c.attempts,
+        result.outcome,
+        result.reason[:2000],
+        provider,
+        "",
+        latency,
+        message.to[:512],
+        {"code": result.code, **result.detail} if result.code else result.detail,
     )
+
+
+def _attempts_insert(attempts: list[_Attempt], now: datetime) -> None:
+    """One statement for every attempt of the chunk (the ORM's bulk_create spent longer
+    preparing the rows than the database spent storing them). No ON CONFLICT: each claim
+    numbers its attempts anew (claim.py), so a conflict would be a bug, and silently
+    dropping the row would hide that a target was called."""
+    if not attempts:
+        return
+    columns = list(zip(*attempts, strict=True))
+    with connection.cursor() as db:
+        db.execute(
+            f"""INSERT INTO {DeliveryAttempt._meta.db_table}
+                    (delivery_id, number, outcome, error, provider, provider_message_id, latency_ms, target,
+                     detail, created_at)
+                SELECT d, n, o, e, p, m, l, t, x::jsonb, %s
+                FROM unnest(%b::bigint[], %b::int[], %b::text[], %b::text[], %b::text[], %b::text[], %b::int[],
+                            %b::text[], %b::text[]) AS u(d, n, o, e, p, m, l, t, x)""",
+            [now, *[list(column) for column in columns[:8]], [json.dumps(detail) for detail in columns[8]]],
+        )
 
 
 def _update(outcomes: dict[int, Outcome], token: datetime, now: datetime) -> set[int]:
@@ -159,7 +197,7 @@ def jobs_record(jobs: list[Job], token: datetime) -> Counter[str]:
         if lost:
             # Our claim expired and another sender took these over: its result stands.
             log.warning("send results of %d deliveries dropped: claim expired", lost)
-        attempts: list[DeliveryAttempt] = []
+        attempts: list[_Attempt] = []
         feedback: list[tuple[OutboundMessage, TransportError]] = []
         dead: list[DeadLetter] = []
         for job in jobs:
@@ -186,10 +224,7 @@ def jobs_record(jobs: list[Job], token: datetime) -> Counter[str]:
                         created_at=now,
                     )
                 )
-        # No ignore_conflicts: each claim numbers its attempts anew (claim.py), so a
-        # conflict would be a bug, and silently dropping the row would hide that a
-        # target was called.
-        DeliveryAttempt.objects.bulk_create(attempts)
+        _attempts_insert(attempts, now)
         if dead:
             DeadLetter.objects.bulk_create(
                 dead,
