@@ -170,8 +170,11 @@ def run_p2(args: argparse.Namespace, template: str) -> dict[str, Any]:
     return results
 
 
-def _p2_run(args: argparse.Namespace, template: str, server: Server, rate: float) -> p2_latency.P2Result:
+def _p2_run(
+    args: argparse.Namespace, template: str, server: Server, rate: float, baseline: bool = True
+) -> p2_latency.P2Result:
     result = p2_latency.run(
+        baseline=baseline,
         template=template,
         server=server,
         clients=args.clients,
@@ -281,7 +284,8 @@ def run_p2_curve(args: argparse.Namespace, template: str) -> dict[str, Any]:
     points: dict[float, p2_latency.P2Result] = {}
 
     def at(rate: float) -> p2_latency.P2Result:
-        points[rate] = _p2_run(args, template, server, rate)
+        # The bare baseline is measured beside P2's own rows, not at every point.
+        points[rate] = _p2_run(args, template, server, rate, baseline=False)
         return points[rate]
 
     for rate in sorted(float(part) for part in args.rates.split(",") if part.strip()):

@@ -20,6 +20,7 @@ import aiohttp
 import uvloop
 from websockets.asyncio.client import ClientConnection, connect
 
+from bench import p2_baseline
 from bench.provider_sends import create_type
 from bench.stack import Progress, Stack, bench_stack, cpu_sample, cpu_seconds
 from harness.processes import Server
@@ -72,6 +73,9 @@ class P2Result:
     stage_p50_ms: dict[str, float] = field(default_factory=dict)
     # The first HTTP errors the load generator saw (exception or status and body), if any.
     http_error_sample: list[str] = field(default_factory=list)
+    # The same rate through a bare Redis publish to a bare websocket client on this machine,
+    # measured right after (bench/p2_baseline.py): p50, p99, lost.
+    baseline: dict[str, float] = field(default_factory=dict)
 
     @property
     def meets_target(self) -> bool:
@@ -100,6 +104,12 @@ class P2Result:
                 + ", ".join(f"{name} {ms:.1f}" for name, ms in self.stage_p50_ms.items())
                 + " ms"
                 if self.stage_p50_ms
+                else ""
+            )
+            + (
+                f"; bare publish -> frame p50 {self.baseline['p50_ms']:.2f} ms, p99 {self.baseline['p99_ms']:.2f} ms "
+                f"(P2 p50 {self.p50_ms / self.baseline['p50_ms']:.0f}x)"
+                if self.baseline.get("p50_ms")
                 else ""
             )
             + (
@@ -401,10 +411,12 @@ def run(
     grace: float = 90.0,
     progress: bool = True,
     web_processes: int | None = None,
+    baseline: bool = True,
 ) -> P2Result:
     """One P2 run on a fresh stack with ``server`` as the web server: as make run runs it
     (DEFAULT_WEB_PROCESSES uvicorn processes sharing the port, one daphne) unless
-    ``web_processes`` says otherwise."""
+    ``web_processes`` says otherwise; then, with ``baseline``, the same rate through a bare
+    Redis publish to bare websocket clients (bench/p2_baseline.py)."""
     if web_processes is None:
         web_processes = DEFAULT_WEB_PROCESSES if server == "uvicorn" else 1
     with bench_stack(template=template, server=server, label="p2", web_processes=web_processes) as stack:
@@ -420,4 +432,7 @@ def run(
             )
         )
         stack.check_alive()
+        if baseline:
+            bare = p2_baseline.measure(stack, clients=clients, rate=rate, seconds=seconds)
+            result.baseline = {"p50_ms": bare.p50_ms, "p99_ms": bare.p99_ms, "lost": bare.lost}
         return result

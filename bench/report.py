@@ -217,6 +217,17 @@ def _measured_on(results: dict[str, Any], section: str) -> list[str]:
     ]
 
 
+def _bare(p2: dict[str, Any]) -> str:
+    """The P2 baseline of a row (bench/p2_baseline.py), as the table of targets shows it."""
+    bare = p2.get("baseline") or {}
+    if not bare.get("p50_ms"):
+        return ""
+    return (
+        f" (bare Redis publish → websocket p50 {_fmt(bare['p50_ms'], 2)} ms, "
+        f"P2 {p2['p50_ms'] / bare['p50_ms']:.0f}× it)"
+    )
+
+
 def _met(ok: bool | None) -> str:
     return "n/a" if ok is None else ("yes" if ok else "**no**")
 
@@ -251,8 +262,8 @@ def _summary_rows(results: dict[str, Any]) -> list[str]:
             f"| P2 accept → frame, {server}"
             f"{f' ({processes} processes)' if processes > 1 else ''}, {p2['target_rate']:.0f} events/s offered, "
             f"{p2['achieved_rate']:.0f}/s sent | p50 {_fmt(p2['p50_ms'])} ms, "
-            f"p99 {_fmt(p2['p99_ms'])} ms, lost {p2['lost']} | p50 ≤ {p50_target:.0f} ms, p99 ≤ {p99_target:.0f} ms "
-            f"| {_met(ok)} |"
+            f"p99 {_fmt(p2['p99_ms'])} ms, lost {p2['lost']}{_bare(p2)} | p50 ≤ {p50_target:.0f} ms, "
+            f"p99 ≤ {p99_target:.0f} ms | {_met(ok)} |"
         )
     for server, memory in sorted(results.get("memory", {}).items()):
         kib = memory.get("kib_per_connection")
@@ -502,16 +513,29 @@ def render(results: dict[str, Any]) -> str:
             "## P2: API accept → websocket frame",
             "",
             "| server | clients | rate (target / achieved) | events | p50 | p95 | p99 | max | > 1 s | lost | "
-            "HTTP p50 / p99 | HTTP errors |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "HTTP p50 / p99 | HTTP errors | bare publish → frame p50 / p99 |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for server, p2 in p2_all:
             lines.append(
                 f"| {server} | {p2['clients']} | {p2['target_rate']:.0f} / {p2['achieved_rate']:.0f} /s | "
                 f"{p2['accepted']:,} | {_fmt(p2['p50_ms'])} ms | {_fmt(p2['p95_ms'])} ms | {_fmt(p2['p99_ms'])} ms | "
                 f"{_fmt(p2['max_ms'])} ms | {p2['late_over_1s']} | {p2['lost']} | "
-                f"{_fmt(p2.get('accept_p50_ms'))} / {_fmt(p2.get('accept_p99_ms'))} ms | {p2['http_errors']} |"
+                f"{_fmt(p2.get('accept_p50_ms'))} / {_fmt(p2.get('accept_p99_ms'))} ms | {p2['http_errors']} | "
+                + (
+                    f"{_fmt(p2['baseline']['p50_ms'], 2)} / {_fmt(p2['baseline']['p99_ms'], 2)} ms |"
+                    if p2.get("baseline")
+                    else "– |"
+                )
             )
+        lines += [
+            "",
+            "The baseline beside each row (bench/p2_baseline.py), measured right after it on the same machine: "
+            "the same rate of messages through a bare Redis PUBLISH, taken off a pub/sub subscription by a "
+            "minimal websocket server (the `websockets` library on asyncio, one process) and written to the "
+            "same number of bare websocket clients, one channel each. No HTTP, no database, no Django: what "
+            "a frame cannot beat on this machine.",
+        ]
         staged = [(server, p2) for server, p2 in p2_all if p2.get("stage_p50_ms")]
         if staged:
             lines += [

@@ -68,6 +68,9 @@ def test_p2_latency_receives_every_frame(template: str, server: Server) -> None:
     assert list(result.stage_p50_ms) == [name for name, _ in p2_latency.STAGES], result.stage_p50_ms
     assert all(value >= 0 for value in result.stage_p50_ms.values()), result.stage_p50_ms
     assert not math.isnan(result.mean_ms)
+    # and beside it, the same rate through a bare Redis publish to bare websocket clients
+    assert result.baseline["lost"] == 0, result.baseline
+    assert 0 < result.baseline["p50_ms"] <= result.baseline["p99_ms"], result.baseline
 
 
 @pytest.mark.parametrize("server", ["uvicorn", "daphne", "granian"])
