@@ -40,7 +40,7 @@ def target_idempotency_key(delivery_key: uuid.UUID | str, target: str) -> uuid.U
 class Delivery(models.Model):
     # No index may mention status, attempts, due_at, sent_at or updated_at: then a status
     # change is a HOT update (no index entries written; the table keeps free space on each
-    # page, see the fillfactor migration). Work queues over deliveries live in their own
+    # page, see the fillfactor migrations). Work queues over deliveries live in their own
     # small tables instead (DispatchBatch, DeliverySchedule). The unique
     # (event, recipient, channel) index is the idempotency key and serves per-event reads.
     # No database-level foreign key to the event: every row inserted would take a KEY SHARE
