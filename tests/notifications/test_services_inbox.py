@@ -3,6 +3,7 @@ dispatch in a bounded number of queries whatever the batch size."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -119,3 +120,29 @@ def test_it_fails_unrenderable_in_app_items_in_one_statement_whatever_their_numb
     failed = Delivery.objects.filter(status=DeliveryStatus.FAILED)
     assert failed.count() == 42 and not InboxItem.objects.exists()
     assert all("missing" in reason for reason in failed.values_list("reason", flat=True))
+
+
+def test_items_of_one_event_and_of_several_are_stored_alike(key, settings):
+    # given two recipients of a scheduled event (accepted_at is when it came due) and a
+    # batch that mixes it with another event: the one-event batch gets the event's fields
+    # as constants, the mixed one joins them in (services/inbox.py's _insert_items)
+    settings.INAPP_INLINE_MAX = 0
+    nt = NotificationTypeFactory()
+    alice, bob = RecipientFactory(), RecipientFactory()
+    scheduled = _planned(key, nt.key, [alice.external_id, bob.external_id], 1)
+    Event.objects.filter(id=scheduled.id).update(
+        send_at=scheduled.created_at + timedelta(minutes=5), data={"order_id": 1, "nested": {"a": [1, 2]}}
+    )
+    other = _planned(key, nt.key, [bob.external_id], 2)
+
+    inapp_dispatch(delivery_ids=_inapp_ids(scheduled)[:1])  # one event: constants
+    inapp_dispatch(delivery_ids=_inapp_ids(scheduled)[1:] + _inapp_ids(other))  # joined
+
+    fields = ("notification_type", "category", "title", "body", "url", "data", "accepted_at", "event_id")
+    mine, bobs = (
+        InboxItem.objects.filter(event=scheduled, recipient=r).values(*fields).get() for r in (alice, bob)
+    )
+    assert mine == bobs
+    assert mine["accepted_at"] == scheduled.created_at + timedelta(minutes=5)
+    assert mine["data"] == {"order_id": 1, "nested": {"a": [1, 2]}}
+    assert (mine["notification_type"], mine["category"]) == (nt.key, nt.category)
