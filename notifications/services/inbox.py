@@ -16,7 +16,6 @@ from typing import Any
 
 import redis
 from django.db import connection, transaction
-from django.db.models import Count
 from django.utils import timezone
 
 from notifications.models import (
@@ -279,12 +278,7 @@ def _push_frames(items: list[tuple[Any, ...]], written: list[int], now: datetime
         return
     if not online:
         return
-    unread = dict(
-        InboxItem.objects.filter(recipient_id__in=online, read_at__isnull=True)
-        .values("recipient_id")
-        .annotate(n=Count("id"))
-        .values_list("recipient_id", "n")
-    )
+    unread = _unread_counts(online)
     frames: list[tuple[int, dict[str, Any]]] = []
     last: dict[int, dict[str, Any]] = {}
     for item_id, item in zip(written, items, strict=True):
@@ -315,6 +309,19 @@ def _push_frames(items: list[tuple[Any, ...]], written: list[int], now: datetime
     for recipient_id, message in last.items():
         message["unread"] = unread.get(recipient_id, 0)
     realtime_publish(frames)
+
+
+def _unread_counts(recipient_ids: set[int]) -> dict[int, int]:
+    """{recipient: unread items} for the recipients, from the partial index of unread
+    items. Plain SQL: this runs between a commit and its frames, and the ORM spent longer
+    building the grouped query than the database spent answering it."""
+    with connection.cursor() as db:
+        db.execute(
+            f"""SELECT recipient_id, count(*) FROM {InboxItem._meta.db_table}
+                WHERE recipient_id = ANY(%b) AND read_at IS NULL GROUP BY recipient_id""",
+            [sorted(recipient_ids)],
+        )
+        return dict(db.fetchall())
 
 
 def accepted_time(event: Event) -> datetime:
