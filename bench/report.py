@@ -627,7 +627,9 @@ def render(results: dict[str, Any]) -> str:
         "target rate through at most 8 concurrent keep-alive HTTP connections (aiohttp on uvloop). Latency is "
         "from just before each POST to the arrival of the `notification` frame whose `item.event_id` is the "
         "id the API returned. Frames still missing after a 90 s grace period count as lost; the database's "
-        "inbox rows for the events are counted too. The load generator runs on the same cores.",
+        "inbox rows for the events are counted too. The load generator runs on the same cores. Right after each "
+        "row, on the same stack's Redis, its baseline (bench/p2_baseline.py): as many clients and messages at "
+        "the same rate through a bare Redis PUBLISH to bare websocket clients.",
         "- **Memory**: one web process alone (no workers) and C recipients; 20 warm-up sockets are opened and "
         "kept open through both readings (closed, the memory they freed would be reused by the measured "
         "sockets unseen), the resident memory of the web process tree (`VmRSS` from `/proc`) is read until it "
