@@ -73,7 +73,8 @@ def deliveries_insert(
     if not planned:
         return []
     direct = [
-        inapp_delivered and p.channel == Channel.INAPP and p.status == INAPP_WRITTEN_FROM for p in planned
+        inapp_delivered is not None and p.channel == Channel.INAPP and p.status == INAPP_WRITTEN_FROM
+        for p in planned
     ]
     with connection.cursor() as db:
         db.execute(
@@ -145,11 +146,12 @@ def deliveries_store(
 ) -> list[Inserted]:
     """Inside a transaction: insert the planned deliveries of one type and send each
     inserted row on its way (see the module docstring). With ``inline_inapp`` (from a
-    fan-out page's transaction, which then commits durably), a page with
-    at most INAPP_INLINE_MAX pending in-app deliveries writes their inbox items in this
-    same transaction, and those rows are inserted delivered: no dispatch batch, no broker
-    hop, no second commit, no second write of the row (the common one-recipient event); ``inline_max`` overrides that limit, and ``events`` (by id, with
-    their types) spares the inbox reading them again. Returns the rows inserted."""
+    fan-out page's transaction, which then commits durably), a page that planned at most
+    INAPP_INLINE_MAX pending in-app deliveries writes their inbox items in this same
+    transaction, and those rows are inserted delivered: no dispatch batch, no broker hop,
+    no second commit, no second write of the row (the common one-recipient event).
+    ``inline_max`` overrides that limit, and ``events`` (by id, with their types) spares
+    the inbox reading them again. Returns the rows inserted."""
     limit = settings.INAPP_INLINE_MAX if inline_max is None else inline_max
     inline = (
         inline_inapp
