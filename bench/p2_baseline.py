@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
-from bench.stack import Stack
+from bench.stack import Stack, percentile
 from harness.processes import REPO_ROOT, free_port
 from project.processes import wait_until
 
@@ -55,13 +55,6 @@ class BaselineResult:
             f"p50 {self.p50_ms:.2f} ms, p95 {self.p95_ms:.2f} ms, p99 {self.p99_ms:.2f} ms, "
             f"max {self.max_ms:.2f} ms; {self.received}/{self.sent} frames, lost {self.lost}"
         )
-
-
-def _percentile(values: list[float], fraction: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[min(len(ordered), max(1, math.ceil(fraction * len(ordered)))) - 1]
 
 
 # --- The server -----------------------------------------------------------------------------
@@ -152,9 +145,9 @@ async def _measure(port: int, redis_url: str, *, clients: int, rate: float, seco
         sent=len(sent_at),
         received=len(latencies),
         lost=len(sent_at) - len(latencies),
-        p50_ms=_percentile(latencies, 0.50),
-        p95_ms=_percentile(latencies, 0.95),
-        p99_ms=_percentile(latencies, 0.99),
+        p50_ms=percentile(latencies, 0.50),
+        p95_ms=percentile(latencies, 0.95),
+        p99_ms=percentile(latencies, 0.99),
         max_ms=max(latencies) if latencies else math.nan,
     )
 

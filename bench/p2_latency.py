@@ -22,7 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from bench import p2_baseline
 from bench.provider_sends import create_type
-from bench.stack import Progress, Stack, bench_stack, cpu_sample, cpu_seconds
+from bench.stack import Progress, Stack, bench_stack, cpu_sample, cpu_seconds, percentile
 from harness.processes import Server
 from project.processes import DEFAULT_WEB_PROCESSES
 
@@ -30,15 +30,6 @@ TYPE_KEY = "bench.p2"
 DEFAULT_SERVER: Server = "uvicorn"  # make run's web server
 TARGET_P50_MS = 50.0
 TARGET_P99_MS = 250.0
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile (``fraction`` in 0..1) of ``values``; NaN when empty."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = max(1, math.ceil(fraction * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
 
 
 @dataclass

@@ -7,12 +7,13 @@ clones it (``CREATE DATABASE ... TEMPLATE``), which takes a fraction of a second
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import resource
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -369,3 +370,12 @@ def _vmrss_kib(pid: int) -> int:
     except OSError:
         return 0
     return 0
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile (``fraction`` in 0..1) of ``values``; NaN when empty."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(fraction * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
