@@ -8,10 +8,10 @@ from django.db import OperationalError as DatabaseOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from notifications.services.deliveries import inapp_dispatch_batch
 from notifications.services.dispatch import dispatch_batches_sweep
 from notifications.services.fallback import fallback_checks_due
 from notifications.services.fanout import event_fanout_next, events_fanout_many
-from notifications.services.inbox import inapp_dispatch_batch
 from notifications.services.outbox import outbox_sweep
 from notifications.services.scheduling import deliveries_release_due
 from notifications.services.sending.send import provider_dispatch_batch

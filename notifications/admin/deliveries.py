@@ -152,7 +152,7 @@ class DispatchBatchAdmin(PipelineOwnedAdmin):
 
     @admin.display(description="deliveries")
     def size(self, obj: DispatchBatch) -> int:
-        return len(obj.delivery_ids)
+        return obj.size
 
 
 @admin.register(DeliverySchedule)

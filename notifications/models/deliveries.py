@@ -91,13 +91,21 @@ class Delivery(models.Model):
 
 
 class DispatchBatch(models.Model):
-    """Pending deliveries of one channel handed to its queue, written in the transaction
-    that made them pending: the outbox of dispatch. A batch whose task was lost (broker
-    flushed, worker killed) is enqueued again by the sweep when its lease runs out; the
-    dispatch claims each delivery by compare-and-set, so running a batch twice is harmless."""
+    """Deliveries of one channel handed to its queue, written in the transaction that
+    planned them: the outbox of dispatch. A batch whose task was lost (broker flushed,
+    worker killed) is enqueued again by the sweep when its lease runs out.
+
+    Either pending deliveries (``delivery_ids``; the dispatch claims each by
+    compare-and-set), or, for a large in-app page of one event, the recipients planned for
+    it (``planned_event`` and ``planned_recipients``): their delivery rows do not exist yet
+    and the in-app dispatch inserts them delivered, with their inbox items, in the
+    transaction that closes the batch (services/deliveries.py). Either way running a batch
+    twice is harmless."""
 
     channel = models.CharField(max_length=10, choices=Channel.choices)
-    delivery_ids = ArrayField(models.BigIntegerField())
+    delivery_ids = ArrayField(models.BigIntegerField(), default=list, blank=True)
+    planned_event = models.UUIDField(null=True, blank=True)
+    planned_recipients = ArrayField(models.BigIntegerField(), default=list, blank=True)
     created_at = models.DateTimeField(default=now)
     leased_until = models.DateTimeField()
     done_at = models.DateTimeField(null=True, blank=True)
@@ -109,7 +117,11 @@ class DispatchBatch(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.channel} batch {self.id} ({len(self.delivery_ids)})"
+        return f"{self.channel} batch {self.id} ({self.size})"
+
+    @property
+    def size(self) -> int:
+        return len(self.delivery_ids) + len(self.planned_recipients)
 
 
 class DeliverySchedule(models.Model):

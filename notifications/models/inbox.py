@@ -21,11 +21,17 @@ class InboxItem(models.Model):
     # delivery's, whose own key to the recipient stands for both (an item cannot outlive
     # its delivery, below). Each such key costs every inserted row a lookup and a KEY SHARE
     # lock on the recipient row (docs/benchmarks.md, P1). Deletion cascades through the ORM.
+    # The key to the delivery is not checked by the database either: an item is written
+    # only in the transaction that inserts its delivery or claims it (its row locked), so
+    # the delivery exists; the check locked that row once more per item, and was a third of
+    # a large page's in-app write (docs/benchmarks.md, P1).
     recipient = models.ForeignKey(
         Recipient, on_delete=models.CASCADE, related_name="inbox_items", db_index=False, db_constraint=False
     )
     seq = models.BigIntegerField()
-    delivery = models.OneToOneField(Delivery, on_delete=models.CASCADE, related_name="inbox_item")
+    delivery = models.OneToOneField(
+        Delivery, on_delete=models.CASCADE, related_name="inbox_item", db_constraint=False
+    )
     event = models.ForeignKey(
         Event, on_delete=models.CASCADE, related_name="inbox_items", db_index=False, db_constraint=False
     )

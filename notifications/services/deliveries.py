@@ -6,6 +6,9 @@ inserted row to what comes next, in the caller's transaction:
 
 - pending: a dispatch batch for its channel's queue, or, for a small in-app page, the
   inbox at once (services/inbox.py), the row then stored delivered in the first place;
+  a large in-app page of one event is not inserted here at all: its recipients go to the
+  in-app queue as a planned batch, and ``inapp_dispatch_batch`` inserts the rows delivered
+  with their inbox items, so each row is written once, by the in-app workers, in parallel;
 - scheduled: its due-time row (services/scheduling.py);
 - a channel with a fallback rule on the type: a fallback check (services/fallback.py
   answers it when due).
@@ -20,12 +23,12 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
-from notifications.models import Channel, Delivery, Event, FallbackCheck, NotificationType
-from notifications.services.dispatch import deliveries_dispatch
-from notifications.services.inbox import inapp_write
+from notifications.models import Channel, Delivery, Event, FallbackCheck, NotificationType, Recipient
+from notifications.services.dispatch import deliveries_dispatch, dispatch_batch_claim
+from notifications.services.inbox import inapp_dispatch, inapp_write, inapp_write_one_text
 from notifications.services.planning import PlannedDelivery
 from notifications.services.scheduling import deliveries_schedule
 from notifications.states import INAPP_WRITTEN, DeliveryStatus
@@ -175,3 +178,59 @@ def deliveries_store(
     if notification_type.fallbacks:
         fallback_checks_plan(notification_type=notification_type, rows=inserted, now=now)
     return inserted
+
+
+def inapp_dispatch_batch(*, batch_id: int) -> int:
+    """Run one in-app dispatch batch (see DispatchBatch); returns the items written. The
+    batch is marked done in the same transaction as its inbox items."""
+    with transaction.atomic():
+        batch = dispatch_batch_claim(batch_id=batch_id, channel=Channel.INAPP)
+        if batch is None:
+            return 0
+        written = inapp_dispatch(delivery_ids=batch.delivery_ids) if batch.delivery_ids else 0
+        if batch.planned_recipients:
+            written += inapp_planned_write(
+                event_id=batch.planned_event,
+                recipient_ids=batch.planned_recipients,
+                planned_at=batch.created_at,
+            )
+        return written
+
+
+def inapp_planned_write(*, event_id: Any, recipient_ids: Sequence[int], planned_at: datetime) -> int:
+    """Inside a transaction: insert the event's in-app deliveries planned for these
+    recipients, delivered, and write their inbox items (rows that exist are skipped, and so
+    are recipients deleted since). ``planned_at`` is when they were planned: the rows'
+    creation time, as if inserted then. Returns the items written."""
+    event = Event.objects.select_related("notification_type").filter(id=event_id).first()
+    if event is None or not recipient_ids:
+        return 0
+    now = timezone.now()
+    if not event.notification_type.fallbacks:
+        # One statement when everyone reads the same text (the large page of a topic event).
+        written = inapp_write_one_text(
+            event=event, recipient_ids=recipient_ids, planned_at=planned_at, now=now
+        )
+        if written is not None:
+            return written
+    with connection.cursor() as db:
+        db.execute(
+            f"SELECT id FROM {Recipient._meta.db_table} WHERE id = ANY(%b) ORDER BY id", [list(recipient_ids)]
+        )
+        present = [row[0] for row in db.fetchall()]
+    inserted = deliveries_insert(
+        event_ids=[event.id] * len(present),
+        planned=[PlannedDelivery(rid, Channel.INAPP, INAPP_WRITTEN_FROM) for rid in present],
+        now=planned_at,
+        inapp_delivered=now,
+    )
+    if not inserted:
+        return 0
+    written = inapp_write(
+        delivered=[(row.id, row.event_id, row.recipient_id) for row in inserted],
+        events={event.id: event},
+        now=now,
+    )
+    if event.notification_type.fallbacks:
+        fallback_checks_plan(notification_type=event.notification_type, rows=inserted, now=now)
+    return written

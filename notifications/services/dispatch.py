@@ -1,7 +1,8 @@
 """Handing pending deliveries to their channel's queue, durably.
 
-Pending deliveries are grouped into DispatchBatch rows in the transaction that made them
-pending; the task for each batch is enqueued after commit. If the enqueue or the task is
+Pending deliveries (or, for a large in-app page, the recipients planned for one event) are
+grouped into DispatchBatch rows in the transaction that planned them; the task for each
+batch is enqueued after commit. If the enqueue or the task is
 lost, the batch stays open and the sweep enqueues it again when its lease runs out.
 Each channel with a transport registers its task: in-app writes inbox rows, the others
 call their providers (services/sending/).
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -77,8 +79,9 @@ def deliveries_dispatch(rows: Iterable[tuple[int, str]], *, now: datetime | None
         # One statement for every batch of the page; arrays of arrays must be rectangular,
         # so each batch travels as a text literal.
         db.execute(
-            f"""INSERT INTO {DispatchBatch._meta.db_table} (channel, delivery_ids, created_at, leased_until)
-                SELECT c, i::bigint[], %s, %s FROM unnest(%s::text[], %s::text[]) AS t(c, i)
+            f"""INSERT INTO {DispatchBatch._meta.db_table}
+                    (channel, delivery_ids, planned_recipients, created_at, leased_until)
+                SELECT c, i::bigint[], '{{}}', %s, %s FROM unnest(%s::text[], %s::text[]) AS t(c, i)
                 RETURNING id, channel""",
             [now, now + dispatch_lease(), channels, ["{" + ",".join(map(str, c)) + "}" for c in chunks]],
         )
@@ -87,20 +90,59 @@ def deliveries_dispatch(rows: Iterable[tuple[int, str]], *, now: datetime | None
     return [batch_id for batch_id, _ in created]
 
 
-def dispatch_batch_claim(*, batch_id: int, channel: str) -> list[int] | None:
-    """Inside a transaction: lock an open batch and mark it done, returning its delivery
-    ids; None when it is done already or another worker holds it. If the transaction rolls
+def inapp_planned_dispatch(*, event_id: Any, recipient_ids: Sequence[int], now: datetime) -> list[int]:
+    """Inside a transaction: record the recipients of one event planned for in-app delivery
+    (their delivery rows are not inserted: the dispatch inserts them delivered, see
+    DispatchBatch) as batches of the in-app queue, enqueued once it commits. Returns the
+    batch ids."""
+    if not recipient_ids:
+        return []
+    chunks = [
+        list(recipient_ids[start : start + DISPATCH_BATCH])
+        for start in range(0, len(recipient_ids), DISPATCH_BATCH)
+    ]
+    with connection.cursor() as db:
+        db.execute(
+            f"""INSERT INTO {DispatchBatch._meta.db_table}
+                    (channel, delivery_ids, planned_event, planned_recipients, created_at, leased_until)
+                SELECT %s, '{{}}', %s, r::bigint[], %s, %s FROM unnest(%s::text[]) AS t(r)
+                RETURNING id""",
+            [
+                Channel.INAPP,
+                event_id,
+                now,
+                now + dispatch_lease(),
+                ["{" + ",".join(map(str, chunk)) + "}" for chunk in chunks],
+            ],
+        )
+        created = [(row[0], Channel.INAPP.value) for row in db.fetchall()]
+    transaction.on_commit(lambda: dispatch_batches_enqueue(batches=created), robust=True)
+    return [batch_id for batch_id, _ in created]
+
+
+class ClaimedBatch(NamedTuple):
+    """What a claimed batch holds: pending deliveries, or recipients planned for an event."""
+
+    delivery_ids: list[int]
+    planned_event: Any
+    planned_recipients: list[int]
+    created_at: datetime
+
+
+def dispatch_batch_claim(*, batch_id: int, channel: str) -> ClaimedBatch | None:
+    """Inside a transaction: lock an open batch and mark it done, returning what it holds;
+    None when it is done already or another worker holds it. If the transaction rolls
     back, the batch is open again."""
     batch = (
         DispatchBatch.objects.select_for_update(skip_locked=True)
         .filter(id=batch_id, channel=channel, done_at__isnull=True)
-        .values_list("delivery_ids", flat=True)
+        .values_list("delivery_ids", "planned_event", "planned_recipients", "created_at")
         .first()
     )
     if batch is None:
         return None
     DispatchBatch.objects.filter(id=batch_id).update(done_at=timezone.now())
-    return list(batch)
+    return ClaimedBatch(list(batch[0]), batch[1], list(batch[2]), batch[3])
 
 
 def dispatch_batches_sweep(*, limit: int = 500) -> int:

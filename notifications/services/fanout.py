@@ -35,7 +35,8 @@ from notifications.models import (
     Subscription,
 )
 from notifications.services.aggregation import aggregation_plan, aggregation_record
-from notifications.services.deliveries import deliveries_store
+from notifications.services.deliveries import INAPP_WRITTEN_FROM, deliveries_store
+from notifications.services.dispatch import inapp_planned_dispatch
 from notifications.services.durability import relax_commit_durability
 from notifications.services.metrics import metrics_increment
 from notifications.services.outbox import outbox_relay, outbox_relay_each
@@ -148,6 +149,7 @@ def _fanout_page(outbox_id: int) -> tuple[int, bool] | None:
         planned, members = aggregation_plan(
             notification_type=notification_type, planned=page.planned, now=now
         )
+        planned, deferred = _inapp_deferred(notification_type, planned)
         inserted = deliveries_store(
             notification_type=notification_type,
             event_ids=[event.id] * len(planned),
@@ -155,6 +157,7 @@ def _fanout_page(outbox_id: int) -> tuple[int, bool] | None:
             now=now,
             inline_inapp=True,
         )
+        inapp_planned_dispatch(event_id=event.id, recipient_ids=deferred, now=now)
         if notification_type.aggregation_window_seconds:
             aggregation_record(
                 notification_type=notification_type,
@@ -175,10 +178,35 @@ def _fanout_page(outbox_id: int) -> tuple[int, bool] | None:
                 planned_count=event.planned_count, status=EventStatus.PROCESSING
             )
         counts: Counter[str] = Counter(f"deliveries:{row.channel}:{row.status}" for row in inserted)
+        # Deferred rows are written (and their frames sent) by the in-app dispatch, whose
+        # durable commit flushes this one's too.
         _relax_unless_inapp(counts)
+        counts[f"deliveries:{Channel.INAPP}:{INAPP_WRITTEN_FROM}"] += len(deferred)
         counts["fanout_recipients"] = len(page.facts)
         transaction.on_commit(lambda: metrics_increment(counts), robust=True)
     return len(page.facts), page.last
+
+
+def _inapp_deferred(
+    notification_type: NotificationType, planned: list[PlannedDelivery]
+) -> tuple[list[PlannedDelivery], list[int]]:
+    """(the page's rows to insert now, the recipients whose in-app rows the in-app queue
+    inserts). A page planning more pending in-app rows than are written inline
+    (INAPP_INLINE_MAX) hands them over as planned recipients (DispatchBatch): inserted
+    pending here and updated to delivered there, each row cost two writes, both in the
+    fan-out's single sequence of pages; inserted there, it costs one, spread over the
+    in-app workers (docs/benchmarks.md, P1). Not for aggregated types, whose open window
+    must find the rows it gathers."""
+    if notification_type.aggregation_window_seconds:
+        return planned, []
+    deferred = [
+        p.recipient_id for p in planned if p.channel == Channel.INAPP and p.status == INAPP_WRITTEN_FROM
+    ]
+    if len(deferred) <= settings.INAPP_INLINE_MAX:
+        return planned, []
+    return [
+        p for p in planned if not (p.channel == Channel.INAPP and p.status == INAPP_WRITTEN_FROM)
+    ], deferred
 
 
 def _relax_unless_inapp(counts: Counter[str]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -30,7 +31,6 @@ from notifications.models import (
 from notifications.services.aggregation import aggregation_context
 from notifications.services.catalog import channel_templates
 from notifications.services.connections import recipients_connected
-from notifications.services.dispatch import dispatch_batch_claim
 from notifications.services.metrics import metrics_increment
 from notifications.services.realtime import NOTIFICATION_MESSAGE, UNREAD_MESSAGE, realtime_publish
 from notifications.services.templating import TemplateRenderError, template_render, template_uses_recipient
@@ -83,16 +83,6 @@ def _render(
         template_render(source=content.get("body", ""), context=context),
         template_render(source=content.get("url", ""), context=context),
     )
-
-
-def inapp_dispatch_batch(*, batch_id: int) -> int:
-    """Run one in-app dispatch batch (see DispatchBatch); returns the items written. The
-    batch is marked done in the same transaction as its inbox items."""
-    with transaction.atomic():
-        delivery_ids = dispatch_batch_claim(batch_id=batch_id, channel=Channel.INAPP)
-        if delivery_ids is None:
-            return 0
-        return inapp_dispatch(delivery_ids=delivery_ids)
 
 
 # Up to this many deliveries, the planner's choice needs no help (see inapp_dispatch).
@@ -227,13 +217,93 @@ def inapp_write(
             _fail_unrenderable(failed, now)
         items = _assign_sequence(ready, events)
         written = _insert_items(items, now)
-        counts: Counter[str] = Counter({"deliveries:inapp:delivered": len(items)})
-        if failed:
-            counts["deliveries:inapp:failed"] = len(failed)
-        # Frames first: the counters can wait a Redis round trip, the reader cannot.
-        if items:
-            transaction.on_commit(lambda: _push_frames(items, written, now), robust=True)
-        transaction.on_commit(lambda: metrics_increment(counts), robust=True)
+        _written(items, written, failed, now)
+    return len(items)
+
+
+def inapp_write_one_text(
+    *, event: Event, recipient_ids: Sequence[int], planned_at: datetime, now: datetime
+) -> int | None:
+    """Inside a transaction: for an event whose in-app text is the same for everyone (one
+    locale, no recipient fields, and it renders), write the in-app deliveries planned for
+    these recipients (inserted delivered, created at ``planned_at``; rows that exist and
+    recipients deleted since are skipped), their sequence numbers and their inbox items in
+    one statement, and push frames after commit. Returns the items written, or None when
+    the text is not the same for everyone or does not render (the caller then inserts the
+    rows and calls ``inapp_write``, which renders per recipient or fails them).
+
+    The database does the per-row work: a large page of a topic event costs no Python per
+    recipient beyond its frame, and nothing crosses the wire twice (docs/benchmarks.md, P1).
+    Sequence rows are locked in recipient order, as in ``_assign_sequence``."""
+    notification_type = event.notification_type
+    templates = _templates_for(notification_type)
+    content = templates.get(notification_type.default_locale)
+    if content is None or len(templates) != 1 or any(template_uses_recipient(s) for s in content.values()):
+        return None
+    try:
+        text = _render(content, event.data, None)
+    except TemplateRenderError:
+        return None
+    with transaction.atomic(savepoint=False), connection.cursor() as db:
+        db.execute(
+            f"""WITH d AS (
+                    INSERT INTO {Delivery._meta.db_table}
+                        (event_id, recipient_id, channel, status, reason, attempts, sent_at, created_at,
+                         updated_at)
+                    SELECT %(event)s, r.id, %(channel)s, %(delivered)s, '', 1, %(now)s, %(planned_at)s, %(now)s
+                    FROM {Recipient._meta.db_table} r WHERE r.id = ANY(%(recipients)s) ORDER BY r.id
+                    ON CONFLICT (event_id, recipient_id, channel) DO NOTHING
+                    RETURNING id, recipient_id),
+                s AS (
+                    INSERT INTO {InboxSequence._meta.db_table} AS s (recipient_id, last_seq)
+                    SELECT recipient_id, 1 FROM d ORDER BY recipient_id
+                    ON CONFLICT (recipient_id) DO UPDATE SET last_seq = s.last_seq + 1
+                    RETURNING recipient_id, last_seq)
+                INSERT INTO {InboxItem._meta.db_table}
+                    (recipient_id, seq, delivery_id, event_id, notification_type, category, title, body, url,
+                     data, created_at, accepted_at)
+                SELECT d.recipient_id, s.last_seq, d.id, %(event)s, %(type)s, %(category)s, %(title)s,
+                       %(body)s, %(url)s, %(data)s::jsonb, %(now)s, %(accepted_at)s
+                FROM d JOIN s ON s.recipient_id = d.recipient_id
+                ORDER BY d.recipient_id
+                RETURNING id, recipient_id, seq, delivery_id""",
+            {
+                "event": event.id,
+                "channel": Channel.INAPP,
+                "delivered": INAPP_WRITTEN.target,
+                "now": now,
+                "planned_at": planned_at,
+                "recipients": list(recipient_ids),
+                "type": notification_type.key,
+                "category": notification_type.category,
+                "title": text[0],
+                "body": text[1],
+                "url": text[2],
+                "data": json.dumps(event.data),
+                "accepted_at": accepted_time(event),
+            },
+        )
+        rows = db.fetchall()
+        items = [
+            (recipient_id, seq, delivery_id, event.id, event, text)
+            for _, recipient_id, seq, delivery_id in rows
+        ]
+        _written(items, [row[0] for row in rows], [], now)
+    return len(items)
+
+
+def _written(
+    items: list[tuple[Any, ...]], written: list[int], failed: list[tuple[int, str]], now: datetime
+) -> None:
+    """Inside the transaction that wrote ``items`` (ids ``written``) and failed ``failed``:
+    frames and counters after commit, and the log lines."""
+    counts: Counter[str] = Counter({"deliveries:inapp:delivered": len(items)})
+    if failed:
+        counts["deliveries:inapp:failed"] = len(failed)
+    # Frames first: the counters can wait a Redis round trip, the reader cannot.
+    if items:
+        transaction.on_commit(lambda: _push_frames(items, written, now), robust=True)
+    transaction.on_commit(lambda: metrics_increment(counts), robust=True)
     for delivery_id, reason in failed:
         log.warning("in-app delivery failed: %s", reason, extra={"delivery_id": delivery_id})
     by_event: dict[Any, list[int]] = {}
@@ -249,7 +319,6 @@ def inapp_write(
                 "count": len(ids),
             },
         )
-    return len(items)
 
 
 def _fail_unrenderable(failed: list[tuple[int, str]], now: datetime) -> None:

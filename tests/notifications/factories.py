@@ -77,3 +77,36 @@ NotificationTypeFactory: _Typed[NotificationType] = _Typed(_NotificationTypeFact
 RecipientFactory: _Typed[Recipient] = _Typed(_RecipientFactory)
 TopicFactory: _Typed[Topic] = _Typed(_TopicFactory)
 SubscriptionFactory: _Typed[Subscription] = _Typed(_SubscriptionFactory)
+
+
+def pending_inapp(event: Any) -> list[int]:
+    """Store an accepted event's planned deliveries pending, each channel's in a dispatch
+    batch of delivery ids, without fanning it out: how a fallback to in-app or a batch of
+    many small events leaves in-app rows for the queue. Returns the in-app rows' ids."""
+    from django.db import transaction
+    from django.utils import timezone
+
+    from notifications.models import Delivery
+    from notifications.services.deliveries import deliveries_store
+    from notifications.services.planning import RecipientFacts, plan_page
+
+    facts = [
+        RecipientFacts(*row)
+        for row in Recipient.objects.filter(id__in=event.recipient_ids or [])
+        .order_by("id")
+        .values_list("id", "timezone", "quiet_hours_start", "quiet_hours_end")
+    ]
+    now = timezone.now()
+    planned = plan_page(notification_type=event.notification_type, recipients=facts, now=now)
+    with transaction.atomic():
+        deliveries_store(
+            notification_type=event.notification_type,
+            event_ids=[event.id] * len(planned),
+            planned=planned,
+            now=now,
+        )
+    return list(
+        Delivery.objects.filter(event=event, channel="inapp", status="pending")
+        .order_by("id")
+        .values_list("id", flat=True)
+    )

@@ -12,12 +12,18 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from notifications.models import Delivery, InboxItem, OutboxMessage, Recipient
+from notifications.models import Delivery, DispatchBatch, InboxItem, OutboxMessage, Recipient
 from notifications.services.api_keys import api_key_create
+from notifications.services.deliveries import inapp_dispatch_batch
 from notifications.services.fanout import event_fanout, event_fanout_next
 from notifications.services.inbox import inapp_dispatch
 from notifications.services.ingest import event_ingest
-from tests.notifications.factories import NotificationTypeFactory, RecipientFactory, SubscriptionFactory
+from tests.notifications.factories import (
+    NotificationTypeFactory,
+    RecipientFactory,
+    SubscriptionFactory,
+    pending_inapp,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -75,12 +81,28 @@ def test_a_page_without_inapp_deliveries_commits_without_waiting_for_the_flush(
     assert _commit_setting() == "off"
 
 
-def test_an_inapp_dispatch_batch_commits_durably(django_capture_on_commit_callbacks, settings):
-    settings.INAPP_INLINE_MAX = 0  # the page leaves its in-app delivery to a dispatch batch
-    outbox_id, _ = _accepted(django_capture_on_commit_callbacks, "inapp", topic=True)
+def test_a_page_that_leaves_its_inapp_rows_to_the_queue_waits_not_and_their_batch_does(
+    django_capture_on_commit_callbacks, settings
+):
+    settings.INAPP_INLINE_MAX = 0  # the page hands its in-app recipient to a dispatch batch
+    outbox_id, user = _accepted(django_capture_on_commit_callbacks, "inapp", topic=True)
     with django_capture_on_commit_callbacks(execute=False):
         event_fanout(outbox_id=outbox_id)
-    assert not InboxItem.objects.exists()
+    assert not InboxItem.objects.exists() and not Delivery.objects.exists()
+    assert _commit_setting() == "off"  # it wrote no item: a crash would only redo the page
 
-    assert inapp_dispatch(delivery_ids=list(Delivery.objects.values_list("id", flat=True))) == 1
+    batch = DispatchBatch.objects.get()
+    assert batch.planned_recipients == [user.id]
+    with connection.cursor() as db:  # the batch runs in a transaction of its own
+        db.execute("SET LOCAL synchronous_commit TO on")
+    assert inapp_dispatch_batch(batch_id=batch.id) == 1
+    assert _commit_setting() == "on"
+
+
+def test_an_inapp_dispatch_of_pending_rows_commits_durably(django_capture_on_commit_callbacks):
+    outbox_id, user = _accepted(django_capture_on_commit_callbacks, "inapp")
+    ids = pending_inapp(OutboxMessage.objects.get(id=outbox_id).event)
+
+    assert inapp_dispatch(delivery_ids=ids) == 1
+    assert InboxItem.objects.filter(recipient=user).count() == 1
     assert _commit_setting() == "on"

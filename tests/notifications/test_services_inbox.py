@@ -13,11 +13,10 @@ from django.test.utils import CaptureQueriesContext
 from notifications import selectors
 from notifications.models import Delivery, Event, InboxItem
 from notifications.services.api_keys import api_key_create
-from notifications.services.fanout import event_fanout
 from notifications.services.inbox import inapp_dispatch, inbox_mark_all_read
 from notifications.services.ingest import event_ingest
 from notifications.states import DeliveryStatus
-from tests.notifications.factories import NotificationTypeFactory, RecipientFactory
+from tests.notifications.factories import NotificationTypeFactory, RecipientFactory, pending_inapp
 
 pytestmark = pytest.mark.django_db
 
@@ -28,11 +27,11 @@ def key() -> Any:
 
 
 def _planned(key: Any, type_key: str, external_ids: list[str], order: int) -> Event:
-    """An accepted, fanned-out event whose in-app deliveries wait in a dispatch batch."""
+    """An accepted event whose in-app deliveries wait pending in a dispatch batch."""
     event = event_ingest(
         api_key=key, type_key=type_key, recipients=external_ids, data={"order_id": order}
     ).event
-    event_fanout(outbox_id=event.outbox.id)
+    pending_inapp(event)
     return event
 
 
@@ -40,10 +39,9 @@ def _inapp_ids(event: Event) -> list[int]:
     return list(Delivery.objects.filter(event=event, channel="inapp").values_list("id", flat=True))
 
 
-def test_it_lists_the_inbox_newest_first_by_when_each_event_was_accepted(key, settings, user_client):
+def test_it_lists_the_inbox_newest_first_by_when_each_event_was_accepted(key, user_client):
     # given three events accepted one after the other, whose in-app writes committed in
     # another order (two fan-out workers: the third event's batch committed before the second's)
-    settings.INAPP_INLINE_MAX = 0
     nt = NotificationTypeFactory()
     alice = RecipientFactory()
     first, second, third = (_planned(key, nt.key, [alice.external_id], n) for n in (1, 2, 3))
@@ -69,8 +67,7 @@ def test_it_lists_the_inbox_newest_first_by_when_each_event_was_accepted(key, se
     )
 
 
-def test_it_marks_every_item_and_its_delivery_read_in_one_statement(key, settings):
-    settings.INAPP_INLINE_MAX = 0
+def test_it_marks_every_item_and_its_delivery_read_in_one_statement(key):
     nt = NotificationTypeFactory()
     alice, bob = RecipientFactory(), RecipientFactory()
     events = [_planned(key, nt.key, [alice.external_id, bob.external_id], n) for n in range(5)]
@@ -100,8 +97,7 @@ def _dispatch_queries(key: Any, recipients: int, template: dict[str, str] | None
     return written, len(queries)
 
 
-def test_it_writes_an_in_app_batch_in_a_number_of_queries_that_does_not_grow_with_it(key, settings):
-    settings.INAPP_INLINE_MAX = 0
+def test_it_writes_an_in_app_batch_in_a_number_of_queries_that_does_not_grow_with_it(key):
     small_written, small = _dispatch_queries(key, 2)
     large_written, large = _dispatch_queries(key, 60)
 
@@ -110,8 +106,7 @@ def test_it_writes_an_in_app_batch_in_a_number_of_queries_that_does_not_grow_wit
     assert small <= large <= small + 1 <= 8
 
 
-def test_it_fails_unrenderable_in_app_items_in_one_statement_whatever_their_number(key, settings):
-    settings.INAPP_INLINE_MAX = 0
+def test_it_fails_unrenderable_in_app_items_in_one_statement_whatever_their_number(key):
     broken = {"title": "{{ data.missing.deeper }}", "body": "", "url": ""}
     _, few = _dispatch_queries(key, 2, broken)
     _, many = _dispatch_queries(key, 40, broken)
@@ -122,11 +117,10 @@ def test_it_fails_unrenderable_in_app_items_in_one_statement_whatever_their_numb
     assert all("missing" in reason for reason in failed.values_list("reason", flat=True))
 
 
-def test_items_of_one_event_and_of_several_are_stored_alike(key, settings):
+def test_items_of_one_event_and_of_several_are_stored_alike(key):
     # given two recipients of a scheduled event (accepted_at is when it came due) and a
     # batch that mixes it with another event: the one-event batch gets the event's fields
     # as constants, the mixed one joins them in (services/inbox.py's _insert_items)
-    settings.INAPP_INLINE_MAX = 0
     nt = NotificationTypeFactory()
     alice, bob = RecipientFactory(), RecipientFactory()
     scheduled = _planned(key, nt.key, [alice.external_id, bob.external_id], 1)

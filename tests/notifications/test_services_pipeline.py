@@ -23,9 +23,10 @@ from notifications.models import (
     Recipient,
 )
 from notifications.services.api_keys import api_key_create
+from notifications.services.deliveries import inapp_dispatch_batch
 from notifications.services.dispatch import dispatch_batches_sweep
 from notifications.services.fanout import event_fanout
-from notifications.services.inbox import inapp_dispatch, inapp_dispatch_batch
+from notifications.services.inbox import inapp_dispatch
 from notifications.services.ingest import IdempotencyConflict, IngestError, event_ingest
 from notifications.services.outbox import outbox_sweep
 from notifications.services.scheduling import deliveries_release_due
@@ -34,6 +35,7 @@ from tests.notifications.factories import (
     RecipientFactory,
     SubscriptionFactory,
     TopicFactory,
+    pending_inapp,
 )
 
 pytestmark = pytest.mark.django_db
@@ -122,8 +124,7 @@ def test_it_fans_out_a_topic_in_pages_and_running_again_sends_nothing_twice(key,
     settings.INAPP_INLINE_MAX = 0
     nt = NotificationTypeFactory()
     topic = TopicFactory()
-    for _ in range(130):
-        SubscriptionFactory(topic=topic)
+    subscribers = sorted(SubscriptionFactory(topic=topic).recipient_id for _ in range(130))
     event = event_ingest(api_key=key, type_key=nt.key, topic_key=topic.key, data={"order_id": 1}).event
     outbox = OutboxMessage.objects.get(event=event)
 
@@ -132,27 +133,55 @@ def test_it_fans_out_a_topic_in_pages_and_running_again_sends_nothing_twice(key,
     assert progress.recipients == 130 and progress.pages == 4
     # A bounded number of queries per page, none per recipient.
     assert len(queries) <= 4 * 12 + 12
-    batches = list(DispatchBatch.objects.order_by("id").values_list("id", "delivery_ids"))
-    assert sorted(i for _, ids in batches for i in ids) == sorted(
-        Delivery.objects.filter(event=event).values_list("id", flat=True)
+    # Each page's in-app recipients wait in a batch; their rows are written by its dispatch.
+    batches = list(
+        DispatchBatch.objects.order_by("id").values_list("id", "planned_event", "planned_recipients")
     )
+    assert {planned_event for _, planned_event, _ in batches} == {event.id}
+    assert sorted(r for _, _, ids in batches for r in ids) == subscribers
+    assert not Delivery.objects.filter(event=event).exists()
 
-    # when the whole fan-out runs again, and every batch is dispatched twice
-    OutboxMessage.objects.filter(id=outbox.id).update(processed_at=None, cursor=0)
-    again = event_fanout(outbox_id=outbox.id, slice_seconds=60)
+    # when every batch is dispatched twice, then the whole fan-out runs again and its
+    # batches are dispatched too
     for _ in range(2):
-        for batch_id, _ids in batches:
+        for batch_id, _event, _ids in batches:
             DispatchBatch.objects.filter(id=batch_id).update(done_at=None)
             inapp_dispatch_batch(batch_id=batch_id)
+    OutboxMessage.objects.filter(id=outbox.id).update(processed_at=None, cursor=0)
+    again = event_fanout(outbox_id=outbox.id, slice_seconds=60)
+    rerun = DispatchBatch.objects.exclude(id__in=[b[0] for b in batches]).values_list("id", flat=True)
+    assert [inapp_dispatch_batch(batch_id=batch_id) for batch_id in rerun] == [0] * 4
 
-    # then nothing exists twice: deliveries, batches, inbox items, sequence numbers
+    # then nothing exists twice: deliveries, inbox items, sequence numbers
     assert again.recipients == 130
     assert Delivery.objects.filter(event=event).count() == 130
     assert Delivery.objects.filter(event=event).values("recipient").distinct().count() == 130
-    assert list(DispatchBatch.objects.order_by("id").values_list("id", "delivery_ids")) == batches
     assert InboxItem.objects.filter(event=event).count() == 130
     assert set(InboxItem.objects.filter(event=event).values_list("seq", flat=True)) == {1}
     assert set(Delivery.objects.filter(event=event).values_list("status", flat=True)) == {"delivered"}
+    # and the rows say when they were planned and when they were written
+    row = Delivery.objects.filter(event=event).first()
+    assert row is not None and row.attempts == 1 and row.sent_at is not None
+    assert row.created_at <= row.sent_at == row.updated_at
+
+
+def test_an_inapp_batch_skips_recipients_deleted_since_it_was_planned(key, settings):
+    settings.INAPP_INLINE_MAX = 0
+    nt = NotificationTypeFactory()
+    alice, bob = RecipientFactory(), RecipientFactory()
+    event = event_ingest(
+        api_key=key, type_key=nt.key, recipients=[alice.external_id, bob.external_id], data={"order_id": 1}
+    ).event
+    event_fanout(outbox_id=event.outbox.id)
+    batch = DispatchBatch.objects.get(done_at__isnull=True)
+    Recipient.objects.filter(id=bob.id).delete()
+
+    assert inapp_dispatch_batch(batch_id=batch.id) == 1
+
+    assert list(Delivery.objects.filter(event=event).values_list("recipient_id", "status")) == [
+        (alice.id, "delivered")
+    ]
+    assert InboxItem.objects.get(event=event).recipient_id == alice.id
 
 
 def test_it_stops_after_its_time_slice_and_resumes_from_the_cursor(key, settings):
@@ -185,19 +214,46 @@ def test_it_stops_after_its_time_slice_and_resumes_from_the_cursor(key, settings
     assert Delivery.objects.filter(event=event).count() == 35
 
 
-def test_it_writes_each_inbox_item_once_when_dispatch_runs_twice(key, settings):
+def test_it_writes_each_inbox_item_once_when_dispatch_runs_twice(key):
+    nt = NotificationTypeFactory()
+    alice = RecipientFactory()
+    event = event_ingest(
+        api_key=key, type_key=nt.key, recipients=[alice.external_id], data={"order_id": 1}
+    ).event
+    ids = pending_inapp(event)
+
+    assert inapp_dispatch(delivery_ids=ids) == 1
+    assert inapp_dispatch(delivery_ids=ids) == 0
+    assert InboxItem.objects.filter(recipient=alice).count() == 1
+    # and the event's own fan-out, which finds its row there, writes nothing either
+    event_fanout(outbox_id=event.outbox.id)
+    assert InboxItem.objects.filter(recipient=alice).count() == 1
+    assert Delivery.objects.get(event=event).status == "delivered"
+
+
+def test_it_dispatches_again_a_batch_whose_task_was_lost(key, settings, django_capture_on_commit_callbacks):
     settings.INAPP_INLINE_MAX = 0
     nt = NotificationTypeFactory()
     alice = RecipientFactory()
     event = event_ingest(
         api_key=key, type_key=nt.key, recipients=[alice.external_id], data={"order_id": 1}
     ).event
-    event_fanout(outbox_id=event.outbox.id)
-    ids = list(Delivery.objects.filter(event=event).values_list("id", flat=True))
+    event_fanout(outbox_id=event.outbox.id)  # the dispatch enqueue was lost: on_commit never ran
+    batch = DispatchBatch.objects.get(done_at__isnull=True)
+    assert batch.channel == "inapp" and (batch.planned_event, batch.planned_recipients) == (
+        event.id,
+        [alice.id],
+    )
+    assert not Delivery.objects.filter(event=event).exists()
+    assert dispatch_batches_sweep() == 0  # still leased
 
-    assert inapp_dispatch(delivery_ids=ids) == 1
-    assert inapp_dispatch(delivery_ids=ids) == 0
+    DispatchBatch.objects.filter(id=batch.id).update(leased_until=timezone.now() - timedelta(seconds=1))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert dispatch_batches_sweep() == 1
+    assert Delivery.objects.get(event=event).status == "delivered"
+    assert DispatchBatch.objects.get(id=batch.id).done_at is not None
     assert InboxItem.objects.filter(recipient=alice).count() == 1
+    assert dispatch_batches_sweep() == 0
 
 
 def test_it_fails_a_delivery_whose_template_cannot_render_without_a_seq_gap(
@@ -398,28 +454,6 @@ def test_it_holds_scheduled_events_until_send_at(key, django_capture_on_commit_c
     assert InboxItem.objects.filter(recipient=alice).count() == 1
 
 
-def test_it_dispatches_again_a_batch_whose_task_was_lost(key, settings, django_capture_on_commit_callbacks):
-    settings.INAPP_INLINE_MAX = 0
-    nt = NotificationTypeFactory()
-    alice = RecipientFactory()
-    event = event_ingest(
-        api_key=key, type_key=nt.key, recipients=[alice.external_id], data={"order_id": 1}
-    ).event
-    event_fanout(outbox_id=event.outbox.id)  # the dispatch enqueue was lost: on_commit never ran
-    assert Delivery.objects.get(event=event).status == "pending"
-    batch = DispatchBatch.objects.get(done_at__isnull=True)
-    assert batch.channel == "inapp" and batch.delivery_ids == [Delivery.objects.get(event=event).id]
-    assert dispatch_batches_sweep() == 0  # still leased
-
-    DispatchBatch.objects.filter(id=batch.id).update(leased_until=timezone.now() - timedelta(seconds=1))
-    with django_capture_on_commit_callbacks(execute=True):
-        assert dispatch_batches_sweep() == 1
-    assert Delivery.objects.get(event=event).status == "delivered"
-    assert DispatchBatch.objects.get(id=batch.id).done_at is not None
-    assert InboxItem.objects.filter(recipient=alice).count() == 1
-    assert dispatch_batches_sweep() == 0
-
-
 def test_it_skips_recipients_deleted_after_ingest(key, django_capture_on_commit_callbacks):
     nt = NotificationTypeFactory()
     alice, bob = RecipientFactory(), RecipientFactory()
@@ -452,6 +486,5 @@ def test_it_writes_small_pages_inbox_items_in_the_fan_out_transaction(key, setti
         delivery_ids__overlap=list(Delivery.objects.filter(event=small.event).values_list("id", flat=True))
     ).exists()
     assert InboxItem.objects.filter(event=large.event).count() == 0
-    assert DispatchBatch.objects.get(done_at__isnull=True).delivery_ids == sorted(
-        Delivery.objects.filter(event=large.event).values_list("id", flat=True)
-    )
+    assert not Delivery.objects.filter(event=large.event).exists()
+    assert DispatchBatch.objects.get(done_at__isnull=True).planned_recipients == sorted(r.id for r in many)

@@ -1,0 +1,156 @@
+"""A large in-app page handed to the queue as planned recipients (DispatchBatch): its rows
+are inserted delivered by the in-app dispatch, with their items, in one statement when
+everyone reads the same text, rendered per recipient otherwise (services/deliveries.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.layers import get_channel_layer
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from notifications.models import Delivery, DispatchBatch, FallbackCheck, InboxItem, Recipient
+from notifications.services.api_keys import api_key_create
+from notifications.services.connections import ONLINE_SET
+from notifications.services.deliveries import inapp_dispatch_batch
+from notifications.services.fanout import event_fanout
+from notifications.services.ingest import event_ingest
+from notifications.services.realtime import NOTIFICATION_MESSAGE, inbox_group
+from notifications.services.redis_client import redis_key, redis_sync
+from tests.notifications.factories import (
+    NotificationTypeFactory,
+    RecipientFactory,
+    SubscriptionFactory,
+    TopicFactory,
+)
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _every_page_to_the_queue(settings: Any) -> None:
+    settings.INAPP_INLINE_MAX = 0
+
+
+def _planned(type_key: str, people: list[Recipient], order: int = 1) -> tuple[Any, list[int]]:
+    """An event to ``people`` through a topic, fanned out: (the event, its open batches)."""
+    key, _ = api_key_create(name="t")
+    topic = TopicFactory()
+    for person in people:
+        SubscriptionFactory(topic=topic, recipient=person)
+    event = event_ingest(api_key=key, type_key=type_key, topic_key=topic.key, data={"order_id": order}).event
+    event_fanout(outbox_id=event.outbox.id)
+    return event, list(
+        DispatchBatch.objects.filter(planned_event=event.id, done_at__isnull=True).values_list(
+            "id", flat=True
+        )
+    )
+
+
+def _dispatch_counting(batch_id: int) -> tuple[int, int]:
+    with CaptureQueriesContext(connection) as queries:
+        written = inapp_dispatch_batch(batch_id=batch_id)
+    return written, len(queries)
+
+
+def test_one_text_for_everyone_is_written_in_a_number_of_statements_that_does_not_grow():
+    nt = NotificationTypeFactory()
+    few, many = [RecipientFactory() for _ in range(2)], [RecipientFactory() for _ in range(40)]
+    (_, [few_batch]), (event, [many_batch]) = _planned(nt.key, few, 1), _planned(nt.key, many, 2)
+
+    few_written, few_statements = _dispatch_counting(few_batch)
+    many_written, many_statements = _dispatch_counting(many_batch)
+    assert (few_written, many_written) == (2, 40)
+    assert many_statements <= few_statements <= 8  # the first also reads the templates
+
+    items = InboxItem.objects.filter(event=event)
+    assert sorted(items.values_list("recipient_id", flat=True)) == sorted(r.id for r in many)
+    assert set(items.values_list("title", "body", "seq")) == {("Order 2", "shipped", 1)}
+    rows = Delivery.objects.filter(event=event)
+    assert set(rows.values_list("channel", "status", "attempts")) == {("inapp", "delivered", 1)}
+    assert all(r.sent_at is not None and r.created_at <= r.sent_at == r.updated_at for r in rows)
+    assert set(items.values_list("delivery_id", flat=True)) == set(rows.values_list("id", flat=True))
+
+
+def test_sequence_numbers_follow_the_items_a_recipient_already_has():
+    nt = NotificationTypeFactory()
+    alice, bob = RecipientFactory(), RecipientFactory()
+    for order in (1, 2):
+        _, batches = _planned(nt.key, [alice] if order == 1 else [alice, bob], order)
+        for batch_id in batches:
+            inapp_dispatch_batch(batch_id=batch_id)
+
+    assert sorted(InboxItem.objects.filter(recipient_id=alice.id).values_list("seq", flat=True)) == [1, 2]
+    assert list(InboxItem.objects.filter(recipient_id=bob.id).values_list("seq", flat=True)) == [1]
+
+
+def test_texts_that_differ_per_recipient_are_rendered_for_each():
+    nt = NotificationTypeFactory(inapp_template={"title": "Hi {{ recipient.name }}", "body": "", "url": ""})
+    ada, bo = RecipientFactory(name="Ada"), RecipientFactory(name="Bo")
+    event, [batch] = _planned(nt.key, [ada, bo])
+
+    assert inapp_dispatch_batch(batch_id=batch) == 2
+
+    titles = dict(InboxItem.objects.filter(event=event).values_list("recipient_id", "title"))
+    assert titles == {ada.id: "Hi Ada", bo.id: "Hi Bo"}
+
+
+def test_a_text_that_cannot_render_fails_its_rows_and_writes_no_item():
+    nt = NotificationTypeFactory(inapp_template={"title": "{{ data.missing.deeper }}", "body": "", "url": ""})
+    event, [batch] = _planned(nt.key, [RecipientFactory(), RecipientFactory()])
+
+    assert inapp_dispatch_batch(batch_id=batch) == 0
+
+    assert set(Delivery.objects.filter(event=event).values_list("status", flat=True)) == {"failed"}
+    assert not InboxItem.objects.exists()
+
+
+def test_a_fallback_from_inapp_is_planned_for_the_rows_the_batch_inserts():
+    nt = NotificationTypeFactory(
+        channels=["inapp"], fallbacks=[{"from": "inapp", "to": "email", "after_seconds": 60}]
+    )
+    event, [batch] = _planned(nt.key, [RecipientFactory(), RecipientFactory()])
+
+    assert inapp_dispatch_batch(batch_id=batch) == 2
+
+    rows = Delivery.objects.filter(event=event)
+    assert sorted(FallbackCheck.objects.values_list("delivery_id", flat=True)) == sorted(
+        rows.values_list("id", flat=True)
+    )
+    assert set(FallbackCheck.objects.values_list("to_channel", flat=True)) == {"email"}
+
+
+def test_each_connected_owner_gets_its_item_as_a_frame_after_commit(django_capture_on_commit_callbacks):
+    nt = NotificationTypeFactory()
+    online, offline = RecipientFactory(), RecipientFactory()
+    event, [batch] = _planned(nt.key, [online, offline])
+    layer = get_channel_layer()
+    assert layer is not None
+
+    def dispatch() -> None:
+        with django_capture_on_commit_callbacks(execute=True):
+            assert inapp_dispatch_batch(batch_id=batch) == 2
+
+    async def listen() -> dict[str, Any]:
+        listener = await layer.new_channel()
+        await layer.group_add(inbox_group(online.id), listener)
+        try:
+            await sync_to_async(dispatch)()
+            return await asyncio.wait_for(layer.receive(listener), timeout=10)
+        finally:
+            await layer.group_discard(inbox_group(online.id), listener)
+
+    redis_sync().sadd(redis_key(ONLINE_SET), online.id)
+    try:
+        frame = async_to_sync(listen)()
+    finally:
+        redis_sync().srem(redis_key(ONLINE_SET), online.id)
+
+    item = InboxItem.objects.get(recipient_id=online.id)
+    assert (frame["type"], frame["seq"], frame["unread"]) == (NOTIFICATION_MESSAGE, 1, 1)
+    assert frame["item"]["id"] == item.id and frame["item"]["title"] == "Order 1"
+    assert frame["item"]["event_id"] == str(event.id)
