@@ -398,6 +398,22 @@ def test_it_suppresses_past_the_per_user_rate_cap(key, settings, django_capture_
     assert statuses == [("delivered", ""), ("delivered", ""), ("suppressed", "rate cap reached")]
 
 
+def test_rate_caps_count_each_entry_and_name_only_those_past_the_cap(settings):
+    settings.RATE_CAPS = {**settings.RATE_CAPS, "inapp": "2/3600"}
+    from notifications.services.ratelimits import rate_cap, rate_caps_consume
+
+    rate_cap.cache_clear()
+    alice, bob = RecipientFactory(), RecipientFactory()
+    try:
+        first = rate_caps_consume(channel="inapp", recipient_ids=[alice.id, bob.id, alice.id, alice.id])
+        second = rate_caps_consume(channel="inapp", recipient_ids=[bob.id, alice.id])
+    finally:
+        rate_cap.cache_clear()
+
+    assert first == [False, False, False, True]
+    assert second == [False, True]
+
+
 def test_it_marks_channels_without_a_transport_failed_with_a_reason(
     key, django_capture_on_commit_callbacks, settings
 ):
