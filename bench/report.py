@@ -465,13 +465,15 @@ def render(results: dict[str, Any]) -> str:
             "## P1: in-app fan-out of one event",
             "",
             "| layout | recipients | recipients/s (POST → last inbox row) | bare COPY of the same rows | "
-            "P1 / COPY | all committed | fan-out only | in-app only | persisted | settings |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "P1 / COPY | COPY into logged tables | P1 / logged COPY | all committed | fan-out only | "
+            "in-app only | persisted | settings |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, p1 in sorted(layouts.items(), key=lambda item: -float(item[1].get("per_second") or 0)):
             lines.append(
                 f"| {name} | {p1['recipients']:,} | {_fmt(p1['per_second'], 0)} | "
                 f"{_fmt(p1.get('copy_per_second'), 0)}/s | {_fmt(p1.get('ratio_to_copy'), 2)} | "
+                f"{_fmt(p1.get('copy_logged_per_second'), 0)}/s | {_fmt(p1.get('ratio_to_logged_copy'), 2)} | "
                 f"{_fmt(p1['observed_complete_s'], 2)} s ({_fmt(p1['per_second_observed'], 0)}/s) | "
                 f"{_fmt(p1['fanout_s'], 2)} s | {_fmt(p1['inapp_s'], 2)} s | "
                 f"{'yes' if p1['all_persisted'] else 'NO'} | {p1['settings']} |"
@@ -479,8 +481,10 @@ def render(results: dict[str, Any]) -> str:
         lines += [
             "",
             "The baseline is measured in the same run on the same database: the event's delivery and "
-            "inbox rows, copied out and written again with a bare `COPY` into empty tables with the same "
-            "columns, defaults and indexes. The target is P1 at 50% of it or more.",
+            "inbox rows, copied out and written again with a bare `COPY` into empty temporary tables with "
+            "the same columns, defaults and indexes (the median of three, each into fresh tables). The "
+            "target is P1 at 50% of it or more. Temporary tables write no WAL; the same COPY into ordinary "
+            "tables, WAL-logged as the real ones are, is shown beside it for reading, not for the target.",
         ]
         if results.get("p1_note"):
             lines += ["", str(results["p1_note"])]

@@ -50,6 +50,7 @@ def test_p1_fanout_persists_every_row(template: str) -> None:
     assert result.last_inbox_s <= result.observed_complete_s
     # and the baseline of the same run copied the same rows
     assert result.copy_s > 0 and result.copy_per_second > 0 and result.ratio_to_copy > 0
+    assert result.copy_logged_s > 0 and result.ratio_to_logged_copy > 0
 
 
 @pytest.mark.parametrize("server", ["uvicorn", "daphne", "granian"])
