@@ -305,7 +305,8 @@ FANOUT_MANY_MAX = env_int("FANOUT_MANY_MAX", 500, minimum=1)
 FANOUT_NEARBY = env_bool("FANOUT_NEARBY", True)
 FANOUT_NEARBY_BACKLOG = env_int("FANOUT_NEARBY_BACKLOG", 2000, minimum=1)
 # Fan-out pages with at most this many in-app deliveries write their inbox items in the
-# page's own transaction instead of going through the in-app queue (0: always the queue).
+# page's own transaction; larger ones hand their in-app recipients to the in-app queue,
+# whose workers insert the rows and items (0: always the queue; services/deliveries.py).
 INAPP_INLINE_MAX = env_int("INAPP_INLINE_MAX", 50, minimum=0)
 # API keys and notification types are cached per process and dropped when a change is
 # published through Redis (notifications/services/lookups.py); an entry lives at most this long.
