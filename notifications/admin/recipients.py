@@ -18,6 +18,7 @@ from notifications.services.recipients import (
     device_register,
     recipient_account_set,
     recipient_upsert,
+    recipients_delete,
 )
 from notifications.services.validation import (
     RECIPIENT_FIELDS,
@@ -207,6 +208,12 @@ class RecipientAdmin(BigTableAdmin):
         # The external id is the producing service's key for the user, by which
         # recipient_upsert finds the row: changing it would detach the user's events.
         return ("created_at", "updated_at") if obj is None else ("external_id", "created_at", "updated_at")
+
+    def delete_model(self, request: HttpRequest, obj: Recipient) -> None:
+        recipients_delete(recipient_ids=[obj.id])
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Recipient]) -> None:
+        recipients_delete(recipient_ids=list(queryset.values_list("id", flat=True)))
 
     def save_model(self, request: HttpRequest, obj: Recipient, form: forms.ModelForm, change: bool) -> None:
         data = form.cleaned_data

@@ -46,11 +46,17 @@ class Delivery(models.Model):
     # No database-level foreign key to the event: every row inserted would take a KEY SHARE
     # lock on the one event row, and thousands of those from concurrent transactions turn
     # into MultiXact churn at commit. Deletion still cascades through the ORM.
+    # Nor to the recipient: the check locked the recipient row of every row inserted (a
+    # sixth of a large in-app page's write, docs/benchmarks.md, P1). Instead every insert of
+    # deliveries selects their recipients in the same statement, and recipients are deleted
+    # only by services/recipients.py's recipients_delete, which first waits out every
+    # transaction inserting deliveries and holds new ones back until it commits: no row
+    # outlives its recipient.
     event = models.ForeignKey(
         Event, on_delete=models.CASCADE, related_name="deliveries", db_index=False, db_constraint=False
     )
     recipient = models.ForeignKey(
-        Recipient, on_delete=models.CASCADE, related_name="deliveries", db_index=False
+        Recipient, on_delete=models.CASCADE, related_name="deliveries", db_index=False, db_constraint=False
     )
     channel = models.CharField(max_length=10, choices=Channel.choices)
     status = models.CharField(max_length=20, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)

@@ -68,7 +68,9 @@ def deliveries_insert(
     inapp_delivered: datetime | None = None,
 ) -> list[Inserted]:
     """Insert planned deliveries (``event_ids[i]`` is the event of ``planned[i]``),
-    skipping any that exist; returns the rows this call inserted. With ``inapp_delivered``,
+    skipping any that exist and any whose recipient is gone (checked in the statement, which
+    stands in for a database key: see the Delivery model); returns the rows this call
+    inserted. With ``inapp_delivered``,
     a time (the caller writes their inbox items in this same transaction, services/inbox.py's
     ``inapp_write``), pending in-app rows are stored delivered at once, as their claim
     would have moved them (INAPP_WRITTEN in notifications/states.py): each row is written
@@ -89,6 +91,7 @@ def deliveries_insert(
                 FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::timestamptz[],
                             %b::bool[])
                      AS t(e, r, c, s, re, d, w)
+                WHERE EXISTS (SELECT 1 FROM {Recipient._meta.db_table} x WHERE x.id = t.r)
                 ON CONFLICT (event_id, recipient_id, channel) DO NOTHING
                 RETURNING id, recipient_id, channel, status, reason, due_at, event_id""",
             [
@@ -213,14 +216,9 @@ def inapp_planned_write(*, event_id: Any, recipient_ids: Sequence[int], planned_
         )
         if written is not None:
             return written
-    with connection.cursor() as db:
-        db.execute(
-            f"SELECT id FROM {Recipient._meta.db_table} WHERE id = ANY(%b) ORDER BY id", [list(recipient_ids)]
-        )
-        present = [row[0] for row in db.fetchall()]
     inserted = deliveries_insert(
-        event_ids=[event.id] * len(present),
-        planned=[PlannedDelivery(rid, Channel.INAPP, INAPP_WRITTEN_FROM) for rid in present],
+        event_ids=[event.id] * len(recipient_ids),
+        planned=[PlannedDelivery(rid, Channel.INAPP, INAPP_WRITTEN_FROM) for rid in recipient_ids],
         now=planned_at,
         inapp_delivered=now,
     )

@@ -10,6 +10,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from notifications.models import (
+    Delivery,
     Device,
     NotificationType,
     Preference,
@@ -72,6 +73,26 @@ def recipient_upsert(*, external_id: str, fields: dict[str, Any]) -> tuple[Recip
                 setattr(recipient, name, value)
             recipient.save(update_fields=[*fields, "updated_at"])
     return recipient, created
+
+
+def recipients_delete(*, recipient_ids: list[int]) -> int:
+    """Delete recipients and everything of theirs (deliveries, inbox items, devices,
+    preferences...), through the ORM's cascade. Returns how many recipients were deleted.
+
+    Deliveries carry no database-checked key to their recipient (see the Delivery model), so
+    this keeps any from being orphaned: it first locks the deliveries table against writes
+    (SHARE), which waits until every transaction inserting deliveries has finished and holds
+    new ones back until this one commits. The cascade then finds every row of theirs, and an
+    insert that runs afterwards finds the recipient gone (each selects its recipients in its
+    own statement, whose snapshot is taken once the lock is granted). Deliveries are not
+    written for those moments, so deleting many recipients is best done a few at a time."""
+    if not recipient_ids:
+        return 0
+    with transaction.atomic():
+        with connection.cursor() as db:
+            db.execute(f"LOCK TABLE {Delivery._meta.db_table} IN SHARE MODE")
+        _, deleted = Recipient.objects.filter(id__in=recipient_ids).delete()
+    return deleted.get(Recipient._meta.label, 0)
 
 
 def device_register(*, recipient: Recipient, platform: str, token: str) -> tuple[Device, bool]:
