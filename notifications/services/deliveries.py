@@ -70,11 +70,11 @@ def deliveries_insert(
     """Insert planned deliveries (``event_ids[i]`` is the event of ``planned[i]``),
     skipping any that exist and any whose recipient is gone (checked in the statement, which
     stands in for a database key: see the Delivery model); returns the rows this call
-    inserted. With ``inapp_delivered``,
-    a time (the caller writes their inbox items in this same transaction, services/inbox.py's
-    ``inapp_write``), pending in-app rows are stored delivered at once, as their claim
-    would have moved them (INAPP_WRITTEN in notifications/states.py): each row is written
-    once, not inserted and then updated, and its sent_at and updated_at say when."""
+    inserted. With ``inapp_delivered``, a time (the caller writes their inbox items in this
+    same transaction, services/inbox.py's ``inapp_write``), pending in-app rows are stored
+    delivered at once, as their claim would have moved them (INAPP_WRITTEN in
+    notifications/states.py): each row is written once, not inserted and then updated, and
+    its sent_at and updated_at say when."""
     if not planned:
         return []
     direct = [

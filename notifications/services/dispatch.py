@@ -2,8 +2,8 @@
 
 Pending deliveries (or, for a large in-app page, the recipients planned for one event) are
 grouped into DispatchBatch rows in the transaction that planned them; the task for each
-batch is enqueued after commit. If the enqueue or the task is
-lost, the batch stays open and the sweep enqueues it again when its lease runs out.
+batch is enqueued after commit. If the enqueue or the task is lost, the batch stays open
+and the sweep enqueues it again when its lease runs out.
 Each channel with a transport registers its task: in-app writes inbox rows, the others
 call their providers (services/sending/).
 """
