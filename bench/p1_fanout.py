@@ -274,9 +274,9 @@ def run_on_stack(
     with stack.db_connect() as connection:
         while True:
             # Counting the event's inbox rows scans the table (no index on the event), and
-            # ten of those a second took a tenth of the CPU the measured run needs. So the
-            # cheap question is asked often (is the fan-out done, with no in-app batch left
-            # open?) and the rows are counted once a second for the bar, and when it is.
+            # ten of those a second would compete for the CPU of the run being measured. So
+            # the cheap question is asked often (is the fan-out done, with no in-app batch
+            # left open?) and the rows are counted once a second for the bar, and when it is.
             settled = connection.execute(SETTLED, [event_id]).fetchone()[0]
             if settled or time.monotonic() - counted_at >= COUNT_EVERY_SECONDS:
                 inbox = connection.execute(
