@@ -31,6 +31,12 @@ DISPATCH_BATCH = 2000
 PROVIDER_DISPATCH_BATCH = 200
 
 
+def _array_literal(ids: Sequence[int]) -> str:
+    """A bigint[] as PostgreSQL's text literal: several arrays of different lengths travel
+    in one statement as text[] (arrays of arrays must be rectangular)."""
+    return "{" + ",".join(map(str, ids)) + "}"
+
+
 def channel_has_transport(channel: str) -> bool:
     return channel == Channel.INAPP or bool(settings.CHANNEL_PROVIDERS.get(channel))
 
@@ -83,7 +89,7 @@ def deliveries_dispatch(rows: Iterable[tuple[int, str]], *, now: datetime | None
                     (channel, delivery_ids, planned_recipients, created_at, leased_until)
                 SELECT c, i::bigint[], '{{}}', %s, %s FROM unnest(%s::text[], %s::text[]) AS t(c, i)
                 RETURNING id, channel""",
-            [now, now + dispatch_lease(), channels, ["{" + ",".join(map(str, c)) + "}" for c in chunks]],
+            [now, now + dispatch_lease(), channels, [_array_literal(c) for c in chunks]],
         )
         created = [(row[0], row[1]) for row in db.fetchall()]
     transaction.on_commit(lambda: dispatch_batches_enqueue(batches=created), robust=True)
@@ -112,7 +118,7 @@ def inapp_planned_dispatch(*, event_id: Any, recipient_ids: Sequence[int], now: 
                 event_id,
                 now,
                 now + dispatch_lease(),
-                ["{" + ",".join(map(str, chunk)) + "}" for chunk in chunks],
+                [_array_literal(chunk) for chunk in chunks],
             ],
         )
         created = [(row[0], Channel.INAPP.value) for row in db.fetchall()]
