@@ -1,4 +1,4 @@
-"""Per-user per-channel rate caps: fixed windows counted in Redis, one pipeline per page."""
+"""Per-user per-channel rate caps: fixed windows counted in Redis, one script call per page."""
 
 from __future__ import annotations
 
@@ -30,22 +30,22 @@ def rate_cap(channel: str) -> tuple[int, int] | None:
     return count, seconds
 
 
-# One round trip and one command for a whole page: INCR each recipient's key, set its expiry
-# when it is new, and answer only the positions past the cap (most pages: none). The ids
-# travel as one comma-separated argument and the keys are made here from one prefix, so
-# neither side handles a value per recipient (for a page of 5,000, building and parsing
-# them cost more than the counting). A Redis Cluster would want the keys declared; we run
-# one Redis.
+# One round trip and one command for a whole page: count each recipient in the window's
+# hash (one hash per channel and window, a field per recipient; it expires with its window)
+# and answer only the positions past the cap (most pages: none). The ids travel as one
+# comma-separated argument, so neither side handles a value per recipient (for a page of
+# 5,000, building and parsing them cost more than the counting). One hash rather than a
+# key per recipient: a field costs Redis about half the memory and CPU of a key with its
+# own expiry (docs/benchmarks.md, P1). A Redis Cluster would put a window's counts on one
+# node; we run one Redis.
 _CONSUME = """
-local prefix, suffix, ttl, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local key, ttl, limit = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
 local over, i = {}, 0
-for id in string.gmatch(ARGV[5], '[^,]+') do
+for id in string.gmatch(ARGV[3], '[^,]+') do
   i = i + 1
-  local key = prefix .. id .. suffix
-  local n = redis.call('INCR', key)
-  if n == 1 then redis.call('EXPIRE', key, ttl) end
-  if n > limit then over[#over + 1] = i end
+  if redis.call('HINCRBY', key, id, 1) > limit then over[#over + 1] = i end
 end
+if redis.call('TTL', key) < 0 then redis.call('EXPIRE', key, ttl) end
 return over
 """
 
@@ -74,14 +74,8 @@ def rate_caps_consume(*, channel: str, recipient_ids: Sequence[int]) -> list[boo
     window = int(time.time()) // seconds
     try:
         over = _consume_script()(
-            keys=[],
-            args=[
-                redis_key(f"rl:{channel}:"),
-                f":{window}",
-                seconds + 5,
-                limit,
-                ",".join(map(str, recipient_ids)),
-            ],
+            keys=[redis_key(f"rl:{channel}:{window}")],
+            args=[seconds + 5, limit, ",".join(map(str, recipient_ids))],
         )
     except redis.RedisError as exc:
         log.warning(
