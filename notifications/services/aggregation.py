@@ -10,7 +10,6 @@ to close, so no event joins a batch whose message has already gone.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -30,8 +29,10 @@ def aggregation_plan(
     """Turn pending deliveries into batch leaders or batch members. Returns the new plan and
     {(recipient_id, channel): batch_id} for the members. Locks the open batches it joins."""
     window = notification_type.aggregation_window_seconds
+    if not window:
+        return list(planned), {}
     pending_ids = sorted({p.recipient_id for p in planned if p.status == DeliveryStatus.PENDING})
-    if not window or not pending_ids:
+    if not pending_ids:
         return list(planned), {}
     with connection.cursor() as db:
         db.execute(
@@ -51,11 +52,11 @@ def aggregation_plan(
             continue
         batch = open_batches.get((item.recipient_id, item.channel))
         if batch is None:
-            plan.append(replace(item, status=DeliveryStatus.SCHEDULED, reason=AGGREGATING, due_at=closes_at))
+            plan.append(item._replace(status=DeliveryStatus.SCHEDULED, reason=AGGREGATING, due_at=closes_at))
         else:
             members[(item.recipient_id, item.channel)] = batch[0]
             plan.append(
-                replace(item, status=DeliveryStatus.SUPPRESSED, reason=f"aggregated into delivery {batch[1]}")
+                item._replace(status=DeliveryStatus.SUPPRESSED, reason=f"aggregated into delivery {batch[1]}")
             )
     return plan, members
 

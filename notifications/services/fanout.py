@@ -204,6 +204,8 @@ def _inapp_deferred(
     ]
     if len(deferred) <= settings.INAPP_INLINE_MAX:
         return planned, []
+    if len(deferred) == len(planned):
+        return [], deferred
     return [
         p for p in planned if not (p.channel == Channel.INAPP and p.status == INAPP_WRITTEN_FROM)
     ], deferred

@@ -7,29 +7,30 @@ timezone arithmetic in Python. Critical types bypass opt-outs, quiet hours and r
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from functools import lru_cache
+from typing import NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.conf import settings
 from django.db import connection
 
 from notifications.models import DeliveryStatus, NotificationType, Preference, QuietHoursPolicy
-from notifications.services.dispatch import channel_has_transport
+from notifications.services.dispatch import bigint_array_literal, channel_has_transport
 from notifications.services.ratelimits import rate_caps_consume
 
 
-@dataclass(frozen=True, slots=True)
-class RecipientFacts:
+# Named tuples, not dataclasses: a fan-out builds one of each per recipient, and a frozen
+# dataclass takes more than twice as long to construct (its __init__ sets each field
+# through object.__setattr__).
+class RecipientFacts(NamedTuple):
     id: int
     timezone: str
     quiet_hours_start: time | None
     quiet_hours_end: time | None
 
 
-@dataclass(frozen=True, slots=True)
-class PlannedDelivery:
+class PlannedDelivery(NamedTuple):
     recipient_id: int
     channel: str
     status: str
@@ -72,10 +73,12 @@ def preferences_resolve(
             f"""SELECT recipient_id, channel, enabled,
                        CASE WHEN notification_type_id IS NOT NULL THEN 3 WHEN category <> '' THEN 2 ELSE 1 END
                 FROM {table}
-                WHERE recipient_id = ANY(%b)
+                WHERE recipient_id = ANY(%s::bigint[])
                   AND (notification_type_id = %s
                        OR (notification_type_id IS NULL AND category IN (%s, '')))""",
-            [list(recipient_ids), notification_type.id, notification_type.category],
+            # The ids as one text literal: adapting a list of 2,000 ints cost more than
+            # the query (docs/benchmarks.md, P1).
+            [bigint_array_literal(recipient_ids), notification_type.id, notification_type.category],
         )
         rows = cursor.fetchall()
     best: dict[tuple[int, str], tuple[int, bool]] = {}
@@ -113,37 +116,49 @@ def plan_page(
             )
             continue
         # One slot per recipient, in the order given (callers may align rows with their
-        # inputs); candidates are filled in once the rate caps are known.
+        # inputs); candidates are filled in once the rate caps are known. The loop runs
+        # once per recipient of a fan-out: what does not depend on the recipient is
+        # decided before it.
+        check_preferences = not critical and bool(overrides)
+        check_quiet_hours = not critical and channel in quiet_channels
         slots: list[PlannedDelivery | None] = []
         candidates: list[int] = []
         for facts in recipients:
-            if not critical and not overrides.get((facts.id, channel), True):
+            if check_preferences and not overrides.get((facts.id, channel), True):
                 slots.append(
                     PlannedDelivery(facts.id, channel, DeliveryStatus.SUPPRESSED, "preference: opted out")
                 )
                 continue
-            quiet_end = None if critical or channel not in quiet_channels else quiet_hours_end(facts, now)
-            if quiet_end is not None:
-                if notification_type.quiet_hours_policy == QuietHoursPolicy.DROP:
-                    slots.append(PlannedDelivery(facts.id, channel, DeliveryStatus.SUPPRESSED, "quiet hours"))
-                else:
-                    slots.append(
-                        PlannedDelivery(
-                            facts.id, channel, DeliveryStatus.SCHEDULED, "quiet hours", due_at=quiet_end
+            if check_quiet_hours and facts.quiet_hours_start is not None:
+                quiet_end = quiet_hours_end(facts, now)
+                if quiet_end is not None:
+                    if notification_type.quiet_hours_policy == QuietHoursPolicy.DROP:
+                        slots.append(
+                            PlannedDelivery(facts.id, channel, DeliveryStatus.SUPPRESSED, "quiet hours")
                         )
-                    )
-                continue
+                    else:
+                        slots.append(
+                            PlannedDelivery(
+                                facts.id, channel, DeliveryStatus.SCHEDULED, "quiet hours", due_at=quiet_end
+                            )
+                        )
+                    continue
             slots.append(None)
             candidates.append(facts.id)
-        over_cap = iter(
+        over_cap = (
             [False] * len(candidates)
             if critical
             else rate_caps_consume(channel=channel, recipient_ids=candidates)
         )
+        if len(candidates) == len(recipients) and not any(over_cap):
+            # Everyone is sent to now (most pages).
+            planned.extend([PlannedDelivery(rid, channel, DeliveryStatus.PENDING) for rid in candidates])
+            continue
+        over = iter(over_cap)
         for facts, slot in zip(recipients, slots, strict=True):
             if slot is not None:
                 planned.append(slot)
-            elif next(over_cap):
+            elif next(over):
                 planned.append(
                     PlannedDelivery(facts.id, channel, DeliveryStatus.SUPPRESSED, "rate cap reached")
                 )
