@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import redis
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from notifications.models import (
@@ -31,6 +31,7 @@ from notifications.models import (
 from notifications.services.aggregation import aggregation_context
 from notifications.services.catalog import channel_templates
 from notifications.services.connections import recipients_connected
+from notifications.services.dispatch import bigint_array_literal
 from notifications.services.metrics import metrics_increment
 from notifications.services.realtime import NOTIFICATION_MESSAGE, UNREAD_MESSAGE, realtime_publish
 from notifications.services.templating import TemplateRenderError, template_render, template_uses_recipient
@@ -221,6 +222,31 @@ def inapp_write(
     return len(items)
 
 
+# inapp_write_one_text's statement: the deliveries (of recipients that exist), their
+# sequence numbers (rows locked in recipient order, as in _assign_sequence) and their items.
+_SKIP_EXISTING = "ON CONFLICT (event_id, recipient_id, channel) DO NOTHING"
+_ONE_TEXT_WRITE = f"""WITH d AS (
+        INSERT INTO {Delivery._meta.db_table}
+            (event_id, recipient_id, channel, status, reason, attempts, sent_at, created_at, updated_at)
+        SELECT %(event)s, r.id, %(channel)s, %(delivered)s, '', 1, %(now)s, %(planned_at)s, %(now)s
+        FROM {Recipient._meta.db_table} r WHERE r.id = ANY(%(recipients)s::bigint[]) ORDER BY r.id
+        {{on_conflict}}
+        RETURNING id, recipient_id),
+    s AS (
+        INSERT INTO {InboxSequence._meta.db_table} AS s (recipient_id, last_seq)
+        SELECT recipient_id, 1 FROM d ORDER BY recipient_id
+        ON CONFLICT (recipient_id) DO UPDATE SET last_seq = s.last_seq + 1
+        RETURNING recipient_id, last_seq)
+    INSERT INTO {InboxItem._meta.db_table}
+        (recipient_id, seq, delivery_id, event_id, notification_type, category, title, body, url, data,
+         created_at, accepted_at)
+    SELECT d.recipient_id, s.last_seq, d.id, %(event)s, %(type)s, %(category)s, %(title)s, %(body)s,
+           %(url)s, %(data)s::jsonb, %(now)s, %(accepted_at)s
+    FROM d JOIN s ON s.recipient_id = d.recipient_id
+    ORDER BY d.recipient_id
+    RETURNING id, recipient_id, seq, delivery_id"""
+
+
 def inapp_write_one_text(
     *, event: Event, recipient_ids: Sequence[int], planned_at: datetime, now: datetime
 ) -> int | None:
@@ -244,46 +270,34 @@ def inapp_write_one_text(
         text = _render(content, event.data, None)
     except TemplateRenderError:
         return None
+    params: dict[str, Any] = {
+        "event": event.id,
+        "channel": Channel.INAPP,
+        "delivered": INAPP_WRITTEN.target,
+        "now": now,
+        "planned_at": planned_at,
+        "recipients": bigint_array_literal(recipient_ids),
+        "type": notification_type.key,
+        "category": notification_type.category,
+        "title": text[0],
+        "body": text[1],
+        "url": text[2],
+        "data": json.dumps(event.data),
+        "accepted_at": accepted_time(event),
+    }
     with transaction.atomic(savepoint=False), connection.cursor() as db:
-        db.execute(
-            f"""WITH d AS (
-                    INSERT INTO {Delivery._meta.db_table}
-                        (event_id, recipient_id, channel, status, reason, attempts, sent_at, created_at,
-                         updated_at)
-                    SELECT %(event)s, r.id, %(channel)s, %(delivered)s, '', 1, %(now)s, %(planned_at)s, %(now)s
-                    FROM {Recipient._meta.db_table} r WHERE r.id = ANY(%(recipients)s) ORDER BY r.id
-                    ON CONFLICT (event_id, recipient_id, channel) DO NOTHING
-                    RETURNING id, recipient_id),
-                s AS (
-                    INSERT INTO {InboxSequence._meta.db_table} AS s (recipient_id, last_seq)
-                    SELECT recipient_id, 1 FROM d ORDER BY recipient_id
-                    ON CONFLICT (recipient_id) DO UPDATE SET last_seq = s.last_seq + 1
-                    RETURNING recipient_id, last_seq)
-                INSERT INTO {InboxItem._meta.db_table}
-                    (recipient_id, seq, delivery_id, event_id, notification_type, category, title, body, url,
-                     data, created_at, accepted_at)
-                SELECT d.recipient_id, s.last_seq, d.id, %(event)s, %(type)s, %(category)s, %(title)s,
-                       %(body)s, %(url)s, %(data)s::jsonb, %(now)s, %(accepted_at)s
-                FROM d JOIN s ON s.recipient_id = d.recipient_id
-                ORDER BY d.recipient_id
-                RETURNING id, recipient_id, seq, delivery_id""",
-            {
-                "event": event.id,
-                "channel": Channel.INAPP,
-                "delivered": INAPP_WRITTEN.target,
-                "now": now,
-                "planned_at": planned_at,
-                "recipients": list(recipient_ids),
-                "type": notification_type.key,
-                "category": notification_type.category,
-                "title": text[0],
-                "body": text[1],
-                "url": text[2],
-                "data": json.dumps(event.data),
-                "accepted_at": accepted_time(event),
-            },
-        )
-        rows = db.fetchall()
+        try:
+            # A planned batch runs once (it is closed in this transaction), so its rows
+            # are new: inserted without ON CONFLICT, whose check for each row cost the
+            # statement about 7% (docs/benchmarks.md, P1). Should one exist (a recipient
+            # planned twice), the savepoint undoes the attempt and the rows are written
+            # around it.
+            with transaction.atomic():
+                db.execute(_ONE_TEXT_WRITE.format(on_conflict=""), params)
+                rows = db.fetchall()
+        except IntegrityError:
+            db.execute(_ONE_TEXT_WRITE.format(on_conflict=_SKIP_EXISTING), params)
+            rows = db.fetchall()
         items = [
             (recipient_id, seq, delivery_id, event.id, event, text)
             for _, recipient_id, seq, delivery_id in rows
