@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from notifications.models import Channel, Delivery, Event, FallbackCheck, NotificationType, Recipient
@@ -185,7 +185,19 @@ def deliveries_store(
 
 def inapp_dispatch_batch(*, batch_id: int) -> int:
     """Run one in-app dispatch batch (see DispatchBatch); returns the items written. The
-    batch is marked done in the same transaction as its inbox items."""
+    batch is marked done in the same transaction as its inbox items.
+
+    A batch runs once (it is closed in the transaction that writes its rows), so the rows
+    of its planned recipients are new and are inserted as such. Should one exist after all
+    (a recipient planned twice), the transaction rolls back, the batch is open again, and
+    it runs once more writing around the rows that exist."""
+    try:
+        return _inapp_dispatch_batch(batch_id, rows_are_new=True)
+    except IntegrityError:
+        return _inapp_dispatch_batch(batch_id, rows_are_new=False)
+
+
+def _inapp_dispatch_batch(batch_id: int, *, rows_are_new: bool) -> int:
     with transaction.atomic():
         batch = dispatch_batch_claim(batch_id=batch_id, channel=Channel.INAPP)
         if batch is None:
@@ -196,14 +208,18 @@ def inapp_dispatch_batch(*, batch_id: int) -> int:
                 event_id=batch.planned_event,
                 recipient_ids=batch.planned_recipients,
                 planned_at=batch.created_at,
+                rows_are_new=rows_are_new,
             )
         return written
 
 
-def inapp_planned_write(*, event_id: Any, recipient_ids: Sequence[int], planned_at: datetime) -> int:
+def inapp_planned_write(
+    *, event_id: Any, recipient_ids: Sequence[int], planned_at: datetime, rows_are_new: bool = False
+) -> int:
     """Inside a transaction: insert the event's in-app deliveries planned for these
     recipients, delivered, and write their inbox items (rows that exist are skipped, and so
-    are recipients deleted since). ``planned_at`` is when they were planned: the rows'
+    are recipients deleted since; with ``rows_are_new``, see inapp_write_one_text, a row
+    that exists raises IntegrityError). ``planned_at`` is when they were planned: the rows'
     creation time, as if inserted then. Returns the items written."""
     event = Event.objects.select_related("notification_type").filter(id=event_id).first()
     if event is None or not recipient_ids:
@@ -212,7 +228,11 @@ def inapp_planned_write(*, event_id: Any, recipient_ids: Sequence[int], planned_
     if not event.notification_type.fallbacks:
         # One statement when everyone reads the same text (the large page of a topic event).
         written = inapp_write_one_text(
-            event=event, recipient_ids=recipient_ids, planned_at=planned_at, now=now
+            event=event,
+            recipient_ids=recipient_ids,
+            planned_at=planned_at,
+            now=now,
+            rows_are_new=rows_are_new,
         )
         if written is not None:
             return written

@@ -109,16 +109,27 @@ def _plan_next_page(outbox: OutboxMessage, event: Event, now: datetime) -> _Page
     return _Page(outbox.cursor, facts, next_cursor, last, planned)
 
 
+class _Stored(NamedTuple):
+    """What _fanout_page did: recipients stored, whether the fan-out is finished, and the
+    outbox row as the page left it (its cursor moved on, its event counted), for the next
+    page to start from without reading it again: storing checks, under the row's lock,
+    that the cursor is still where the page was planned from."""
+
+    recipients: int
+    finished: bool
+    outbox: OutboxMessage | None
+
+
 # What _fanout_page says when it stored nothing because the page moved under it.
-_AGAIN = (0, False)
+_AGAIN = _Stored(0, False, None)
 
 
-def _fanout_page(outbox_id: int) -> tuple[int, bool] | None:
-    """Plan one page, then store it under the outbox row's lock. Returns (recipients,
-    finished), or None when the row is done or another worker holds it (that worker
-    carries on)."""
+def _fanout_page(outbox_id: int, known: OutboxMessage | None = None) -> _Stored | None:
+    """Plan one page, then store it under the outbox row's lock; None when the row is done
+    or another worker holds it (that worker carries on). ``known``: the row as the
+    previous page left it (see _Stored)."""
     now = timezone.now()
-    outbox = (
+    outbox = known or (
         OutboxMessage.objects.select_related("event", "event__notification_type")
         .filter(id=outbox_id, processed_at__isnull=True)
         .first()
@@ -145,7 +156,7 @@ def _fanout_page(outbox_id: int) -> tuple[int, bool] | None:
             return _AGAIN if moved.exists() else None
         if page.next_cursor is None:
             _finish(outbox, event, now)
-            return 0, True
+            return _Stored(0, True, None)
         planned, members = aggregation_plan(
             notification_type=notification_type, planned=page.planned, now=now
         )
@@ -171,12 +182,23 @@ def _fanout_page(outbox_id: int) -> tuple[int, bool] | None:
             # The short last page finishes the fan-out in its own transaction.
             _finish(outbox, event, now)
         else:
-            OutboxMessage.objects.filter(id=outbox.id).update(
-                cursor=page.next_cursor, leased_until=now + timedelta(seconds=settings.OUTBOX_LEASE_SECONDS)
-            )
-            Event.objects.filter(id=event.id).update(
-                planned_count=event.planned_count, status=EventStatus.PROCESSING
-            )
+            # Both rows in one statement: a round trip less per page, and on a busy machine
+            # each one waits its turn for the CPU.
+            with connection.cursor() as db:
+                db.execute(
+                    f"""WITH o AS (UPDATE {OutboxMessage._meta.db_table} SET cursor = %s, leased_until = %s
+                                   WHERE id = %s)
+                        UPDATE {Event._meta.db_table} SET planned_count = %s, status = %s WHERE id = %s""",
+                    [
+                        page.next_cursor,
+                        now + timedelta(seconds=settings.OUTBOX_LEASE_SECONDS),
+                        outbox.id,
+                        event.planned_count,
+                        EventStatus.PROCESSING,
+                        event.id,
+                    ],
+                )
+            outbox.cursor = page.next_cursor
         counts: Counter[str] = Counter(f"deliveries:{row.channel}:{row.status}" for row in inserted)
         # Deferred rows are written (and their frames sent) by the in-app dispatch, whose
         # durable commit flushes this one's too.
@@ -184,7 +206,7 @@ def _fanout_page(outbox_id: int) -> tuple[int, bool] | None:
         counts[f"deliveries:{Channel.INAPP}:{INAPP_WRITTEN_FROM}"] += len(deferred)
         counts["fanout_recipients"] = len(page.facts)
         transaction.on_commit(lambda: metrics_increment(counts), robust=True)
-    return len(page.facts), page.last
+    return _Stored(len(page.facts), page.last, None if page.last else outbox)
 
 
 def _inapp_deferred(
@@ -233,11 +255,15 @@ def event_fanout(*, outbox_id: int, slice_seconds: float | None = None) -> Fanou
     budget = settings.FANOUT_SLICE_SECONDS if slice_seconds is None else slice_seconds
     started = time.monotonic()
     pages = recipients = 0
+    known: OutboxMessage | None = None
     while True:
-        result = _fanout_page(outbox_id)
+        result = _fanout_page(outbox_id, known)
         if result is None:
             return FanoutProgress(pages, recipients, finished=True)
-        count, finished = result
+        # The row as this page left it serves the next page; after a page that stored
+        # nothing (another worker moved the cursor) it is read again. So within one slice
+        # (FANOUT_SLICE_SECONDS) the event's type is the one read at its start.
+        count, finished, known = result
         if count:
             pages += 1
             recipients += count

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import redis
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from notifications.models import (
@@ -248,7 +248,12 @@ _ONE_TEXT_WRITE = f"""WITH d AS (
 
 
 def inapp_write_one_text(
-    *, event: Event, recipient_ids: Sequence[int], planned_at: datetime, now: datetime
+    *,
+    event: Event,
+    recipient_ids: Sequence[int],
+    planned_at: datetime,
+    now: datetime,
+    rows_are_new: bool = False,
 ) -> int | None:
     """Inside a transaction: for an event whose in-app text is the same for everyone (one
     locale, no recipient fields, and it renders), write the in-app deliveries planned for
@@ -257,6 +262,11 @@ def inapp_write_one_text(
     one statement, and push frames after commit. Returns the items written, or None when
     the text is not the same for everyone or does not render (the caller then inserts the
     rows and calls ``inapp_write``, which renders per recipient or fails them).
+
+    ``rows_are_new``: no delivery of these recipients for this event exists, so they are
+    inserted without ON CONFLICT, whose check for each row cost the statement about 7%
+    (docs/benchmarks.md, P1); should one exist after all, the statement fails with
+    IntegrityError and writes nothing.
 
     The database does the per-row work: a large page of a topic event costs no Python per
     recipient beyond its frame, and nothing crosses the wire twice (docs/benchmarks.md, P1).
@@ -286,18 +296,8 @@ def inapp_write_one_text(
         "accepted_at": accepted_time(event),
     }
     with transaction.atomic(savepoint=False), connection.cursor() as db:
-        try:
-            # A planned batch runs once (it is closed in this transaction), so its rows
-            # are new: inserted without ON CONFLICT, whose check for each row cost the
-            # statement about 7% (docs/benchmarks.md, P1). Should one exist (a recipient
-            # planned twice), the savepoint undoes the attempt and the rows are written
-            # around it.
-            with transaction.atomic():
-                db.execute(_ONE_TEXT_WRITE.format(on_conflict=""), params)
-                rows = db.fetchall()
-        except IntegrityError:
-            db.execute(_ONE_TEXT_WRITE.format(on_conflict=_SKIP_EXISTING), params)
-            rows = db.fetchall()
+        db.execute(_ONE_TEXT_WRITE.format(on_conflict="" if rows_are_new else _SKIP_EXISTING), params)
+        rows = db.fetchall()
         items = [
             (recipient_id, seq, delivery_id, event.id, event, text)
             for _, recipient_id, seq, delivery_id in rows

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import time, timedelta
 from typing import Any
+from unittest import mock
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -163,6 +164,44 @@ def test_it_fans_out_a_topic_in_pages_and_running_again_sends_nothing_twice(key,
     row = Delivery.objects.filter(event=event).first()
     assert row is not None and row.attempts == 1 and row.sent_at is not None
     assert row.created_at <= row.sent_at == row.updated_at
+
+
+def test_a_page_another_worker_stored_meanwhile_is_not_stored_again(key, settings):
+    # given a topic of 100 subscribers in pages of 30, where another worker stores the
+    # second page while this one is planning it
+    from notifications.services import fanout
+
+    settings.FANOUT_PAGE_SIZE = 30
+    settings.INAPP_INLINE_MAX = 0
+    nt = NotificationTypeFactory()
+    topic = TopicFactory()
+    subscribers = sorted(SubscriptionFactory(topic=topic).recipient_id for _ in range(100))
+    event = event_ingest(api_key=key, type_key=nt.key, topic_key=topic.key, data={"order_id": 1}).event
+    outbox = OutboxMessage.objects.get(event=event)
+    plan = fanout._plan_next_page
+    calls = 0
+
+    def plan_while_another_stores(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        page = plan(*args, **kwargs)
+        if calls == 2:
+            assert fanout._fanout_page(outbox.id) is not None  # the other worker
+        return page
+
+    # when this worker fans out, carrying the row from page to page
+    with mock.patch.object(fanout, "_plan_next_page", plan_while_another_stores):
+        progress = event_fanout(outbox_id=outbox.id, slice_seconds=60)
+
+    # then it dropped its stale plan, read the row again and went on from where the other
+    # left it: every subscriber planned once, and the event counts each once
+    assert progress.finished and progress.recipients == 70
+    planned = sorted(
+        r for ids in DispatchBatch.objects.values_list("planned_recipients", flat=True) for r in ids
+    )
+    assert planned == subscribers
+    event.refresh_from_db()
+    assert event.planned_count == 100 and event.status == "completed"
 
 
 def test_an_inapp_batch_skips_recipients_deleted_since_it_was_planned(key, settings):
