@@ -119,15 +119,23 @@ def test_it_names_unknown_type_recipients_and_topic_and_stores_nothing(key):
     assert Event.objects.count() == 0 and OutboxMessage.objects.count() == 0
 
 
-def test_it_fans_out_a_topic_in_pages_and_running_again_sends_nothing_twice(key, settings):
-    # given a topic of 130 subscribers, fanned out in pages of 40 through in-app batches
-    settings.FANOUT_PAGE_SIZE = 40
+def _topic_event_in_batches(
+    key: Any, settings: Any, *, subscribers: int, page: int
+) -> tuple[Any, Any, list[int]]:
+    """An event to a topic of ``subscribers``, fanned out in pages of ``page`` through
+    in-app batches: (the event, its outbox row, the subscribers' ids in order)."""
+    settings.FANOUT_PAGE_SIZE = page
     settings.INAPP_INLINE_MAX = 0
     nt = NotificationTypeFactory()
     topic = TopicFactory()
-    subscribers = sorted(SubscriptionFactory(topic=topic).recipient_id for _ in range(130))
+    ids = sorted(SubscriptionFactory(topic=topic).recipient_id for _ in range(subscribers))
     event = event_ingest(api_key=key, type_key=nt.key, topic_key=topic.key, data={"order_id": 1}).event
-    outbox = OutboxMessage.objects.get(event=event)
+    return event, OutboxMessage.objects.get(event=event), ids
+
+
+def test_it_fans_out_a_topic_in_pages_and_running_again_sends_nothing_twice(key, settings):
+    # given a topic of 130 subscribers, fanned out in pages of 40 through in-app batches
+    event, outbox, subscribers = _topic_event_in_batches(key, settings, subscribers=130, page=40)
 
     with CaptureQueriesContext(connection) as queries:
         progress = event_fanout(outbox_id=outbox.id, slice_seconds=60)
@@ -171,13 +179,7 @@ def test_a_page_another_worker_stored_meanwhile_is_not_stored_again(key, setting
     # second page while this one is planning it
     from notifications.services import fanout
 
-    settings.FANOUT_PAGE_SIZE = 30
-    settings.INAPP_INLINE_MAX = 0
-    nt = NotificationTypeFactory()
-    topic = TopicFactory()
-    subscribers = sorted(SubscriptionFactory(topic=topic).recipient_id for _ in range(100))
-    event = event_ingest(api_key=key, type_key=nt.key, topic_key=topic.key, data={"order_id": 1}).event
-    outbox = OutboxMessage.objects.get(event=event)
+    event, outbox, subscribers = _topic_event_in_batches(key, settings, subscribers=100, page=30)
     plan = fanout._plan_next_page
     calls = 0
 
