@@ -65,7 +65,9 @@ def _postgres_version() -> str:
         import psycopg
 
         url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
-        with psycopg.connect(url, connect_timeout=5) as connection:
+        # The server's maintenance database: the platform's own may not exist yet (the
+        # benchmarks make databases of their own).
+        with psycopg.connect(url, dbname="postgres", connect_timeout=5) as connection:
             row = connection.execute("SHOW server_version").fetchone()
             return f"PostgreSQL {row[0]}" if row else "unknown"
     except Exception as exc:  # noqa: BLE001 - the description must not fail the run
