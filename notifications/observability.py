@@ -19,7 +19,7 @@ from notifications.models import OutboxMessage
 from notifications.services.metrics import metrics_read
 from notifications.services.provider_health import provider_health
 from notifications.services.queues import queue_depths
-from notifications.services.redis_client import redis_sync
+from realtime.redis_client import redis_sync
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from twilio.request_validator import RequestValidator
 
 from notifications.models import SuppressionKind, SuppressionReason
 from notifications.services.feedback import delivery_track, sms_inbound, suppression_add
-from notifications.services.redis_client import redis_key, redis_sync
+from realtime.redis_client import redis_key, redis_sync
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,10 @@ from django.views.decorators.http import require_GET
 
 from notifications import selectors
 from notifications.services.inbox import inbox_item_payload
-from notifications.services.live_inbox import LiveInbox, LiveInboxTooSlow
-from notifications.services.tokens import TokenInvalid, end_user_token_verify
+from notifications.services.live_inbox import LiveInbox
 from notifications.services.unsubscribe import unsubscribe_apply, unsubscribe_parse
+from realtime.connection import ConnectionTooSlow
+from realtime.tokens import TokenInvalid, end_user_token_verify
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ async def sse_inbox_stream(
                     yield _notification_event(frame["seq"], frame["item"])
                 else:
                     yield _sse_event(frame["type"], frame)
-        except LiveInboxTooSlow:
+        except ConnectionTooSlow:
             log.info("SSE stream of recipient %s cut off: the client fell behind", recipient_id)
     finally:
         await live.close()

@@ -57,7 +57,7 @@ def service_client(api_key: str) -> APIClient:
 @pytest.fixture
 def user_client(db: Any) -> Callable[[int], APIClient]:
     """An API client acting as the end user who owns ``recipient_id`` (Bearer token)."""
-    from notifications.services.tokens import end_user_token_issue
+    from realtime.tokens import end_user_token_issue
 
     def make(recipient_id: int) -> APIClient:
         token, _ = end_user_token_issue(recipient_id=recipient_id)

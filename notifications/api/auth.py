@@ -12,7 +12,7 @@ from rest_framework.request import Request
 
 from notifications.models import ApiKey, Recipient
 from notifications.services.api_keys import api_key_authenticate
-from notifications.services.tokens import TokenInvalid, end_user_token_verify
+from realtime.tokens import TokenInvalid, end_user_token_verify
 
 
 class ServicePrincipal:

@@ -28,7 +28,6 @@ from notifications.services.recipients import (
     recipient_upsert,
     recipients_bulk_upsert,
 )
-from notifications.services.tokens import end_user_token_issue
 from notifications.services.validation import (
     LOCALE_PATTERN,
     PHONE_PATTERN,
@@ -39,6 +38,7 @@ from notifications.services.validation import (
     phone_normalise,
     timezone_check,
 )
+from realtime.tokens import end_user_token_issue
 
 # "format: phone" is a number libphonenumber accepts as valid; the pattern is its shape.
 PHONE_SCHEMA = {

@@ -30,12 +30,12 @@ from notifications.models import (
 )
 from notifications.services.aggregation import aggregation_context
 from notifications.services.catalog import channel_templates
-from notifications.services.connections import recipients_connected
 from notifications.services.dispatch import bigint_array_literal
 from notifications.services.metrics import metrics_increment
 from notifications.services.realtime import NOTIFICATION_MESSAGE, UNREAD_MESSAGE, realtime_publish
 from notifications.services.templating import TemplateRenderError, template_render, template_uses_recipient
 from notifications.states import INAPP_UNRENDERABLE, INAPP_WRITTEN, READ
+from realtime.registry import recipients_connected
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from django.conf import settings
 from django.db import transaction
 
 from notifications.models import ApiKey, NotificationType
-from notifications.services.redis_client import redis_key, redis_sync
+from realtime.redis_client import redis_key, redis_sync
 
 log = logging.getLogger(__name__)
 

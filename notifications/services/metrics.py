@@ -13,7 +13,7 @@ from collections import Counter
 
 import redis
 
-from notifications.services.redis_client import redis_key, redis_sync
+from realtime.redis_client import redis_key, redis_sync
 
 log = logging.getLogger(__name__)
 METRICS_KEY = "metrics:counters"

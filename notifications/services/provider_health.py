@@ -19,7 +19,7 @@ from typing import Any
 import redis
 from django.conf import settings
 
-from notifications.services.redis_client import redis_key, redis_sync
+from realtime.redis_client import redis_key, redis_sync
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import redis
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from notifications.services.redis_client import redis_key, redis_sync
+from realtime.redis_client import redis_key, redis_sync
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from notifications.models import Suppression, SuppressionKind, SuppressionReason
-from notifications.services.redis_client import redis_key, redis_sync
 from notifications.transports.sms import InvalidPhoneNumber, sms_cost_estimate, sms_normalise, sms_segments
+from realtime.redis_client import redis_key, redis_sync
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ INSTALLED_APPS = [
     "anymail",
     "notifications",
     "presence",
+    "realtime",
     "collaboration",
     "streaming",
     "iot",
@@ -226,6 +227,7 @@ CELERY_TASK_ROUTES = {
     # Provider sends are routed per channel at enqueue time (queues email, sms, push,
     # webhook), so a slow provider of one channel never delays another.
     "notifications.tasks.*_sweep_task": {"queue": "periodic"},
+    "presence.tasks.*": {"queue": "periodic"},
 }
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
@@ -324,6 +326,11 @@ END_USER_TOKEN_TTL_SECONDS = env_int("END_USER_TOKEN_TTL_SECONDS", 3600, minimum
 SOCKET_SEND_QUEUE_LIMIT = env_int("SOCKET_SEND_QUEUE_LIMIT", 256, minimum=1)
 SOCKET_SEND_TIMEOUT_SECONDS = env_float("SOCKET_SEND_TIMEOUT_SECONDS", 10.0)
 SSE_KEEPALIVE_SECONDS = env_float("SSE_KEEPALIVE_SECONDS", 15.0)
+# Presence (presence/services.py): after a user's last connection closes cleanly it still
+# counts this long, so a page reload does not flap them offline (offline within 15 s).
+PRESENCE_GRACE_SECONDS = env_float("PRESENCE_GRACE_SECONDS", 10.0)
+# How often the last-seen moments kept in Redis are written to the database.
+PRESENCE_FLUSH_SECONDS = env_float("PRESENCE_FLUSH_SECONDS", 60.0)
 MAX_EXPLICIT_RECIPIENTS = env_int("MAX_EXPLICIT_RECIPIENTS", 10_000, minimum=1)
 MAX_EVENT_DATA_BYTES = env_int("MAX_EVENT_DATA_BYTES", 65_536, minimum=256)
 
@@ -367,6 +374,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "notifications.tasks.deliveries_sweep_task",
         "schedule": SWEEP_INTERVAL_SECONDS,
         "options": {"queue": "periodic", "expires": SWEEP_INTERVAL_SECONDS * 2},
+    },
+    "presence-last-seen-flush": {
+        "task": "presence.tasks.last_seen_flush_task",
+        "schedule": PRESENCE_FLUSH_SECONDS,
+        "options": {"queue": "periodic", "expires": PRESENCE_FLUSH_SECONDS * 2},
     },
 }
 

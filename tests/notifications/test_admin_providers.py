@@ -35,7 +35,7 @@ from notifications.models import (
 )
 from notifications.services.metrics import metrics_increment
 from notifications.services.provider_health import breaker_record, provider_health
-from notifications.services.redis_client import redis_key, redis_sync
+from realtime.redis_client import redis_key, redis_sync
 
 HEALTH_URL = "admin:notifications_provider_health"
 CHARTS_URL = "admin:notifications_delivery_charts"

@@ -25,12 +25,12 @@ from django.test import Client
 from django.utils import timezone
 
 from notifications.models import Delivery, DeliveryStatus, Event, InboxItem, InboxSequence, Recipient
-from notifications.services.connections import _key as connection_key
 from notifications.services.inbox import inbox_item_payload
 from notifications.services.realtime import realtime_publish
-from notifications.services.redis_client import redis_sync
-from notifications.services.tokens import end_user_token_issue
 from project.asgi import application
+from realtime.redis_client import redis_sync
+from realtime.registry import _key as connection_key
+from realtime.tokens import end_user_token_issue
 from tests.notifications.factories import NotificationTypeFactory, RecipientFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -483,7 +483,8 @@ def test_it_closes_a_client_slower_than_the_send_timeout_with_4008(settings: Any
     run(scenario)
 
 
-def test_it_registers_the_connection_while_open_and_removes_it_on_close() -> None:
+def test_it_registers_the_connection_while_open_and_removes_it_on_close(settings: Any) -> None:
+    settings.PRESENCE_GRACE_SECONDS = 0  # unregistered at once on close (tests/presence: the grace)
     recipient = recipient_create()
 
     async def scenario() -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from harness import free_port
-from notifications.services import redis_client
+from realtime import redis_client
 
 pytestmark = pytest.mark.django_db
 

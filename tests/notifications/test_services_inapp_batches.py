@@ -15,12 +15,12 @@ from django.test.utils import CaptureQueriesContext
 
 from notifications.models import Delivery, DispatchBatch, FallbackCheck, InboxItem, Recipient
 from notifications.services.api_keys import api_key_create
-from notifications.services.connections import ONLINE_SET
 from notifications.services.deliveries import inapp_dispatch_batch
 from notifications.services.fanout import event_fanout
 from notifications.services.ingest import event_ingest
 from notifications.services.realtime import NOTIFICATION_MESSAGE, inbox_group
-from notifications.services.redis_client import redis_key, redis_sync
+from realtime.redis_client import redis_key, redis_sync
+from realtime.registry import ONLINE_SET
 from tests.notifications.factories import (
     NotificationTypeFactory,
     RecipientFactory,

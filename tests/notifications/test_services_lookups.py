@@ -10,8 +10,8 @@ from notifications.models import ApiKey, NotificationType
 from notifications.services import lookups
 from notifications.services.api_keys import api_key_authenticate, api_key_create, api_key_revoke
 from notifications.services.lookups import notification_type_by_key
-from notifications.services.redis_client import redis_key, redis_sync
 from project.processes.waiting import wait_until
+from realtime.redis_client import redis_key, redis_sync
 from tests.notifications.factories import NotificationTypeFactory, RecipientFactory
 
 pytestmark = pytest.mark.django_db

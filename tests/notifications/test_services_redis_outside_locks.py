@@ -17,13 +17,14 @@ from django.db import connection
 from django.utils import timezone
 
 from notifications.models import Delivery, FallbackCheck, InboxItem
-from notifications.services import ratelimits, redis_client, sms_guard
+from notifications.services import ratelimits, sms_guard
 from notifications.services.api_keys import api_key_create
 from notifications.services.fallback import fallback_checks_due
 from notifications.services.inbox import inbox_item_mark_read, inbox_mark_all_read
 from notifications.services.ingest import event_ingest
-from notifications.services.redis_client import redis_key, redis_sync
 from notifications.states import DeliveryStatus
+from realtime import redis_client
+from realtime.redis_client import redis_key, redis_sync
 from tests.notifications.factories import NotificationTypeFactory, RecipientFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -117,7 +118,7 @@ def test_it_asks_redis_nothing_while_the_fallback_sweep_holds_its_checks(key, se
 
     assert not FallbackCheck.objects.exists()
     assert Delivery.objects.get(event=event, channel="email").status == DeliveryStatus.FAILED
-    assert ("SMISMEMBER", False) in redis_calls  # presence was asked, outside any lock
+    assert ("PIPELINE", False) in redis_calls  # presence was asked (one pipeline), outside any lock
     assert [call for call in redis_calls if call[1]] == []
 
 

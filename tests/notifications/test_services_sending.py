@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -44,6 +45,8 @@ from notifications.services.sending.claim import deliveries_claim
 from notifications.services.sending.send import deliveries_send
 from notifications.transports.registry import transports_reset
 from notifications.transports.webhook import webhook_signature_verify
+from realtime.redis_client import redis_async
+from realtime.registry import connection_activity, connection_register
 from tests.notifications.factories import RecipientFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.xdist_group("sending")]
@@ -512,6 +515,36 @@ def test_it_skips_the_fallback_when_the_user_read_the_in_app_copy(
     with django_capture_on_commit_callbacks(execute=True):
         assert fallback_checks_due() == 0
     assert not Delivery.objects.filter(event=event, channel="sms").exists()
+
+
+def test_it_skips_the_fallback_for_a_user_active_in_the_app_and_sends_it_to_one_idle_there(
+    providers, key, django_capture_on_commit_callbacks
+):
+    # given two users whose push is answered by nobody, each with a tab open: one active
+    # in it, one whose tab reported inactivity (presence/services.py)
+    active, idle = RecipientFactory(phone="+14155550131"), RecipientFactory(phone="+14155550132")
+    for person, token in ((active, "token-ok-31"), (idle, "token-ok-32")):
+        _device(person, token)
+    nt = _type(["push", "inapp"], fallbacks=[{"from": "push", "to": "sms", "after_seconds": 60}])
+    event = _send(key, django_capture_on_commit_callbacks, nt, [active, idle])
+
+    async def tabs() -> None:
+        client = redis_async()
+        for person, state in ((active, "active"), (idle, "idle")):
+            await connection_register(client, recipient_id=person.id, connection=f"tab-{person.id}")
+            await connection_activity(
+                client, recipient_id=person.id, connection=f"tab-{person.id}", state=state
+            )
+
+    async_to_sync(tabs)()
+    FallbackCheck.objects.update(due_at=timezone.now())
+
+    # when the fallback checks come due, then only the idle one gets the SMS
+    with django_capture_on_commit_callbacks(execute=True):
+        assert fallback_checks_due() == 1
+    assert list(
+        Delivery.objects.filter(event=event, channel="sms").values_list("recipient_id", flat=True)
+    ) == [idle.id]
 
 
 def test_retry_delay_is_jittered_capped_and_honours_retry_after(settings):

@@ -112,7 +112,8 @@ async def notification_seqs(client: SseClient, count: int) -> list[int]:
     return seqs
 
 
-def test_it_resumes_from_last_event_id_and_streams_live_items() -> None:
+def test_it_resumes_from_last_event_id_and_streams_live_items(settings: Any) -> None:
+    settings.PRESENCE_GRACE_SECONDS = 0  # unregistered at once on close (tests/presence: the grace)
     recipient = recipient_create()
     inbox_items_create(recipient, [1, 2, 3, 4], read={1})
     token = token_for(recipient)
@@ -194,7 +195,8 @@ def test_it_rejects_a_last_event_id_that_is_not_a_seq() -> None:
     run(scenario)
 
 
-def test_it_sends_keepalive_comments_and_cleans_up_when_the_stream_is_closed() -> None:
+def test_it_sends_keepalive_comments_and_cleans_up_when_the_stream_is_closed(settings: Any) -> None:
+    settings.PRESENCE_GRACE_SECONDS = 0  # unregistered at once on close (tests/presence: the grace)
     recipient = recipient_create()
     inbox_items_create(recipient, [1])
 
@@ -245,6 +247,7 @@ def test_it_cuts_off_an_sse_reader_that_falls_behind_instead_of_buffering_for_it
 ) -> None:
     # given a stream whose reader stalls after the first two events
     settings.SOCKET_SEND_QUEUE_LIMIT = 5
+    settings.PRESENCE_GRACE_SECONDS = 0
     recipient = recipient_create()
     inbox_items_create(recipient, list(range(1, 101)))
     token = token_for(recipient)
@@ -260,7 +263,7 @@ def test_it_cuts_off_an_sse_reader_that_falls_behind_instead_of_buffering_for_it
         for seq, payload in enumerate(payloads, start=1):
             await sync_to_async(live_notification)(recipient, seq, payload)
         deadline = time.monotonic() + EVENT_TIMEOUT
-        while "cutting off a slow inbox connection" not in caplog.text:
+        while "cutting off a slow live connection" not in caplog.text:
             assert time.monotonic() < deadline, "the slow SSE reader was never cut off"
             await asyncio.sleep(0.02)
 
@@ -279,5 +282,5 @@ def test_it_cuts_off_an_sse_reader_that_falls_behind_instead_of_buffering_for_it
         await client.disconnect()
         assert await connections_of(recipient) == 0
 
-    with caplog.at_level("INFO", logger="notifications.services.live_inbox"):
+    with caplog.at_level("INFO", logger="realtime.connection"):
         run(scenario)

@@ -1,0 +1,174 @@
+"""The base of every end-user websocket: authenticate, keep one live connection
+(realtime/connection.py), answer the heartbeat, validate client frames, and send through
+one writer task with a cut-off for clients that cannot keep up.
+
+An app's consumer says who a logged-in user is (``user_to_recipient``), builds its live
+connection (``live_connection``), names the channel-layer messages that are queued rather
+than dispatched (``layer_messages``) and handles its own client frames (``handle_frame``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, ClassVar
+
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+
+from realtime.auth import CLOSE_TOO_SLOW, socket_authenticate
+from realtime.connection import ConnectionTooSlow, LiveConnection
+from realtime.registry import ACTIVE, IDLE
+
+log = logging.getLogger(__name__)
+
+
+# What ``{"type": "activity", "state": ...}`` may say (presence: idle when every tab is).
+ACTIVITY_STATES = (ACTIVE, IDLE)
+
+
+class _SendTimedOut(Exception):
+    """One frame took longer than SOCKET_SEND_TIMEOUT_SECONDS to send."""
+
+
+class RealtimeConsumer(AsyncJsonWebsocketConsumer):
+    """One end user's socket. Channel-layer handlers run on the consumer's single dispatch
+    loop, so they only queue work; one writer task sends every frame. A client that cannot
+    keep up (queue full, or a send slower than SOCKET_SEND_TIMEOUT_SECONDS) is closed with
+    4008 and catches up when it reconnects, which bounds the memory one connection holds.
+    The client may send ``{"type": "ping"}`` at any time: ``{"type": "pong"}`` answers, and
+    the connection's registration is renewed; and ``{"type": "activity", "state": "active"
+    | "idle"}`` when its user becomes active or idle (presence)."""
+
+    # Channel-layer message types queued on the live connection, never awaited.
+    layer_messages: ClassVar[frozenset[str]] = frozenset()
+    # Client frame types besides "ping", for the error that names what is accepted.
+    frame_types: ClassVar[tuple[str, ...]] = ()
+
+    recipient_id: int | None = None
+    live: LiveConnection | None = None
+
+    # --- what an app's consumer provides ------------------------------------------------
+
+    async def user_to_recipient(self, user: Any) -> int | None:
+        """The recipient id of a logged-in Django user, or None (no session sockets)."""
+        return None
+
+    def live_connection(self, recipient_id: int) -> LiveConnection:
+        raise NotImplementedError
+
+    async def handle_frame(self, frame_type: Any, content: dict[str, Any]) -> bool:
+        """Handle a client frame of the app's own; False when its type is unknown."""
+        return False
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        self.writer: asyncio.Task[None] | None = None
+        self.closing = False
+        recipient_id, close_code = await socket_authenticate(
+            self.scope, user_to_recipient=self.user_to_recipient
+        )
+        if recipient_id is None:
+            await self.close(code=close_code)
+            return
+        self.recipient_id = recipient_id
+        self.live = self.live_connection(recipient_id)
+        self.live.on_too_slow = self._close_too_slow
+        # The groups are joined before accepting so that no frame published after the
+        # client's first request can fall between the two.
+        await self.live.open()
+        await self.accept()
+        self.writer = asyncio.create_task(self._write_loop())
+
+    async def disconnect(self, code: int) -> None:
+        self.closing = True
+        if self.writer is not None and self.writer is not asyncio.current_task():
+            self.writer.cancel()
+            with contextlib.suppress(BaseException):
+                await self.writer
+        if self.live is not None:
+            await self.live.close()
+
+    # --- client frames --------------------------------------------------------------------
+
+    async def receive(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
+    ) -> None:
+        if text_data is None:
+            self.send_error("frame", "Send JSON text frames, not binary ones.")
+            return
+        try:
+            content = await self.decode_json(text_data)
+        except ValueError:
+            self.send_error("frame", "Expected a JSON object, got text that is not JSON.")
+            return
+        await self.receive_json(content)
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        if self.live is None:
+            return
+        if not isinstance(content, dict):
+            self.send_error("frame", f"Expected a JSON object, got {type(content).__name__}.")
+            return
+        frame_type = content.get("type")
+        if frame_type == "ping":
+            self.live.send({"type": "pong"})
+            await self.live.refresh()
+        elif frame_type == "activity":
+            state = content.get("state")
+            if state not in ACTIVITY_STATES:
+                self.send_error("state", f"Expected 'active' or 'idle', got {state!r}.")
+                return
+            await self.live.report_activity(state)
+        elif not await self.handle_frame(frame_type, content):
+            expected = ", ".join(repr(name) for name in ("ping", "activity", *self.frame_types))
+            self.send_error("type", f"Unknown frame type {frame_type!r}; expected one of {expected}.")
+
+    def send_error(self, field: str, message: str) -> None:
+        """An error frame naming the field and the problem."""
+        if self.live is not None:
+            self.live.send({"type": "error", "errors": {field: [message]}})
+
+    # --- channel-layer handlers: queue and return, never await the socket ------------------
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Channels closes stale database connections before every message it dispatches,
+        a hop to a thread and back. The layer's frames touch no database, and one comes for
+        every item of every socket, so they skip that hop; the socket's own events
+        (connect, receive, disconnect) keep it."""
+        if message["type"] in self.layer_messages:
+            if self.live is not None:
+                self.live.deliver(message)
+            return
+        await super().dispatch(message)
+
+    # --- the writer -----------------------------------------------------------------------
+
+    def _close_too_slow(self) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        log.info("closing a slow socket of recipient %s", self.recipient_id)
+        asyncio.ensure_future(self._close_now())
+
+    async def _close_now(self) -> None:
+        if self.writer is not None and self.writer is not asyncio.current_task():
+            self.writer.cancel()
+        await self.close(code=CLOSE_TOO_SLOW)
+
+    async def _write_loop(self) -> None:
+        assert self.live is not None
+        try:
+            async for frame in self.live.frames():
+                if frame is not None:
+                    await self._send_frame(frame)
+        except (_SendTimedOut, ConnectionTooSlow):
+            self._close_too_slow()
+
+    async def _send_frame(self, frame: dict[str, Any]) -> None:
+        try:
+            await asyncio.wait_for(self.send_json(frame), timeout=settings.SOCKET_SEND_TIMEOUT_SECONDS)
+        except TimeoutError:
+            raise _SendTimedOut from None

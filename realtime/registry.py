@@ -1,0 +1,150 @@
+"""Which end users have a live connection (a websocket or an SSE stream), kept in Redis.
+
+Each connection is a member of ``inbox:conn:<recipient>`` scored by its expiry; connections
+refresh it on every ping and every 30 s, so a process that died without cleaning up stops
+counting within ``CONNECTION_TTL_SECONDS``. A clean close keeps the member for
+``linger_seconds`` more (presence's grace for a page reload). Dispatch pushes frames only
+to recipients found here, so a fan-out to 100,000 mostly-offline users publishes only a
+handful of frames. Presence (presence/services.py) reads the same registry: each
+connection's activity (``active`` or ``idle``, as its client reports it) and the moment
+each user was last seen.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+
+import redis.asyncio as aioredis
+
+from realtime.redis_client import redis_key, redis_sync
+
+CONNECTION_TTL_SECONDS = 90
+# Every recipient with a registered connection, for one SMISMEMBER per page. An entry left
+# by a crashed process only costs a publish nobody hears until the next disconnect of
+# that recipient clears it.
+ONLINE_SET = "inbox:online"
+ACTIVE = "active"
+IDLE = "idle"
+# Recipients seen since the last flush of last-seen moments to the database.
+SEEN_CHANGED = "presence:seen-changed"
+# How long Redis remembers a user's last-seen moment (the database keeps it after).
+SEEN_TTL_SECONDS = 7 * 24 * 3600
+
+
+def _key(recipient_id: int) -> str:
+    return redis_key(f"inbox:conn:{recipient_id}")
+
+
+def _states_key(recipient_id: int) -> str:
+    return redis_key(f"inbox:state:{recipient_id}")
+
+
+def _seen_key(recipient_id: int) -> str:
+    return redis_key(f"presence:seen:{recipient_id}")
+
+
+def _seen(pipe: aioredis.client.Pipeline, recipient_id: int, now: float) -> None:
+    pipe.set(_seen_key(recipient_id), now, ex=SEEN_TTL_SECONDS)
+    pipe.sadd(redis_key(SEEN_CHANGED), recipient_id)
+
+
+async def connection_register(client: aioredis.Redis, *, recipient_id: int, connection: str) -> None:
+    """Register or renew a connection (on open, on a ping, every 30 s)."""
+    key = _key(recipient_id)
+    now = time.time()
+    pipe = client.pipeline(transaction=False)
+    pipe.zremrangebyscore(key, "-inf", now)
+    pipe.zadd(key, {connection: now + CONNECTION_TTL_SECONDS})
+    pipe.expire(key, CONNECTION_TTL_SECONDS)
+    # A new connection is active until its client says otherwise; a renewal keeps its state.
+    pipe.hsetnx(_states_key(recipient_id), connection, ACTIVE)
+    pipe.expire(_states_key(recipient_id), CONNECTION_TTL_SECONDS)
+    pipe.sadd(redis_key(ONLINE_SET), recipient_id)
+    _seen(pipe, recipient_id, now)
+    await pipe.execute()
+
+
+async def connection_activity(
+    client: aioredis.Redis, *, recipient_id: int, connection: str, state: str
+) -> None:
+    """The connection's client reports it is ``active`` or ``idle``."""
+    if state not in (ACTIVE, IDLE):
+        raise ValueError(f"activity must be {ACTIVE!r} or {IDLE!r}, got {state!r}")
+    pipe = client.pipeline(transaction=False)
+    pipe.hset(_states_key(recipient_id), connection, state)
+    pipe.expire(_states_key(recipient_id), CONNECTION_TTL_SECONDS)
+    _seen(pipe, recipient_id, time.time())
+    await pipe.execute()
+
+
+async def connection_unregister(
+    client: aioredis.Redis, *, recipient_id: int, connection: str, linger_seconds: float = 0.0
+) -> None:
+    """A connection closed cleanly. With ``linger_seconds`` it still counts for that long
+    (a reload that reconnects within it does not look like leaving)."""
+    key = _key(recipient_id)
+    now = time.time()
+    pipe = client.pipeline(transaction=False)
+    if linger_seconds > 0:
+        pipe.zadd(key, {connection: now + linger_seconds}, xx=True)
+    else:
+        pipe.zrem(key, connection)
+        pipe.hdel(_states_key(recipient_id), connection)
+    pipe.zremrangebyscore(key, "-inf", now)
+    pipe.zcard(key)
+    _seen(pipe, recipient_id, now)
+    results = await pipe.execute()
+    remaining = results[3] if linger_seconds <= 0 else results[2]
+    if not remaining:
+        await client.srem(redis_key(ONLINE_SET), recipient_id)
+
+
+def recipients_connected(recipient_ids: Iterable[int]) -> set[int]:
+    """The subset of ``recipient_ids`` with at least one live connection."""
+    ids = list(recipient_ids)
+    if not ids:
+        return set()
+    flags = redis_sync().smismember(redis_key(ONLINE_SET), ids)
+    return {rid for rid, present in zip(ids, flags, strict=True) if present}
+
+
+def connection_states(recipient_ids: Sequence[int]) -> tuple[dict[int, list[str]], dict[int, float]]:
+    """For each recipient, the activity of each live connection (none: offline), and the
+    moment it was last seen, where Redis still has it. One round trip."""
+    now = time.time()
+    pipe = redis_sync().pipeline(transaction=False)
+    for rid in recipient_ids:
+        pipe.zrangebyscore(_key(rid), now, "+inf")
+        pipe.hgetall(_states_key(rid))
+        pipe.get(_seen_key(rid))
+    replies = pipe.execute()
+    states: dict[int, list[str]] = {}
+    seen: dict[int, float] = {}
+    for index, rid in enumerate(recipient_ids):
+        live, activity, moment = replies[3 * index : 3 * index + 3]
+        if live:
+            by_connection = {name.decode(): value.decode() for name, value in activity.items()}
+            states[rid] = [by_connection.get(name.decode(), ACTIVE) for name in live]
+        if moment is not None:
+            seen[rid] = float(moment)
+    return states, seen
+
+
+def last_seen_changed(*, limit: int) -> dict[int, float]:
+    """Take up to ``limit`` recipients seen since the last call, with their moments (a
+    caller that fails to store them hands them back with ``last_seen_unchanged``)."""
+    client = redis_sync()
+    taken: list[bytes] = client.spop(redis_key(SEEN_CHANGED), limit) or []  # type: ignore[assignment]
+    ids = [int(value) for value in taken]
+    if not ids:
+        return {}
+    moments = client.mget([_seen_key(rid) for rid in ids])
+    return {rid: float(moment) for rid, moment in zip(ids, moments, strict=True) if moment is not None}
+
+
+def last_seen_unchanged(recipient_ids: Iterable[int]) -> None:
+    """Hand back recipients taken by ``last_seen_changed`` whose moments were not stored."""
+    ids = list(recipient_ids)
+    if ids:
+        redis_sync().sadd(redis_key(SEEN_CHANGED), *ids)
