@@ -2,8 +2,9 @@
 
 Each connection is a member of ``inbox:conn:<recipient>`` scored by its expiry; connections
 refresh it on every ping and every 30 s, so a process that died without cleaning up stops
-counting within ``CONNECTION_TTL_SECONDS``. A clean close keeps the member for
-``linger_seconds`` more (presence's grace for a page reload). Dispatch pushes frames only
+counting within ``CONNECTION_TTL_SECONDS``. A clean close removes it; for presence it
+lingers ``linger_seconds`` more in ``inbox:lingering:<recipient>`` (the grace for a page
+reload), which dispatch never reads. Dispatch pushes frames only
 to recipients found here, so a fan-out to 100,000 mostly-offline users publishes only a
 handful of frames. Presence (presence/services.py) reads the same registry: each
 connection's activity (``active`` or ``idle``, as its client reports it) and the moment
@@ -12,6 +13,7 @@ each user was last seen.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Sequence
 
@@ -38,6 +40,10 @@ def _key(recipient_id: int) -> str:
 
 def _states_key(recipient_id: int) -> str:
     return redis_key(f"inbox:state:{recipient_id}")
+
+
+def _lingering_key(recipient_id: int) -> str:
+    return redis_key(f"inbox:lingering:{recipient_id}")
 
 
 def _seen_key(recipient_id: int) -> str:
@@ -81,21 +87,26 @@ async def connection_activity(
 async def connection_unregister(
     client: aioredis.Redis, *, recipient_id: int, connection: str, linger_seconds: float = 0.0
 ) -> None:
-    """A connection closed cleanly. With ``linger_seconds`` it still counts for that long
-    (a reload that reconnects within it does not look like leaving)."""
-    key = _key(recipient_id)
+    """A connection closed cleanly: it no longer receives frames. With ``linger_seconds``
+    it still counts for presence that long, with its last activity (a reload that
+    reconnects within it does not look like leaving), in a sorted set of its own, so the
+    registry's answer to dispatch (who has a live connection) is not held up by it."""
+    key, states = _key(recipient_id), _states_key(recipient_id)
     now = time.time()
+    state = await client.hget(states, connection) if linger_seconds > 0 else None
     pipe = client.pipeline(transaction=False)
-    if linger_seconds > 0:
-        pipe.zadd(key, {connection: now + linger_seconds}, xx=True)
-    else:
-        pipe.zrem(key, connection)
-        pipe.hdel(_states_key(recipient_id), connection)
+    pipe.zrem(key, connection)
+    pipe.hdel(states, connection)
     pipe.zremrangebyscore(key, "-inf", now)
     pipe.zcard(key)
+    if linger_seconds > 0:
+        lingering = _lingering_key(recipient_id)
+        activity = state.decode() if isinstance(state, bytes) else ACTIVE
+        pipe.zremrangebyscore(lingering, "-inf", now)
+        pipe.zadd(lingering, {f"{activity}:{connection}": now + linger_seconds})
+        pipe.expire(lingering, math.ceil(linger_seconds) + 1)
     _seen(pipe, recipient_id, now)
-    results = await pipe.execute()
-    remaining = results[3] if linger_seconds <= 0 else results[2]
+    remaining = (await pipe.execute())[3]
     if not remaining:
         await client.srem(redis_key(ONLINE_SET), recipient_id)
 
@@ -110,22 +121,26 @@ def recipients_connected(recipient_ids: Iterable[int]) -> set[int]:
 
 
 def connection_states(recipient_ids: Sequence[int]) -> tuple[dict[int, list[str]], dict[int, float]]:
-    """For each recipient, the activity of each live connection (none: offline), and the
-    moment it was last seen, where Redis still has it. One round trip."""
+    """For each recipient, the activity of each connection that counts for presence (its
+    live connections, and those closed within their linger; none: offline), and the moment
+    it was last seen, where Redis still has it. One round trip."""
     now = time.time()
     pipe = redis_sync().pipeline(transaction=False)
     for rid in recipient_ids:
         pipe.zrangebyscore(_key(rid), now, "+inf")
         pipe.hgetall(_states_key(rid))
+        pipe.zrangebyscore(_lingering_key(rid), now, "+inf")
         pipe.get(_seen_key(rid))
     replies = pipe.execute()
     states: dict[int, list[str]] = {}
     seen: dict[int, float] = {}
     for index, rid in enumerate(recipient_ids):
-        live, activity, moment = replies[3 * index : 3 * index + 3]
-        if live:
-            by_connection = {name.decode(): value.decode() for name, value in activity.items()}
-            states[rid] = [by_connection.get(name.decode(), ACTIVE) for name in live]
+        live, activity, lingering, moment = replies[4 * index : 4 * index + 4]
+        by_connection = {name.decode(): value.decode() for name, value in activity.items()}
+        counted = [by_connection.get(name.decode(), ACTIVE) for name in live]
+        counted += [member.decode().partition(":")[0] for member in lingering]
+        if counted:
+            states[rid] = counted
         if moment is not None:
             seen[rid] = float(moment)
     return states, seen

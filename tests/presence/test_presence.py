@@ -96,8 +96,25 @@ def test_after_a_clean_close_the_user_stays_online_through_the_grace_then_goes_o
         await socket.disconnect()
         closed = time.monotonic()
         assert await sync_to_async(status_of)(ada) == "online"
+        # The closed tab receives nothing more: dispatch does not publish for it meanwhile.
+        assert await sync_to_async(registry.recipients_connected)([ada.id]) == set()
         await status_becomes(ada, "offline", timeout=5.0)
         assert time.monotonic() - closed >= 0.9
+
+    run(scenario)
+
+
+def test_a_tab_closed_while_idle_counts_as_idle_through_the_grace(settings: Any) -> None:
+    settings.PRESENCE_GRACE_SECONDS = 1.0
+    ada = recipient_create()
+
+    async def scenario() -> None:
+        socket = token_socket(token_for(ada))
+        await open_socket(socket)
+        await activity(socket, "idle")
+        await socket.disconnect()
+        assert await sync_to_async(status_of)(ada) == "idle"
+        await status_becomes(ada, "offline", timeout=5.0)
 
     run(scenario)
 
