@@ -6,14 +6,21 @@ cut-off). Sequencing lives in services/live_inbox.py, shared with the SSE stream
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import redis
 from channels.db import database_sync_to_async
+from django.conf import settings
 
 from notifications import selectors
 from notifications.services.live_inbox import LiveInbox
 from notifications.services.realtime import NOTIFICATION_MESSAGE, UNREAD_MESSAGE
+from notifications.services.validation import EXTERNAL_ID_MAX
+from presence.services import PRESENCE_CHANGE, Presence, presence_announce, presence_changes, presence_of
 from realtime.consumers import RealtimeConsumer
+
+log = logging.getLogger(__name__)
 
 
 def _parse_after(value: Any) -> int | None:
@@ -27,13 +34,33 @@ def _recipient_id_for_user(user: Any) -> int | None:
     return recipient.id if recipient is not None else None
 
 
+def _external_ids(value: Any) -> list[str] | str:
+    """The frame's ``recipients`` as a list of external_ids, or what is wrong with it."""
+    if not isinstance(value, list) or not value:
+        return f"Expected a non-empty list of external_ids, got {value!r}."
+    if len(value) > settings.PRESENCE_WATCH_MAX:
+        return f"At most {settings.PRESENCE_WATCH_MAX} external_ids, got {len(value)}."
+    wrong = [item for item in value if not isinstance(item, str) or not 0 < len(item) <= EXTERNAL_ID_MAX]
+    if wrong:
+        return f"Expected external_ids (text of 1 to {EXTERNAL_ID_MAX} characters), got {wrong[0]!r}."
+    return list(dict.fromkeys(value))
+
+
+def _watchable(external_ids: list[str]) -> tuple[dict[int, str], list[str], dict[int, Presence]]:
+    """(recipient id -> external_id, the unknown external_ids, their presence now)."""
+    ids = selectors.recipient_ids_by_external_id(external_ids=external_ids)
+    people = {rid: external_id for external_id, rid in ids.items()}
+    return people, [x for x in external_ids if x not in ids], presence_of(people)
+
+
 class InboxConsumer(RealtimeConsumer):
     """``/ws/inbox/``: the live inbox of one recipient. Client frames: ``ping`` and
     ``{"type": "resume", "after": n}`` (every item after seq n, in order)."""
 
-    # What the channel layer sends an inbox socket (services/realtime.py).
-    layer_messages = frozenset({NOTIFICATION_MESSAGE, UNREAD_MESSAGE})
-    frame_types = ("resume",)
+    # What the channel layer sends an inbox socket (services/realtime.py), and the changes
+    # of presence of whom it watches (presence/services.py).
+    layer_messages = frozenset({NOTIFICATION_MESSAGE, UNREAD_MESSAGE, PRESENCE_CHANGE})
+    frame_types = ("resume", "presence.subscribe", "presence.unsubscribe")
 
     live: LiveInbox | None = None
 
@@ -44,11 +71,50 @@ class InboxConsumer(RealtimeConsumer):
         return LiveInbox(recipient_id=recipient_id, layer=self.channel_layer, channel=self.channel_name)
 
     async def handle_frame(self, frame_type: Any, content: dict[str, Any]) -> bool:
-        if frame_type != "resume" or self.live is None:
+        if self.live is None:
             return False
-        after = _parse_after(content.get("after"))
-        if after is None:
-            self.send_error("after", f"Expected a non-negative integer, got {content.get('after')!r}.")
+        if frame_type == "resume":
+            after = _parse_after(content.get("after"))
+            if after is None:
+                self.send_error("after", f"Expected a non-negative integer, got {content.get('after')!r}.")
+            else:
+                self.live.resume(after=after)
+        elif frame_type in ("presence.subscribe", "presence.unsubscribe"):
+            await self._presence_frame(frame_type, content.get("recipients"))
         else:
-            self.live.resume(after=after)
+            return False
         return True
+
+    async def _presence_frame(self, frame_type: str, recipients: Any) -> None:
+        assert self.live is not None
+        external_ids = _external_ids(recipients)
+        if isinstance(external_ids, str):
+            self.send_error("recipients", external_ids)
+            return
+        if frame_type == "presence.unsubscribe":
+            by_external = {x: rid for rid, x in self.live.watching.items()}
+            await self.live.unwatch([by_external[x] for x in external_ids if x in by_external])
+            return
+        people, unknown, current = await database_sync_to_async(_watchable)(external_ids)
+        if unknown:
+            self.send_error(
+                "recipients", f"No recipient with external_id {', '.join(map(repr, unknown[:10]))}."
+            )
+            return
+        if len(set(self.live.watching) | set(people)) > settings.PRESENCE_WATCH_MAX:
+            self.send_error(
+                "recipients", f"A socket watches at most {settings.PRESENCE_WATCH_MAX} recipients."
+            )
+            return
+        await self.live.watch(people, current)
+
+    async def presence_changed(self) -> None:
+        if self.recipient_id is None:
+            return
+        try:
+            changes = await database_sync_to_async(presence_changes)([self.recipient_id])
+            if changes:
+                await presence_announce(self.channel_layer, changes)
+        except redis.RedisError as exc:
+            # Watchers miss this change; the sweep announces it once Redis answers again.
+            log.warning("presence change not announced: %s", exc)

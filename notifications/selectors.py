@@ -3,6 +3,7 @@ inbox; another user's item is indistinguishable from a missing one."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -76,6 +77,11 @@ def recipient_for_user(*, user: Any) -> Recipient | None:
     if user is None or not getattr(user, "is_authenticated", False):
         return None
     return Recipient.objects.filter(user=user).first()
+
+
+def recipient_ids_by_external_id(*, external_ids: Sequence[str]) -> dict[str, int]:
+    """{external_id: recipient id} for those of ``external_ids`` that exist."""
+    return dict(Recipient.objects.filter(external_id__in=external_ids).values_list("external_id", "id"))
 
 
 def event_delivery_summary(*, event: Event) -> dict[str, dict[str, int]]:

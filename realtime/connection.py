@@ -60,7 +60,7 @@ class LiveConnection:
         self.recipient_id = recipient_id
         self.layer = layer
         self.channel = channel
-        self.groups = tuple(groups)
+        self.groups = list(groups)
         self.on_too_slow = on_too_slow
         self.queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue(
             maxsize=queue_limit if queue_limit is not None else settings.SOCKET_SEND_QUEUE_LIMIT
@@ -82,6 +82,22 @@ class LiveConnection:
         self._redis = redis_async()
         await self.refresh()
         self._tasks.append(asyncio.create_task(self._keep_registered()))
+
+    async def join(self, group: str) -> None:
+        """Listen on one more group (left again on close, or with ``leave``)."""
+        if group in self.groups or self.closed or self.too_slow:
+            return
+        self.groups.append(group)
+        await self.layer.group_add(group, self.channel)
+
+    async def leave(self, group: str) -> None:
+        if group not in self.groups:
+            return
+        self.groups.remove(group)
+        try:
+            await self.layer.group_discard(group, self.channel)
+        except redis.RedisError as exc:
+            log.warning("live connection did not leave group %s: %s", group, exc)
 
     def listen(self) -> None:
         """Read this connection's channel from the layer in a task of its own and deliver

@@ -62,6 +62,10 @@ class RealtimeConsumer(AsyncJsonWebsocketConsumer):
         """Handle a client frame of the app's own; False when its type is unknown."""
         return False
 
+    async def presence_changed(self) -> None:
+        """The user's presence may have changed: a connection opened, reported activity
+        or closed (the app announces it to whoever watches)."""
+
     # --- lifecycle ----------------------------------------------------------------------
 
     async def connect(self) -> None:
@@ -81,6 +85,7 @@ class RealtimeConsumer(AsyncJsonWebsocketConsumer):
         await self.live.open()
         await self.accept()
         self.writer = asyncio.create_task(self._write_loop())
+        await self.presence_changed()
 
     async def disconnect(self, code: int) -> None:
         self.closing = True
@@ -90,6 +95,7 @@ class RealtimeConsumer(AsyncJsonWebsocketConsumer):
                 await self.writer
         if self.live is not None:
             await self.live.close()
+            await self.presence_changed()
 
     # --- client frames --------------------------------------------------------------------
 
@@ -122,6 +128,7 @@ class RealtimeConsumer(AsyncJsonWebsocketConsumer):
                 self.send_error("state", f"Expected 'active' or 'idle', got {state!r}.")
                 return
             await self.live.report_activity(state)
+            await self.presence_changed()
         elif not await self.handle_frame(frame_type, content):
             expected = ", ".join(repr(name) for name in ("ping", "activity", *self.frame_types))
             self.send_error("type", f"Unknown frame type {frame_type!r}; expected one of {expected}.")

@@ -32,6 +32,9 @@ IDLE = "idle"
 SEEN_CHANGED = "presence:seen-changed"
 # How long Redis remembers a user's last-seen moment (the database keeps it after).
 SEEN_TTL_SECONDS = 7 * 24 * 3600
+# Recipients scored by when their presence may change on its own (a registration or a
+# linger running out), for presence's sweep (presence/services.py).
+EXPIRING = "presence:expiring"
 
 
 def _key(recipient_id: int) -> str:
@@ -67,6 +70,7 @@ async def connection_register(client: aioredis.Redis, *, recipient_id: int, conn
     pipe.hsetnx(_states_key(recipient_id), connection, ACTIVE)
     pipe.expire(_states_key(recipient_id), CONNECTION_TTL_SECONDS)
     pipe.sadd(redis_key(ONLINE_SET), recipient_id)
+    pipe.zadd(redis_key(EXPIRING), {str(recipient_id): now + CONNECTION_TTL_SECONDS})
     _seen(pipe, recipient_id, now)
     await pipe.execute()
 
@@ -105,6 +109,7 @@ async def connection_unregister(
         pipe.zremrangebyscore(lingering, "-inf", now)
         pipe.zadd(lingering, {f"{activity}:{connection}": now + linger_seconds})
         pipe.expire(lingering, math.ceil(linger_seconds) + 1)
+        pipe.zadd(redis_key(EXPIRING), {str(recipient_id): now + linger_seconds})
     _seen(pipe, recipient_id, now)
     remaining = (await pipe.execute())[3]
     if not remaining:
@@ -163,3 +168,22 @@ def last_seen_unchanged(recipient_ids: Iterable[int]) -> None:
     ids = list(recipient_ids)
     if ids:
         redis_sync().sadd(redis_key(SEEN_CHANGED), *ids)
+
+
+def expiring_due(*, limit: int, recheck_seconds: float) -> list[int]:
+    """Recipients whose presence may have changed on its own by now; each is looked at
+    again ``recheck_seconds`` later (a connection it still has keeps pushing that on)."""
+    client = redis_sync()
+    now = time.time()
+    members: list[bytes] = client.zrangebyscore(redis_key(EXPIRING), "-inf", now, start=0, num=limit)  # type: ignore[assignment]
+    due = [int(value) for value in members]
+    if due:
+        client.zadd(redis_key(EXPIRING), {str(rid): now + recheck_seconds for rid in due})
+    return due
+
+
+def expiring_done(recipient_ids: Iterable[int]) -> None:
+    """Recipients with nothing left to expire (offline): no longer looked at."""
+    ids = [str(rid) for rid in recipient_ids]
+    if ids:
+        redis_sync().zrem(redis_key(EXPIRING), *ids)

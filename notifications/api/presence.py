@@ -10,8 +10,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from notifications import selectors
 from notifications.api.common import errors_response, operation
-from notifications.models import Recipient
 from notifications.services.validation import EXTERNAL_ID_MAX
 from presence.services import IDLE, OFFLINE, ONLINE, presence_of
 
@@ -84,7 +84,7 @@ class PresenceView(APIView):
     )
     def get(self, request: Request) -> Response:
         external_ids = _external_ids(request)
-        known = dict(Recipient.objects.filter(external_id__in=external_ids).values_list("external_id", "id"))
+        known = selectors.recipient_ids_by_external_id(external_ids=external_ids)
         unknown = [external_id for external_id in external_ids if external_id not in known]
         if unknown:
             raise serializers.ValidationError(

@@ -6,16 +6,19 @@ item once and in seq order.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from channels.db import database_sync_to_async
+from django.conf import settings
 
 from notifications import selectors
 from notifications.services.inbox import inbox_item_payload
 from notifications.services.realtime import NOTIFICATION_MESSAGE, UNREAD_MESSAGE, inbox_group
+from presence.services import PRESENCE_CHANGE, Presence, presence_group
 from realtime.connection import FRAME, LiveConnection
 
 log = logging.getLogger(__name__)
@@ -100,15 +103,55 @@ class LiveInbox(LiveConnection):
             on_too_slow=on_too_slow,
         )
         self.sequencer = InboxSequencer(recipient_id=recipient_id)
+        # Presence this connection watches: recipient id -> external_id (the frames' key),
+        # and the changes gathered for the next presence frame.
+        self.watching: dict[int, str] = {}
+        self._changes: dict[str, dict[str, Any]] = {}
+        self._flush: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         await super().open()
         count = await database_sync_to_async(selectors.inbox_unread_count)(recipient_id=self.recipient_id)
         self.send({"type": "unread_count", "count": count})
 
+    async def close(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+        await super().close()
+
+    # --- presence ------------------------------------------------------------------------
+
+    async def watch(self, people: dict[int, str], current: dict[int, Presence]) -> None:
+        """Watch these recipients (id -> external_id): their presence now goes out as one
+        frame, and every change after it in batched frames (presence/services.py)."""
+        for rid, external_id in people.items():
+            self.watching[rid] = external_id
+            await self.join(presence_group(rid))
+        self.send({"type": "presence", "changes": {people[rid]: _presence(current[rid]) for rid in people}})
+
+    async def unwatch(self, recipient_ids: list[int]) -> None:
+        for rid in recipient_ids:
+            if self.watching.pop(rid, None) is not None:
+                await self.leave(presence_group(rid))
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(settings.PRESENCE_BATCH_SECONDS)
+        changes, self._changes, self._flush = self._changes, {}, None
+        if changes:
+            self.send({"type": "presence", "changes": changes})
+
+    # --- what arrives ----------------------------------------------------------------------
+
     def deliver(self, message: dict[str, Any]) -> None:
-        """A channel-layer message for this recipient (services/realtime.py)."""
-        if message.get("type") == NOTIFICATION_MESSAGE:
+        """A channel-layer message for this recipient (services/realtime.py), or a change
+        of presence of someone it watches."""
+        if message.get("type") == PRESENCE_CHANGE:
+            external_id = self.watching.get(message["recipient"])
+            if external_id is not None and not self.closed:
+                self._changes[external_id] = {"status": message["status"], "last_seen": message["last_seen"]}
+                if self._flush is None:
+                    self._flush = asyncio.create_task(self._flush_later())
+        elif message.get("type") == NOTIFICATION_MESSAGE:
             self.put((_NOTIFICATION, message["seq"], message["item"]))
             if "unread" in message:  # the count after it (services/inbox.py)
                 self.put((FRAME, {"type": "unread_count", "count": message["unread"]}))
@@ -127,3 +170,10 @@ class LiveInbox(LiveConnection):
         async with contextlib.aclosing(items):
             async for seq, item in items:
                 yield {"type": "notification", "seq": seq, "item": item}
+
+
+def _presence(presence: Presence) -> dict[str, Any]:
+    return {
+        "status": presence.status,
+        "last_seen": presence.last_seen.isoformat() if presence.last_seen else None,
+    }

@@ -331,6 +331,13 @@ SSE_KEEPALIVE_SECONDS = env_float("SSE_KEEPALIVE_SECONDS", 15.0)
 PRESENCE_GRACE_SECONDS = env_float("PRESENCE_GRACE_SECONDS", 10.0)
 # How often the last-seen moments kept in Redis are written to the database.
 PRESENCE_FLUSH_SECONDS = env_float("PRESENCE_FLUSH_SECONDS", 60.0)
+# How often presence looks for changes nobody caused (a grace or a heartbeat running out);
+# with the 10 s grace, a closed tab's user is announced offline within 15 s.
+PRESENCE_SWEEP_SECONDS = env_float("PRESENCE_SWEEP_SECONDS", 2.0)
+# Status changes a watching socket gathers before it sends them as one frame.
+PRESENCE_BATCH_SECONDS = env_float("PRESENCE_BATCH_SECONDS", 0.25)
+# Recipients one socket may watch at once.
+PRESENCE_WATCH_MAX = env_int("PRESENCE_WATCH_MAX", 500, minimum=1)
 MAX_EXPLICIT_RECIPIENTS = env_int("MAX_EXPLICIT_RECIPIENTS", 10_000, minimum=1)
 MAX_EVENT_DATA_BYTES = env_int("MAX_EVENT_DATA_BYTES", 65_536, minimum=256)
 
@@ -374,6 +381,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "notifications.tasks.deliveries_sweep_task",
         "schedule": SWEEP_INTERVAL_SECONDS,
         "options": {"queue": "periodic", "expires": SWEEP_INTERVAL_SECONDS * 2},
+    },
+    "presence-sweep": {
+        "task": "presence.tasks.presence_sweep_task",
+        "schedule": PRESENCE_SWEEP_SECONDS,
+        "options": {"queue": "periodic", "expires": PRESENCE_SWEEP_SECONDS * 2},
     },
     "presence-last-seen-flush": {
         "task": "presence.tasks.last_seen_flush_task",

@@ -17,7 +17,7 @@ from rest_framework.test import APIClient
 
 from notifications.models import Recipient
 from presence.models import LastSeen
-from presence.services import last_seen_flush, presence_of
+from presence.services import last_seen_flush, presence_of, presence_sweep
 from realtime import redis_client, registry
 from realtime.redis_client import redis_sync
 from tests.notifications.test_consumers import (
@@ -252,3 +252,97 @@ def test_the_api_says_presence_is_unavailable_when_redis_does_not_answer(
         redis_client.redis_sync.cache_clear()
     assert response.status_code == 503 and response["Retry-After"] == "5"
     assert "unavailable" in response.json()["errors"]["service"][0]
+
+
+# --- watching presence over the inbox socket -----------------------------------------------
+
+
+async def presence_frame(socket: WebsocketCommunicator, timeout: float = FRAME_TIMEOUT) -> dict[str, Any]:
+    """The next presence frame (pongs between are skipped)."""
+    while True:
+        frame = await socket.receive_json_from(timeout)
+        if frame["type"] == "presence":
+            return frame["changes"]
+        assert frame["type"] == "pong", frame
+
+
+def test_a_watcher_gets_the_presence_now_then_batched_changes_of_whom_it_watches(settings: Any) -> None:
+    settings.PRESENCE_GRACE_SECONDS = 0.3
+    watcher, ada, bo = recipient_create(), recipient_create(), recipient_create()
+
+    async def scenario() -> None:
+        eyes = token_socket(token_for(watcher))
+        await open_socket(eyes)
+        await eyes.send_json_to(
+            {"type": "presence.subscribe", "recipients": [ada.external_id, bo.external_id]}
+        )
+        now = await presence_frame(eyes)
+        assert {key: value["status"] for key, value in now.items()} == {
+            ada.external_id: "offline",
+            bo.external_id: "offline",
+        }
+
+        # ada opens a tab, goes idle, comes back: each change reaches the watcher
+        tab = token_socket(token_for(ada))
+        await open_socket(tab)
+        assert (await presence_frame(eyes))[ada.external_id]["status"] == "online"
+        await activity(tab, "idle")
+        assert (await presence_frame(eyes))[ada.external_id]["status"] == "idle"
+
+        # she closes it: after the grace, the sweep announces her offline
+        await tab.disconnect()
+        await sync_to_async(time.sleep)(0.4)
+        assert await sync_to_async(presence_sweep)() >= 1
+        gone = await presence_frame(eyes)
+        assert gone[ada.external_id]["status"] == "offline" and gone[ada.external_id]["last_seen"]
+        await eyes.disconnect()
+
+    run(scenario)
+
+
+def test_nothing_is_sent_to_sockets_that_do_not_watch_and_unsubscribing_stops_the_changes() -> None:
+    watcher, bystander, ada = recipient_create(), recipient_create(), recipient_create()
+
+    async def scenario() -> None:
+        eyes, other = token_socket(token_for(watcher)), token_socket(token_for(bystander))
+        await open_socket(eyes)
+        await open_socket(other)
+        await eyes.send_json_to({"type": "presence.subscribe", "recipients": [ada.external_id]})
+        await presence_frame(eyes)
+        await eyes.send_json_to({"type": "presence.unsubscribe", "recipients": [ada.external_id]})
+
+        tab = token_socket(token_for(ada))
+        await open_socket(tab)
+        for socket in (eyes, other):
+            await socket.send_json_to({"type": "ping"})
+            assert await socket.receive_json_from(FRAME_TIMEOUT) == {"type": "pong"}
+            assert await socket.receive_nothing(timeout=0.5)
+        for socket in (tab, eyes, other):
+            await socket.disconnect()
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("recipients", "message"),
+    [
+        ("ada", "non-empty list"),
+        ([], "non-empty list"),
+        ([7], "got 7"),
+        (["nobody-here"], "'nobody-here'"),
+        ([f"u{n}" for n in range(501)], "At most 500"),
+    ],
+    ids=["not a list", "empty", "not text", "unknown", "too many"],
+)
+def test_a_bad_subscription_gets_an_error_naming_recipients(recipients: Any, message: str) -> None:
+    watcher = recipient_create()
+
+    async def scenario() -> None:
+        eyes = token_socket(token_for(watcher))
+        await open_socket(eyes)
+        await eyes.send_json_to({"type": "presence.subscribe", "recipients": recipients})
+        frame = await eyes.receive_json_from(FRAME_TIMEOUT)
+        assert frame["type"] == "error" and message in frame["errors"]["recipients"][0], frame
+        await eyes.disconnect()
+
+    run(scenario)

@@ -21,6 +21,10 @@ from realtime.redis_client import redis_sync
 from realtime.registry import _key as connection_key
 from realtime.tokens import end_user_token_issue
 
+# No table is read, but Channels closes stale database connections around each message it
+# dispatches, and that touches the database connection of its worker thread.
+pytestmark = pytest.mark.django_db(transaction=True)
+
 FRAME_TIMEOUT = 3.0
 ECHO = "echo.message"
 
