@@ -17,7 +17,7 @@ from notifications import selectors
 from notifications.services.live_inbox import LiveInbox
 from notifications.services.realtime import NOTIFICATION_MESSAGE, UNREAD_MESSAGE
 from notifications.services.validation import EXTERNAL_ID_MAX
-from presence.services import PRESENCE_CHANGE, Presence, presence_announce, presence_changes, presence_of
+from presence.services import PRESENCE_CHANGE, presence_announce, presence_changes, presence_of
 from realtime.consumers import RealtimeConsumer
 
 log = logging.getLogger(__name__)
@@ -46,11 +46,10 @@ def _external_ids(value: Any) -> list[str] | str:
     return list(dict.fromkeys(value))
 
 
-def _watchable(external_ids: list[str]) -> tuple[dict[int, str], list[str], dict[int, Presence]]:
-    """(recipient id -> external_id, the unknown external_ids, their presence now)."""
+def _watchable(external_ids: list[str]) -> tuple[dict[int, str], list[str]]:
+    """(recipient id -> external_id, the unknown external_ids)."""
     ids = selectors.recipient_ids_by_external_id(external_ids=external_ids)
-    people = {rid: external_id for external_id, rid in ids.items()}
-    return people, [x for x in external_ids if x not in ids], presence_of(people)
+    return {rid: external_id for external_id, rid in ids.items()}, [x for x in external_ids if x not in ids]
 
 
 class InboxConsumer(RealtimeConsumer):
@@ -95,7 +94,7 @@ class InboxConsumer(RealtimeConsumer):
             by_external = {x: rid for rid, x in self.live.watching.items()}
             await self.live.unwatch([by_external[x] for x in external_ids if x in by_external])
             return
-        people, unknown, current = await database_sync_to_async(_watchable)(external_ids)
+        people, unknown = await database_sync_to_async(_watchable)(external_ids)
         if unknown:
             self.send_error(
                 "recipients", f"No recipient with external_id {', '.join(map(repr, unknown[:10]))}."
@@ -106,7 +105,15 @@ class InboxConsumer(RealtimeConsumer):
                 "recipients", f"A socket watches at most {settings.PRESENCE_WATCH_MAX} recipients."
             )
             return
-        await self.live.watch(people, current)
+        await self.live.watch(people)
+        try:
+            current = await database_sync_to_async(presence_of)(people)
+        except redis.RedisError as exc:
+            self.send_error(
+                "recipients", f"Presence is unavailable right now (Redis: {exc}); changes will follow."
+            )
+            return
+        self.live.send_presence(people, current)
 
     async def presence_changed(self) -> None:
         if self.recipient_id is None:

@@ -121,12 +121,16 @@ class LiveInbox(LiveConnection):
 
     # --- presence ------------------------------------------------------------------------
 
-    async def watch(self, people: dict[int, str], current: dict[int, Presence]) -> None:
-        """Watch these recipients (id -> external_id): their presence now goes out as one
-        frame, and every change after it in batched frames (presence/services.py)."""
+    async def watch(self, people: dict[int, str]) -> None:
+        """Watch these recipients (id -> external_id): every change of their presence from
+        now on goes out in batched frames (presence/services.py). The caller then sends
+        their presence now (``send_presence``): read after joining, so no change can fall
+        between the two."""
         for rid, external_id in people.items():
             self.watching[rid] = external_id
             await self.join(presence_group(rid))
+
+    def send_presence(self, people: dict[int, str], current: dict[int, Presence]) -> None:
         self.send({"type": "presence", "changes": {people[rid]: _presence(current[rid]) for rid in people}})
 
     async def unwatch(self, recipient_ids: list[int]) -> None:
