@@ -175,6 +175,7 @@ class NotificationTypeAdmin(admin.ModelAdmin):
         "fallback_list",
         "aggregation_window_seconds",
         "quiet_hours_policy",
+        "when_active",
         "updated_at",
     ]
     list_filter = ["category"]

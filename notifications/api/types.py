@@ -36,6 +36,7 @@ from notifications.services.validation import (
     FALLBACK_MAX_SECONDS,
     LOCALE_PATTERN,
     TEMPLATE_REQUIRED,
+    WHEN_ACTIVE_PATTERN,
     fallback_rules_clean,
     key_check,
     locale_check,
@@ -137,6 +138,14 @@ class NotificationTypeSerializer(StrictSerializer):
     quiet_hours_policy = serializers.ChoiceField(
         choices=QuietHoursPolicy.choices, required=False, default=QuietHoursPolicy.DEFER
     )
+    when_active = serializers.RegexField(
+        WHEN_ACTIVE_PATTERN,
+        trim_whitespace=False,
+        required=False,
+        default="send",
+        help_text="For a user online in the app, who sees the in-app copy: `send` email, SMS and push "
+        "as usual, `skip` them, or `delay:<seconds>` them (1 to 86400)",
+    )
     default_locale = LocaleField(max_length=20, required=False, default="en", trim_whitespace=False)
     fallbacks = FallbacksField(required=False, default=list)
 
@@ -193,6 +202,7 @@ class NotificationTypeOutSerializer(serializers.Serializer):
     templates = StoredTemplatesField()
     aggregation = AggregationOutSerializer(allow_null=True)
     quiet_hours_policy = serializers.ChoiceField(choices=QuietHoursPolicy.choices)
+    when_active = serializers.CharField()
     default_locale = serializers.CharField()
     fallbacks = FallbacksField()
     created_at = serializers.DateTimeField()
@@ -215,6 +225,7 @@ def _type_payload(notification_type: NotificationType) -> dict[str, Any]:
         "templates": {t.channel: t.content for t in notification_type.templates.all() if t.locale == locale},
         "aggregation": {"window_seconds": window} if window else None,
         "quiet_hours_policy": notification_type.quiet_hours_policy,
+        "when_active": notification_type.when_active or "send",
         "default_locale": locale,
         "fallbacks": notification_type.fallbacks or [],
         "created_at": notification_type.created_at.isoformat(),
@@ -235,6 +246,7 @@ def _type_fields(data: dict[str, Any]) -> dict[str, Any]:
         "channels": data["channels"],
         "aggregation_window_seconds": aggregation.get("window_seconds"),
         "quiet_hours_policy": data["quiet_hours_policy"],
+        "when_active": data.get("when_active", "send"),
         "default_locale": data["default_locale"],
         "fallbacks": data.get("fallbacks", []),
     }

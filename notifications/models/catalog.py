@@ -78,6 +78,15 @@ class NotificationType(models.Model):
     quiet_hours_policy = models.CharField(
         max_length=10, choices=QuietHoursPolicy.choices, default=QuietHoursPolicy.DEFER
     )
+    # For a user online in the app (presence/services.py), who sees the in-app copy: "send"
+    # the email, SMS and push as usual, "skip" them, or "delay:<seconds>" them.
+    when_active = models.CharField(
+        max_length=20,
+        default="send",
+        db_default="send",
+        blank=True,
+        help_text="For a user online in the app: send, skip, or delay:<seconds> email, SMS and push.",
+    )
     # Channel fallback rules: [{"from": "push", "to": "sms", "after_seconds": 60}]: when the
     # "from" delivery has not reached the user (delivered, opened, read) within the delay,
     # or failed for good, the event is delivered on "to" as well.

@@ -15,6 +15,7 @@ from notifications.services.validation import (
     key_check,
     locale_check,
     type_templates_errors,
+    when_active_parse,
 )
 
 
@@ -56,6 +57,11 @@ def notification_type_errors(
             locale_check(fields["default_locale"])
         except RuleViolation as exc:
             errors["default_locale"] = [str(exc)]
+    if "when_active" in fields:
+        try:
+            when_active_parse(fields["when_active"])
+        except RuleViolation as exc:
+            errors["when_active"] = [str(exc)]
     window = fields.get("aggregation_window_seconds")
     if window is not None and (
         not isinstance(window, int) or isinstance(window, bool) or not 1 <= window <= 86_400
@@ -141,6 +147,7 @@ TYPE_FIELDS = (
     "default_locale",
     "aggregation_window_seconds",
     "quiet_hours_policy",
+    "when_active",
     "fallbacks",
 )
 DEFAULT_LOCALE = "en"

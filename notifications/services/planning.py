@@ -12,12 +12,15 @@ from functools import lru_cache
 from typing import NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import redis
 from django.conf import settings
 from django.db import connection
 
 from notifications.models import DeliveryStatus, NotificationType, Preference, QuietHoursPolicy
 from notifications.services.dispatch import bigint_array_literal, channel_has_transport
 from notifications.services.ratelimits import rate_caps_consume
+from notifications.services.validation import WHEN_ACTIVE_SEND, WHEN_ACTIVE_SKIP, when_active_parse
+from presence.services import recipients_online
 
 
 # Named tuples, not dataclasses: a fan-out builds one of each per recipient, and a frozen
@@ -105,6 +108,10 @@ def plan_page(
         )
     )
     quiet_channels = set(settings.QUIET_HOURS_CHANNELS)
+    when_active, delay = (
+        (WHEN_ACTIVE_SEND, 0) if critical else when_active_parse(notification_type.when_active)
+    )
+    online: set[int] | None = None  # asked once per page, and only when a channel needs it
     planned: list[PlannedDelivery] = []
     for channel in notification_type.channels:
         if not channel_has_transport(channel):
@@ -145,6 +152,12 @@ def plan_page(
                     continue
             slots.append(None)
             candidates.append(facts.id)
+        if when_active != WHEN_ACTIVE_SEND and channel in WHEN_ACTIVE_CHANNELS and candidates:
+            if online is None:
+                # The whole page, once: another channel's candidates may differ (opt-outs).
+                online = _online([r.id for r in recipients])
+            if online:
+                candidates = _held_for_the_active(slots, candidates, online, channel, when_active, delay, now)
         over_cap = (
             [False] * len(candidates)
             if critical
@@ -165,3 +178,47 @@ def plan_page(
             else:
                 planned.append(PlannedDelivery(facts.id, channel, DeliveryStatus.PENDING))
     return planned
+
+
+# The channels a type's ``when_active`` holds back for a user online in the app.
+WHEN_ACTIVE_CHANNELS = frozenset({"email", "sms", "push"})
+ACTIVE_IN_APP = "active in the app"
+
+
+def _online(recipient_ids: list[int]) -> set[int]:
+    """Who of them is online in the app now; nobody when Redis does not answer (they are
+    then sent to as usual: a missed skip costs a duplicate channel, a wrong one the
+    message)."""
+    try:
+        return recipients_online(recipient_ids)
+    except redis.RedisError:
+        return set()
+
+
+def _held_for_the_active(
+    slots: list[PlannedDelivery | None],
+    candidates: list[int],
+    online: set[int],
+    channel: str,
+    when_active: str,
+    delay: int,
+    now: datetime,
+) -> list[int]:
+    """Fill the slots of the online candidates (skipped, or scheduled ``delay`` seconds
+    on) and return the candidates left. ``slots`` and ``candidates`` are in recipient
+    order, a None slot standing for each candidate."""
+    left: list[int] = []
+    remaining = iter(candidates)
+    for index, slot in enumerate(slots):
+        if slot is not None:
+            continue
+        rid = next(remaining)
+        if rid not in online:
+            left.append(rid)
+        elif when_active == WHEN_ACTIVE_SKIP:
+            slots[index] = PlannedDelivery(rid, channel, DeliveryStatus.SUPPRESSED, ACTIVE_IN_APP)
+        else:
+            slots[index] = PlannedDelivery(
+                rid, channel, DeliveryStatus.SCHEDULED, ACTIVE_IN_APP, due_at=now + timedelta(seconds=delay)
+            )
+    return left

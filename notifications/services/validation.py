@@ -247,6 +247,28 @@ TEMPLATE_REQUIRED: dict[str, tuple[str, ...]] = {
 }
 
 
+# A type's ``when_active``: what happens to email, SMS and push for a user online in the app.
+WHEN_ACTIVE_SEND, WHEN_ACTIVE_SKIP, WHEN_ACTIVE_DELAY = "send", "skip", "delay"
+WHEN_ACTIVE_DELAY_MAX = 86_400
+WHEN_ACTIVE_PATTERN = r"^(send|skip|delay:[1-9][0-9]{0,4})$"
+
+
+def when_active_parse(value: str) -> tuple[str, int]:
+    """("send" | "skip" | "delay", seconds) for a type's ``when_active``; an empty value is
+    "send". Raises RuleViolation naming what is expected."""
+    if value in ("", WHEN_ACTIVE_SEND):
+        return WHEN_ACTIVE_SEND, 0
+    if value == WHEN_ACTIVE_SKIP:
+        return WHEN_ACTIVE_SKIP, 0
+    kind, _, seconds = value.partition(":")
+    if kind == WHEN_ACTIVE_DELAY and seconds.isascii() and seconds.isdigit():
+        if 1 <= int(seconds) <= WHEN_ACTIVE_DELAY_MAX:
+            return WHEN_ACTIVE_DELAY, int(seconds)
+    raise RuleViolation(
+        f"{value!r} is not a choice; expected 'send', 'skip' or 'delay:<seconds>' (1 to {WHEN_ACTIVE_DELAY_MAX})"
+    )
+
+
 def fallback_rules_clean(
     rules: Any, *, channels: list[str], template_channels: set[str] | None
 ) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
