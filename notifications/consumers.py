@@ -1,7 +1,8 @@
 """The live inbox over a websocket (``/ws/inbox/``), on the shared socket plumbing
 (realtime/consumers.py: authentication, heartbeat, the bounded queue and the slow-client
-cut-off). Sequencing lives in services/live_inbox.py, shared with the SSE stream
-(views.py); this consumer says who a logged-in user is and handles ``resume``.
+cut-off, ``ping`` and ``activity``). Sequencing lives in services/live_inbox.py, shared
+with the SSE stream (views.py); this consumer says who a logged-in user is, handles
+``resume`` and the presence subscriptions, and announces its user's presence changes.
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ def _watchable(external_ids: list[str]) -> tuple[dict[int, str], list[str]]:
 
 
 class InboxConsumer(RealtimeConsumer):
-    """``/ws/inbox/``: the live inbox of one recipient. Client frames: ``ping`` and
-    ``{"type": "resume", "after": n}`` (every item after seq n, in order)."""
+    """``/ws/inbox/``: the live inbox of one recipient. Client frames besides ``ping`` and
+    ``activity``: ``{"type": "resume", "after": n}`` (every item after seq n, in order),
+    ``{"type": "presence.subscribe" | "presence.unsubscribe", "recipients": [...]}``."""
 
     # What the channel layer sends an inbox socket (services/realtime.py), and the changes
     # of presence of whom it watches (presence/services.py).
