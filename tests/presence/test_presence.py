@@ -18,8 +18,9 @@ from rest_framework.test import APIClient
 from notifications.models import Recipient
 from presence.models import LastSeen
 from presence.services import last_seen_flush, presence_of, presence_sweep
+from project.processes.waiting import wait_until
 from realtime import redis_client, registry
-from realtime.redis_client import redis_sync
+from realtime.redis_client import redis_key, redis_sync
 from tests.notifications.test_consumers import (
     FRAME_TIMEOUT,
     open_socket,
@@ -37,10 +38,17 @@ def status_of(recipient: Recipient) -> str:
 
 
 async def status_becomes(recipient: Recipient, wanted: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while (status := await sync_to_async(status_of)(recipient)) != wanted:
-        assert time.monotonic() < deadline, f"presence stayed {status!r}, wanted {wanted!r}"
-        await sync_to_async(time.sleep)(0.02)
+    await sync_to_async(wait_until)(
+        lambda: status_of(recipient) == wanted,
+        timeout,
+        interval=0.02,
+        message=f"presence never became {wanted!r}",
+    )
+
+
+def lingering(recipient: Recipient) -> int:
+    """The recipient's closed connections still inside their grace."""
+    return int(redis_sync().zcount(registry._lingering_key(recipient.id), time.time(), "+inf"))
 
 
 async def activity(socket: WebsocketCommunicator, state: str) -> None:
@@ -130,11 +138,15 @@ def test_a_reload_inside_the_grace_does_not_flap_to_offline(settings: Any) -> No
         seen = [await sync_to_async(status_of)(ada)]
         after = token_socket(token_for(ada))
         await open_socket(after)
-        # Past the grace of the closed tab: only the reloaded one counts now.
-        deadline = time.monotonic() + 2.5
-        while time.monotonic() < deadline:
-            seen.append(await sync_to_async(status_of)(ada))
-            await sync_to_async(time.sleep)(0.05)
+
+        # Until the closed tab's grace runs out, and after it, when only the reloaded one
+        # counts: online at every look.
+        def look() -> bool:
+            seen.append(status_of(ada))
+            return lingering(ada) == 0
+
+        await sync_to_async(wait_until)(look, 5.0, message="the closed tab's grace never ran out")
+        seen.append(await sync_to_async(status_of)(ada))
         assert set(seen) == {"online"}
         await after.disconnect()
 
@@ -291,8 +303,12 @@ def test_a_watcher_gets_the_presence_now_then_batched_changes_of_whom_it_watches
 
         # she closes it: after the grace, the sweep announces her offline
         await tab.disconnect()
-        await sync_to_async(time.sleep)(0.4)
-        assert await sync_to_async(presence_sweep)() >= 1
+
+        def swept_offline() -> bool:
+            presence_sweep()
+            return redis_sync().get(redis_key(f"presence:announced:{ada.id}")) == b"offline"
+
+        await sync_to_async(wait_until)(swept_offline, 5.0, message="the sweep never announced her offline")
         gone = await presence_frame(eyes)
         assert gone[ada.external_id]["status"] == "offline" and gone[ada.external_id]["last_seen"]
         await eyes.disconnect()
