@@ -16,7 +16,12 @@ from django.conf import settings
 
 from notifications import selectors
 from notifications.services.live_inbox import LiveInbox
-from notifications.services.realtime import NOTIFICATION_MESSAGE, UNREAD_MESSAGE
+from notifications.services.realtime import (
+    ITEM_MESSAGE,
+    NOTIFICATION_MESSAGE,
+    READ_ALL_MESSAGE,
+    UNREAD_MESSAGE,
+)
 from notifications.services.validation import EXTERNAL_ID_MAX
 from presence.services import PRESENCE_CHANGE, presence_announce, presence_changes, presence_of
 from realtime.consumers import RealtimeConsumer
@@ -60,7 +65,9 @@ class InboxConsumer(RealtimeConsumer):
 
     # What the channel layer sends an inbox socket (services/realtime.py), and the changes
     # of presence of whom it watches (presence/services.py).
-    layer_messages = frozenset({NOTIFICATION_MESSAGE, UNREAD_MESSAGE, PRESENCE_CHANGE})
+    layer_messages = frozenset(
+        {NOTIFICATION_MESSAGE, UNREAD_MESSAGE, ITEM_MESSAGE, READ_ALL_MESSAGE, PRESENCE_CHANGE}
+    )
     frame_types = ("resume", "presence.subscribe", "presence.unsubscribe")
 
     live: LiveInbox | None = None

@@ -37,11 +37,18 @@ ITEM_COLUMNS = (
     "created_at",
     "accepted_at",
     "event_id",
+    "archived_at",
+    "snoozed_until",
 )
 
 
 def inbox_items(
-    *, recipient_id: int, after: int | None = None, before: int | None = None, limit: int = 50
+    *,
+    recipient_id: int,
+    after: int | None = None,
+    before: int | None = None,
+    limit: int = 50,
+    archived: bool = False,
 ) -> list[dict[str, Any]]:
     """Items of one recipient.
 
@@ -49,11 +56,17 @@ def inbox_items(
     skips or repeats an item. Without: what a person reads, newest first by when the event
     was accepted (``accepted_at``; seq follows the order fan-out workers committed in,
     which can differ by milliseconds); with ``before``, the items listed after the item
-    whose seq is ``before`` (none if it is not the recipient's)."""
+    whose seq is ``before`` (none if it is not the recipient's). The newest-first list
+    leaves out archived items (``archived=True`` lists only them) and snoozed ones; the
+    resume cursor gives every item, each saying whether it is archived or snoozed."""
     limit = max(1, min(limit, INBOX_PAGE_MAX))
     qs = InboxItem.objects.filter(recipient_id=recipient_id)
     if after is not None:
         return list(qs.filter(seq__gt=after).order_by("seq").values(*ITEM_COLUMNS)[:limit])
+    if archived:
+        qs = qs.filter(archived_at__isnull=False)
+    else:
+        qs = qs.filter(archived_at__isnull=True, snoozed_until__isnull=True)
     if before is not None:
         anchor = qs.filter(seq=before).values_list("accepted_at", flat=True).first()
         if anchor is None:
@@ -63,7 +76,10 @@ def inbox_items(
 
 
 def inbox_unread_count(*, recipient_id: int) -> int:
-    return InboxItem.objects.filter(recipient_id=recipient_id, read_at__isnull=True).count()
+    """Unread items, not counting snoozed ones (archived items are read)."""
+    return InboxItem.objects.filter(
+        recipient_id=recipient_id, read_at__isnull=True, snoozed_until__isnull=True
+    ).count()
 
 
 def inbox_last_seq(*, recipient_id: int) -> int:

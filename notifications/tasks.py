@@ -12,6 +12,7 @@ from notifications.services.deliveries import inapp_dispatch_batch
 from notifications.services.dispatch import dispatch_batches_sweep
 from notifications.services.fallback import fallback_checks_due
 from notifications.services.fanout import event_fanout_next, events_fanout_many
+from notifications.services.inbox import inbox_snoozed_wake
 from notifications.services.outbox import outbox_sweep
 from notifications.services.scheduling import deliveries_release_due
 from notifications.services.sending.send import provider_dispatch_batch
@@ -49,3 +50,8 @@ def outbox_sweep_task() -> int:
 @shared_task
 def deliveries_sweep_task() -> int:
     return deliveries_release_due() + dispatch_batches_sweep() + fallback_checks_due()
+
+
+@shared_task
+def inbox_snooze_sweep_task() -> int:
+    return inbox_snoozed_wake()

@@ -77,7 +77,12 @@ urlpatterns = [
     path("presence/", presence.PresenceView.as_view(), name="presence"),
     path("inbox/", inbox.InboxView.as_view(), name="inbox"),
     path("inbox/unread-count/", inbox.InboxUnreadCountView.as_view(), name="inbox-unread-count"),
+    path("inbox/poll/", inbox.InboxPollView.as_view(), name="inbox-poll"),
     path("inbox/<id:item_id>/read/", inbox.InboxReadView.as_view(), name="inbox-read"),
+    path("inbox/<id:item_id>/unread/", inbox.InboxUnreadView.as_view(), name="inbox-unread"),
+    path("inbox/<id:item_id>/archive/", inbox.InboxArchiveView.as_view(), name="inbox-archive"),
+    path("inbox/<id:item_id>/unarchive/", inbox.InboxUnarchiveView.as_view(), name="inbox-unarchive"),
+    path("inbox/<id:item_id>/snooze/", inbox.InboxSnoozeView.as_view(), name="inbox-snooze"),
     path("inbox/read-all/", inbox.InboxReadAllView.as_view(), name="inbox-read-all"),
     # Last: any other path under /api/v1/ is a 404 in the API's error shape ([\s\S]: a
     # decoded %0A is a path character too, and "." would not match it).

@@ -47,6 +47,11 @@ class InboxItem(models.Model):
     # newest first by this, not by seq: seq is handed out in the order fan-out workers
     # commit, which can differ from the order the producer sent in.
     accepted_at = models.DateTimeField(default=now)
+    # Archived items leave the inbox list (the API's ``archived=true`` lists them) and
+    # count as read. A snoozed item is hidden until ``snoozed_until`` and then comes back
+    # as new: services/inbox.py inbox_snoozed_wake re-publishes it and pushes a frame.
+    archived_at = models.DateTimeField(null=True, blank=True)
+    snoozed_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -59,6 +64,9 @@ class InboxItem(models.Model):
                 models.F("accepted_at").desc(),
                 models.F("seq").desc(),
                 name="inbox_recipient_listed",
+            ),
+            models.Index(
+                fields=["snoozed_until"], condition=Q(snoozed_until__isnull=False), name="inbox_snoozed_idx"
             ),
         ]
 

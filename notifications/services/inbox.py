@@ -11,14 +11,15 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis
 from django.db import connection, transaction
 from django.utils import timezone
 
+from notifications import selectors
 from notifications.models import (
     Channel,
     Delivery,
@@ -32,7 +33,12 @@ from notifications.services.aggregation import aggregation_context
 from notifications.services.catalog import channel_templates
 from notifications.services.dispatch import bigint_array_literal
 from notifications.services.metrics import metrics_increment
-from notifications.services.realtime import NOTIFICATION_MESSAGE, UNREAD_MESSAGE, realtime_publish
+from notifications.services.realtime import (
+    ITEM_MESSAGE,
+    NOTIFICATION_MESSAGE,
+    READ_ALL_MESSAGE,
+    realtime_publish,
+)
 from notifications.services.templating import TemplateRenderError, template_render, template_uses_recipient
 from notifications.states import INAPP_UNRENDERABLE, INAPP_WRITTEN, READ
 from realtime.registry import recipients_connected
@@ -46,6 +52,8 @@ def inbox_item_payload(item: InboxItem | dict[str, Any]) -> dict[str, Any]:
     read_at: datetime | None = get("read_at")
     created_at: datetime = get("created_at")  # type: ignore[assignment]
     accepted_at: datetime = get("accepted_at")  # type: ignore[assignment]
+    archived_at: datetime | None = get("archived_at")
+    snoozed_until: datetime | None = get("snoozed_until")
     return {
         "id": get("id"),
         "seq": get("seq"),
@@ -60,6 +68,9 @@ def inbox_item_payload(item: InboxItem | dict[str, Any]) -> dict[str, Any]:
         "created_at": created_at.isoformat(),
         "accepted_at": accepted_at.isoformat(),
         "event_id": str(get("event_id")),
+        "archived": archived_at is not None,
+        "archived_at": archived_at.isoformat() if archived_at else None,
+        "snoozed_until": snoozed_until.isoformat() if snoozed_until else None,
     }
 
 
@@ -401,7 +412,8 @@ def _unread_counts(recipient_ids: set[int]) -> dict[int, int]:
     with connection.cursor() as db:
         db.execute(
             f"""SELECT recipient_id, count(*) FROM {InboxItem._meta.db_table}
-                WHERE recipient_id = ANY(%b) AND read_at IS NULL GROUP BY recipient_id""",
+                WHERE recipient_id = ANY(%b) AND read_at IS NULL AND snoozed_until IS NULL
+                GROUP BY recipient_id""",
             [sorted(recipient_ids)],
         )
         return dict(db.fetchall())
@@ -498,53 +510,204 @@ def _insert_items(items: list[tuple[Any, ...]], now: datetime) -> list[int]:
     return [ids[i[2]] for i in items]
 
 
-def _push_unread_count(recipient_id: int) -> None:
+# --- what the end user does with an item ------------------------------------------------
+#
+# Every change is one transaction on the item's row (locked), and after commit the new
+# state of the item and the unread count go to every live connection of its owner (an
+# ``item`` frame), so other tabs and devices follow at once. Frames are a nudge as always:
+# a client that missed them reads the state again (the newest page) when it reconnects.
+
+SNOOZE_MAX = timedelta(days=365)
+
+
+class InboxChangeRefused(Exception):
+    """The change cannot be made; ``field`` and ``message`` say why."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def _push_item_state(recipient_id: int, item_id: int) -> None:
+    """After commit: the item's state and the unread count to the owner's connections."""
+
     def push() -> None:
-        count = InboxItem.objects.filter(recipient_id=recipient_id, read_at__isnull=True).count()
-        realtime_publish([(recipient_id, {"type": UNREAD_MESSAGE, "count": count})])
+        row = (
+            InboxItem.objects.filter(id=item_id, recipient_id=recipient_id)
+            .values(*selectors.ITEM_COLUMNS)
+            .first()
+        )
+        if row is None:
+            return
+        count = _unread_counts({recipient_id}).get(recipient_id, 0)
+        realtime_publish(
+            [(recipient_id, {"type": ITEM_MESSAGE, "item": inbox_item_payload(row), "unread": count})]
+        )
 
     transaction.on_commit(push, robust=True)
+
+
+def _change(recipient_id: int, item_id: int, change: Callable[[InboxItem, datetime], list[str]]) -> InboxItem:
+    """Apply ``change`` (which returns the fields it changed) to the locked item; raises
+    InboxItem.DoesNotExist for an item that is not the recipient's."""
+    now = timezone.now()
+    with transaction.atomic():
+        item = InboxItem.objects.select_for_update().get(id=item_id, recipient_id=recipient_id)
+        changed = change(item, now)
+        if changed:
+            item.save(update_fields=changed)
+            _push_item_state(recipient_id, item.id)
+    return item
+
+
+def _mark_read(item: InboxItem, now: datetime) -> list[str]:
+    if item.read_at is not None:
+        return []
+    item.read_at = now
+    Delivery.objects.filter(id=item.delivery_id, status__in=READ.sources).update(
+        status=READ.target, updated_at=now
+    )
+    transaction.on_commit(lambda: metrics_increment({"inbox_read": 1}), robust=True)
+    return ["read_at"]
 
 
 def inbox_item_mark_read(*, recipient_id: int, item_id: int) -> InboxItem:
     """Mark one of the recipient's items read (idempotent). Raises InboxItem.DoesNotExist
     for an item that is not theirs, exactly as for one that does not exist."""
-    now = timezone.now()
-    with transaction.atomic():
-        item = InboxItem.objects.select_for_update().get(id=item_id, recipient_id=recipient_id)
+    return _change(recipient_id, item_id, _mark_read)
+
+
+def inbox_item_mark_unread(*, recipient_id: int, item_id: int) -> InboxItem:
+    """Mark an item unread again (idempotent). Its delivery stays ``read``: it was."""
+
+    def change(item: InboxItem, now: datetime) -> list[str]:
         if item.read_at is None:
-            item.read_at = now
-            item.save(update_fields=["read_at"])
-            Delivery.objects.filter(id=item.delivery_id, status__in=READ.sources).update(
-                status=READ.target, updated_at=now
-            )
-            transaction.on_commit(lambda: metrics_increment({"inbox_read": 1}), robust=True)
-            _push_unread_count(recipient_id)
-    return item
+            return []
+        item.read_at = None
+        return ["read_at"]
+
+    return _change(recipient_id, item_id, change)
+
+
+def inbox_item_archive(*, recipient_id: int, item_id: int) -> InboxItem:
+    """Archive an item: it leaves the inbox list and counts as read (idempotent). Archiving
+    a snoozed item ends the snooze."""
+
+    def change(item: InboxItem, now: datetime) -> list[str]:
+        if item.archived_at is not None:
+            return []
+        item.archived_at = now
+        item.snoozed_until = None
+        return ["archived_at", "snoozed_until", *_mark_read(item, now)]
+
+    return _change(recipient_id, item_id, change)
+
+
+def inbox_item_unarchive(*, recipient_id: int, item_id: int) -> InboxItem:
+    """Bring an archived item back to the inbox list (read, as it was archived)."""
+
+    def change(item: InboxItem, now: datetime) -> list[str]:
+        if item.archived_at is None:
+            return []
+        item.archived_at = None
+        return ["archived_at"]
+
+    return _change(recipient_id, item_id, change)
+
+
+def inbox_item_snooze(*, recipient_id: int, item_id: int, until: datetime) -> InboxItem:
+    """Hide an item until ``until`` (in the future, at most SNOOZE_MAX ahead); it then
+    comes back on top of the list, unread (inbox_snoozed_wake). Snoozing again moves the
+    time. Raises InboxChangeRefused for a time in the past or too far ahead, or for an
+    archived item."""
+
+    def change(item: InboxItem, now: datetime) -> list[str]:
+        if until <= now:
+            raise InboxChangeRefused("until", f"must be in the future, got {until.isoformat()}")
+        if until > now + SNOOZE_MAX:
+            raise InboxChangeRefused("until", f"must be at most {SNOOZE_MAX.days} days ahead")
+        if item.archived_at is not None:
+            raise InboxChangeRefused("item", "an archived item cannot be snoozed; unarchive it first")
+        item.snoozed_until = until
+        return ["snoozed_until"]
+
+    return _change(recipient_id, item_id, change)
+
+
+def inbox_item_unsnooze(*, recipient_id: int, item_id: int) -> InboxItem:
+    """End a snooze now: the item is back in the list where it was (idempotent)."""
+
+    def change(item: InboxItem, now: datetime) -> list[str]:
+        if item.snoozed_until is None:
+            return []
+        item.snoozed_until = None
+        return ["snoozed_until"]
+
+    return _change(recipient_id, item_id, change)
+
+
+def inbox_snoozed_wake(*, limit: int = 1000) -> int:
+    """Bring back the snoozed items whose time has come: each is listed again on top (its
+    ``accepted_at`` becomes the time it woke, as for a scheduled send that came due),
+    unread, and its owner's connections get the item frame and the unread count. Claimed
+    with SKIP LOCKED, so two beat processes never wake one item twice. Returns how many
+    woke."""
+    now = timezone.now()
+    with transaction.atomic(), connection.cursor() as db:
+        db.execute(
+            f"""UPDATE {InboxItem._meta.db_table} SET
+                    accepted_at = snoozed_until, read_at = NULL, snoozed_until = NULL
+                WHERE id IN (
+                    SELECT id FROM {InboxItem._meta.db_table}
+                    WHERE snoozed_until IS NOT NULL AND snoozed_until <= %s
+                    ORDER BY snoozed_until LIMIT %s FOR UPDATE SKIP LOCKED)
+                RETURNING id, recipient_id""",
+            [now, limit],
+        )
+        woke = db.fetchall()
+        for item_id, recipient_id in woke:
+            _push_item_state(recipient_id, item_id)
+    return len(woke)
 
 
 def inbox_mark_all_read(*, recipient_id: int) -> int:
-    """Mark every unread item of the recipient read, and their deliveries with them, in one
-    statement: an item committed meanwhile is either marked with its delivery or left
-    unread, never half. Returns how many items changed."""
+    """Mark every unread item of the recipient read (snoozed ones stay as they are), and
+    their deliveries with them, in one statement: an item committed meanwhile is either
+    marked with its delivery or left unread, never half. The owner's connections get a
+    ``read_all`` frame naming the newest seq marked, and the unread count. Returns how
+    many items changed."""
     now = timezone.now()
     with transaction.atomic(), connection.cursor() as db:
         db.execute(
             f"""WITH marked AS (
                     UPDATE {InboxItem._meta.db_table} SET read_at = %s
-                    WHERE recipient_id = %s AND read_at IS NULL
-                    RETURNING delivery_id),
+                    WHERE recipient_id = %s AND read_at IS NULL AND snoozed_until IS NULL
+                    RETURNING delivery_id, seq),
                 moved AS (
                     UPDATE {Delivery._meta.db_table} d SET status = %s, updated_at = %s
                     FROM marked WHERE d.id = marked.delivery_id AND d.status = ANY(%s)
                     RETURNING d.id)
-                SELECT (SELECT count(*) FROM marked), (SELECT count(*) FROM moved)""",
+                SELECT (SELECT count(*) FROM marked), (SELECT max(seq) FROM marked),
+                       (SELECT count(*) FROM moved)""",
             [now, recipient_id, READ.target, now, list(READ.sources)],
         )
         row = db.fetchone()
         changed = int(row[0]) if row else 0
         if changed:
-            _push_unread_count(recipient_id)
+            up_to = int(row[1])
+
+            def push() -> None:
+                count = _unread_counts({recipient_id}).get(recipient_id, 0)
+                message = {
+                    "type": READ_ALL_MESSAGE,
+                    "up_to_seq": up_to,
+                    "read_at": now.isoformat(),
+                    "unread": count,
+                }
+                realtime_publish([(recipient_id, message)])
+
+            transaction.on_commit(push, robust=True)
     if changed:
         metrics_increment({"inbox_read": changed})
     return changed

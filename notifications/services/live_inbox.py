@@ -12,14 +12,22 @@ import logging
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
+import redis
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from django.conf import settings
 
 from notifications import selectors
 from notifications.services.inbox import inbox_item_payload
-from notifications.services.realtime import NOTIFICATION_MESSAGE, UNREAD_MESSAGE, inbox_group
+from notifications.services.realtime import (
+    ITEM_MESSAGE,
+    NOTIFICATION_MESSAGE,
+    READ_ALL_MESSAGE,
+    UNREAD_MESSAGE,
+    inbox_group,
+)
 from presence.services import PRESENCE_CHANGE, Presence, presence_group
-from realtime.connection import FRAME, LiveConnection
+from realtime.connection import FRAME, ConnectionTooSlow, LiveConnection
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +169,18 @@ class LiveInbox(LiveConnection):
                 self.put((FRAME, {"type": "unread_count", "count": message["unread"]}))
         elif message.get("type") == UNREAD_MESSAGE:
             self.put((FRAME, {"type": "unread_count", "count": message["count"]}))
+        elif message.get("type") == ITEM_MESSAGE:
+            # An item changed elsewhere (another tab or device, or a snooze ran out).
+            self.put((FRAME, {"type": "item", "item": message["item"]}))
+            self.put((FRAME, {"type": "unread_count", "count": message["unread"]}))
+        elif message.get("type") == READ_ALL_MESSAGE:
+            self.put(
+                (
+                    FRAME,
+                    {"type": "read_all", "up_to_seq": message["up_to_seq"], "read_at": message["read_at"]},
+                )
+            )
+            self.put((FRAME, {"type": "unread_count", "count": message["unread"]}))
 
     def resume(self, *, after: int) -> None:
         """The client asks for every item after seq ``after``."""
@@ -181,3 +201,34 @@ def _presence(presence: Presence) -> dict[str, Any]:
         "status": presence.status,
         "last_seen": presence.last_seen.isoformat() if presence.last_seen else None,
     }
+
+
+async def inbox_wait(*, recipient_id: int, after: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for an inbox item with seq > ``after`` (the long-poll
+    of api/inbox.py): True as soon as one exists. The wait is a live connection of its
+    own, registered and in the recipient's group, so dispatch publishes to it and the user
+    counts as connected; the stored items are read after joining, so an item committed
+    just before cannot be missed. A channel layer that does not answer ends the wait
+    early (the poller asks again)."""
+    layer = get_channel_layer()
+    assert layer is not None, "CHANNEL_LAYERS is not configured"
+    live = LiveInbox(recipient_id=recipient_id, layer=layer, channel=await layer.new_channel())
+
+    async def first_item() -> bool:
+        async for frame in live.frames():
+            if frame is not None and frame["type"] == "notification":
+                return True
+        return False  # pragma: no cover - frames() never ends by itself
+
+    try:
+        await live.open()
+        live.listen()
+        live.resume(after=after)
+        return await asyncio.wait_for(first_item(), timeout=timeout)
+    except TimeoutError:
+        return False
+    except (redis.RedisError, ConnectionTooSlow, OSError) as exc:
+        log.warning("inbox long-poll wait ended early: %s", exc)
+        return False
+    finally:
+        await live.close()

@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 # Channel-layer message types; the consumer has one handler each (dots become underscores).
 NOTIFICATION_MESSAGE = "inbox.notification"
 UNREAD_MESSAGE = "inbox.unread"
+# An item changed (read, unread, archived, snoozed, woke) and the read-all of a user: other
+# tabs and devices follow (services/inbox.py).
+ITEM_MESSAGE = "inbox.item"
+READ_ALL_MESSAGE = "inbox.read_all"
 # How long a sender waits for its frames to be handed to Redis before it gives up on them
 # (they are a nudge: clients resume by seq).
 PUBLISH_TIMEOUT_SECONDS = 5.0

@@ -326,6 +326,10 @@ END_USER_TOKEN_TTL_SECONDS = env_int("END_USER_TOKEN_TTL_SECONDS", 3600, minimum
 SOCKET_SEND_QUEUE_LIMIT = env_int("SOCKET_SEND_QUEUE_LIMIT", 256, minimum=1)
 SOCKET_SEND_TIMEOUT_SECONDS = env_float("SOCKET_SEND_TIMEOUT_SECONDS", 10.0)
 SSE_KEEPALIVE_SECONDS = env_float("SSE_KEEPALIVE_SECONDS", 15.0)
+# How long GET /api/v1/inbox/poll/ holds a request that has nothing to answer yet.
+INBOX_POLL_SECONDS = env_float("INBOX_POLL_SECONDS", 25.0)
+# How often snoozed inbox items whose time has come are brought back (beat).
+INBOX_SNOOZE_WAKE_SECONDS = env_float("INBOX_SNOOZE_WAKE_SECONDS", 5.0)
 # Presence (presence/services.py): after a user's last connection closes cleanly it still
 # counts this long, so a page reload does not flap them offline (offline within 15 s).
 PRESENCE_GRACE_SECONDS = env_float("PRESENCE_GRACE_SECONDS", 10.0)
@@ -381,6 +385,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "notifications.tasks.deliveries_sweep_task",
         "schedule": SWEEP_INTERVAL_SECONDS,
         "options": {"queue": "periodic", "expires": SWEEP_INTERVAL_SECONDS * 2},
+    },
+    "inbox-snooze-sweep": {
+        "task": "notifications.tasks.inbox_snooze_sweep_task",
+        "schedule": INBOX_SNOOZE_WAKE_SECONDS,
+        "options": {"queue": "periodic", "expires": INBOX_SNOOZE_WAKE_SECONDS * 2},
     },
     "presence-sweep": {
         "task": "presence.tasks.presence_sweep_task",
