@@ -20,7 +20,7 @@ from notifications.services.inbox import inbox_item_payload
 from notifications.services.live_inbox import LiveInbox
 from notifications.services.unsubscribe import unsubscribe_apply, unsubscribe_parse
 from realtime.connection import ConnectionTooSlow
-from realtime.tokens import TokenInvalid, end_user_token_verify
+from realtime.tokens import TokenInvalid, end_user_token_issue, end_user_token_verify
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,29 @@ def inbox_page(request: HttpRequest) -> HttpResponse:
     context = {
         "recipient": recipient,
         "items": items,
-        "last_seq": max((item["seq"] for item in items), default=0),
+        "page_size": INBOX_PAGE_ITEMS,
+        # The resume point: everything up to the newest seq is in the page or older than it.
+        "last_seq": selectors.inbox_last_seq(recipient_id=recipient.id),
         "unread_count": selectors.inbox_unread_count(recipient_id=recipient.id),
     }
     return render(request, "notifications/inbox.html", context)
+
+
+@require_GET
+def inbox_token(request: HttpRequest) -> HttpResponse:
+    """``/inbox/token/``: an end-user token for the logged-in user's own inbox, for the
+    page's inbox client (static/notifications/inbox-client.js), which speaks to the
+    socket, the SSE stream and the API with a token as any embedding frontend does.
+    JSON errors rather than a login redirect: a script asks."""
+    if not request.user.is_authenticated:
+        return _errors(401, "session", "Log in first.")
+    recipient = selectors.recipient_for_user(user=request.user)
+    if recipient is None:
+        return _errors(404, "recipient", "This account has no inbox.")
+    token, expires_at = end_user_token_issue(recipient_id=recipient.id)
+    response = JsonResponse({"token": token, "expires_at": expires_at.isoformat()})
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 # --- SSE ------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ urlpatterns = [
     path("healthz", observability.healthz, name="healthz"),
     path("metrics", observability.metrics, name="metrics"),
     path("inbox/", pages.inbox_page, name="inbox"),
+    path("inbox/token/", pages.inbox_token, name="inbox-token"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("sse/inbox/", pages.sse_inbox, name="sse-inbox"),
     path("unsubscribe/<str:token>/", pages.unsubscribe, name="unsubscribe"),

@@ -78,6 +78,7 @@ class InboxPageSerializer(serializers.Serializer):
 class PollSerializer(serializers.Serializer):
     results = InboxItemSerializer(many=True, help_text="Items with seq greater than `after`, ascending")
     last_seq = serializers.IntegerField(min_value=0, help_text="The newest seq; 0 before the first item")
+    unread_count = serializers.IntegerField(min_value=0)
 
 
 class SnoozeSerializer(StrictSerializer):
@@ -298,7 +299,11 @@ class InboxPollView(EndUserView):
 def _poll_answer(recipient_id: int, after: int, limit: int) -> dict[str, Any]:
     items = selectors.inbox_items(recipient_id=recipient_id, after=after, limit=limit)
     last_seq = items[-1]["seq"] if items else max(after, selectors.inbox_last_seq(recipient_id=recipient_id))
-    return {"results": [inbox_item_payload(item) for item in items], "last_seq": last_seq}
+    return {
+        "results": [inbox_item_payload(item) for item in items],
+        "last_seq": last_seq,
+        "unread_count": selectors.inbox_unread_count(recipient_id=recipient_id),
+    }
 
 
 async def _held_answer(recipient_id: int, after: int, limit: int) -> AsyncGenerator[bytes, None]:

@@ -62,6 +62,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # CORS for the embeddable inbox's API and SSE paths only (notifications/embed.py).
+    "notifications.embed.EmbedCorsMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -326,6 +328,9 @@ END_USER_TOKEN_TTL_SECONDS = env_int("END_USER_TOKEN_TTL_SECONDS", 3600, minimum
 SOCKET_SEND_QUEUE_LIMIT = env_int("SOCKET_SEND_QUEUE_LIMIT", 256, minimum=1)
 SOCKET_SEND_TIMEOUT_SECONDS = env_float("SOCKET_SEND_TIMEOUT_SECONDS", 10.0)
 SSE_KEEPALIVE_SECONDS = env_float("SSE_KEEPALIVE_SECONDS", 15.0)
+# Origins whose pages may call the end-user inbox API and SSE stream with a token
+# (notifications/embed.py); "*" for any. Never with cookies.
+INBOX_EMBED_ORIGINS = env_list("INBOX_EMBED_ORIGINS", ["*"])
 # How long GET /api/v1/inbox/poll/ holds a request that has nothing to answer yet.
 INBOX_POLL_SECONDS = env_float("INBOX_POLL_SECONDS", 25.0)
 # How often snoozed inbox items whose time has come are brought back (beat).

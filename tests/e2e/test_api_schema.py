@@ -83,8 +83,10 @@ def schemathesis_command(stack: Stack, token: str) -> tuple[list[str], dict[str,
 
 @pytest.fixture(scope="module")
 def schema_stack() -> Iterator[Stack]:
-    # No workers: the API is under test, not the pipeline behind it.
-    with platform_stack(workers=()) as running:
+    # No workers: the API is under test, not the pipeline behind it. A long-poll with
+    # nothing to answer holds for a second, not 25 (the schema's generated cursors are
+    # mostly beyond the newest item).
+    with platform_stack({"INBOX_POLL_SECONDS": "1"}, workers=()) as running:
         yield running
 
 

@@ -33,16 +33,17 @@ from tests.notifications.test_consumers import (
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _as(token: str) -> dict[str, str]:
-    return {"HTTP_AUTHORIZATION": f"Bearer {token}"}
+def _as(token: str) -> Client:
+    """A client acting as the end user the token names."""
+    return Client(headers={"Authorization": f"Bearer {token}"})
 
 
 def _listed(token: str, query: str = "") -> list[int]:
-    return [item["seq"] for item in Client().get(f"/api/v1/inbox/{query}", **_as(token)).json()["results"]]
+    return [item["seq"] for item in _as(token).get(f"/api/v1/inbox/{query}").json()["results"]]
 
 
 def _unread(token: str) -> int:
-    return int(Client().get("/api/v1/inbox/unread-count/", **_as(token)).json()["count"])
+    return int(_as(token).get("/api/v1/inbox/unread-count/").json()["count"])
 
 
 def test_it_archives_an_item_out_of_the_list_and_brings_it_back() -> None:
@@ -50,7 +51,7 @@ def test_it_archives_an_item_out_of_the_list_and_brings_it_back() -> None:
     first, second = inbox_items_create(alice, [1, 2])
     token = token_for(alice)
 
-    archived = Client().post(f"/api/v1/inbox/{first.id}/archive/", **_as(token))
+    archived = _as(token).post(f"/api/v1/inbox/{first.id}/archive/")
 
     assert archived.status_code == 200
     assert archived.json()["archived"] is True and archived.json()["read"] is True
@@ -58,13 +59,13 @@ def test_it_archives_an_item_out_of_the_list_and_brings_it_back() -> None:
     assert _listed(token, "?archived=true") == [1]
     assert _unread(token) == 1
     # the resume cursor still gives every item, each saying what it is
-    resumed = Client().get("/api/v1/inbox/?after=0", **_as(token)).json()["results"]
+    resumed = _as(token).get("/api/v1/inbox/?after=0").json()["results"]
     assert [(i["seq"], i["archived"]) for i in resumed] == [(1, True), (2, False)]
 
-    back = Client().post(f"/api/v1/inbox/{first.id}/unarchive/", **_as(token))
+    back = _as(token).post(f"/api/v1/inbox/{first.id}/unarchive/")
     assert back.status_code == 200 and back.json()["archived"] is False
     assert sorted(_listed(token)) == [1, 2]
-    assert Client().get("/api/v1/inbox/?archived=maybe", **_as(token)).json() == {
+    assert _as(token).get("/api/v1/inbox/?archived=maybe").json() == {
         "errors": {"archived": ["must be true or false, got 'maybe'"]}
     }
 
@@ -74,7 +75,7 @@ def test_it_marks_an_item_unread_again() -> None:
     (item,) = inbox_items_create(alice, [1], read={1})
     token = token_for(alice)
 
-    answer = Client().post(f"/api/v1/inbox/{item.id}/unread/", **_as(token))
+    answer = _as(token).post(f"/api/v1/inbox/{item.id}/unread/")
 
     assert answer.status_code == 200 and answer.json()["read"] is False
     assert _unread(token) == 1
@@ -87,9 +88,9 @@ def test_it_never_lets_a_user_archive_snooze_or_unread_anothers_item() -> None:
     until = (timezone.now() + timedelta(hours=1)).isoformat()
 
     for path in ("archive", "unarchive", "unread"):
-        assert Client().post(f"/api/v1/inbox/{item.id}/{path}/", **as_bob).status_code == 404
-    snooze = Client().post(
-        f"/api/v1/inbox/{item.id}/snooze/", {"until": until}, content_type="application/json", **as_bob
+        assert as_bob.post(f"/api/v1/inbox/{item.id}/{path}/").status_code == 404
+    snooze = as_bob.post(
+        f"/api/v1/inbox/{item.id}/snooze/", {"until": until}, content_type="application/json"
     )
     assert snooze.status_code == 404
     item.refresh_from_db()
@@ -102,11 +103,8 @@ def test_it_hides_a_snoozed_item_until_its_time_and_refuses_a_bad_time_naming_it
     token = token_for(alice)
 
     def snooze(until: Any) -> Any:
-        return Client().post(
-            f"/api/v1/inbox/{first.id}/snooze/",
-            {"until": until},
-            content_type="application/json",
-            **_as(token),
+        return _as(token).post(
+            f"/api/v1/inbox/{first.id}/snooze/", {"until": until}, content_type="application/json"
         )
 
     past = snooze((timezone.now() - timedelta(minutes=1)).isoformat())
@@ -121,11 +119,11 @@ def test_it_hides_a_snoozed_item_until_its_time_and_refuses_a_bad_time_naming_it
     assert answer.status_code == 200 and answer.json()["snoozed_until"]
     assert _listed(token) == [2]
     assert _unread(token) == 1  # a snoozed item is not counted
-    assert Client().post("/api/v1/inbox/read-all/", **_as(token)).json()["marked_read"] == 1
+    assert _as(token).post("/api/v1/inbox/read-all/").json()["marked_read"] == 1
     first.refresh_from_db()
     assert first.read_at is None  # read-all leaves the snoozed item for later
 
-    ended = Client().delete(f"/api/v1/inbox/{first.id}/snooze/", **_as(token))
+    ended = _as(token).delete(f"/api/v1/inbox/{first.id}/snooze/")
     assert ended.status_code == 200 and ended.json()["snoozed_until"] is None
     assert sorted(_listed(token)) == [1, 2]
 
@@ -136,11 +134,10 @@ def test_it_refuses_to_snooze_an_archived_item() -> None:
     token = token_for(alice)
     inbox_item_archive(recipient_id=alice.id, item_id=item.id)
 
-    answer = Client().post(
+    answer = _as(token).post(
         f"/api/v1/inbox/{item.id}/snooze/",
         {"until": (timezone.now() + timedelta(hours=1)).isoformat()},
         content_type="application/json",
-        **_as(token),
     )
 
     assert answer.status_code == 400 and list(answer.json()["errors"]) == ["item"]
@@ -211,7 +208,7 @@ async def _poll(token: str, query: dict[str, str]) -> tuple[int, dict[str, Any],
         "/api/v1/inbox/poll/", query, headers={"Authorization": f"Bearer {token}"}
     )
     content = (
-        b"".join([chunk async for chunk in response.streaming_content])
+        b"".join([chunk async for chunk in response.streaming_content])  # type: ignore[attr-defined]
         if response.streaming
         else response.content
     )
@@ -259,7 +256,7 @@ def test_the_long_poll_answers_empty_when_nothing_arrives(settings: Any) -> None
 
     async def scenario() -> None:
         status, body, took = await _poll(token, {"after": "1"})
-        assert status == 200 and body == {"results": [], "last_seq": 1}
+        assert status == 200 and body == {"results": [], "last_seq": 1, "unread_count": 1}
         assert 0.4 <= took < 5
 
     run(scenario)
@@ -295,6 +292,6 @@ def test_the_long_poll_of_a_new_user_reports_seq_zero(settings: Any) -> None:
 
     async def scenario() -> None:
         status, body, _ = await _poll(token, {"after": "0"})
-        assert status == 200 and body == {"results": [], "last_seq": 0}
+        assert status == 200 and body == {"results": [], "last_seq": 0, "unread_count": 0}
 
     run(scenario)

@@ -9,6 +9,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 
+from realtime.tokens import end_user_token_issue
 from tests.notifications.test_consumers import inbox_items_create, recipient_create
 
 pytestmark = pytest.mark.django_db
@@ -80,7 +81,7 @@ def test_it_renders_an_empty_inbox() -> None:
     response = client.get("/inbox/")
 
     assert response.status_code == 200
-    assert b"No notifications yet." in response.content
+    assert "You're all caught up." in response.content.decode()
 
 
 def test_it_shows_a_friendly_404_to_a_user_without_an_inbox() -> None:
@@ -97,3 +98,58 @@ def test_it_serves_the_inbox_script_and_stylesheet() -> None:
         response = Client().get(path)
         assert response.status_code == 200, path
         assert response.getvalue()
+
+
+# --- the page's token and the embeddable inbox's cross-origin access ---------------------
+
+
+def test_it_gives_a_logged_in_user_a_token_for_their_own_inbox() -> None:
+    client, recipient = logged_in_client(with_inbox=True)
+    inbox_items_create(recipient, [1])
+
+    response = client.get("/inbox/token/")
+
+    assert response.status_code == 200 and response["Cache-Control"] == "no-store"
+    token = response.json()["token"]
+    listed = Client().get("/api/v1/inbox/", HTTP_AUTHORIZATION=f"Bearer {token}").json()["results"]
+    assert [item["seq"] for item in listed] == [1]
+
+
+def test_it_refuses_a_token_to_an_anonymous_visitor_or_an_account_without_inbox() -> None:
+    anonymous = Client().get("/inbox/token/")
+    assert anonymous.status_code == 401 and list(anonymous.json()["errors"]) == ["session"]
+    client, _ = logged_in_client(with_inbox=False)
+    assert client.get("/inbox/token/").status_code == 404
+
+
+def test_it_answers_cross_origin_calls_of_the_inbox_api_without_credentials() -> None:
+    preflight = Client().options(
+        "/api/v1/inbox/",
+        HTTP_ORIGIN="https://app.example.com",
+        HTTP_ACCESS_CONTROL_REQUEST_METHOD="POST",
+        HTTP_ACCESS_CONTROL_REQUEST_HEADERS="authorization",
+    )
+    assert preflight.status_code == 204
+    assert preflight["Access-Control-Allow-Origin"] == "*"
+    assert "Authorization" in preflight["Access-Control-Allow-Headers"]
+    assert "Access-Control-Allow-Credentials" not in preflight
+
+    recipient = recipient_create()
+    token = end_user_token_issue(recipient_id=recipient.id)[0]
+    answer = Client().get(
+        "/api/v1/inbox/", HTTP_ORIGIN="https://app.example.com", HTTP_AUTHORIZATION=f"Bearer {token}"
+    )
+    assert answer.status_code == 200 and answer["Access-Control-Allow-Origin"] == "*"
+    # service routes are not for browsers of other origins
+    service = Client().get("/api/v1/events/", HTTP_ORIGIN="https://app.example.com")
+    assert "Access-Control-Allow-Origin" not in service
+
+
+def test_it_limits_cross_origin_inbox_calls_to_the_configured_origins(settings: Any) -> None:
+    settings.INBOX_EMBED_ORIGINS = ["https://app.example.com"]
+
+    allowed = Client().get("/api/v1/inbox/", HTTP_ORIGIN="https://app.example.com")
+    foreign = Client().get("/api/v1/inbox/", HTTP_ORIGIN="https://evil.example.net")
+
+    assert allowed["Access-Control-Allow-Origin"] == "https://app.example.com" and allowed["Vary"] == "Origin"
+    assert "Access-Control-Allow-Origin" not in foreign
