@@ -24,6 +24,7 @@ from notifications.services.realtime import (
 )
 from notifications.services.validation import EXTERNAL_ID_MAX
 from presence.services import PRESENCE_CHANGE, presence_announce, presence_changes, presence_of
+from presence.typing import ROOM_MAX, TYPING_CHANGE
 from realtime.consumers import RealtimeConsumer
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,10 @@ def _external_ids(value: Any) -> list[str] | str:
     return list(dict.fromkeys(value))
 
 
+def _external_id(recipient_id: int) -> str:
+    return selectors.recipient_external_id(recipient_id=recipient_id)
+
+
 def _watchable(external_ids: list[str]) -> tuple[dict[int, str], list[str]]:
     """(recipient id -> external_id, the unknown external_ids)."""
     ids = selectors.recipient_ids_by_external_id(external_ids=external_ids)
@@ -61,14 +66,24 @@ def _watchable(external_ids: list[str]) -> tuple[dict[int, str], list[str]]:
 class InboxConsumer(RealtimeConsumer):
     """``/ws/inbox/``: the live inbox of one recipient. Client frames besides ``ping`` and
     ``activity``: ``{"type": "resume", "after": n}`` (every item after seq n, in order),
-    ``{"type": "presence.subscribe" | "presence.unsubscribe", "recipients": [...]}``."""
+    ``{"type": "presence.subscribe" | "presence.unsubscribe", "recipients": [...]}``,
+    ``{"type": "typing", "room": key}`` (optionally ``"state": "stopped"``; repeat it every
+    few seconds while typing) and ``{"type": "typing.subscribe" | "typing.unsubscribe",
+    "room": key}`` (presence/typing.py)."""
 
     # What the channel layer sends an inbox socket (services/realtime.py), and the changes
     # of presence of whom it watches (presence/services.py).
     layer_messages = frozenset(
-        {NOTIFICATION_MESSAGE, UNREAD_MESSAGE, ITEM_MESSAGE, READ_ALL_MESSAGE, PRESENCE_CHANGE}
+        {NOTIFICATION_MESSAGE, UNREAD_MESSAGE, ITEM_MESSAGE, READ_ALL_MESSAGE, PRESENCE_CHANGE, TYPING_CHANGE}
     )
-    frame_types = ("resume", "presence.subscribe", "presence.unsubscribe")
+    frame_types = (
+        "resume",
+        "presence.subscribe",
+        "presence.unsubscribe",
+        "typing",
+        "typing.subscribe",
+        "typing.unsubscribe",
+    )
 
     live: LiveInbox | None = None
 
@@ -89,9 +104,41 @@ class InboxConsumer(RealtimeConsumer):
                 self.live.resume(after=after)
         elif frame_type in ("presence.subscribe", "presence.unsubscribe"):
             await self._presence_frame(frame_type, content.get("recipients"))
+        elif frame_type in ("typing", "typing.subscribe", "typing.unsubscribe"):
+            await self._typing_frame(frame_type, content)
         else:
             return False
         return True
+
+    async def _typing_frame(self, frame_type: str, content: dict[str, Any]) -> None:
+        assert self.live is not None
+        room = content.get("room")
+        if not isinstance(room, str) or not 0 < len(room) <= ROOM_MAX:
+            self.send_error(
+                "room", f"Expected a room key (text of 1 to {ROOM_MAX} characters), got {room!r}."
+            )
+            return
+        try:
+            if frame_type == "typing.unsubscribe":
+                await self.live.unwatch_typing(room)
+            elif frame_type == "typing.subscribe":
+                if (
+                    room not in self.live.typing_watching
+                    and len(self.live.typing_watching) >= settings.TYPING_WATCH_MAX
+                ):
+                    self.send_error("room", f"A socket watches at most {settings.TYPING_WATCH_MAX} rooms.")
+                    return
+                await self.live.watch_typing(room)
+            else:
+                state = content.get("state", "typing")
+                if state not in ("typing", "stopped"):
+                    self.send_error("state", f"Expected 'typing' or 'stopped', got {state!r}.")
+                    return
+                if self.live.label is None:
+                    self.live.label = await database_sync_to_async(_external_id)(self.live.recipient_id)
+                await self.live.typing(room, typing=state == "typing")
+        except redis.RedisError as exc:
+            self.send_error("room", f"Typing indicators are unavailable right now (Redis: {exc}).")
 
     async def _presence_frame(self, frame_type: str, recipients: Any) -> None:
         assert self.live is not None

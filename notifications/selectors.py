@@ -95,6 +95,10 @@ def recipient_for_user(*, user: Any) -> Recipient | None:
     return Recipient.objects.filter(user=user).first()
 
 
+def recipient_external_id(*, recipient_id: int) -> str:
+    return str(Recipient.objects.values_list("external_id", flat=True).get(id=recipient_id))
+
+
 def recipient_ids_by_external_id(*, external_ids: Sequence[str]) -> dict[str, int]:
     """{external_id: recipient id} for those of ``external_ids`` that exist."""
     return dict(Recipient.objects.filter(external_id__in=external_ids).values_list("external_id", "id"))

@@ -27,6 +27,14 @@ from notifications.services.realtime import (
     inbox_group,
 )
 from presence.services import PRESENCE_CHANGE, Presence, presence_group
+from presence.typing import (
+    TYPING_CHANGE,
+    typing_announce,
+    typing_expire_later,
+    typing_group,
+    typing_now,
+    typing_set,
+)
 from realtime.connection import FRAME, ConnectionTooSlow, LiveConnection
 
 log = logging.getLogger(__name__)
@@ -116,6 +124,11 @@ class LiveInbox(LiveConnection):
         self.watching: dict[int, str] = {}
         self._changes: dict[str, dict[str, Any]] = {}
         self._flush: asyncio.Task[None] | None = None
+        # Typing: the rooms watched, and the rooms this connection types in, each with the
+        # task that announces the room again when the indicator runs out.
+        self.typing_watching: set[str] = set()
+        self._typing: dict[str, asyncio.Task[None]] = {}
+        self.label: str | None = None  # how this user is named in typing frames
 
     async def open(self) -> None:
         await super().open()
@@ -125,7 +138,40 @@ class LiveInbox(LiveConnection):
     async def close(self) -> None:
         if self._flush is not None:
             self._flush.cancel()
+        # Whoever watches the rooms this connection typed in stops seeing it at once.
+        for room in list(self._typing):
+            with contextlib.suppress(redis.RedisError, OSError):
+                await self.typing(room, typing=False)
         await super().close()
+
+    # --- typing ------------------------------------------------------------------------
+
+    async def typing(self, room: str, *, typing: bool = True) -> None:
+        """This connection's user types in ``room`` (or stopped); the room's watchers get
+        the new list when it changed, and again when the indicator runs out."""
+        assert self.label is not None, "typing needs the connection's label"
+        changed, typers = await typing_set(room, self.label, typing=typing)
+        expiring = self._typing.pop(room, None)
+        if expiring is not None:
+            expiring.cancel()
+        if typing:
+            self._typing[room] = asyncio.create_task(typing_expire_later(self.layer, room))
+        if changed:
+            await typing_announce(self.layer, room, typers)
+
+    async def watch_typing(self, room: str) -> None:
+        """Watch who types in ``room``: who does now at once, then every change."""
+        self.typing_watching.add(room)
+        await self.join(typing_group(room))
+        typers = await typing_now(room)
+        self.send(
+            {"type": "typing", "room": room, "recipients": typers, "expires_in": settings.TYPING_SECONDS}
+        )
+
+    async def unwatch_typing(self, room: str) -> None:
+        if room in self.typing_watching:
+            self.typing_watching.discard(room)
+            await self.leave(typing_group(room))
 
     # --- presence ------------------------------------------------------------------------
 
@@ -157,7 +203,11 @@ class LiveInbox(LiveConnection):
     def deliver(self, message: dict[str, Any]) -> None:
         """A channel-layer message for this recipient (services/realtime.py), or a change
         of presence of someone it watches."""
-        if message.get("type") == PRESENCE_CHANGE:
+        if message.get("type") == TYPING_CHANGE:
+            if message["room"] in self.typing_watching:
+                frame = {key: message[key] for key in ("room", "recipients", "expires_in")}
+                self.put((FRAME, {"type": "typing", **frame}))
+        elif message.get("type") == PRESENCE_CHANGE:
             external_id = self.watching.get(message["recipient"])
             if external_id is not None and not self.closed:
                 self._changes[external_id] = {"status": message["status"], "last_seen": message["last_seen"]}

@@ -331,6 +331,10 @@ SSE_KEEPALIVE_SECONDS = env_float("SSE_KEEPALIVE_SECONDS", 15.0)
 # Origins whose pages may call the end-user inbox API and SSE stream with a token
 # (notifications/embed.py); "*" for any. Never with cookies.
 INBOX_EMBED_ORIGINS = env_list("INBOX_EMBED_ORIGINS", ["*"])
+# A typing indicator clears itself this long after the typer's last "typing" frame.
+TYPING_SECONDS = env_float("TYPING_SECONDS", 5.0)
+# Rooms one socket may watch for typing indicators.
+TYPING_WATCH_MAX = env_int("TYPING_WATCH_MAX", 50, minimum=1)
 # How long GET /api/v1/inbox/poll/ holds a request that has nothing to answer yet.
 INBOX_POLL_SECONDS = env_float("INBOX_POLL_SECONDS", 25.0)
 # How often snoozed inbox items whose time has come are brought back (beat).
