@@ -12,11 +12,14 @@ from asgiref.sync import async_to_sync
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from notifications.models import Category
+from notifications.models import Category, Delivery, DeliveryStatus
 from notifications.services.planning import ACTIVE_IN_APP, RecipientFacts, plan_page
+from notifications.services.sending.claim import Claimed
+from notifications.services.sending.prepare import READ_IN_APP, jobs_prepare
 from realtime.redis_client import redis_async
 from realtime.registry import connection_activity, connection_register
 from tests.notifications.factories import NotificationTypeFactory
+from tests.notifications.test_consumers import inbox_items_create, recipient_create
 
 pytestmark = pytest.mark.django_db
 
@@ -131,3 +134,27 @@ def test_a_user_opted_out_of_the_first_channel_is_still_held_back_on_the_next() 
         "suppressed",
         ACTIVE_IN_APP,
     )
+
+
+def _held_push(read: bool) -> Claimed:
+    """A push held back while its user was active in the app, now due, and the in-app
+    copy of the same event, read or not."""
+    recipient = recipient_create()
+    (item,) = inbox_items_create(recipient, [1], read={1} if read else set())
+    push = Delivery.objects.create(
+        event=item.event,
+        recipient=recipient,
+        channel="push",
+        status=DeliveryStatus.PENDING,
+        reason=ACTIVE_IN_APP,
+    )
+    return Claimed(push.id, item.event_id, recipient.id, "push", 1, 0, 1)
+
+
+def test_a_held_back_send_is_dropped_when_due_if_the_in_app_copy_was_read_meanwhile() -> None:
+    read, unread = _held_push(read=True), _held_push(read=False)
+
+    jobs = {job.claimed.id: job for job in jobs_prepare([read, unread])}
+
+    assert (jobs[read.id].verdict, jobs[read.id].reason) == ("suppressed", READ_IN_APP)
+    assert jobs[unread.id].reason != READ_IN_APP  # it goes on to be sent (here: no push template)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
+from django.db.models import Exists, OuterRef
 
 from notifications.models import (
     AttemptOutcome,
@@ -21,6 +22,7 @@ from notifications.models import (
     DeliveryAttempt,
     Device,
     Event,
+    InboxItem,
     NotificationType,
     Recipient,
     Suppression,
@@ -30,6 +32,7 @@ from notifications.models import (
 )
 from notifications.services.aggregation import aggregation_context
 from notifications.services.catalog import channel_templates
+from notifications.services.planning import ACTIVE_IN_APP
 from notifications.services.sending.claim import Claimed
 from notifications.services.sms_guard import SmsVerdict, sms_guard_check
 from notifications.services.templating import TemplateRenderError, template_render
@@ -74,6 +77,12 @@ class _Chunk:
     suppressed_emails: set[str]
     suppressed_phones: dict[str, str]
     aggregates: dict[int, dict[str, Any]]
+    # Deliveries held back while their user was active in the app (a type's
+    # ``when_active: delay``) whose in-app copy has been read since: not sent.
+    read_in_app: set[int] = field(default_factory=set)
+
+
+READ_IN_APP = "read in the app while held back"
 
 
 def _by_channel(claimed: Iterable[Claimed]) -> dict[str, list[Claimed]]:
@@ -168,6 +177,19 @@ def _read_chunk(claimed: list[Claimed]) -> _Chunk:
         else {}
     )
     leaders = [c.id for c in claimed if c.aggregate_count > 1]
+    read_in_app = set(
+        Delivery.objects.filter(id__in=[c.id for c in claimed if c.attempts == 1], reason=ACTIVE_IN_APP)
+        .filter(
+            Exists(
+                InboxItem.objects.filter(
+                    event_id=OuterRef("event_id"),
+                    recipient_id=OuterRef("recipient_id"),
+                    read_at__isnull=False,
+                )
+            )
+        )
+        .values_list("id", flat=True)
+    )
     return _Chunk(
         events=events,
         types=types,
@@ -178,6 +200,7 @@ def _read_chunk(claimed: list[Claimed]) -> _Chunk:
         suppressed_emails=suppressed_emails,
         suppressed_phones=suppressed_phones,
         aggregates=aggregation_context(delivery_ids=leaders) if leaders else {},
+        read_in_app=read_in_app,
     )
 
 
@@ -309,6 +332,9 @@ def jobs_prepare(claimed: list[Claimed]) -> list[Job]:
         recipient = chunk.recipients.get(c.recipient_id)
         if event is None or recipient is None:
             job.verdict, job.reason = DeliveryStatus.FAILED, "event or recipient no longer exists"
+            continue
+        if c.id in chunk.read_in_app:
+            job.verdict, job.reason = DeliveryStatus.SUPPRESSED, READ_IN_APP
             continue
         ntype = chunk.types[event["notification_type_id"]]
         job.notification_type, job.category = ntype.key, ntype.category
