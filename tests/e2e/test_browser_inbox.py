@@ -357,3 +357,57 @@ def test_the_client_embedded_in_another_origin_works_with_a_token(
             )
     finally:
         ctx.close()
+
+
+def test_infinite_scroll_loads_older_items_once_each_and_the_keyboard_reaches_everything(
+    context: Any, stack: Stack
+) -> None:
+    titles = [_title(f"SCROLL{n:02d}") for n in range(60)]
+    events = [{"type": ORDER, "recipients": ["demo-user"], "data": {"title": title}} for title in titles]
+    response = stack.api.post("/api/v1/events/bulk/", json={"events": events})
+    assert response.status_code == 200, response.text
+    as_demo = stack.end_user(stack.token("demo-user"))
+
+    def all_delivered() -> bool:
+        listed = as_demo.get("/api/v1/inbox/?limit=200").json()["results"]
+        return len({item["title"] for item in listed} & set(titles)) == len(titles)
+
+    wait_until(all_delivered, 30, message="the bulk events did not reach the inbox")
+    total = len(as_demo.get("/api/v1/inbox/?limit=200").json()["results"])
+
+    page = _inbox(context, stack)
+    assert page.locator("#inbox-items .item").count() == 50  # the first page, server-rendered
+
+    # scrolling to the end loads the older pages, each item once, newest first
+    def everything_shown() -> bool:
+        page.mouse.wheel(0, 20_000)
+        return bool(page.locator("#inbox-items .item").count() >= total)
+
+    wait_until(everything_shown, 20, message="scrolling did not load the older items")
+    shown = page.eval_on_selector_all("#inbox-items .item", "els => els.map(e => Number(e.dataset.id))")
+    assert len(shown) == len(set(shown)) == total
+    accepted = page.eval_on_selector_all(
+        "#inbox-items .item", "els => els.map(e => Date.parse(e.dataset.accepted))"
+    )
+    assert accepted == sorted(accepted, reverse=True)
+    assert page.locator("#load-older").is_hidden()
+
+    # the keyboard: Tab reaches the first item, Enter opens it (marks it read)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.focus("#mark-all-read")
+    page.keyboard.press("Tab")  # the Inbox tab
+    page.keyboard.press("Tab")  # the Archived tab
+    page.keyboard.press("Tab")
+    focused = page.evaluate("document.activeElement.closest('.item')?.dataset.id")
+    first = page.eval_on_selector("#inbox-items .item", "el => el.dataset.id")
+    assert focused == first
+    first_title = page.inner_text("#inbox-items .item .item-title")
+    unread_before = _badge(page)
+    page.keyboard.press("Enter")
+    _wait_badge(page, unread_before - 1)
+    (listed,) = [
+        item
+        for item in as_demo.get("/api/v1/inbox/?limit=5").json()["results"]
+        if item["title"] == first_title
+    ]
+    assert listed["read"] is True

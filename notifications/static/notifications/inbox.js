@@ -169,7 +169,7 @@ function findItem(id) {
 
 /** Put the item where it belongs (newest first by accepted_at, seq breaking ties), or take
  * it out of the list when it does not belong in this view any more. */
-function place(item, { fresh = false } = {}) {
+function place(item, { fresh = false, loaded = false } = {}) {
   let li = findItem(item.id);
   if (!belongsHere(item)) {
     if (li) li.remove();
@@ -184,8 +184,9 @@ function place(item, { fresh = false } = {}) {
     const other = Date.parse(el.dataset.accepted);
     return other < accepted || (other === accepted && Number(el.dataset.seq) < item.seq);
   });
-  // Older than everything loaded while more remain on the server: it will come with them.
-  if (!next && !exhausted && li.parentElement !== list && list.children.length) return false;
+  // A live item older than everything loaded while more remain on the server: it will
+  // come with the older pages (the pages themselves are ``loaded``).
+  if (!loaded && !next && !exhausted && li.parentElement !== list && list.children.length) return false;
   if (li.nextElementSibling !== (next || null) || li.parentElement !== list) list.insertBefore(li, next || null);
   if (fresh) {
     li.classList.remove("fresh");
@@ -212,7 +213,7 @@ async function loadPage({ reset = false } = {}) {
     const before = reset || !last ? null : Number(last.dataset.seq);
     const page = await client.list({ before, archived: view === "archived", limit: PAGE_SIZE });
     if (reset) list.replaceChildren();
-    for (const item of page.results) place(item);
+    for (const item of page.results) place(item, { loaded: true });
     exhausted = page.results.length < PAGE_SIZE;
     loadOlder.classList.toggle("hidden", exhausted);
     if (view === "inbox") setUnread(page.unread_count);
@@ -231,7 +232,7 @@ async function refreshHead() {
   try {
     const page = await client.list({ archived: view === "archived", limit: PAGE_SIZE });
     const seen = new Set(page.results.map((item) => String(item.id)));
-    for (const item of page.results) place(item);
+    for (const item of page.results) place(item, { loaded: true });
     // Items of the newest page's range that the server no longer lists left this view.
     const oldest = page.results.at(-1);
     for (const li of [...list.children]) {
