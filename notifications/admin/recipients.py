@@ -11,9 +11,10 @@ from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 
 from notifications.admin.base import BigTableAdmin, adopt_stored_row, show_refusal
-from notifications.models import Device, Preference, Recipient, Subscription, Topic
+from notifications.models import Device, DigestSetting, Preference, Recipient, Subscription, Topic
 from notifications.services.feedback import device_remove
 from notifications.services.recipients import (
+    DIGEST_CATEGORIES,
     device_deactivate,
     device_register,
     recipient_account_set,
@@ -271,3 +272,20 @@ class PreferenceAdmin(BigTableAdmin):
     search_help_text = "Exact recipient external id."
     raw_id_fields = ["recipient"]
     autocomplete_fields = ["notification_type"]
+
+
+@admin.register(DigestSetting)
+class DigestSettingAdmin(BigTableAdmin):
+    list_display = ["id", "recipient", "category", "frequency"]
+    list_filter = ["category", "frequency"]
+    list_select_related = ["recipient"]
+    search_fields = ["recipient__external_id__exact"]
+    search_help_text = "Exact recipient external id."
+    raw_id_fields = ["recipient"]
+
+    def formfield_for_choice_field(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        field = super().formfield_for_choice_field(db_field, request, **kwargs)
+        if db_field.name == "category":
+            # Critical notifications are never gathered into a digest: no such choice.
+            field.choices = [(value, label) for value, label in field.choices if value in DIGEST_CATEGORIES]
+        return field

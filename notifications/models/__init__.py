@@ -39,6 +39,8 @@ from notifications.models.inbox import (
 from notifications.models.recipients import (
     Device,
     DevicePlatform,
+    DigestFrequency,
+    DigestSetting,
     InboxSequence,
     Preference,
     Recipient,
@@ -67,6 +69,8 @@ __all__ = [
     "DeliveryStatus",
     "Device",
     "DevicePlatform",
+    "DigestFrequency",
+    "DigestSetting",
     "DispatchBatch",
     "Event",
     "EventStatus",

@@ -121,6 +121,30 @@ class Preference(models.Model):
         return f"{self.recipient_id}:{scope}:{self.channel}={'on' if self.enabled else 'off'}"
 
 
+class DigestFrequency(models.TextChoices):
+    OFF = "off", "Off: each notification as it happens"
+    DAILY = "daily", "Daily digest"
+    WEEKLY = "weekly", "Weekly digest"
+
+
+class DigestSetting(models.Model):
+    """How often a recipient wants one category's notifications gathered into a digest.
+    Like Preference, only what the recipient chose is stored; no row means "off". Critical
+    notifications are never gathered (services/recipients.py refuses the category)."""
+
+    recipient = models.ForeignKey(Recipient, on_delete=models.CASCADE, related_name="digest_settings")
+    category = models.CharField(max_length=20, choices=Category.choices)
+    frequency = models.CharField(max_length=10, choices=DigestFrequency.choices)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["recipient", "category"], name="digest_setting_unique_category")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.recipient_id}:{self.category}={self.frequency}"
+
+
 class SuppressionKind(models.TextChoices):
     EMAIL = "email", "Email address"
     PHONE = "phone", "Phone number"

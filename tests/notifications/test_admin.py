@@ -31,6 +31,7 @@ from notifications.models import (
     DeliveryStatus,
     Device,
     DevicePlatform,
+    DigestSetting,
     DispatchBatch,
     Event,
     FallbackCheck,
@@ -81,6 +82,7 @@ def pipeline() -> Pipeline:
     Preference.objects.create(
         recipient=recipient, category=Category.MARKETING, channel=Channel.EMAIL, enabled=False
     )
+    DigestSetting.objects.create(recipient=recipient, category=Category.SOCIAL, frequency="daily")
     topic = Topic.objects.create(key="launches", name="Launches")
     Subscription.objects.create(topic=topic, recipient=recipient)
     Subscription.objects.create(topic=topic, recipient=other)
