@@ -1,8 +1,8 @@
-"""A recipient's preferences: channel, category and type overrides, and quiet hours."""
+"""A recipient's preferences: channel, category and type overrides, quiet hours, and digest
+frequencies per category."""
 
 from __future__ import annotations
 
-import re
 from datetime import time
 from typing import Any
 
@@ -14,12 +14,16 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from notifications.api.common import StrictSerializer, operation
-from notifications.models import KEY_PATTERN, NotificationType, Recipient
-from notifications.services.recipients import preferences_get, preferences_replace
-from notifications.services.validation import CATEGORIES, CHANNELS
-
-CLOCK_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
-_CLOCK = re.compile(CLOCK_PATTERN)
+from notifications.models import KEY_PATTERN, DigestFrequency, NotificationType, Recipient
+from notifications.services.recipients import (
+    CLOCK_PATTERN,
+    DIGEST_CATEGORIES,
+    clock_parse,
+    digest_frequency_check,
+    preferences_get,
+    preferences_replace,
+)
+from notifications.services.validation import CATEGORIES, CHANNELS, RuleViolation
 
 CHANNEL_MAP_SCHEMA = {
     "type": "object",
@@ -48,6 +52,15 @@ QUIET_HOURS_SCHEMA = {
     "additionalProperties": False,
     "description": "HH:MM in the recipient's time zone; end differs from start (may wrap midnight)",
 }
+DIGEST_SCHEMA = {
+    "type": "object",
+    "properties": {
+        category: {"type": "string", "enum": list(DigestFrequency.values)} for category in DIGEST_CATEGORIES
+    },
+    "additionalProperties": False,
+    "description": "category: how often its notifications are gathered into one digest "
+    "(off: each as it happens). Critical notifications are never gathered.",
+}
 
 
 @extend_schema_field(CHANNEL_MAP_SCHEMA)
@@ -70,6 +83,11 @@ class QuietHoursField(serializers.DictField):
     pass
 
 
+@extend_schema_field(DIGEST_SCHEMA)
+class DigestField(serializers.DictField):
+    pass
+
+
 def _channel_map(value: Any, label: str) -> dict[str, bool]:
     if not isinstance(value, dict):
         raise serializers.ValidationError(f"{label} must be an object of channel: true|false")
@@ -85,10 +103,10 @@ def _channel_map(value: Any, label: str) -> dict[str, bool]:
 
 
 def _clock(value: Any, field: str) -> time:
-    if not isinstance(value, str) or not _CLOCK.fullmatch(value):
-        raise serializers.ValidationError({field: [f"must be a time of day as HH:MM, got {value!r}"]})
-    hours, minutes = value.split(":")
-    return time(int(hours), int(minutes))
+    try:
+        return clock_parse(value)
+    except RuleViolation as exc:
+        raise serializers.ValidationError({field: [str(exc)]})
 
 
 class PreferencesSerializer(StrictSerializer):
@@ -98,6 +116,7 @@ class PreferencesSerializer(StrictSerializer):
     categories = CategoriesField(required=False, default=dict)
     types = TypesField(required=False, default=dict)
     quiet_hours = QuietHoursField(required=False, allow_null=True, default=None)
+    digest = DigestField(required=False, default=dict)
 
     def validate_channels(self, value: Any) -> dict[str, bool]:
         return _channel_map(value, "channels")
@@ -146,12 +165,25 @@ class PreferencesSerializer(StrictSerializer):
             raise serializers.ValidationError({"end": ["must differ from start"]})
         return start, end
 
+    def validate_digest(self, value: Any) -> dict[str, str]:
+        errors: dict[str, list[str]] = {}
+        result = {}
+        for category, frequency in value.items():
+            try:
+                result[category] = digest_frequency_check(category=category, frequency=frequency)
+            except RuleViolation as exc:
+                errors[category] = [str(exc)]
+        if errors:
+            raise serializers.ValidationError(errors)
+        return result
+
 
 class PreferencesResponseSerializer(serializers.Serializer):
     channels = ChannelMapField()
     categories = CategoriesField()
     types = TypesField()
     quiet_hours = QuietHoursField(allow_null=True)
+    digest = DigestField()
 
 
 class PreferencesView(APIView):
@@ -166,8 +198,10 @@ class PreferencesView(APIView):
 
     @operation(
         summary="Replace a recipient's preferences",
-        description="Every stored override is replaced by the ones given. `types` names "
-        "existing notification types; an unknown one is a 400.",
+        description="Every stored override is replaced by the ones given, and so are the "
+        "quiet hours and the digest frequencies (a key left out clears them). `types` names "
+        "existing notification types; an unknown one is a 400. `digest` takes `off`, `daily` "
+        "or `weekly` per category except `critical`.",
         request=PreferencesSerializer,
         responses={200: PreferencesResponseSerializer},
         errors=[400, 404],
@@ -183,5 +217,6 @@ class PreferencesView(APIView):
             categories=data["categories"],
             types=data["types"],
             quiet_hours=data["quiet_hours"],
+            digest=data["digest"],
         )
         return Response(result.as_dict())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import time
 from typing import Any
@@ -10,8 +11,11 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from notifications.models import (
+    Category,
     Delivery,
     Device,
+    DigestFrequency,
+    DigestSetting,
     NotificationType,
     Preference,
     Recipient,
@@ -40,6 +44,7 @@ class PreferenceSet:
     categories: dict[str, dict[str, bool]]
     types: dict[str, dict[str, bool]]
     quiet_hours: dict[str, str] | None
+    digest: dict[str, str]
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -47,6 +52,7 @@ class PreferenceSet:
             "categories": self.categories,
             "types": self.types,
             "quiet_hours": self.quiet_hours,
+            "digest": self.digest,
         }
 
 
@@ -207,7 +213,36 @@ def webhook_endpoint_remove(*, recipient: Recipient, endpoint_id: int) -> bool:
     return deleted > 0
 
 
+# --- Preferences ----------------------------------------------------------------------------------
+
+CLOCK_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+_CLOCK = re.compile(CLOCK_PATTERN)
+# Critical notifications go out at once, always: they are never gathered into a digest.
+DIGEST_CATEGORIES: tuple[str, ...] = tuple(c for c in Category.values if c != Category.CRITICAL)
+
+
+def clock_parse(value: Any) -> time:
+    """A time of day from "HH:MM"; RuleViolation saying what is expected otherwise."""
+    if not isinstance(value, str) or not _CLOCK.fullmatch(value):
+        raise RuleViolation(f"must be a time of day as HH:MM, got {value!r}")
+    hours, minutes = value.split(":")
+    return time(int(hours), int(minutes))
+
+
+def digest_frequency_check(*, category: Any, frequency: Any) -> str:
+    """The frequency if a digest of ``category`` may be set to it; RuleViolation otherwise."""
+    if category == Category.CRITICAL:
+        raise RuleViolation("critical notifications are always sent at once, never in a digest")
+    if category not in DIGEST_CATEGORIES:
+        raise RuleViolation(f"unknown category; expected one of {', '.join(DIGEST_CATEGORIES)}")
+    if frequency not in DigestFrequency.values:
+        raise RuleViolation(f"must be one of {', '.join(DigestFrequency.values)}, got {frequency!r}")
+    return str(frequency)
+
+
 def preferences_get(*, recipient: Recipient) -> PreferenceSet:
+    """The recipient's stored overrides, quiet hours and digest frequencies (only what was
+    chosen: a channel, category or type missing from the result follows the defaults)."""
     channels: dict[str, bool] = {}
     categories: dict[str, dict[str, bool]] = {}
     types: dict[str, dict[str, bool]] = {}
@@ -224,7 +259,14 @@ def preferences_get(*, recipient: Recipient) -> PreferenceSet:
             "start": recipient.quiet_hours_start.strftime("%H:%M"),
             "end": recipient.quiet_hours_end.strftime("%H:%M"),
         }
-    return PreferenceSet(channels=channels, categories=categories, types=types, quiet_hours=quiet)
+    digest = dict(
+        DigestSetting.objects.filter(recipient=recipient)
+        .order_by("category")
+        .values_list("category", "frequency")
+    )
+    return PreferenceSet(
+        channels=channels, categories=categories, types=types, quiet_hours=quiet, digest=digest
+    )
 
 
 def preferences_replace(
@@ -234,8 +276,15 @@ def preferences_replace(
     categories: dict[str, dict[str, bool]],
     types: dict[NotificationType, dict[str, bool]],
     quiet_hours: tuple[time, time] | None,
+    digest: dict[str, str],
+    timezone_name: str | None = None,
 ) -> PreferenceSet:
-    """Replace every stored override of the recipient in one transaction."""
+    """Replace every stored override, the quiet hours and the digest frequencies of the
+    recipient (and its time zone, when given) in one transaction; returns what is stored.
+
+    The values must have passed the API's or the preference center's checks. Planning reads
+    preferences from the database for every page it plans (services/planning.py), with no
+    cache in between, so the next event planned after the commit sees them."""
     rows = [Preference(recipient=recipient, channel=c, enabled=e) for c, e in channels.items()]
     rows += [
         Preference(recipient=recipient, category=cat, channel=c, enabled=e)
@@ -247,12 +296,27 @@ def preferences_replace(
         for nt, values in types.items()
         for c, e in values.items()
     ]
+    digest_rows = [
+        DigestSetting(recipient=recipient, category=category, frequency=frequency)
+        for category, frequency in sorted(digest.items())
+    ]
     with transaction.atomic():
-        Preference.objects.filter(recipient=recipient).delete()
+        # The recipient's row first: two replaces of one recipient take turns instead of
+        # both deleting, then both inserting into the unique scope.
+        stored = Recipient.objects.select_for_update().get(id=recipient.id)
+        Preference.objects.filter(recipient=stored).delete()
         Preference.objects.bulk_create(rows)
-        recipient.quiet_hours_start, recipient.quiet_hours_end = quiet_hours or (None, None)
-        recipient.save(update_fields=["quiet_hours_start", "quiet_hours_end", "updated_at"])
-    return preferences_get(recipient=recipient)
+        DigestSetting.objects.filter(recipient=stored).delete()
+        DigestSetting.objects.bulk_create(digest_rows)
+        stored.quiet_hours_start, stored.quiet_hours_end = quiet_hours or (None, None)
+        changed = ["quiet_hours_start", "quiet_hours_end", "updated_at"]
+        if timezone_name is not None:
+            stored.timezone = timezone_name
+            changed.append("timezone")
+        stored.save(update_fields=changed)
+    recipient.quiet_hours_start, recipient.quiet_hours_end = stored.quiet_hours_start, stored.quiet_hours_end
+    recipient.timezone = stored.timezone
+    return preferences_get(recipient=stored)
 
 
 def topic_subscribe(*, topic_key: str, recipients: list[Recipient]) -> tuple[Topic, int]:

@@ -289,6 +289,7 @@ def test_it_replaces_preferences_and_validates_them(service_client):
         "categories": {"marketing": {"inapp": False}},
         "types": {nt.key: {"inapp": True}},
         "quiet_hours": {"start": "22:00", "end": "07:00"},
+        "digest": {"social": "daily"},
     }
     saved = service_client.put(f"/api/v1/recipients/{alice.external_id}/preferences/", body, format="json")
     assert saved.status_code == 200 and saved.json() == body
