@@ -18,6 +18,7 @@ from django.views.decorators.http import require_GET
 from notifications import selectors
 from notifications.services.inbox import inbox_item_payload
 from notifications.services.live_inbox import LiveInbox
+from notifications.services.preference_center import unsubscribe_landing
 from notifications.services.unsubscribe import unsubscribe_apply, unsubscribe_parse
 from realtime.connection import ConnectionTooSlow
 from realtime.tokens import TokenInvalid, end_user_token_issue, end_user_token_verify
@@ -163,17 +164,25 @@ async def sse_inbox_stream(
 
 @csrf_exempt
 def unsubscribe(request: HttpRequest, token: str) -> HttpResponse:
-    """GET shows a confirmation form; POST unsubscribes. The POST needs no cookie and no
-    CSRF token: mail providers send it as ``List-Unsubscribe=One-Click`` from their
-    servers, and the signed token in the URL is the authority. Link scanners only GET."""
+    """GET shows a confirmation form; POST unsubscribes and shows what was turned off, with
+    an Undo and a link to the preference center bound to the same token. The POST needs no
+    cookie and no CSRF token: mail providers send it as ``List-Unsubscribe=One-Click`` from
+    their servers, and the signed token in the URL is the authority. Link scanners only GET."""
     scope = unsubscribe_parse(token)
     if scope is None:
         return render(request, "notifications/unsubscribe.html", {"invalid": True}, status=404)
-    context = {"scope": scope, "category": scope.category, "token": token}
-    if request.method == "GET":
-        return render(request, "notifications/unsubscribe.html", context)
-    if request.method != "POST":
+    if request.method not in ("GET", "POST"):
         return HttpResponse(status=405, headers={"Allow": "GET, POST"})
-    if not unsubscribe_apply(scope=scope):
+    if request.method == "POST" and not unsubscribe_apply(scope=scope):
         return render(request, "notifications/unsubscribe.html", {"invalid": True}, status=404)
-    return render(request, "notifications/unsubscribe.html", {**context, "done": True})
+    landing = unsubscribe_landing(token=token)
+    if landing is None:
+        return render(request, "notifications/unsubscribe.html", {"invalid": True}, status=404)
+    context = {
+        "scope": scope,
+        "landing": landing,
+        "category": landing.category_label,
+        "token": token,
+        "done": request.method == "POST",
+    }
+    return render(request, "notifications/unsubscribe.html", context)

@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 import notifications.observability as observability
+import notifications.preference_pages as preference_pages
 import notifications.provider_webhooks as provider_webhooks
 import notifications.views as pages
 from notifications.api import urls as api_urls
@@ -34,6 +35,13 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("sse/inbox/", pages.sse_inbox, name="sse-inbox"),
     path("unsubscribe/<str:token>/", pages.unsubscribe, name="unsubscribe"),
+    path("preferences/", preference_pages.preferences_page, name="preferences"),
+    path(
+        "unsubscribe/<str:token>/preferences/",
+        preference_pages.unsubscribe_preferences,
+        name="unsubscribe-preferences",
+    ),
+    path("unsubscribe/<str:token>/undo/", preference_pages.unsubscribe_undo, name="unsubscribe-undo"),
     # Provider callbacks (signed by the provider; no session, no CSRF).
     path("providers/twilio/status/", provider_webhooks.twilio_status, name="twilio-status"),
     path("providers/twilio/inbound/", provider_webhooks.twilio_inbound, name="twilio-inbound"),
