@@ -284,7 +284,7 @@ class DigestSettingAdmin(BigTableAdmin):
     raw_id_fields = ["recipient"]
 
     def formfield_for_choice_field(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
-        field = super().formfield_for_choice_field(db_field, request, **kwargs)
+        field: Any = super().formfield_for_choice_field(db_field, request, **kwargs)
         if db_field.name == "category":
             # Critical notifications are never gathered into a digest: no such choice.
             field.choices = [(value, label) for value, label in field.choices if value in DIGEST_CATEGORIES]
