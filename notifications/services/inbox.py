@@ -531,18 +531,30 @@ class InboxChangeRefused(Exception):
 
 def _push_item_state(recipient_id: int, item_id: int) -> None:
     """After commit: the item's state and the unread count to the owner's connections."""
+    _push_items_state([item_id])
+
+
+def _push_items_state(item_ids: list[int]) -> None:
+    """After commit: each item's state, with its owner's unread count, to the owner's
+    connections; two queries whatever the number of items."""
 
     def push() -> None:
-        row = (
-            InboxItem.objects.filter(id=item_id, recipient_id=recipient_id)
-            .values(*selectors.ITEM_COLUMNS)
-            .first()
-        )
-        if row is None:
+        rows = list(InboxItem.objects.filter(id__in=item_ids).values("recipient_id", *selectors.ITEM_COLUMNS))
+        if not rows:
             return
-        count = _unread_counts({recipient_id}).get(recipient_id, 0)
+        unread = _unread_counts({row["recipient_id"] for row in rows})
         realtime_publish(
-            [(recipient_id, {"type": ITEM_MESSAGE, "item": inbox_item_payload(row), "unread": count})]
+            [
+                (
+                    row["recipient_id"],
+                    {
+                        "type": ITEM_MESSAGE,
+                        "item": inbox_item_payload(row),
+                        "unread": unread.get(row["recipient_id"], 0),
+                    },
+                )
+                for row in rows
+            ]
         )
 
     transaction.on_commit(push, robust=True)
@@ -662,12 +674,12 @@ def inbox_snoozed_wake(*, limit: int = 1000) -> int:
                     SELECT id FROM {InboxItem._meta.db_table}
                     WHERE snoozed_until IS NOT NULL AND snoozed_until <= %s
                     ORDER BY snoozed_until LIMIT %s FOR UPDATE SKIP LOCKED)
-                RETURNING id, recipient_id""",
+                RETURNING id""",
             [now, limit],
         )
-        woke = db.fetchall()
-        for item_id, recipient_id in woke:
-            _push_item_state(recipient_id, item_id)
+        woke = [row[0] for row in db.fetchall()]
+        if woke:
+            _push_items_state(woke)
     return len(woke)
 
 

@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.db import connection
 from django.test import AsyncClient, Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from notifications import selectors
@@ -295,3 +297,16 @@ def test_the_long_poll_of_a_new_user_reports_seq_zero(settings: Any) -> None:
         assert status == 200 and body == {"results": [], "last_seq": 0, "unread_count": 0}
 
     run(scenario)
+
+
+def test_waking_many_snoozed_items_costs_a_few_queries_whatever_their_number() -> None:
+    people = [recipient_create() for _ in range(3)]
+    for person in people:
+        inbox_items_create(person, list(range(1, 11)))
+    InboxItem.objects.filter(recipient__in=people).update(snoozed_until=timezone.now())
+
+    with CaptureQueriesContext(connection) as queries:
+        assert inbox_snoozed_wake() == 30
+
+    # BEGIN, the UPDATE, COMMIT; after it the items and the unread counts
+    assert len(queries) <= 5, [q["sql"][:80] for q in queries]
