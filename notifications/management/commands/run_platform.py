@@ -287,6 +287,7 @@ class Command(BaseCommand):
             f"  admin          {web}/admin/",
             f"  API docs       {web}/api/docs/",
             f"  inbox          {web}/inbox/",
+            f"  preferences    {web}/preferences/",
             f"  health         {web}/healthz",
             f"  metrics        {web}/metrics",
             f"  provider health {web}/admin/notifications/delivery/provider-health/",
