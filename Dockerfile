@@ -20,4 +20,4 @@ RUN useradd --create-home --uid 10001 app \
 USER app
 
 EXPOSE 8000
-CMD ["python", "-m", "uvicorn", "project.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--ws", "websockets", "--lifespan", "off", "--no-access-log"]
+CMD ["python", "-m", "uvicorn", "project.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--ws", "realtime.uvicorn_websocket:IdleLightWebSocketProtocol", "--ws-max-size", "1048576", "--ws-per-message-deflate", "false", "--lifespan", "off", "--no-access-log"]

@@ -18,6 +18,7 @@ from pathlib import Path
 import uvicorn
 
 from project.processes.heap import heap_freeze
+from project.processes.platform import UVICORN_WS, UVICORN_WS_MAX_SIZE
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = uvicorn.Config(
         "project.asgi:application",
-        ws="websockets-sansio",
+        ws=UVICORN_WS,
+        ws_max_size=UVICORN_WS_MAX_SIZE,
         # Inbox frames are a few hundred bytes: compressing each costs CPU on every frame
         # and a compression context per socket for little gain (Centrifugo too leaves
         # compression off by default).

@@ -11,6 +11,12 @@ which is the truth; the frames are only a nudge.
 Apps subclass LiveConnection: ``deliver()`` turns a channel-layer message into queue
 entries, and ``expand()`` turns an entry of the app's own kinds into frames (the inbox's
 resume reads the database there, in the writer's turn, never in the layer's).
+
+One web process holds ten thousand of these, most of them idle for minutes, so an idle one
+holds no task and no buffer of its own: the queue's storage exists only while entries wait
+(``EntryQueue``), a carrier that pushes (``send_with``: the websocket) has a sending task
+only while there is something to send, and the registrations of a process are renewed
+together by one task per event loop (``_Renewals``) rather than a sleeping task each.
 """
 
 from __future__ import annotations
@@ -18,21 +24,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
+from realtime.queues import EntryQueue
 from realtime.redis_client import redis_async
-from realtime.registry import connection_activity, connection_register, connection_unregister
+from realtime.registry import (
+    connection_activity,
+    connection_register,
+    connection_unregister,
+    connections_register,
+)
 
 log = logging.getLogger(__name__)
 
 # Well under CONNECTION_TTL_SECONDS (90), so one missed refresh does not mark a live
 # connection gone.
 REGISTRATION_REFRESH_SECONDS = 30.0
+# Registrations renewed per Redis round trip by the renewal task.
+REGISTRATION_REFRESH_BATCH = 500
 # The queue entry of a frame sent as it is; apps add kinds of their own.
 FRAME = "frame"
 
@@ -41,11 +56,64 @@ class ConnectionTooSlow(Exception):
     """The client fell too far behind; close it and let it catch up on reconnecting."""
 
 
+class _Renewals:
+    """The registrations of one event loop's live connections, renewed together every
+    REGISTRATION_REFRESH_SECONDS by one task (batched pipelines), which runs only while
+    the loop has connections."""
+
+    def __init__(self) -> None:
+        self.connections: dict[LiveConnection, None] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, connection: LiveConnection) -> None:
+        self.connections[connection] = None
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._renew_forever())
+
+    def discard(self, connection: LiveConnection) -> None:
+        self.connections.pop(connection, None)
+        if not self.connections and self.task is not None:
+            self.task.cancel()
+            self.task = None
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REGISTRATION_REFRESH_SECONDS)
+            await self.renew()
+
+    async def renew(self) -> None:
+        live = [c for c in self.connections if not c.closed]
+        for start in range(0, len(live), REGISTRATION_REFRESH_BATCH):
+            batch = live[start : start + REGISTRATION_REFRESH_BATCH]
+            try:
+                await connections_register(redis_async(), [(c.recipient_id, c.channel) for c in batch])
+            except (redis.RedisError, OSError) as exc:
+                # Each is renewed again at the next turn, within the registration's TTL.
+                log.warning("%d live connections not re-registered: %s", len(batch), exc)
+
+
+_renewals: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Renewals] = weakref.WeakKeyDictionary()
+
+
+def _renewals_of_loop() -> _Renewals:
+    loop = asyncio.get_running_loop()
+    renewals = _renewals.get(loop)
+    if renewals is None:
+        renewals = _renewals[loop] = _Renewals()
+    return renewals
+
+
+async def registrations_renew() -> None:
+    """Renew now every registration of this event loop's live connections (what the
+    renewal task does every REGISTRATION_REFRESH_SECONDS)."""
+    await _renewals_of_loop().renew()
+
+
 class LiveConnection:
     """The live side of one connection. ``open()`` joins the groups and registers;
     ``deliver()`` takes a channel-layer message and ``send()`` a frame; ``frames()`` yields
-    what to send, in order; ``close()`` undoes ``open()``. Everything arriving goes through
-    one queue of ``queue_limit`` entries."""
+    what to send, in order (or ``send_with()`` has it sent); ``close()`` undoes ``open()``.
+    Everything arriving goes through one queue of ``queue_limit`` entries."""
 
     def __init__(
         self,
@@ -62,14 +130,18 @@ class LiveConnection:
         self.channel = channel
         self.groups = list(groups)
         self.on_too_slow = on_too_slow
-        self.queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue(
-            maxsize=queue_limit if queue_limit is not None else settings.SOCKET_SEND_QUEUE_LIMIT
-        )
+        self.queue = EntryQueue(queue_limit if queue_limit is not None else settings.SOCKET_SEND_QUEUE_LIMIT)
         self.too_slow = False
         self.closed = False
         self._redis: aioredis.Redis | None = None
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._tasks: list[asyncio.Task[Any]] | None = None
         self._listening = False
+        self._registered = False
+        # Push mode (send_with): how a frame is sent, what to do when sending fails, and the
+        # task sending while entries wait (None while the queue is empty).
+        self._push: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+        self._push_failed: Callable[[BaseException], None] | None = None
+        self.sender: asyncio.Task[None] | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -81,7 +153,8 @@ class LiveConnection:
         self._listening = True
         self._redis = redis_async()
         await self.refresh()
-        self._tasks.append(asyncio.create_task(self._keep_registered()))
+        _renewals_of_loop().add(self)
+        self._registered = True
 
     async def join(self, group: str) -> None:
         """Listen on one more group (left again on close, or with ``leave``)."""
@@ -103,18 +176,24 @@ class LiveConnection:
         """Read this connection's channel from the layer in a task of its own and deliver
         what arrives (for carriers that, unlike a Channels consumer, do not dispatch
         channel-layer messages themselves: the SSE stream)."""
-        self._tasks.append(asyncio.create_task(self._receive_loop()))
+        self._task(self._receive_loop())
 
     async def close(self) -> None:
         """Stop listening and unregister; safe to call twice."""
         if self.closed:
             return
         self.closed = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        if self._registered:
+            _renewals_of_loop().discard(self)
+        tasks = [*(self._tasks or ()), *([self.sender] if self.sender is not None else [])]
+        current = asyncio.current_task()
+        for task in tasks:
+            if task is not current:
+                task.cancel()
+        for task in tasks:
+            if task is not current:
+                with contextlib.suppress(BaseException):
+                    await task
         await self._stop_listening()
         if self._redis is not None:
             try:
@@ -175,9 +254,12 @@ class LiveConnection:
             log.info("cutting off a slow live connection of recipient %s", self.recipient_id)
             # Leave the groups: nothing more is buffered for a client that is gone in all
             # but name (frames() raises at its next turn; the carrier closes).
-            self._tasks.append(asyncio.create_task(self._stop_listening()))
+            self._task(self._stop_listening())
             if self.on_too_slow is not None:
                 self.on_too_slow()
+            return
+        if self._push is not None and self.sender is None:
+            self.sender = asyncio.get_running_loop().create_task(self._send_queued())
 
     # --- what to send ----------------------------------------------------------------------
 
@@ -201,6 +283,17 @@ class LiveConnection:
                 async for frame in expanded:
                     yield frame
 
+    def send_with(
+        self, send: Callable[[dict[str, Any]], Awaitable[None]], *, failed: Callable[[BaseException], None]
+    ) -> None:
+        """Push instead of ``frames()``: from now on every frame is sent, in order, with
+        ``send``, by a task that exists only while entries wait (an idle connection holds
+        none). ``failed`` is called with ConnectionTooSlow once the client fell too far
+        behind, or with whatever ``send`` raised; nothing more is sent after it."""
+        self._push, self._push_failed = send, failed
+        if not self.queue.empty() and self.sender is None:
+            self.sender = asyncio.get_running_loop().create_task(self._send_queued())
+
     async def expand(self, entry: tuple[Any, ...]) -> AsyncGenerator[dict[str, Any], None]:
         """The frames an entry of the app's own kind stands for."""
         raise ValueError(f"no frames for a queue entry of kind {entry[0]!r}")
@@ -208,10 +301,34 @@ class LiveConnection:
 
     # --- internals -------------------------------------------------------------------------
 
-    async def _keep_registered(self) -> None:
-        while True:
-            await asyncio.sleep(REGISTRATION_REFRESH_SECONDS)
-            await self.refresh()
+    async def _send_queued(self) -> None:
+        assert self._push is not None and self._push_failed is not None
+        try:
+            while True:
+                if self.too_slow:
+                    raise ConnectionTooSlow
+                if self.queue.empty():
+                    # No await between this look and the task's end, so an entry put from
+                    # now on starts a new sender.
+                    self.sender = None
+                    return
+                entry = self.queue.get_nowait()
+                if entry[0] == FRAME:
+                    await self._push(entry[1])
+                    continue
+                async with contextlib.aclosing(self.expand(entry)) as expanded:
+                    async for frame in expanded:
+                        await self._push(frame)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the carrier decides (it closes the socket)
+            self._push = None
+            self._push_failed(exc)
+
+    def _task(self, coroutine: Awaitable[Any]) -> None:
+        if self._tasks is None:
+            self._tasks = []
+        self._tasks.append(asyncio.ensure_future(coroutine))
 
     async def _receive_loop(self) -> None:
         # Runs until close() cancels it: the pub/sub layer drops the channel's subscription

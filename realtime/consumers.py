@@ -1,6 +1,6 @@
 """The base of every end-user websocket: authenticate, keep one live connection
 (realtime/connection.py), answer the heartbeat, validate client frames, and send through
-one writer task with a cut-off for clients that cannot keep up.
+one sender at a time, with a cut-off for clients that cannot keep up.
 
 An app's consumer says who a logged-in user is (``user_to_recipient``), builds its live
 connection (``live_connection``), names the channel-layer messages that are queued rather
@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from typing import Any, ClassVar
 
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.conf import settings
 
 from realtime.auth import CLOSE_TOO_SLOW, socket_authenticate
@@ -34,7 +37,8 @@ class _SendTimedOut(Exception):
 
 class RealtimeConsumer(AsyncJsonWebsocketConsumer):
     """One end user's socket. Channel-layer handlers run on the consumer's single dispatch
-    loop, so they only queue work; one writer task sends every frame. A client that cannot
+    loop, so they only queue work; the live connection's sender sends every frame, one
+    at a time and in order (a task that exists only while frames wait). A client that cannot
     keep up (queue full, or a send slower than SOCKET_SEND_TIMEOUT_SECONDS) is closed with
     4008 and catches up when it reconnects, which bounds the memory one connection holds.
     The client may send ``{"type": "ping"}`` at any time: ``{"type": "pong"}`` answers, and
@@ -68,8 +72,49 @@ class RealtimeConsumer(AsyncJsonWebsocketConsumer):
 
     # --- lifecycle ----------------------------------------------------------------------
 
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Channels' ``AsyncConsumer.__call__``, with less held per idle socket: the
+        socket's own events are awaited in this coroutine and the channel layer is read by
+        one long-lived task, where Channels keeps a task for each source, makes a new one
+        for every message and waits on both with ``asyncio.wait`` (a waiter and callbacks
+        per turn). Layer messages in ``layer_messages`` are only queued (``dispatch``), so
+        they need no turn of their own; any other message from the layer is dispatched
+        under a lock, one at a time with the socket's events, as Channels does."""
+        layer = get_channel_layer(self.channel_layer_alias)
+        if layer is None:
+            await super().__call__(scope, receive, send)
+            return
+        self.scope = scope
+        self.channel_layer = layer
+        self.channel_name = await layer.new_channel()
+        self.channel_receive = functools.partial(layer.receive, self.channel_name)
+        self.base_send = send
+        self._turn = asyncio.Lock()
+        reader = asyncio.ensure_future(self._read_layer())
+        try:
+            while True:
+                message = await receive()
+                async with self._turn:
+                    await self.dispatch(message)
+        except StopConsumer:
+            pass
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    async def _read_layer(self) -> None:
+        # Until __call__ cancels it: cancelling the pending receive() is what makes the
+        # pub/sub layer drop this channel's subscription and buffer.
+        while True:
+            message = await self.channel_receive()
+            if message["type"] in self.layer_messages:
+                await self.dispatch(message)
+            else:
+                async with self._turn:
+                    await self.dispatch(message)
+
     async def connect(self) -> None:
-        self.writer: asyncio.Task[None] | None = None
         self.closing = False
         recipient_id, close_code = await socket_authenticate(
             self.scope, user_to_recipient=self.user_to_recipient
@@ -84,16 +129,15 @@ class RealtimeConsumer(AsyncJsonWebsocketConsumer):
         # client's first request can fall between the two.
         await self.live.open()
         await self.accept()
-        self.writer = asyncio.create_task(self._write_loop())
+        # Frames go out in order through the connection's sender, a task that exists only
+        # while frames wait: ten thousand idle sockets hold no writer task each.
+        self.live.send_with(self._send_frame, failed=self._send_failed)
         await self.presence_changed()
 
     async def disconnect(self, code: int) -> None:
         self.closing = True
-        if self.writer is not None and self.writer is not asyncio.current_task():
-            self.writer.cancel()
-            with contextlib.suppress(BaseException):
-                await self.writer
         if self.live is not None:
+            # Cancels the sender, if one is sending.
             await self.live.close()
             await self.presence_changed()
 
@@ -161,21 +205,22 @@ class RealtimeConsumer(AsyncJsonWebsocketConsumer):
         asyncio.ensure_future(self._close_now())
 
     async def _close_now(self) -> None:
-        if self.writer is not None and self.writer is not asyncio.current_task():
-            self.writer.cancel()
+        sender = self.live.sender if self.live is not None else None
+        if sender is not None and sender is not asyncio.current_task():
+            sender.cancel()
         await self.close(code=CLOSE_TOO_SLOW)
 
-    async def _write_loop(self) -> None:
-        assert self.live is not None
-        try:
-            async for frame in self.live.frames():
-                if frame is not None:
-                    await self._send_frame(frame)
-        except (_SendTimedOut, ConnectionTooSlow):
+    def _send_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, _SendTimedOut | ConnectionTooSlow):
             self._close_too_slow()
+            return
+        # A socket already closed under the sender: disconnect() follows and cleans up.
+        log.debug("frame not sent on a socket of recipient %s: %r", self.recipient_id, exc)
 
     async def _send_frame(self, frame: dict[str, Any]) -> None:
+        # asyncio.timeout rather than wait_for: no task of its own for every frame.
         try:
-            await asyncio.wait_for(self.send_json(frame), timeout=settings.SOCKET_SEND_TIMEOUT_SECONDS)
+            async with asyncio.timeout(settings.SOCKET_SEND_TIMEOUT_SECONDS):
+                await self.send_json(frame)
         except TimeoutError:
             raise _SendTimedOut from None

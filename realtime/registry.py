@@ -60,9 +60,23 @@ def _seen(pipe: aioredis.client.Pipeline, recipient_id: int, now: float) -> None
 
 async def connection_register(client: aioredis.Redis, *, recipient_id: int, connection: str) -> None:
     """Register or renew a connection (on open, on a ping, every 30 s)."""
-    key = _key(recipient_id)
+    await connections_register(client, [(recipient_id, connection)])
+
+
+async def connections_register(client: aioredis.Redis, connections: Sequence[tuple[int, str]]) -> None:
+    """Register or renew each (recipient id, connection) in one round trip (a process
+    renews all of its connections together every 30 s)."""
+    if not connections:
+        return
     now = time.time()
     pipe = client.pipeline(transaction=False)
+    for recipient_id, connection in connections:
+        _register(pipe, recipient_id, connection, now)
+    await pipe.execute()
+
+
+def _register(pipe: aioredis.client.Pipeline, recipient_id: int, connection: str, now: float) -> None:
+    key = _key(recipient_id)
     pipe.zremrangebyscore(key, "-inf", now)
     pipe.zadd(key, {connection: now + CONNECTION_TTL_SECONDS})
     pipe.expire(key, CONNECTION_TTL_SECONDS)
@@ -72,7 +86,6 @@ async def connection_register(client: aioredis.Redis, *, recipient_id: int, conn
     pipe.sadd(redis_key(ONLINE_SET), recipient_id)
     pipe.zadd(redis_key(EXPIRING), {str(recipient_id): now + CONNECTION_TTL_SECONDS})
     _seen(pipe, recipient_id, now)
-    await pipe.execute()
 
 
 async def connection_activity(

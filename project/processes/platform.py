@@ -53,6 +53,15 @@ DEFAULT_WORKERS: tuple[WorkerSpec, ...] = (
 # (project/serve.py, docs/benchmarks.md).
 DEFAULT_WEB_PROCESSES = 2
 
+# uvicorn's websocket protocol: websockets-sansio holding less per idle socket (P3: ten
+# thousand idle sockets per process at 30 KB each or less; realtime/uvicorn_websocket.py).
+# project/serve.py, the Dockerfile and docker-compose.yml start uvicorn with it too.
+UVICORN_WS = "realtime.uvicorn_websocket:IdleLightWebSocketProtocol"
+# The largest client message a socket takes (uvicorn's default is 16 MiB): client frames
+# are small (a presence subscription of 500 ids is about 20 KB), and the bound is what one
+# socket may make the server buffer.
+UVICORN_WS_MAX_SIZE = 1024 * 1024
+
 # Of a stop's budget, what is kept back for SIGKILL and for the kernel to tear the
 # processes down (at most): the rest is the grace the processes get after SIGTERM.
 KILL_RESERVE_SECONDS = 2.0
@@ -143,7 +152,8 @@ class PlatformProcesses:
         return [
             self.python, "-m", "uvicorn", "project.asgi:application",
             "--host", LOCALHOST, "--port", str(self.port),
-            "--ws", "websockets-sansio", "--ws-per-message-deflate", "false",
+            "--ws", UVICORN_WS, "--ws-max-size", str(UVICORN_WS_MAX_SIZE),
+            "--ws-per-message-deflate", "false",
             "--lifespan", "off", "--no-access-log",
             "--log-level", "warning", "--timeout-graceful-shutdown", "5",
         ]  # fmt: skip
