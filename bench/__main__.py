@@ -1,10 +1,13 @@
-"""``python -m bench [all|p1|p2|memory|p4|sends|kill-sends] [options]``: run benchmarks,
+"""``python -m bench [all|p1|p2|memory|p3-broadcast|p3-heartbeats|p3-presence|p4|...] [options]``: run benchmarks,
 print their figures, and (unless ``--no-write``) record them in ``docs/benchmarks.md``.
 
     python -m bench                                  # everything below
     python -m bench p1 --recipients 100000
     python -m bench p2 --server uvicorn --rate 200 --seconds 20
-    python -m bench memory --connections 2000
+    python -m bench memory --connections 10000     # P3: idle sockets on one web process
+    python -m bench p3-broadcast --broadcast-recipients 10000   # P3: one event to every socket
+    python -m bench p3-heartbeats --heartbeat-sockets 1000      # P3: pings answered per second
+    python -m bench p3-presence --presence-users 5000 --presence-watching 500   # P3: deltas
     python -m bench p4 --rate 1000 --seconds 20      # event -> push accepted by the sandbox
     python -m bench sends --per-channel 5000         # provider sends/s per channel
     python -m bench kill-sends --sends 10000         # kill -9 of the send worker mid-send
@@ -26,6 +29,9 @@ from bench import (
     p1_against,
     p1_fanout,
     p2_latency,
+    p3_broadcast,
+    p3_heartbeat,
+    p3_presence,
     p4_push,
     provider_sends,
     report,
@@ -39,7 +45,23 @@ SERVERS: tuple[Server, ...] = ("uvicorn", "daphne", "granian")
 ALTERNATIVES_MAX_SECONDS = 120.0
 P2_DEFAULT_RATE = 200.0
 P4_DEFAULT_RATE = p4_push.TARGET_RATE
-BENCHMARKS = ("all", "p1", "p2", "memory", "p4", "sends", "kill-sends", "p1-against", "bulk", "p2-curve")
+BENCHMARKS = (
+    "all",
+    "p1",
+    "p2",
+    "memory",
+    "p3-broadcast",
+    "p3-heartbeats",
+    "p3-presence",
+    "p4",
+    "sends",
+    "kill-sends",
+    "p1-against",
+    "bulk",
+    "p2-curve",
+)
+# uvicorn's own websocket protocol, measured beside the platform's (realtime/uvicorn_websocket.py).
+STOCK_UVICORN_WS = "websockets-sansio"
 
 
 def _servers(choice: str) -> tuple[Server, ...]:
@@ -80,7 +102,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--grace", type=float, default=90.0, help="P2 seconds to wait for late frames (default 90)"
     )
     parser.add_argument(
-        "--connections", type=int, default=2000, help="idle sockets for memory (default 2,000)"
+        "--connections", type=int, default=10_000, help="idle sockets for memory (default 10,000)"
+    )
+    parser.add_argument(
+        "--broadcast-recipients",
+        type=int,
+        default=10_000,
+        help="p3-broadcast: connected recipients (default 10,000)",
+    )
+    parser.add_argument(
+        "--broadcast-rounds", type=int, default=3, help="p3-broadcast: events, each to all (default 3)"
+    )
+    parser.add_argument(
+        "--heartbeat-sockets", type=int, default=1_000, help="p3-heartbeats: sockets pinging (default 1,000)"
+    )
+    parser.add_argument(
+        "--heartbeat-seconds", type=float, default=10.0, help="p3-heartbeats: seconds (default 10)"
+    )
+    parser.add_argument(
+        "--presence-users", type=int, default=5_000, help="p3-presence: subscriber sockets (default 5,000)"
+    )
+    parser.add_argument(
+        "--presence-watching", type=int, default=500, help="p3-presence: users each watches (default 500)"
+    )
+    parser.add_argument(
+        "--presence-rate",
+        type=float,
+        default=20.0,
+        help="p3-presence: status changes per second (default 20)",
+    )
+    parser.add_argument(
+        "--presence-seconds", type=float, default=15.0, help="p3-presence: seconds of changes (default 15)"
+    )
+    parser.add_argument(
+        "--client-processes", type=int, default=2, help="P3: processes of the light client (default 2)"
     )
     parser.add_argument(
         "--p4-mode",
@@ -193,13 +248,61 @@ def _p2_at(args: argparse.Namespace, template: str, rate: float) -> dict[str, An
 
 def run_memory(args: argparse.Namespace, template: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for server in _servers(args.server):
+    variants: list[tuple[str, Server, str | None]] = [
+        (server, server, None) for server in _servers(args.server)
+    ]
+    if "uvicorn" in _servers(args.server):
+        # Before/after in the same run: uvicorn with the protocol it ships.
+        variants.append(("uvicorn-stock", "uvicorn", STOCK_UVICORN_WS))
+    for key, server, uvicorn_ws in variants:
         result = memory.run(
-            template=template, server=server, connections=args.connections, progress=not args.no_progress
+            template=template,
+            server=server,
+            connections=args.connections,
+            progress=not args.no_progress,
+            uvicorn_ws=uvicorn_ws,
         )
         print(result.summary(), flush=True)
-        out[server] = result.as_dict()
+        out[key] = result.as_dict()
     return {"memory": out}
+
+
+def run_p3_broadcast(args: argparse.Namespace, template: str) -> dict[str, Any]:
+    result = p3_broadcast.run(
+        template=template,
+        recipients=args.broadcast_recipients,
+        rounds=args.broadcast_rounds,
+        client_processes=args.client_processes,
+        progress=not args.no_progress,
+    )
+    print(result.summary(), flush=True)
+    return {"p3_broadcast": result.as_dict()}
+
+
+def run_p3_heartbeats(args: argparse.Namespace, template: str) -> dict[str, Any]:
+    result = p3_heartbeat.run(
+        template=template,
+        sockets=args.heartbeat_sockets,
+        seconds=args.heartbeat_seconds,
+        client_processes=args.client_processes,
+        progress=not args.no_progress,
+    )
+    print(result.summary(), flush=True)
+    return {"p3_heartbeats": result.as_dict()}
+
+
+def run_p3_presence(args: argparse.Namespace, template: str) -> dict[str, Any]:
+    result = p3_presence.run(
+        template=template,
+        users=args.presence_users,
+        watching=args.presence_watching,
+        rate=args.presence_rate,
+        seconds=args.presence_seconds,
+        client_processes=args.client_processes,
+        progress=not args.no_progress,
+    )
+    print(result.summary(), flush=True)
+    return {"p3_presence": result.as_dict()}
 
 
 def run_p4(args: argparse.Namespace, template: str) -> dict[str, Any]:
@@ -332,6 +435,9 @@ def main(argv: list[str] | None = None) -> int:
             ("bulk", run_bulk),
             ("p2-curve", run_p2_curve),
             ("memory", run_memory),
+            ("p3-broadcast", run_p3_broadcast),
+            ("p3-heartbeats", run_p3_heartbeats),
+            ("p3-presence", run_p3_presence),
             ("p4", run_p4),
             ("sends", run_sends),
             ("kill-sends", run_kill_sends),

@@ -1,11 +1,18 @@
 """Memory per idle inbox websocket held by one ASGI process (P3's per-connection figure).
 
 One web process (no workers, no beat) on a private Redis and a temporary database. C
-recipients are seeded with SQL and get a token each over the API; after a warm-up the
-resident memory (VmRSS, summed over the process tree, from /proc) is read, C sockets are
-opened and each waits for its first ``unread_count`` frame, and the memory is read again.
-Then every socket must still answer a ping: the figure is the cost of sockets the server
-really holds. Both readings are of one server process, identified by pid and start time.
+recipients are seeded with SQL and get a token each (bench/p3_sockets.py); after a
+warm-up the resident memory (VmRSS, summed over the process tree, from /proc) is read, C
+sockets are opened and each waits for its first ``unread_count`` frame, and the memory is
+read again. Then every socket must still answer a ping: the figure is the cost of sockets
+the server really holds. Both readings are of one server process, identified by pid and
+start time.
+
+Baseline, in the same run on the same machine: the bare websocket server of the P2 and P3
+baselines (bench/p2_baseline.py: the ``websockets`` library on uvloop, one process) holding
+as many idle sockets, read the same way. ``uvicorn_ws`` runs uvicorn with another websocket
+protocol than the platform's (uvicorn's own ``websockets-sansio``, to show what the
+platform's protocol saves: realtime/uvicorn_websocket.py).
 """
 
 from __future__ import annotations
@@ -22,7 +29,10 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from bench.stack import Progress, Stack, bench_stack, raise_fd_limit, rss_kib_tree
+from bench import p2_baseline
+from bench.p3_sockets import mint_tokens, seed_recipients, settled_rss_kib
+from bench.stack import Progress, Stack, bench_stack, raise_fd_limit
+from bench.wsclient import ClientPool
 from harness.processes import Server
 
 TARGET_KB_PER_CONNECTION = 30.0
@@ -44,6 +54,11 @@ class MemoryResult:
     # equal when both readings are of the same process, started once, in this run.
     baseline_process: str
     measured_process: str
+    # The bare websocket server holding as many idle sockets, in the same run.
+    bare_kib_per_connection: float = float("nan")
+    bare_connections: int = 0
+    # uvicorn's websocket protocol ("" for the platform's own).
+    uvicorn_ws: str = ""
 
     @property
     def kib_per_connection(self) -> float:
@@ -62,38 +77,14 @@ class MemoryResult:
         return data
 
     def summary(self) -> str:
+        protocol = f", {self.uvicorn_ws}" if self.uvicorn_ws else ""
         return (
-            f"Memory [{self.server}] {self.held}/{self.connections} idle sockets held: "
+            f"Memory [{self.server}{protocol}] {self.held}/{self.connections} idle sockets held: "
             f"{self.kib_per_connection:.1f} KiB per connection (RSS {self.rss_before_kib / 1024:.1f} -> "
             f"{self.rss_after_kib / 1024:.1f} MiB; opened in {self.connect_seconds:.1f}s; "
-            f"{self.redis_clients_per_connection:.2f} Redis connections per socket)"
+            f"{self.redis_clients_per_connection:.2f} Redis connections per socket); bare websocket server "
+            f"{self.bare_kib_per_connection:.1f} KiB per connection"
         )
-
-
-def seed_recipients(stack: Stack, count: int) -> None:
-    with stack.db_connect() as connection:
-        connection.execute(
-            """INSERT INTO notifications_recipient
-                   (external_id, name, email, phone, locale, timezone, created_at, updated_at)
-               SELECT 'mem-' || g, '', '', '', 'en', 'UTC', now(), now() FROM generate_series(1, %s) AS g""",
-            [count],
-        )
-
-
-async def _tokens(stack: Stack, count: int, concurrency: int = 4) -> list[str]:
-    # Few at a time: every concurrent request holds a database connection of its own in
-    # the web process (see the Observations in docs/benchmarks.md).
-    gate = asyncio.Semaphore(concurrency)
-    async with stack.async_client(connections=concurrency) as client:
-
-        async def one(index: int) -> str:
-            async with gate:
-                response = await client.post(f"/api/v1/recipients/mem-{index}/token/")
-                response.raise_for_status()
-                token: str = response.json()["token"]
-                return token
-
-        return list(await asyncio.gather(*(one(index) for index in range(1, count + 1))))
 
 
 async def _open(url: str) -> ClientConnection:
@@ -155,24 +146,13 @@ async def _held(sockets: Sequence[ClientConnection], timeout: float = 30.0) -> i
     return sum(await asyncio.gather(*(answers(socket) for socket in sockets)))
 
 
-def _settled_rss(pid: int, seconds: float = 3.0) -> int:
-    """RSS after it stops moving (or ``seconds`` pass): the last of a few readings."""
-    readings = [rss_kib_tree(pid)]
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        readings.append(rss_kib_tree(pid))
-        if len(readings) >= 3 and readings[-1] == readings[-2] == readings[-3]:
-            break
-    return readings[-1]
-
-
 async def measure(
     stack: Stack, *, connections: int, concurrency: int = 50, progress: bool = True
 ) -> MemoryResult:
     warmup = min(20, connections)
-    seed_recipients(stack, connections + warmup)
-    tokens = await _tokens(stack, connections + warmup)
+    seed_recipients(stack, "mem-", connections + warmup)
+    minted = mint_tokens(stack, "mem-")
+    tokens = [minted[f"mem-{n}"] for n in range(1, connections + warmup + 1)]
     pid = stack.web_pid()
 
     # Warm-up: a few sockets, so that lazy imports, thread pools and Redis pools that every
@@ -184,7 +164,7 @@ async def measure(
     await asyncio.sleep(1.0)
     gc.collect()
     baseline_process = _process_identity(pid)
-    before = _settled_rss(pid)
+    before = settled_rss_kib(pid, 3.0)
     redis_before = _redis_clients(stack)
 
     bar = Progress(f"Memory {stack.platform.server}: sockets open", connections, enabled=progress)
@@ -193,7 +173,7 @@ async def measure(
     connect_seconds = time.monotonic() - started
     bar.finish(len(sockets))
     await asyncio.sleep(1.0)
-    after = _settled_rss(pid)
+    after = settled_rss_kib(pid, 3.0)
     measured_process = _process_identity(pid)
     redis_after = _redis_clients(stack)
     held = await _held(sockets)
@@ -213,14 +193,45 @@ async def measure(
     )
 
 
+def bare_kib_per_connection(stack: Stack, connections: int) -> float:
+    """KiB per idle socket of the bare websocket server (bench/p2_baseline.py on uvloop),
+    read as the platform's are: 20 warm-up sockets, then ``connections`` more."""
+    with p2_baseline.bare_server(stack, uvloop=True) as server, ClientPool(2) as pool:
+        url = f"ws://127.0.0.1:{server.port}"
+        pool.open(url, ["/warm"] * 20, wait_first=False)
+        time.sleep(1.0)
+        before = settled_rss_kib(server.process.pid, 3.0)
+        opened, errors, _ = pool.open(url, ["/idle"] * connections, concurrency=100, wait_first=False)
+        time.sleep(1.0)
+        after = settled_rss_kib(server.process.pid, 3.0)
+        if opened < connections:
+            raise RuntimeError(f"bare websocket server: {opened}/{connections} sockets opened: {errors}")
+        return (after - before) / opened
+
+
 def run(
-    *, template: str | None, server: Server = "uvicorn", connections: int = 2000, progress: bool = True
+    *,
+    template: str | None,
+    server: Server = "uvicorn",
+    connections: int = 10_000,
+    progress: bool = True,
+    uvicorn_ws: str | None = None,
+    baseline: bool = True,
 ) -> MemoryResult:
-    """Measure on a fresh stack with only the web process running."""
+    """Measure on a fresh stack with only the web process running; then, with ``baseline``,
+    the bare websocket server on the same machine."""
     # Each socket costs the client one fd and the server one or two (socket, Redis).
     raise_fd_limit(3 * connections + 1024)
-    with bench_stack(template=template, server=server, workers=(), beat=False, label="mem") as stack:
+    with bench_stack(
+        template=template, server=server, workers=(), beat=False, label="mem", uvicorn_ws=uvicorn_ws
+    ) as stack:
         try:
-            return asyncio.run(measure(stack, connections=connections, progress=progress))
+            result = asyncio.run(measure(stack, connections=connections, progress=progress))
         except (httpx.HTTPError, OSError, TimeoutError) as exc:
             raise RuntimeError(f"memory benchmark failed: {exc}\n{stack.platform.log_tails(30)}") from exc
+        result.uvicorn_ws = uvicorn_ws or ""
+        stack.platform.stop_all()
+        if baseline:
+            result.bare_connections = connections
+            result.bare_kib_per_connection = bare_kib_per_connection(stack, connections)
+        return result

@@ -7,18 +7,24 @@ socket, one channel per client as the platform routes a frame to its user. No HT
 database, no Django. The load generator (publisher and clients) runs in the bench's own
 process, as P2's does; latency is from just before the PUBLISH to the frame's arrival.
 
-``python -m bench.p2_baseline --port P --redis URL`` runs the server alone.
+The same server is P3's baseline (``bare_server``): it holds idle sockets (memory per
+connection), writes one publish to every socket (broadcast) and echoes what a client sends
+(heartbeats); P3 runs it on uvloop, as uvicorn runs.
+
+``python -m bench.p2_baseline --port P --redis URL [--uvloop]`` runs the server alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -67,7 +73,9 @@ async def _serve(port: int, redis_url: str, ready_file: Path | None) -> None:
         client = (socket.request.path if socket.request else "/").strip("/")
         sockets.setdefault(client, set()).add(socket)
         try:
-            await socket.wait_closed()
+            # Whatever a client sends comes back (P3's heartbeat baseline: a bare echo).
+            async for message in socket:
+                await socket.send(message)
         finally:
             sockets[client].discard(socket)
 
@@ -90,8 +98,50 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--redis", required=True)
     parser.add_argument("--ready-file", type=Path, default=None)
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop (as uvicorn does)")
     args = parser.parse_args(argv)
-    asyncio.run(_serve(args.port, args.redis, args.ready_file))
+    if args.uvloop:
+        import uvloop
+
+        uvloop.run(_serve(args.port, args.redis, args.ready_file))
+    else:
+        asyncio.run(_serve(args.port, args.redis, args.ready_file))
+
+
+@dataclass
+class BareServer:
+    process: subprocess.Popen[bytes]
+    port: int
+
+
+@contextlib.contextmanager
+def bare_server(stack: Stack, *, uvloop: bool = False) -> Iterator[BareServer]:
+    """The bare websocket server in a process of its own, on the stack's Redis, listening
+    on a free port; stopped on exit. It also echoes what a client sends."""
+    port = free_port()
+    ready = stack.redis.directory / f"bare-ws-{port}.ready"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bench.p2_baseline", "--port", str(port), "--redis", stack.redis.url]
+        + ["--ready-file", str(ready)]
+        + (["--uvloop"] if uvloop else []),
+        cwd=REPO_ROOT,
+    )
+    try:
+        wait_until(
+            lambda: ready.exists() or server.poll() is not None,
+            30,
+            message="the bare websocket server did not start",
+        )
+        if server.poll() is not None:
+            raise RuntimeError(f"the bare websocket server exited with {server.returncode}")
+        yield BareServer(process=server, port=port)
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 # --- The load generator ---------------------------------------------------------------------
@@ -155,29 +205,10 @@ async def _measure(port: int, redis_url: str, *, clients: int, rate: float, seco
 def measure(stack: Stack, *, clients: int, rate: float, seconds: float) -> BaselineResult:
     """The baseline at P2's rate, beside the stack's platform (idle by then), on its
     private Redis."""
-    port = free_port()
-    ready = stack.redis.directory / f"p2-baseline-{port}.ready"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "bench.p2_baseline", "--port", str(port), "--redis", stack.redis.url]
-        + ["--ready-file", str(ready)],
-        cwd=REPO_ROOT,
-    )
-    try:
-        wait_until(
-            lambda: ready.exists() or server.poll() is not None,
-            30,
-            message="the P2 baseline server did not start",
+    with bare_server(stack) as server:
+        return asyncio.run(
+            _measure(server.port, stack.redis.url, clients=clients, rate=rate, seconds=seconds)
         )
-        if server.poll() is not None:
-            raise RuntimeError(f"the P2 baseline server exited with {server.returncode}")
-        return asyncio.run(_measure(port, stack.redis.url, clients=clients, rate=rate, seconds=seconds))
-    finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 if __name__ == "__main__":

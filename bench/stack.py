@@ -201,12 +201,14 @@ def bench_stack(
     cwd: Path | None = None,
     sandbox: bool = False,
     web_processes: int = 1,
+    uvicorn_ws: str | None = None,
 ) -> Iterator[Stack]:
     """Start private Redis, a database cloned from ``template`` (migrated when None), and
     the platform's processes; stop and drop everything on exit. ``cwd`` runs the processes
     from another checkout (to measure a candidate change side by side). ``sandbox`` also
     starts a provider sandbox (keys and log in the stack's log directory) whose callbacks
-    reach the stack's web server, and points the platform's provider clients at it."""
+    reach the stack's web server, and points the platform's provider clients at it.
+    ``uvicorn_ws`` runs uvicorn with another websocket protocol than the platform's."""
     LOG_ROOT.mkdir(parents=True, exist_ok=True)
     log_dir = LOG_ROOT / f"{label}-{server}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     with contextlib.ExitStack() as stack:
@@ -240,6 +242,7 @@ def bench_stack(
             loglevel=merged_env.get("CELERY_LOG_LEVEL", "WARNING"),
             cwd=cwd if cwd is not None else REPO_ROOT,
             web_processes=web_processes,
+            uvicorn_ws=uvicorn_ws,
         )
         stack.callback(platform.stop_all)
         for spec in worker_specs:

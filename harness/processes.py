@@ -324,7 +324,8 @@ class TemporaryDatabase:
 class PlatformProcesses(processes.PlatformProcesses):
     """``project.processes.PlatformProcesses`` with defaults for tests: a free port, logs
     in a new temporary directory (kept for debugging) unless ``log_dir`` is given, and web
-    processes that fan out nearby as in production (FANOUT_NEARBY) unless ``env`` says."""
+    processes that fan out nearby as in production (FANOUT_NEARBY) unless ``env`` says;
+    ``uvicorn_ws`` replaces the platform's uvicorn websocket protocol (one process)."""
 
     def __init__(
         self,
@@ -341,7 +342,11 @@ class PlatformProcesses(processes.PlatformProcesses):
         worker_timeout: float = 60.0,
         stop_timeout: float = 15.0,
         web_processes: int = 1,
+        uvicorn_ws: str | None = None,
     ) -> None:
+        # uvicorn's websocket protocol instead of the platform's (benchmarks measure the
+        # one uvicorn ships beside it).
+        self.uvicorn_ws = uvicorn_ws
         super().__init__(
             {"FANOUT_NEARBY": "1", **(env or {})},
             port=port if port is not None else free_port(),
@@ -356,3 +361,9 @@ class PlatformProcesses(processes.PlatformProcesses):
             stop_timeout=stop_timeout,
             web_processes=web_processes,
         )
+
+    def _web_argv(self) -> list[str]:
+        argv = super()._web_argv()
+        if self.uvicorn_ws is not None and self.server == "uvicorn":
+            argv[argv.index("--ws") + 1] = self.uvicorn_ws
+        return argv

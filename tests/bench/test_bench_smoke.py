@@ -16,6 +16,9 @@ from bench import (
     p1_against,
     p1_fanout,
     p2_latency,
+    p3_broadcast,
+    p3_heartbeat,
+    p3_presence,
     p4_push,
     provider_sends,
     report,
@@ -85,11 +88,123 @@ def test_memory_per_idle_connection_is_measured(template: str, server: Server) -
     assert result.baseline_process == result.measured_process, result.as_dict()
     # a whole Django ASGI process, not a wrapper or a process that is gone
     assert result.rss_before_kib > 20 * 1024, result.as_dict()
-    # an idle socket costs the server some KiB (a consumer, its queue, protocol buffers),
-    # far less than a MiB: 2,000 sockets measured 43-78 KiB each (docs/benchmarks.md), 50
-    # sockets 26 (daphne) and 80 (uvicorn). A baseline taken with the sockets already
-    # counted in it, or memory they reuse unseen, reads near 0.
+    # an idle socket costs the server some KiB (a consumer, protocol buffers), far less
+    # than a MiB: 10,000 sockets measured 25 KiB each on uvicorn (docs/benchmarks.md). A
+    # baseline taken with the sockets already counted in it, or memory they reuse unseen,
+    # reads near 0.
     assert 4.0 < result.kib_per_connection < 1024.0, result.as_dict()
+    # and beside it, the bare websocket server holding as many sockets, read the same way
+    assert result.bare_connections == 50 and 0 < result.bare_kib_per_connection < 1024.0, result.as_dict()
+
+
+def test_p3_broadcast_reaches_every_socket_with_its_baseline(template: str) -> None:
+    result = p3_broadcast.run(template=template, recipients=50, rounds=1, progress=False)
+
+    assert result.sockets == result.recipients == 50
+    (only,) = result.rounds
+    assert only.received == 50, result.as_dict()
+    assert 0 < only.p50_s <= only.p99_s <= only.max_s < 60, result.as_dict()
+    assert only.accept_s > 0 and only.first_row_s <= only.last_row_s, result.as_dict()
+    assert only.cpu_seconds["web"] > 0
+    assert result.baseline_sockets == result.baseline_received == 50, result.as_dict()
+    assert 0 < result.baseline_p50_s <= result.baseline_p99_s, result.as_dict()
+
+
+def test_p3_heartbeats_are_counted_beside_a_bare_echo(template: str) -> None:
+    result = p3_heartbeat.run(template=template, sockets=20, seconds=1.0, progress=False)
+
+    assert result.sockets == result.baseline_sockets == 20, result.as_dict()
+    assert result.pongs > 20 and result.pongs_per_second > 0, result.as_dict()
+    assert 0 < result.round_trip_p50_ms <= result.round_trip_p99_ms, result.as_dict()
+    assert result.baseline_echoes > 20 and result.baseline_per_second > 0, result.as_dict()
+    assert result.web_cpu_ms_per_pong > 0
+
+
+def test_p3_presence_delivers_every_delta_to_every_watcher(template: str) -> None:
+    result = p3_presence.run(template=template, users=20, watching=5, rate=10, seconds=1.0, progress=False)
+
+    assert result.subscribed == 20 and result.subscribe_errors == 0, result.as_dict()
+    assert result.snapshot_entries == 20 * 5 and result.subscribe_seconds > 0, result.as_dict()
+    assert result.changes == 10 and result.expected == 50, result.as_dict()
+    assert result.delivered == 50 and result.lost == 0, result.as_dict()
+    assert 0 < result.p50_ms <= result.p99_ms <= result.max_ms, result.as_dict()
+    # the subscriptions are the web process's: Redis holds one channel per watched user
+    assert result.redis_after["pubsub_channels"] > result.redis_before["pubsub_channels"]
+    rendered = report.render(
+        {"p3_presence": result.as_dict(), "machine": report.machine(), "measured_on": {}}
+    )
+    assert "## P3: presence deltas, 20 subscribers watching 5 users each" in rendered
+    assert "| P3 presence, 20 subscribers watching 5 users each |" in rendered
+
+
+def test_report_renders_the_p3_rows_with_their_targets() -> None:
+    memory_row = {
+        "opened": 10_000,
+        "held": 10_000,
+        "rss_before_kib": 130_000,
+        "rss_after_kib": 380_000,
+        "kib_per_connection": 25.0,
+        "bare_kib_per_connection": 9.0,
+        "redis_clients_per_connection": 0.0,
+        "connect_seconds": 40.0,
+    }
+    broadcast_round = {
+        "round": 1,
+        "received": 10_000,
+        "p50_s": 0.5,
+        "p99_s": 1.5,
+        "max_s": 1.6,
+        "p99_from_post_s": 1.55,
+        "accept_s": 0.02,
+        "first_row_s": 0.05,
+        "last_row_s": 1.0,
+        "first_frame_s": 0.1,
+        "cpu_seconds": {"web": 1.0},
+    }
+    results = {
+        "machine": report.machine(),
+        "measured_on": {},
+        "memory": {"uvicorn": memory_row, "uvicorn-stock": {**memory_row, "uvicorn_ws": "websockets-sansio"}},
+        "p3_broadcast": {
+            "recipients": 10_000,
+            "connect_seconds": 40.0,
+            "client_processes": 2,
+            "rounds": [broadcast_round],
+            "headline": broadcast_round,
+            "meets_target": False,
+            "baseline_sockets": 10_000,
+            "baseline_received": 10_000,
+            "baseline_p50_s": 0.1,
+            "baseline_p99_s": 0.2,
+            "baseline_max_s": 0.2,
+        },
+        "p3_heartbeats": {
+            "sockets": 1_000,
+            "seconds": 10.0,
+            "pongs": 30_000,
+            "pongs_per_second": 3_000.0,
+            "round_trip_p50_ms": 300.0,
+            "round_trip_p99_ms": 600.0,
+            "web_cpu_ms_per_pong": 0.3,
+            "redis_cpu_ms_per_pong": 0.01,
+            "baseline_per_second": 30_000.0,
+            "baseline_round_trip_p50_ms": 30.0,
+            "ratio_to_baseline": 0.1,
+            "cpu_seconds": {"web": 9.0},
+        },
+    }
+
+    text = report.render(results)
+
+    assert (
+        "| P3 memory per idle websocket, uvicorn (the platform's protocol, as `make run`), 10,000 sockets"
+        in text
+    )
+    assert "25.0 KiB (bare websocket server 9.0 KiB) | ≥ 10,000 at ≤ 30 KB | yes |" in text
+    assert "uvicorn with uvicorn's own websockets-sansio protocol" in text
+    assert "| p99 ≤ 1 s | **no** |" in text
+    assert "## P3: heartbeats handled per second by one web process" in text
+    assert "3,000 pongs/s (bare websocket echo server 30,000/s; 0.10 of it)" in text
 
 
 def test_percentile_is_nearest_rank() -> None:
