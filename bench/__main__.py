@@ -126,10 +126,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--presence-watching", type=int, default=500, help="p3-presence: users each watches (default 500)"
     )
     parser.add_argument(
-        "--presence-rate",
-        type=float,
-        default=20.0,
-        help="p3-presence: status changes per second (default 20)",
+        "--presence-rates",
+        default="5,20",
+        help="p3-presence: status changes per second, one run at each (default 5,20)",
     )
     parser.add_argument(
         "--presence-seconds", type=float, default=15.0, help="p3-presence: seconds of changes (default 15)"
@@ -296,7 +295,7 @@ def run_p3_presence(args: argparse.Namespace, template: str) -> dict[str, Any]:
         template=template,
         users=args.presence_users,
         watching=args.presence_watching,
-        rate=args.presence_rate,
+        rates=[float(part) for part in args.presence_rates.split(",") if part.strip()],
         seconds=args.presence_seconds,
         client_processes=args.client_processes,
         progress=not args.no_progress,

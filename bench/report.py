@@ -423,6 +423,7 @@ def _observations(results: dict[str, Any]) -> list[str]:
             "one delivery; while they arrive they take CPU from the senders, so on two cores they bound "
             "email and SMS throughput. Those views are worth a profile."
         )
+    notes += _p3_observations(results)
     kill = results.get("kill_sends")
     if kill and kill["duplicates"] > kill["duplicate_bound"]:
         notes.append(
@@ -683,7 +684,7 @@ def render(results: dict[str, Any]) -> str:
         "is steady, C sockets are opened (50 at a time, each waits for its first frame), and it is read "
         "again; every socket must then still answer a ping, and both readings must be of one process. KiB per "
         "connection = difference / C. Client pings are off so the sockets stay idle. Met = at least 10,000 "
-        "sockets held and at most 30 KB (1,000 bytes) each. Baseline: the bare websocket server of the P2 "
+        "sockets held and at most 30 KB (30,000 bytes; the figures are KiB of 1,024) each. Baseline: the bare websocket server of the P2 "
         "baseline (the `websockets` library on uvloop, one process) holding C idle sockets, read the same way "
         "on the same machine right after.",
         *_p3_method(results),
@@ -725,11 +726,15 @@ def _p3_summary_rows(results: dict[str, Any]) -> list[str]:
         )
     presence = results.get("p3_presence")
     if presence:
+        runs = "; ".join(
+            f"at {run['rate']:.0f} changes/s {_fmt(run['entries_per_second'], 0)} deltas/s delivered, p99 "
+            f"{_fmt(run['p99_ms'], 0)} ms, lost {run['lost']:,}"
+            for run in presence.get("runs", [])
+        )
         rows.append(
             f"| P3 presence, {presence['users']:,} subscribers watching {presence['watching']} users each | "
-            f"subscribed in {_fmt(presence['subscribe_seconds'])} s; {presence['rate']:.0f} changes/s: "
-            f"{_fmt(presence['entries_per_second'], 0)} deltas/s delivered, p99 {_fmt(presence['p99_ms'], 0)} ms, "
-            f"lost {presence['lost']:,} | no target (figure asked for) | n/a |"
+            f"subscribed in {_fmt(presence['subscribe_seconds'])} s, +{_fmt(presence['web_kib_per_watch'] * 1024, 0)} "
+            f"bytes of web memory per watch; {runs} | no target (figure asked for) | n/a |"
         )
     return rows
 
@@ -796,7 +801,7 @@ def _p3_sections(results: dict[str, Any]) -> list[str]:
     presence = results.get("p3_presence")
     if presence:
         before, after = presence["redis_before"], presence["redis_after"]
-        sub_cpu, delta_cpu = presence.get("subscribe_cpu") or {}, presence.get("delta_cpu") or {}
+        sub_cpu = presence.get("subscribe_cpu") or {}
         watches = presence["subscribed"] * presence["watching"]
         lines += [
             f"## P3: presence deltas, {presence['users']:,} subscribers watching {presence['watching']} users each",
@@ -818,17 +823,28 @@ def _p3_sections(results: dict[str, Any]) -> list[str]:
             f"| Redis keys | {before['keys']:,} → {after['keys']:,} |",
             f"| Redis pub/sub channels | {before['pubsub_channels']:,} → {after['pubsub_channels']:,} |",
             f"| Redis commands to subscribe | {after['commands'] - before['commands']:,} |",
-            f"| status changes | {presence['changes']:,} at {presence['rate']:.0f}/s for {_fmt(presence['seconds'], 0)} s "
-            f"(each watched by {presence['watching']}) |",
-            f"| delta entries delivered / expected | {presence['delivered']:,} / {presence['expected']:,} "
-            f"(lost {presence['lost']:,}) |",
-            f"| deltas delivered per second | {_fmt(presence['entries_per_second'], 0)} entries in "
-            f"{_fmt(presence['frames_per_second'], 0)} frames/s |",
-            f"| change → watcher's frame | p50 {_fmt(presence['p50_ms'], 0)} ms, p99 {_fmt(presence['p99_ms'], 0)} ms, "
-            f"max {_fmt(presence['max_ms'], 0)} ms (PRESENCE_BATCH_SECONDS=0.25 batches by design) |",
-            f"| CPU during the changes: web / Redis | {_fmt(delta_cpu.get('web'), 2)} / {_fmt(delta_cpu.get('redis'), 2)} "
-            f"s ({_fmt(delta_cpu.get('web', 0) * 1e6 / presence['delivered'] if presence['delivered'] else None, 0)} "
-            "µs of web CPU per delivered entry) |",
+        ]
+        lines += [
+            "",
+            "| changes/s | changes (distinct users) | entries expected / delivered | lost | delta frames | "
+            "deltas delivered per second | change → watcher's frame p50 / p99 / max | web CPU | Redis CPU | "
+            "web CPU per delivered entry |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for run in presence.get("runs", []):
+            cpu = run.get("cpu") or {}
+            lines.append(
+                f"| {run['rate']:.0f} | {run['changes']:,} in {_fmt(run['seconds'])} s | {run['expected']:,} / "
+                f"{run['delivered']:,} | {run['lost']:,} | {run['delta_frames']:,} | "
+                f"{_fmt(run['entries_per_second'], 0)} (in {_fmt(run['frames_per_second'], 0)} frames/s) | "
+                f"{_fmt(run['p50_ms'], 0)} / {_fmt(run['p99_ms'], 0)} / {_fmt(run['max_ms'], 0)} ms | "
+                f"{_fmt(cpu.get('web'), 1)} s | {_fmt(cpu.get('redis'), 2)} s | "
+                f"{_fmt(cpu.get('web', 0) * 1e6 / run['delivered'] if run['delivered'] else None, 0)} µs |"
+            )
+        lines += [
+            "",
+            "Each user watched by the W subscribers before it; PRESENCE_BATCH_SECONDS=0.25 batches a socket's "
+            "deltas by design, so 250 ms of latency is the floor. A run ends when no frame came for 2 s.",
             *_measured_on(results, "p3_presence"),
             "",
         ]
@@ -836,6 +852,79 @@ def _p3_sections(results: dict[str, Any]) -> list[str]:
         if note:
             lines += [str(note), ""]
     return lines
+
+
+def _p3_observations(results: dict[str, Any]) -> list[str]:
+    notes = []
+    broadcast = results.get("p3_broadcast")
+    if broadcast and not broadcast["meets_target"]:
+        head = broadcast["headline"]
+        cpu = head.get("cpu_seconds") or {}
+        n = broadcast["recipients"]
+        notes.append(
+            f"P3 broadcast misses p99 ≤ 1 s ({_fmt(head['p99_s'] * 1000, 0)} ms; the bare publish to as many "
+            f"bare sockets {_fmt(broadcast['baseline_p99_s'] * 1000, 0)} ms). Two halves, each about a second on "
+            f"these two cores: the in-app worker writes the {n:,} inbox rows and publishes one frame per "
+            f"recipient (its last row is written {_fmt(head['last_row_s'] * 1000, 0)} ms after the POST; "
+            f"{_fmt(cpu.get('worker-inapp', 0) * 1e6 / n, 0)} µs of its CPU per recipient), and the web process "
+            f"receives {n:,} pub/sub messages and writes two frames per socket (a notification and its unread "
+            f"count: {_fmt(cpu.get('web', 0) * 1e6 / n, 0)} µs of web CPU per recipient). A second web process "
+            "does not help here (tried while preparing this run: p99 2.4-3.3 s): the cores are already shared "
+            "by the workers, "
+            "PostgreSQL and the client. What would: (1) publish a topic event once per web process instead of "
+            "once per recipient (the frame differs per recipient only by seq, item id and unread count: send "
+            "those as a compact list, or let the socket read its item, as the resume path does) so that the "
+            "in-app worker makes a handful of publishes and the web process parses one message per page, not "
+            "one per user; (2) send the unread count inside the notification frame rather than as a second "
+            "frame; (3) in the web process, hand a recipient's message straight to its live connection "
+            "(one subscription per process, a dict of connections) instead of a Channels channel and queue per "
+            "socket. (1) and (2) are in notifications/services (inbox.py, realtime.py); (3) in realtime/."
+        )
+    beats = results.get("p3_heartbeats")
+    if beats and beats.get("ratio_to_baseline", 1) < 0.5:
+        notes.append(
+            f"P3 heartbeats: one web process answers {_fmt(beats['pongs_per_second'], 0)} pings/s, "
+            f"{_fmt(beats['ratio_to_baseline'], 2)} of a bare echo server on the same machine "
+            f"({_fmt(beats['web_cpu_ms_per_pong'], 2)} ms of web CPU per ping). 10,000 clients pinging every "
+            f"30 s would cost one process {_fmt(10_000 / 30 / max(beats['pongs_per_second'], 1) * 100, 0)}% of "
+            "its capacity. Each ping goes through Channels' dispatch, which hops to a thread and back to close "
+            "stale database connections (a ping touches no database; every database access of a consumer "
+            "already goes through database_sync_to_async, which does the same), and renews the registration "
+            "with a 9-command Redis pipeline. Skipping the hop for frames that touch no database, and renewing "
+            "at most every few seconds per connection (the shared renewal already runs every 30 s), are the "
+            "next steps (realtime/consumers.py)."
+        )
+    presence = results.get("p3_presence")
+    if presence:
+        watches = presence["subscribed"] * presence["watching"]
+        cpu = presence.get("subscribe_cpu") or {}
+        notes.append(
+            f"P3 presence: {presence['users']:,} subscribers × {presence['watching']} watched users = "
+            f"{watches:,} watches took {_fmt(presence['subscribe_seconds'], 0)} s to set up and "
+            f"{_fmt((presence['web_rss_after_kib'] - presence['web_rss_before_kib']) / 1024, 0)} MiB in the web "
+            f"process ({_fmt(cpu.get('web', 0) * 1e6 / watches if watches else None, 0)} µs of web CPU per "
+            "watch); Redis hardly notices (one pub/sub channel per watched user and process, no keys). The design "
+            "costs one channel-layer group per watched user per socket: a group_add each (under the layer's "
+            "lock), an entry in the socket's watch dict and group list and in the layer's group set, and a "
+            "snapshot that asks Redis four commands per watched user, all on the one thread "
+            "database_sync_to_async runs, so subscriptions queue behind each other. Deltas: "
+            + "; ".join(
+                f"at {run['rate']:.0f} changes/s ({run['rate'] * presence['watching']:,.0f} entries/s offered) "
+                f"{_fmt(run['entries_per_second'], 0)} entries/s delivered, p99 {_fmt(run['p99_ms'], 0)} ms, "
+                f"{_fmt((run.get('cpu') or {}).get('web', 0) / max(run['span_s'], 1e-9) * 100, 0)}% of a core "
+                "in the web process"
+                for run in presence.get("runs", [])
+            )
+            + ": every delta is delivered to each watching socket through its own Channels channel and "
+            "queue, and each socket flushes its own batch. Proposed (the "
+            "subscription lives in notifications/services/live_inbox.py, not changed here): a per-process "
+            "presence hub in presence/: one channel-layer group (one Redis subscription) per watched user per "
+            "process, a dict watched user → watching connections, and one batch flush per process every "
+            "PRESENCE_BATCH_SECONDS; subscribing then costs a few dict inserts per watched user and one "
+            "snapshot (a Lua script or a pipeline run on the event loop's async client, not a thread), and a "
+            "change is parsed once per process instead of once per watcher."
+        )
+    return notes
 
 
 def _p3_method(results: dict[str, Any]) -> list[str]:
@@ -860,10 +949,12 @@ def _p3_method(results: dict[str, Any]) -> list[str]:
         "server, which echoes each frame.",
         "- **P3 presence**: one uvicorn process alone (presence runs in it); N users each hold one socket and "
         "subscribe to W others (user i watches i+1..i+W, wrapping), all at once; the time until every socket "
-        "had its snapshot frame. Then distinct users go idle (`activity` frame) at R per second for S seconds; "
-        "each of the W watchers of a user should get a `presence` frame naming that user `idle`. Latency = "
-        "that frame's arrival − the activity frame's send; lost = expected (changes × W) − delivered after a "
-        "3 s grace. Memory: the web process's RSS and Redis `used_memory` before and after subscribing.",
+        "had its snapshot frame. Then distinct users go idle (`activity` frame) at R per second for S seconds, "
+        "one run at each rate (a user changes once in all); each of the W watchers of a user should get a "
+        "`presence` frame naming that user `idle`. Latency = that frame's arrival − the activity frame's "
+        "send; a run ends when no frame came for 2 s (60 s at most), and lost = expected (changes × W) − "
+        "delivered by then. Memory: the web process's RSS and Redis `used_memory` before and after "
+        "subscribing.",
     ]
 
 
