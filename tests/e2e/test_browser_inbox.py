@@ -403,7 +403,6 @@ def test_infinite_scroll_loads_older_items_once_each_and_the_keyboard_reaches_ev
     first = page.eval_on_selector("#inbox-items .item", "el => el.dataset.id")
     assert focused == first
     first_title = page.inner_text("#inbox-items .item .item-title")
-    unread_before = _badge(page)
     # Opening an item marks it read and then follows its link (the type's "/x/<n>").
     page.route("**/x/*", lambda route: route.fulfill(body="<title>Order</title>", content_type="text/html"))
     page.keyboard.press("Enter")
