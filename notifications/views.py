@@ -41,14 +41,16 @@ def inbox_page(request: HttpRequest) -> HttpResponse:
     recipient = selectors.recipient_for_user(user=request.user)
     if recipient is None:
         return render(request, "notifications/no_inbox.html", status=404)
+    # The resume point, read first: every item up to it was committed before the page is
+    # read, so it is in the page or listed below it; anything later the socket resumes.
+    last_seq = selectors.inbox_last_seq(recipient_id=recipient.id)
     rows = selectors.inbox_items(recipient_id=recipient.id, limit=INBOX_PAGE_ITEMS)
     items = [inbox_item_payload(row) for row in rows]
     context = {
         "recipient": recipient,
         "items": items,
         "page_size": INBOX_PAGE_ITEMS,
-        # The resume point: everything up to the newest seq is in the page or older than it.
-        "last_seq": selectors.inbox_last_seq(recipient_id=recipient.id),
+        "last_seq": last_seq,
         "unread_count": selectors.inbox_unread_count(recipient_id=recipient.id),
     }
     return render(request, "notifications/inbox.html", context)

@@ -297,8 +297,11 @@ class InboxPollView(EndUserView):
 
 
 def _poll_answer(recipient_id: int, after: int, limit: int) -> dict[str, Any]:
+    # The newest seq is read before the items: an item committed in between is then beyond
+    # it, so a client polling again after ``last_seq`` cannot step over it.
+    newest = selectors.inbox_last_seq(recipient_id=recipient_id)
     items = selectors.inbox_items(recipient_id=recipient_id, after=after, limit=limit)
-    last_seq = items[-1]["seq"] if items else max(after, selectors.inbox_last_seq(recipient_id=recipient_id))
+    last_seq = items[-1]["seq"] if items else max(after, newest)
     return {
         "results": [inbox_item_payload(item) for item in items],
         "last_seq": last_seq,
