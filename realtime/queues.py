@@ -1,5 +1,5 @@
 """Queues that hold nothing while empty, for what one web process keeps per idle socket
-(ten thousand of them: DESIGN.md, P3). No Django here: uvicorn imports its websocket
+(ten thousand of them: docs/benchmarks.md, P3). No Django here: uvicorn imports its websocket
 protocol (realtime/uvicorn_websocket.py) before the application."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 ``--ws realtime.uvicorn_websocket:IdleLightWebSocketProtocol``, as ``make run`` and the
 benchmarks start uvicorn (project/processes, project/serve.py).
 
-One web process is to hold ten thousand idle sockets at 30 KB each or less (DESIGN.md, P3),
+One web process is to hold ten thousand idle sockets at 30 KB each or less (docs/benchmarks.md, P3),
 and tracemalloc inside the server showed what uvicorn keeps per socket that an idle one
 never uses again: the handshake's request and response (their headers, parsed twice over,
 about 4.5 KB; the ASGI scope keeps its own copy of the request headers), and an

@@ -257,6 +257,33 @@ def another_web(
         stack.peers.remove(web)
 
 
+@contextlib.contextmanager
+def debian_chromium() -> Iterator[Any]:
+    """Debian's headless Chromium driven by Playwright (never a browser download;
+    scripts/ensure_browser.sh installs it), closed on exit."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--no-sandbox", "--disable-background-networking", "--disable-gpu"],
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def log_in_as_demo(page: Any, url: str) -> None:
+    """Open ``url`` (a page behind the login), log in as seed_demo's user demo, and wait
+    until the login has sent the browser back to it."""
+    page.goto(url)
+    page.fill("input[name=username]", "demo")
+    page.fill("input[name=password]", "demo-password")
+    page.click("[type=submit]")
+    page.wait_for_url(url)
+
+
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     with platform_stack() as running:

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from project.processes.waiting import wait_until
-from tests.e2e.conftest import Stack, another_web, platform_stack
+from tests.e2e.conftest import Stack, another_web, debian_chromium, log_in_as_demo, platform_stack
 
 pytestmark = pytest.mark.xdist_group("browser-inbox")
 
@@ -42,17 +42,8 @@ def stack() -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=["--no-sandbox", "--disable-background-networking", "--disable-gpu"],
-        )
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with debian_chromium() as launched:
+        yield launched
 
 
 @pytest.fixture
@@ -61,11 +52,7 @@ def context(browser: Any, stack: Stack) -> Iterator[Any]:
     ctx = browser.new_context(viewport={"width": 1000, "height": 900})
     try:
         page = ctx.new_page()
-        page.goto(f"{stack.web_url}/accounts/login/?next=/inbox/")
-        page.fill("input[name=username]", "demo")
-        page.fill("input[name=password]", "demo-password")
-        page.click("[type=submit]")
-        page.wait_for_url("**/inbox/")
+        log_in_as_demo(page, f"{stack.web_url}/inbox/")
         page.close()
         yield ctx
     finally:

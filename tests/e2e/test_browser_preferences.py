@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from harness.processes import wait_until
-from tests.e2e.conftest import Stack, platform_stack
+from tests.e2e.conftest import Stack, debian_chromium, log_in_as_demo, platform_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-browser-preferences")]
 
@@ -34,17 +34,8 @@ def stack() -> Iterator[Stack]:
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=["--no-sandbox", "--disable-background-networking", "--disable-gpu"],
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with debian_chromium() as chromium:
+        yield chromium
 
 
 def social_type(stack: Stack) -> str:
@@ -63,11 +54,7 @@ def social_type(stack: Stack) -> str:
 
 
 def log_in_to_preferences(page: Any, stack: Stack) -> None:
-    page.goto(f"{stack.web_url}/preferences/")
-    page.fill("input[name=username]", "demo")
-    page.fill("input[name=password]", "demo-password")
-    page.click("[type=submit]")
-    page.wait_for_url("**/preferences/")
+    log_in_as_demo(page, f"{stack.web_url}/preferences/")
 
 
 def deliveries(stack: Stack, event_id: str) -> dict[str, dict[str, Any]]:

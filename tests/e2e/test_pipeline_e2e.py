@@ -14,7 +14,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from harness.processes import wait_until
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, debian_chromium, log_in_as_demo
 from tests.e2e.inbox_client import InboxSocket
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-pipeline")]
@@ -523,57 +523,41 @@ def test_it_shows_a_new_notification_live_in_the_browser_inbox(
 ) -> None:
     """The /inbox/ page in headless Chromium: log in, keep the page open, send an event
     through the API, see it appear without a reload, mark it read."""
-    from playwright.sync_api import sync_playwright
-
     title = f"Order LIVE-{uuid.uuid4().hex[:6]} shipped"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=["--no-sandbox", "--disable-background-networking", "--disable-gpu"],
+    with debian_chromium() as browser:
+        page = browser.new_page()
+        log_in_as_demo(page, f"{stack.web_url}/inbox/")
+        page.wait_for_selector("text=Live", timeout=10_000)
+        unread_before = int(page.inner_text("#unread-badge") or "0")
+
+        # when an event for the demo user is accepted by the API
+        assert (
+            stack.post_event(type=ORDER, recipients=["demo-user"], data={"title": title}).status_code == 202
         )
-        try:
-            page = browser.new_page()
-            page.goto(f"{stack.web_url}/inbox/")
-            page.fill("input[name=username]", "demo")
-            page.fill("input[name=password]", "demo-password")
-            page.click("[type=submit]")
-            page.wait_for_url("**/inbox/")
-            page.wait_for_selector("text=Live", timeout=10_000)
-            unread_before = int(page.inner_text("#unread-badge") or "0")
 
-            # when an event for the demo user is accepted by the API
-            assert (
-                stack.post_event(type=ORDER, recipients=["demo-user"], data={"title": title}).status_code
-                == 202
-            )
-
-            # then it appears on the open page, at the top (newest first by acceptance, the
-            # order the API lists in), and the unread badge goes up by one
-            item = page.wait_for_selector(f"text={title}", timeout=10_000)
-            assert item is not None
-            shown = page.eval_on_selector_all(
-                "#inbox-items .item-title", "els => els.map(e => e.textContent)"
-            )
-            listed = stack.end_user(stack.token("demo-user")).get("/api/v1/inbox/").json()["results"]
-            assert shown[0] == title
-            assert shown[: len(listed)] == [entry["title"] for entry in listed][: len(shown)]
-            page.wait_for_function(
-                "n => Number((document.querySelector('#unread-badge') || {}).textContent) === n",
-                arg=unread_before + 1,
-                timeout=10_000,
-            )
-            # and clicking it marks it read through the API
-            item.click()
-            page.wait_for_function(
-                "n => Number((document.querySelector('#unread-badge') || {}).textContent || 0) === n",
-                arg=unread_before,
-                timeout=10_000,
-            )
-            as_demo = stack.end_user(stack.token("demo-user"))
-            wait_until(
-                lambda: as_demo.get("/api/v1/inbox/unread-count/").json()["count"] == unread_before,
-                timeout=10,
-                message="the click did not mark the item read on the server",
-            )
-        finally:
-            browser.close()
+        # then it appears on the open page, at the top (newest first by acceptance, the
+        # order the API lists in), and the unread badge goes up by one
+        item = page.wait_for_selector(f"text={title}", timeout=10_000)
+        assert item is not None
+        shown = page.eval_on_selector_all("#inbox-items .item-title", "els => els.map(e => e.textContent)")
+        listed = stack.end_user(stack.token("demo-user")).get("/api/v1/inbox/").json()["results"]
+        assert shown[0] == title
+        assert shown[: len(listed)] == [entry["title"] for entry in listed][: len(shown)]
+        page.wait_for_function(
+            "n => Number((document.querySelector('#unread-badge') || {}).textContent) === n",
+            arg=unread_before + 1,
+            timeout=10_000,
+        )
+        # and clicking it marks it read through the API
+        item.click()
+        page.wait_for_function(
+            "n => Number((document.querySelector('#unread-badge') || {}).textContent || 0) === n",
+            arg=unread_before,
+            timeout=10_000,
+        )
+        as_demo = stack.end_user(stack.token("demo-user"))
+        wait_until(
+            lambda: as_demo.get("/api/v1/inbox/unread-count/").json()["count"] == unread_before,
+            timeout=10,
+            message="the click did not mark the item read on the server",
+        )

@@ -22,6 +22,7 @@ from notifications.models import InboxItem, InboxSequence
 from notifications.services.inbox import inbox_item_archive, inbox_mark_all_read, inbox_snoozed_wake
 from tests.notifications.test_consumers import (
     FRAME_TIMEOUT,
+    connections_of,
     inbox_items_create,
     item_payload,
     live_notification,
@@ -238,7 +239,12 @@ def test_the_long_poll_holds_until_an_item_arrives(settings: Any) -> None:
 
     async def scenario() -> None:
         waiting = asyncio.create_task(_poll(token, {"after": "1"}))
-        await asyncio.sleep(0.3)  # the poll is waiting (it has nothing to answer yet)
+        # the poll is waiting (it has nothing to answer yet): its live connection registered
+        deadline = time.monotonic() + 10
+        while await connections_of(alice) == 0:
+            assert time.monotonic() < deadline, "the poll never started waiting"
+            assert not waiting.done(), waiting.result()
+            await asyncio.sleep(0.02)
         assert not waiting.done()
         await sync_to_async(inbox_items_create)(alice, [2])
         await sync_to_async(live_notification)(alice, 2)
