@@ -16,12 +16,6 @@ from django.conf import settings
 
 from notifications import selectors
 from notifications.services.live_inbox import LiveInbox
-from notifications.services.realtime import (
-    ITEM_MESSAGE,
-    NOTIFICATION_MESSAGE,
-    READ_ALL_MESSAGE,
-    UNREAD_MESSAGE,
-)
 from notifications.services.validation import EXTERNAL_ID_MAX
 from presence.services import PRESENCE_CHANGE, presence_announce, presence_changes, presence_of
 from presence.typing import ROOM_MAX, TYPING_CHANGE
@@ -71,11 +65,10 @@ class InboxConsumer(RealtimeConsumer):
     few seconds while typing) and ``{"type": "typing.subscribe" | "typing.unsubscribe",
     "room": key}`` (presence/typing.py)."""
 
-    # What the channel layer sends an inbox socket (services/realtime.py), and the changes
-    # of presence of whom it watches (presence/services.py).
-    layer_messages = frozenset(
-        {NOTIFICATION_MESSAGE, UNREAD_MESSAGE, ITEM_MESSAGE, READ_ALL_MESSAGE, PRESENCE_CHANGE, TYPING_CHANGE}
-    )
+    # What the channel layer sends an inbox socket: the changes of presence of whom it
+    # watches (presence/services.py) and typing. The inbox's own frames come through the
+    # process's hub straight to the live connection (services/realtime.py).
+    layer_messages = frozenset({PRESENCE_CHANGE, TYPING_CHANGE})
     frame_types = (
         "resume",
         "presence.subscribe",

@@ -12,7 +12,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 # in one thread hop (project/handlers.py).
 django.setup(set_prefix=False)
 
+from django.conf import settings  # noqa: E402
+
 from project.handlers import SyncChainASGIHandler  # noqa: E402
+from realtime.gc_pauses import gc_pauses_bound  # noqa: E402
 
 django_asgi_app = SyncChainASGIHandler()
 
@@ -28,4 +31,9 @@ application = ProtocolTypeRouter(
         # (the token is not an ambient credential), cookie sockets only from ours.
         "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
     }
+)
+
+# Thousands of sockets' objects, skipped by garbage collections (realtime/gc_pauses.py).
+gc_pauses_bound(
+    freeze_seconds=settings.REALTIME_GC_FREEZE_SECONDS, full_seconds=settings.REALTIME_GC_FULL_SECONDS
 )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
@@ -32,6 +33,7 @@ import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
+from realtime.hub import hub_add, hub_discard
 from realtime.queues import EntryQueue
 from realtime.redis_client import redis_async
 from realtime.registry import (
@@ -50,6 +52,9 @@ REGISTRATION_REFRESH_SECONDS = 30.0
 REGISTRATION_REFRESH_BATCH = 500
 # The queue entry of a frame sent as it is; apps add kinds of their own.
 FRAME = "frame"
+# Frames handed to a carrier's ``send_many`` at once at most (a long resume is sent in
+# parts of this many, not gathered whole).
+SEND_BATCH_MAX = 100
 
 
 class ConnectionTooSlow(Exception):
@@ -136,18 +141,25 @@ class LiveConnection:
         self._redis: aioredis.Redis | None = None
         self._tasks: list[asyncio.Task[Any]] | None = None
         self._listening = False
+        self._in_hub = False
         self._registered = False
         # Push mode (send_with): how a frame is sent, what to do when sending fails, and the
         # task sending while entries wait (None while the queue is empty).
         self._push: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+        self._push_many: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None
+        self._write_now: Callable[[list[str]], bool] | None = None
         self._push_failed: Callable[[BaseException], None] | None = None
         self.sender: asyncio.Task[None] | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Join the groups (before the app reads anything from its store, so that nothing
-        committed meanwhile can fall between the two) and register the connection."""
+        """Subscribe to the process's hub and join the groups (before the app reads anything
+        from its store, so that nothing committed meanwhile can fall between the two), then
+        register the connection (publishers send only to registered recipients, so a
+        publish that finds it registered reaches it)."""
+        await hub_add(self)
+        self._in_hub = True
         for group in self.groups:
             await self.layer.group_add(group, self.channel)
         self._listening = True
@@ -195,6 +207,9 @@ class LiveConnection:
                 with contextlib.suppress(BaseException):
                     await task
         await self._stop_listening()
+        if self._in_hub:
+            hub_discard(self)
+            self._in_hub = False
         if self._redis is not None:
             try:
                 # It still counts for the presence grace: a reload reconnects within it.
@@ -235,12 +250,42 @@ class LiveConnection:
     # --- what arrives --------------------------------------------------------------------
 
     def deliver(self, message: dict[str, Any]) -> None:
-        """A channel-layer message for this connection; the app's subclass queues what it
-        means. Here: nothing."""
+        """A message for this connection, from the process's hub (realtime/hub.py) or the
+        channel layer; the app's subclass queues what it means. Here: nothing."""
+
+    def hub_resumed(self) -> None:
+        """The hub's subscription dropped and is back: messages published meanwhile were
+        lost. The app's subclass reads from its store what the client may have missed.
+        Here: nothing."""
 
     def send(self, frame: dict[str, Any]) -> None:
-        """A frame to send as it is (pong, error, a count)."""
+        """A frame to send as it is (pong, error, a count): written at once when nothing
+        waits (``write_now``), queued otherwise."""
+        if self._write_now is not None and self.write_now([json.dumps(frame)]):
+            return
         self.put((FRAME, frame))
+
+    def write_now(self, texts: list[str]) -> bool:
+        """Write these encoded frames straight to the carrier, without the queue or a task,
+        when nothing is queued or being sent (so order holds) and the carrier takes data
+        now; False when nothing was written (the caller queues instead). A broadcast
+        reaches thousands of idle connections at once, and for each of them the queue, the
+        sending task and the awaiting send cost more than the write itself
+        (docs/benchmarks.md, P3 broadcast)."""
+        writer = self._write_now
+        if (
+            writer is None
+            or self.sender is not None
+            or self.too_slow
+            or self.closed
+            or not self.queue.empty()
+        ):
+            return False
+        try:
+            return writer(texts)
+        except Exception as exc:  # noqa: BLE001 - the queued way meets it again and decides
+            log.debug("direct write to a live connection of recipient %s failed: %r", self.recipient_id, exc)
+            return False
 
     def put(self, entry: tuple[Any, ...]) -> None:
         """Queue an entry (its first element names its kind); past ``queue_limit`` the
@@ -284,13 +329,24 @@ class LiveConnection:
                     yield frame
 
     def send_with(
-        self, send: Callable[[dict[str, Any]], Awaitable[None]], *, failed: Callable[[BaseException], None]
+        self,
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+        *,
+        failed: Callable[[BaseException], None],
+        send_many: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None,
+        write_now: Callable[[list[str]], bool] | None = None,
     ) -> None:
         """Push instead of ``frames()``: from now on every frame is sent, in order, with
         ``send``, by a task that exists only while entries wait (an idle connection holds
-        none). ``failed`` is called with ConnectionTooSlow once the client fell too far
-        behind, or with whatever ``send`` raised; nothing more is sent after it."""
-        self._push, self._push_failed = send, failed
+        none). With ``send_many``, the frames waiting are sent together instead, up to
+        SEND_BATCH_MAX at a time (a carrier that writes them in one go: the websocket's
+        SEND_TEXTS, realtime/uvicorn_websocket.py). ``failed`` is called with
+        ConnectionTooSlow once the client fell too far behind, or with whatever ``send``
+        or ``send_many`` raised; nothing more is sent after it. ``write_now`` (see
+        ``write_now``) writes encoded frames at once when the carrier takes data without
+        waiting, True, or writes nothing, False."""
+        self._push, self._push_failed, self._push_many = send, failed, send_many
+        self._write_now = write_now
         if not self.queue.empty() and self.sender is None:
             self.sender = asyncio.get_running_loop().create_task(self._send_queued())
 
@@ -312,6 +368,9 @@ class LiveConnection:
                     # now on starts a new sender.
                     self.sender = None
                     return
+                if self._push_many is not None:
+                    await self._send_waiting(self._push_many)
+                    continue
                 entry = self.queue.get_nowait()
                 if entry[0] == FRAME:
                     await self._push(entry[1])
@@ -322,8 +381,30 @@ class LiveConnection:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the carrier decides (it closes the socket)
-            self._push = None
+            self._push = self._push_many = self._write_now = None
             self._push_failed(exc)
+
+    async def _send_waiting(self, send_many: Callable[[list[dict[str, Any]]], Awaitable[None]]) -> None:
+        """Send the frames of the entries waiting now, SEND_BATCH_MAX at a time."""
+        batch: list[dict[str, Any]] = []
+        while not self.queue.empty():
+            entry = self.queue.get_nowait()
+            if entry[0] == FRAME:
+                batch.append(entry[1])
+            else:
+                async with contextlib.aclosing(self.expand(entry)) as expanded:
+                    async for frame in expanded:
+                        batch.append(frame)
+                        if len(batch) >= SEND_BATCH_MAX:
+                            await send_many(batch)
+                            batch = []
+                if self.too_slow:
+                    raise ConnectionTooSlow
+            if len(batch) >= SEND_BATCH_MAX:
+                await send_many(batch)
+                batch = []
+        if batch:
+            await send_many(batch)
 
     def _task(self, coroutine: Awaitable[Any]) -> None:
         if self._tasks is None:

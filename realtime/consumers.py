@@ -23,6 +23,7 @@ from django.conf import settings
 from realtime.auth import CLOSE_TOO_SLOW, socket_authenticate
 from realtime.connection import ConnectionTooSlow, LiveConnection
 from realtime.registry import ACTIVE, IDLE
+from realtime.uvicorn_websocket import SEND_TEXTS
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class RealtimeConsumer(AsyncJsonWebsocketConsumer):
 
     recipient_id: int | None = None
     live: LiveConnection | None = None
+    # SOCKET_SEND_TIMEOUT_SECONDS, read once per socket on connect.
+    send_timeout: float = 0.0
 
     # --- what an app's consumer provides ------------------------------------------------
 
@@ -116,6 +119,7 @@ class RealtimeConsumer(AsyncJsonWebsocketConsumer):
 
     async def connect(self) -> None:
         self.closing = False
+        self.send_timeout = settings.SOCKET_SEND_TIMEOUT_SECONDS
         recipient_id, close_code = await socket_authenticate(
             self.scope, user_to_recipient=self.user_to_recipient
         )
@@ -131,7 +135,15 @@ class RealtimeConsumer(AsyncJsonWebsocketConsumer):
         await self.accept()
         # Frames go out in order through the connection's sender, a task that exists only
         # while frames wait: ten thousand idle sockets hold no writer task each.
-        self.live.send_with(self._send_frame, failed=self._send_failed)
+        # The server may write several frames at once, and at once when the socket takes
+        # data (realtime/uvicorn_websocket.py).
+        texts = self.scope.get("extensions", {}).get(SEND_TEXTS)
+        self.live.send_with(
+            self._send_frame,
+            failed=self._send_failed,
+            send_many=self._send_frames if texts is not None else None,
+            write_now=texts.get("write_now") if texts is not None else None,
+        )
         await self.presence_changed()
 
     async def disconnect(self, code: int) -> None:
@@ -220,7 +232,16 @@ class RealtimeConsumer(AsyncJsonWebsocketConsumer):
     async def _send_frame(self, frame: dict[str, Any]) -> None:
         # asyncio.timeout rather than wait_for: no task of its own for every frame.
         try:
-            async with asyncio.timeout(settings.SOCKET_SEND_TIMEOUT_SECONDS):
+            async with asyncio.timeout(self.send_timeout):
                 await self.send_json(frame)
+        except TimeoutError:
+            raise _SendTimedOut from None
+
+    async def _send_frames(self, frames: list[dict[str, Any]]) -> None:
+        """The frames in one write (SEND_TEXTS), within one SOCKET_SEND_TIMEOUT_SECONDS."""
+        texts = [await self.encode_json(frame) for frame in frames]
+        try:
+            async with asyncio.timeout(self.send_timeout):
+                await self.base_send({"type": SEND_TEXTS, "texts": texts})
         except TimeoutError:
             raise _SendTimedOut from None

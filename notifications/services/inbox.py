@@ -35,9 +35,10 @@ from notifications.services.dispatch import bigint_array_literal
 from notifications.services.metrics import metrics_increment
 from notifications.services.realtime import (
     ITEM_MESSAGE,
-    NOTIFICATION_MESSAGE,
+    NOTIFICATIONS_MESSAGE,
     READ_ALL_MESSAGE,
     realtime_publish,
+    realtime_publish_entries,
 )
 from notifications.services.templating import TemplateRenderError, template_render, template_uses_recipient
 from notifications.states import INAPP_UNRENDERABLE, INAPP_WRITTEN, READ
@@ -364,7 +365,12 @@ def _fail_unrenderable(failed: list[tuple[int, str]], now: datetime) -> None:
 
 def _push_frames(items: list[tuple[Any, ...]], written: list[int], now: datetime) -> None:
     """After commit: a notification frame and the new unread count to each owner with a
-    live connection. At-most-once: a Redis failure costs frames, never items."""
+    live connection. At-most-once: a Redis failure costs frames, never items.
+
+    Items that read the same (one event, one text: a broadcast page) go out as ONE message
+    for all their owners, the shared item once and each owner's item id, seq and unread
+    count beside it (services/live_inbox.py builds each frame); a page of 2,000 is one
+    publish, and each web process parses it once (docs/benchmarks.md, P3 broadcast)."""
     try:
         online = recipients_connected(item[0] for item in items)
     except redis.RedisError as exc:
@@ -373,36 +379,49 @@ def _push_frames(items: list[tuple[Any, ...]], written: list[int], now: datetime
     if not online:
         return
     unread = _unread_counts(online)
-    frames: list[tuple[int, dict[str, Any]]] = []
-    last: dict[int, dict[str, Any]] = {}
+    # (event, text) -> [shared item, {owner: [[id, seq], ...]}, {owner: unread}]
+    groups: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, list[list[int]]], dict[str, int]]] = {}
+    last_group: dict[int, tuple[Any, ...]] = {}
     for item_id, item in zip(written, items, strict=True):
-        recipient_id, seq, _delivery_id, event_id, event, (title, body, url) = item
+        recipient_id, seq, _delivery_id, event_id, event, text = item
         if recipient_id not in online:
             continue
-        payload = inbox_item_payload(
-            {
-                "id": item_id,
-                "seq": seq,
-                "notification_type": event.notification_type.key,
-                "category": event.notification_type.category,
-                "title": title,
-                "body": body,
-                "url": url,
-                "data": event.data,
-                "read_at": None,
-                "created_at": now,
-                "accepted_at": accepted_time(event),
-                "event_id": event_id,
-            }
-        )
-        message = {"type": NOTIFICATION_MESSAGE, "seq": seq, "item": payload}
-        frames.append((recipient_id, message))
-        last[recipient_id] = message
-    # The new unread count rides on each owner's last message (one publish, not two); the
-    # connection sends it as its own unread_count frame after the notification.
-    for recipient_id, message in last.items():
-        message["unread"] = unread.get(recipient_id, 0)
-    realtime_publish(frames)
+        key = (event_id, text)
+        group = groups.get(key)
+        if group is None:
+            title, body, url = text
+            shared = inbox_item_payload(
+                {
+                    "id": None,
+                    "seq": None,
+                    "notification_type": event.notification_type.key,
+                    "category": event.notification_type.category,
+                    "title": title,
+                    "body": body,
+                    "url": url,
+                    "data": event.data,
+                    "read_at": None,
+                    "created_at": now,
+                    "accepted_at": accepted_time(event),
+                    "event_id": event_id,
+                }
+            )
+            group = groups[key] = (shared, {}, {})
+        group[1].setdefault(str(recipient_id), []).append([item_id, seq])
+        last_group[recipient_id] = key
+    # The new unread count goes with each owner's last item: the connection sends it as its
+    # own unread_count frame after the notification.
+    for recipient_id, key in last_group.items():
+        groups[key][2][str(recipient_id)] = unread.get(recipient_id, 0)
+    realtime_publish_entries(
+        [
+            (
+                [int(owner) for owner in rows],
+                {"type": NOTIFICATIONS_MESSAGE, "item": shared, "rows": rows, "unread": counts},
+            )
+            for shared, rows, counts in groups.values()
+        ]
+    )
 
 
 def _unread_counts(recipient_ids: set[int]) -> dict[int, int]:

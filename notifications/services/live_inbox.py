@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
@@ -21,10 +22,9 @@ from notifications import selectors
 from notifications.services.inbox import inbox_item_payload
 from notifications.services.realtime import (
     ITEM_MESSAGE,
-    NOTIFICATION_MESSAGE,
+    NOTIFICATIONS_MESSAGE,
     READ_ALL_MESSAGE,
     UNREAD_MESSAGE,
-    inbox_group,
 )
 from presence.services import PRESENCE_CHANGE, Presence, presence_group
 from presence.typing import (
@@ -114,7 +114,6 @@ class LiveInbox(LiveConnection):
             recipient_id=recipient_id,
             layer=layer,
             channel=channel,
-            groups=[inbox_group(recipient_id)],
             queue_limit=queue_limit,
             on_too_slow=on_too_slow,
         )
@@ -213,28 +212,52 @@ class LiveInbox(LiveConnection):
                 self._changes[external_id] = {"status": message["status"], "last_seen": message["last_seen"]}
                 if self._flush is None:
                     self._flush = asyncio.create_task(self._flush_later())
-        elif message.get("type") == NOTIFICATION_MESSAGE:
-            self.put((_NOTIFICATION, message["seq"], message["item"]))
-            if "unread" in message:  # the count after it (services/inbox.py)
-                self.put((FRAME, {"type": "unread_count", "count": message["unread"]}))
+        elif message.get("type") == NOTIFICATIONS_MESSAGE:
+            # New items of many recipients, reading the same (services/inbox.py _push_frames).
+            key = str(self.recipient_id)
+            rows = message["rows"].get(key)
+            if not rows:
+                return
+            unread = message["unread"].get(key)  # the count after them, when given
+            if self._in_order(rows) and self.write_now(_notification_texts(message, rows, unread)):
+                self.sequencer.last_sent_seq = rows[-1][1]
+                return
+            shared = message["item"]
+            for item_id, seq in rows:
+                self.put((_NOTIFICATION, seq, {**shared, "id": item_id, "seq": seq}))
+            if unread is not None:
+                self.put((FRAME, {"type": "unread_count", "count": unread}))
         elif message.get("type") == UNREAD_MESSAGE:
-            self.put((FRAME, {"type": "unread_count", "count": message["count"]}))
+            self.send({"type": "unread_count", "count": message["count"]})
         elif message.get("type") == ITEM_MESSAGE:
             # An item changed elsewhere (another tab or device, or a snooze ran out).
-            self.put((FRAME, {"type": "item", "item": message["item"]}))
-            self.put((FRAME, {"type": "unread_count", "count": message["unread"]}))
+            self.send({"type": "item", "item": message["item"]})
+            self.send({"type": "unread_count", "count": message["unread"]})
         elif message.get("type") == READ_ALL_MESSAGE:
-            self.put(
-                (
-                    FRAME,
-                    {"type": "read_all", "up_to_seq": message["up_to_seq"], "read_at": message["read_at"]},
-                )
-            )
-            self.put((FRAME, {"type": "unread_count", "count": message["unread"]}))
+            self.send({"type": "read_all", "up_to_seq": message["up_to_seq"], "read_at": message["read_at"]})
+            self.send({"type": "unread_count", "count": message["unread"]})
+
+    def _in_order(self, rows: list[list[int]]) -> bool:
+        """Whether the items (id, seq) follow the last one sent with no gap (or nothing was
+        sent yet, and the client asked for no baseline): they can then go out as they
+        are, with no look at the database (InboxSequencer.live)."""
+        last = self.sequencer.last_sent_seq
+        for _item_id, seq in rows:
+            if last is not None and seq != last + 1:
+                return False
+            last = seq
+        return True
 
     def resume(self, *, after: int) -> None:
         """The client asks for every item after seq ``after``."""
         self.put((_RESUME, after))
+
+    def hub_resumed(self) -> None:
+        """Frames published while the process's hub was not subscribed were lost: send the
+        items after the last one sent (none sent and none asked for yet: the client has not
+        said where it stands, so there is nothing to resume from)."""
+        if self.sequencer.last_sent_seq is not None:
+            self.resume(after=self.sequencer.last_sent_seq)
 
     async def expand(self, entry: tuple[Any, ...]) -> AsyncGenerator[dict[str, Any], None]:
         if entry[0] == _RESUME:
@@ -244,6 +267,23 @@ class LiveInbox(LiveConnection):
         async with contextlib.aclosing(items):
             async for seq, item in items:
                 yield {"type": "notification", "seq": seq, "item": item}
+
+
+def _notification_texts(message: dict[str, Any], rows: list[list[int]], unread: int | None) -> list[str]:
+    """The encoded frames of a recipient's new items and unread count: the item every
+    recipient shares is encoded once per process (kept in the message), each frame adds
+    its id and seq to it."""
+    shared = message.get("_shared_json")
+    if shared is None:
+        shared = json.dumps({k: v for k, v in message["item"].items() if k not in ("id", "seq")})[1:-1]
+        message["_shared_json"] = shared
+    texts = [
+        f'{{"type": "notification", "seq": {seq}, "item": {{"id": {item_id}, "seq": {seq}, {shared}}}}}'
+        for item_id, seq in rows
+    ]
+    if unread is not None:
+        texts.append(f'{{"type": "unread_count", "count": {unread}}}')
+    return texts
 
 
 def _presence(presence: Presence) -> dict[str, Any]:

@@ -1,105 +1,47 @@
-"""The one door to the channel layer (services send live frames only through here, and
-only after commit).
+"""The one door for live frames: services send them only through here, and only after
+commit.
 
-Frames go out through the channel layer's public ``group_send``, so its channel naming
-and sharding stay its own business and an upgrade cannot silently break delivery. The
-layer is asynchronous and keeps its connections per event loop; sync code (Celery
-workers, sync views) hands frames to one long-lived event loop per process, running in a
-daemon thread, so connections are made once and reused rather than per call.
+Frames go out through the process hub of realtime/hub.py: one Redis publish carries the
+frames of many recipients (a page of a broadcast is one publish, not one per recipient),
+and each web process hands them straight to the live connections it holds. Frames are a
+nudge, at-most-once: a failure to publish is logged, never raised, because the inbox rows
+are already committed and clients resume by seq.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-import threading
 from collections.abc import Sequence
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from channels.layers import get_channel_layer
-from django.db import transaction
+import redis
+
+from realtime.hub import Entry, hub_publish
 
 log = logging.getLogger(__name__)
 
-# Channel-layer message types; the consumer has one handler each (dots become underscores).
-NOTIFICATION_MESSAGE = "inbox.notification"
+# Message types; services/live_inbox.py turns each into frames.
+# New items: one message for many recipients, the item they share and each one's id, seq
+# and unread count (services/inbox.py _push_frames).
+NOTIFICATIONS_MESSAGE = "inbox.notifications"
 UNREAD_MESSAGE = "inbox.unread"
 # An item changed (read, unread, archived, snoozed, woke) and the read-all of a user: other
 # tabs and devices follow (services/inbox.py).
 ITEM_MESSAGE = "inbox.item"
 READ_ALL_MESSAGE = "inbox.read_all"
-# How long a sender waits for its frames to be handed to Redis before it gives up on them
-# (they are a nudge: clients resume by seq).
-PUBLISH_TIMEOUT_SECONDS = 5.0
-
-
-def inbox_group(recipient_id: int) -> str:
-    return f"inbox.{recipient_id}"
-
-
-class _PublishLoop:
-    """An event loop in a daemon thread, created in the process that uses it (a forked
-    Celery pool process makes its own: threads do not survive a fork)."""
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="realtime-publish", daemon=True)
-        self.thread.start()
-
-
-_publisher: _PublishLoop | None = None
-_publisher_lock = threading.Lock()
-
-
-def _publish_loop() -> asyncio.AbstractEventLoop:
-    global _publisher
-    with _publisher_lock:
-        if _publisher is None or _publisher.pid != os.getpid():
-            _publisher = _PublishLoop()
-        return _publisher.loop
-
-
-async def _send_all(layer: Any, messages: list[tuple[int, dict[str, Any]]]) -> int:
-    """Send each message to its recipient's group; returns how many failed."""
-    results = await asyncio.gather(
-        *(layer.group_send(inbox_group(recipient_id), message) for recipient_id, message in messages),
-        return_exceptions=True,
-    )
-    failures = [result for result in results if isinstance(result, BaseException)]
-    if failures:
-        log.warning(
-            "%d of %d realtime frames not published (clients will resume): %s",
-            len(failures),
-            len(messages),
-            failures[0],
-        )
-    return len(failures)
 
 
 def realtime_publish(messages: Sequence[tuple[int, dict[str, Any]]]) -> None:
-    """Publish (recipient_id, message) pairs now. At-most-once: a failure is logged, never
-    raised, because the inbox rows are already committed and clients resume by seq."""
-    if not messages:
+    """Publish (recipient_id, message) pairs now."""
+    realtime_publish_entries([([recipient_id], message) for recipient_id, message in messages])
+
+
+def realtime_publish_entries(entries: Sequence[Entry]) -> None:
+    """Publish (recipient ids, message) entries now: each message reaches the live
+    connections of each of its recipients. At-most-once: a failure is logged, never raised."""
+    if not entries:
         return
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    future = asyncio.run_coroutine_threadsafe(_send_all(layer, list(messages)), _publish_loop())
     try:
-        future.result(timeout=PUBLISH_TIMEOUT_SECONDS)
-    except FutureTimeout:
-        future.cancel()
-        log.warning(
-            "realtime frames not published within %.0f s (clients will resume)", PUBLISH_TIMEOUT_SECONDS
-        )
-    except Exception as exc:  # noqa: BLE001 - a frame must never fail the write it follows
+        hub_publish(entries)
+    except (redis.RedisError, OSError) as exc:
         log.warning("realtime frames not published (clients will resume): %s", exc)
-
-
-def realtime_publish_on_commit(messages: Sequence[tuple[int, dict[str, Any]]]) -> None:
-    if messages:
-        batch = list(messages)
-        transaction.on_commit(lambda: realtime_publish(batch), robust=True)

@@ -327,6 +327,10 @@ END_USER_TOKEN_TTL_SECONDS = env_int("END_USER_TOKEN_TTL_SECONDS", 3600, minimum
 # Frames a slow socket may have waiting before it is cut off (it then resumes by seq).
 SOCKET_SEND_QUEUE_LIMIT = env_int("SOCKET_SEND_QUEUE_LIMIT", 256, minimum=1)
 SOCKET_SEND_TIMEOUT_SECONDS = env_float("SOCKET_SEND_TIMEOUT_SECONDS", 10.0)
+# The web process freezes its long-lived objects this often so that garbage collections
+# skip them, and collects everything this often (realtime/gc_pauses.py); 0 turns it off.
+REALTIME_GC_FREEZE_SECONDS = env_float("REALTIME_GC_FREEZE_SECONDS", 5.0)
+REALTIME_GC_FULL_SECONDS = env_float("REALTIME_GC_FULL_SECONDS", 3600.0)
 SSE_KEEPALIVE_SECONDS = env_float("SSE_KEEPALIVE_SECONDS", 15.0)
 # Origins whose pages may call the end-user inbox API and SSE stream with a token
 # (notifications/embed.py); "*" for any. Never with cookies.

@@ -12,7 +12,7 @@ if _worker and not os.environ["REDIS_NAMESPACE"].endswith(f"-{_worker}:"):
     os.environ["REDIS_NAMESPACE"] = f"{os.environ['REDIS_NAMESPACE'].rstrip(':')}-{_worker}:"
 
 from project.settings.base import *  # noqa: E402, F403
-from project.settings.env import env_bool, env_str  # noqa: E402
+from project.settings.env import env_bool, env_float, env_str  # noqa: E402
 
 # The package's __init__ may have evaluated base before the namespace was set above.
 REDIS_NAMESPACE = os.environ["REDIS_NAMESPACE"]
@@ -26,3 +26,7 @@ LOGGING["root"]["level"] = LOG_LEVEL  # type: ignore[index]  # noqa: F405
 # In-process tests run Celery tasks eagerly, so an event is fanned out before its POST
 # returns; processes that tests start opt in to fanning out nearby (harness/).
 FANOUT_NEARBY = env_bool("FANOUT_NEARBY", False)
+
+# The test process imports project.asgi without holding thousands of sockets: no freezing
+# thread there (realtime/gc_pauses.py has its own test); processes tests start keep it.
+REALTIME_GC_FREEZE_SECONDS = env_float("REALTIME_GC_FREEZE_SECONDS", 0.0)

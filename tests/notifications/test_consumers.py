@@ -26,12 +26,13 @@ from django.utils import timezone
 
 from notifications.models import Delivery, DeliveryStatus, Event, InboxItem, InboxSequence, Recipient
 from notifications.services.inbox import inbox_item_payload
-from notifications.services.realtime import realtime_publish
+from notifications.services.realtime import NOTIFICATIONS_MESSAGE, realtime_publish, realtime_publish_entries
 from project.asgi import application
 from realtime.redis_client import redis_sync
 from realtime.registry import _key as connection_key
 from realtime.tokens import end_user_token_issue
 from tests.notifications.factories import NotificationTypeFactory, RecipientFactory
+from tests.realtime.test_hub import hub_subscription_kill
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -95,9 +96,17 @@ def item_payload(recipient: Recipient, seq: int) -> dict[str, Any]:
 
 
 def live_notification(recipient: Recipient, seq: int, item: dict[str, Any] | None = None) -> None:
-    """Publish a live frame the way in-app dispatch does after commit."""
+    """Publish a live frame the way in-app dispatch does after commit (services/inbox.py
+    _push_frames), without an unread count."""
     payload = item if item is not None else item_payload(recipient, seq)
-    realtime_publish([(recipient.id, {"type": "inbox.notification", "seq": seq, "item": payload})])
+    shared = {key: value for key, value in payload.items() if key not in ("id", "seq")}
+    message = {
+        "type": NOTIFICATIONS_MESSAGE,
+        "item": shared,
+        "rows": {str(recipient.id): [[payload["id"], seq]]},
+        "unread": {},
+    }
+    realtime_publish_entries([([recipient.id], message)])
 
 
 def token_for(recipient: Recipient, **kwargs: Any) -> str:
@@ -189,6 +198,27 @@ def test_it_resumes_with_exactly_the_missed_items_in_order() -> None:
     run(scenario)
 
 
+def test_it_sends_what_was_committed_while_the_process_hub_was_not_subscribed() -> None:
+    """Frames published while the hub's subscription was down are lost; when it is back,
+    each socket reads from the database what came after the last item it sent."""
+    recipient = recipient_create()
+    inbox_items_create(recipient, [1])
+
+    async def scenario() -> None:
+        communicator = token_socket(token_for(recipient))
+        await open_socket(communicator)
+        await communicator.send_json_to({"type": "resume", "after": 0})
+        assert await receive_seqs(communicator, 1) == [1]
+        # Committed, and its frame never published (as if published during the outage).
+        await sync_to_async(inbox_items_create)(recipient, [2, 3])
+        assert hub_subscription_kill() == 1
+        assert await receive_seqs(communicator, 2) == [2, 3]
+        assert await communicator.receive_nothing(timeout=0.3)
+        await communicator.disconnect()
+
+    run(scenario)
+
+
 def test_it_resumes_across_more_than_one_database_page() -> None:
     recipient = recipient_create()
     inbox_items_create(recipient, list(range(1, 451)))
@@ -269,9 +299,10 @@ def test_it_passes_live_items_and_unread_counts_on_without_a_resume() -> None:
     run(scenario)
 
 
-def test_it_passes_channel_layer_frames_on_without_a_thread_hop(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_it_passes_live_frames_on_without_a_thread_hop(monkeypatch: pytest.MonkeyPatch) -> None:
     """Channels hops to a thread to close stale database connections before each message
-    it dispatches; the frames of the channel layer skip it (consumers.py, ``dispatch``)."""
+    it dispatches; the inbox's live frames skip it (they come from the process's hub,
+    realtime/hub.py, straight to the live connection), the socket's own events keep it."""
     import channels.consumer
 
     hops: list[str] = []
@@ -499,29 +530,5 @@ def test_it_registers_the_connection_while_open_and_removes_it_on_close(settings
         assert await connections_of(recipient) == 1
         await second.disconnect()
         assert await connections_of(recipient) == 0
-
-    run(scenario)
-
-
-def test_it_still_delivers_live_frames_when_the_channel_layer_renames_its_groups(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Frames go through the layer's public group_send, never through its private naming
-    or sharding: a channels_redis upgrade that names group channels differently (as this
-    test pretends) changes nothing for the inbox."""
-    from channels_redis.pubsub import RedisPubSubLoopLayer
-
-    monkeypatch.setattr(
-        RedisPubSubLoopLayer, "_get_group_channel_name", lambda self, group: f"{self.prefix}:renamed:{group}"
-    )
-    recipient = recipient_create()
-    inbox_items_create(recipient, [1])
-
-    async def scenario() -> None:
-        communicator = token_socket(token_for(recipient))
-        await open_socket(communicator)
-        await sync_to_async(live_notification)(recipient, 1)
-        assert await receive_seqs(communicator, 1) == [1]
-        await communicator.disconnect()
 
     run(scenario)

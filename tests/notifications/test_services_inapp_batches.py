@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
-from channels.layers import get_channel_layer
 from django.db import NotSupportedError, connection
 from django.test.utils import CaptureQueriesContext
 
@@ -18,7 +17,8 @@ from notifications.services.api_keys import api_key_create
 from notifications.services.deliveries import inapp_dispatch_batch
 from notifications.services.fanout import event_fanout
 from notifications.services.ingest import event_ingest
-from notifications.services.realtime import NOTIFICATION_MESSAGE, inbox_group
+from notifications.services.realtime import NOTIFICATIONS_MESSAGE
+from realtime.hub import hub_add, hub_discard
 from realtime.redis_client import redis_key, redis_sync
 from realtime.registry import ONLINE_SET
 from tests.notifications.factories import (
@@ -143,36 +143,55 @@ def test_a_fallback_from_inapp_is_planned_for_the_rows_the_batch_inserts():
     assert set(FallbackCheck.objects.values_list("to_channel", flat=True)) == {"email"}
 
 
-def test_each_connected_owner_gets_its_item_as_a_frame_after_commit(django_capture_on_commit_callbacks):
+class _HubListener:
+    """A live connection as the process's hub sees one (realtime/hub.py)."""
+
+    def __init__(self, recipient_id: int) -> None:
+        self.recipient_id = recipient_id
+        self.messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    def deliver(self, message: dict[str, Any]) -> None:
+        self.messages.put_nowait(message)
+
+    def hub_resumed(self) -> None:
+        pass
+
+
+def test_connected_owners_get_their_items_in_one_message_after_commit(django_capture_on_commit_callbacks):
     nt = NotificationTypeFactory()
-    online, offline = RecipientFactory(), RecipientFactory()
-    event, [batch] = _planned(nt.key, [online, offline])
-    layer = get_channel_layer()
-    assert layer is not None
+    online, also_online, offline = RecipientFactory(), RecipientFactory(), RecipientFactory()
+    event, [batch] = _planned(nt.key, [online, also_online, offline])
 
     def dispatch() -> None:
         with django_capture_on_commit_callbacks(execute=True):
-            assert inapp_dispatch_batch(batch_id=batch) == 2
+            assert inapp_dispatch_batch(batch_id=batch) == 3
 
-    async def listen() -> dict[str, Any]:
-        listener = await layer.new_channel()
-        await layer.group_add(inbox_group(online.id), listener)
+    async def listen() -> list[dict[str, Any]]:
+        listeners = [_HubListener(online.id), _HubListener(also_online.id)]
+        for listener in listeners:
+            await hub_add(listener)
         try:
             await sync_to_async(dispatch)()
-            return await asyncio.wait_for(layer.receive(listener), timeout=10)
+            return [await asyncio.wait_for(listener.messages.get(), timeout=10) for listener in listeners]
         finally:
-            await layer.group_discard(inbox_group(online.id), listener)
+            for listener in listeners:
+                hub_discard(listener)
 
-    redis_sync().sadd(redis_key(ONLINE_SET), online.id)
+    redis_sync().sadd(redis_key(ONLINE_SET), online.id, also_online.id)
     try:
-        frame = async_to_sync(listen)()
+        first, second = async_to_sync(listen)()
     finally:
-        redis_sync().srem(redis_key(ONLINE_SET), online.id)
+        redis_sync().srem(redis_key(ONLINE_SET), online.id, also_online.id)
 
-    item = InboxItem.objects.get(recipient_id=online.id)
-    assert (frame["type"], frame["seq"], frame["unread"]) == (NOTIFICATION_MESSAGE, 1, 1)
-    assert frame["item"]["id"] == item.id and frame["item"]["title"] == "Order 1"
-    assert frame["item"]["event_id"] == str(event.id)
+    assert first == second, "one message for both owners"
+    items = {item.recipient_id: item for item in InboxItem.objects.filter(event_id=event.id)}
+    assert first["type"] == NOTIFICATIONS_MESSAGE
+    assert first["rows"] == {
+        str(online.id): [[items[online.id].id, 1]],
+        str(also_online.id): [[items[also_online.id].id, 1]],
+    }, "the offline owner is left out"
+    assert first["unread"] == {str(online.id): 1, str(also_online.id): 1}
+    assert first["item"]["title"] == "Order 1" and first["item"]["event_id"] == str(event.id)
 
 
 def test_a_batch_stores_its_ids_compressed_with_lz4_where_the_server_has_it():
