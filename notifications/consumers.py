@@ -84,7 +84,20 @@ class InboxConsumer(RealtimeConsumer):
         return await database_sync_to_async(_recipient_id_for_user)(user)
 
     def live_connection(self, recipient_id: int) -> LiveInbox:
-        return LiveInbox(recipient_id=recipient_id, layer=self.channel_layer, channel=self.channel_name)
+        # A client resumes with a frame right after connecting; an item that arrived first
+        # would overtake the items before it (sent before them) or come twice. Live items
+        # wait for the client's first frame, at most INBOX_RESUME_WAIT_SECONDS.
+        return LiveInbox(
+            recipient_id=recipient_id,
+            layer=self.channel_layer,
+            channel=self.channel_name,
+            hold_seconds=settings.INBOX_RESUME_WAIT_SECONDS,
+        )
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        await super().receive_json(content, **kwargs)
+        if self.live is not None:
+            self.live.release_held()
 
     async def handle_frame(self, frame_type: Any, content: dict[str, Any]) -> bool:
         if self.live is None:

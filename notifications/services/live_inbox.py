@@ -109,6 +109,7 @@ class LiveInbox(LiveConnection):
         channel: str,
         queue_limit: int | None = None,
         on_too_slow: Callable[[], None] | None = None,
+        hold_seconds: float = 0.0,
     ) -> None:
         super().__init__(
             recipient_id=recipient_id,
@@ -128,6 +129,13 @@ class LiveInbox(LiveConnection):
         self.typing_watching: set[str] = set()
         self._typing: dict[str, asyncio.Task[None]] = {}
         self.label: str | None = None  # how this user is named in typing frames
+        # What arrives before the client said where it stands (``hold_seconds``), and the
+        # timer that lets it through anyway.
+        self._held: list[dict[str, Any]] | None = None
+        self._hold_timer: asyncio.TimerHandle | None = None
+        if hold_seconds > 0:
+            self._held = []
+            self._hold_timer = asyncio.get_running_loop().call_later(hold_seconds, self.release_held)
 
     async def open(self) -> None:
         await super().open()
@@ -135,6 +143,8 @@ class LiveInbox(LiveConnection):
         self.send({"type": "unread_count", "count": count})
 
     async def close(self) -> None:
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
         if self._flush is not None:
             self._flush.cancel()
         # Whoever watches the rooms this connection typed in stops seeing it at once.
@@ -199,9 +209,24 @@ class LiveInbox(LiveConnection):
 
     # --- what arrives ----------------------------------------------------------------------
 
+    def release_held(self) -> None:
+        """The client spoke (or the hold ran out): what arrived meanwhile goes on, after
+        whatever the client asked for (a resume queued first sends each item once, in
+        order)."""
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
+        held, self._held = self._held, None
+        for message in held or ():
+            self.deliver(message)
+
     def deliver(self, message: dict[str, Any]) -> None:
-        """A channel-layer message for this recipient (services/realtime.py), or a change
-        of presence of someone it watches."""
+        """A message for this recipient from the process hub (services/realtime.py), or a
+        change of presence or typing it watches. Until the client spoke, held (see
+        ``hold_seconds`` of the websocket, notifications/consumers.py)."""
+        if self._held is not None:
+            self._held.append(message)
+            return
         if message.get("type") == TYPING_CHANGE:
             if message["room"] in self.typing_watching:
                 frame = {key: message[key] for key in ("room", "recipients", "expires_in")}

@@ -341,6 +341,9 @@ TYPING_SECONDS = env_float("TYPING_SECONDS", 5.0)
 TYPING_WATCH_MAX = env_int("TYPING_WATCH_MAX", 50, minimum=1)
 # How long GET /api/v1/inbox/poll/ holds a request that has nothing to answer yet.
 INBOX_POLL_SECONDS = env_float("INBOX_POLL_SECONDS", 25.0)
+# A new inbox socket holds live items until its client's first frame (a resume comes first)
+# or this long (notifications/consumers.py).
+INBOX_RESUME_WAIT_SECONDS = env_float("INBOX_RESUME_WAIT_SECONDS", 1.0)
 # How often snoozed inbox items whose time has come are brought back (beat).
 INBOX_SNOOZE_WAKE_SECONDS = env_float("INBOX_SNOOZE_WAKE_SECONDS", 5.0)
 # Presence (presence/services.py): after a user's last connection closes cleanly it still

@@ -219,6 +219,23 @@ def test_it_sends_what_was_committed_while_the_process_hub_was_not_subscribed() 
     run(scenario)
 
 
+def test_a_live_item_that_overtakes_the_resume_frame_comes_once_after_the_items_before_it() -> None:
+    recipient = recipient_create()
+    inbox_items_create(recipient, [1, 2, 3])
+
+    async def scenario() -> None:
+        communicator = token_socket(token_for(recipient))
+        await open_socket(communicator)
+        # Item 3 is published between the socket's opening and the client's resume frame.
+        await sync_to_async(live_notification)(recipient, 3)
+        await communicator.send_json_to({"type": "resume", "after": 0})
+        assert await receive_seqs(communicator, 3) == [1, 2, 3]
+        assert await communicator.receive_nothing(timeout=0.5)
+        await communicator.disconnect()
+
+    run(scenario)
+
+
 def test_it_resumes_across_more_than_one_database_page() -> None:
     recipient = recipient_create()
     inbox_items_create(recipient, list(range(1, 451)))
