@@ -33,6 +33,7 @@ from notifications.api.common import (
 )
 from notifications.api.pagination import PAGE_PARAMETERS, Pagination, page_of
 from notifications.models import KEY_PATTERN, Channel, DeliveryStatus, Event, EventStatus
+from notifications.services.cancellation import EventAlreadySent, EventNotFound, event_cancel
 from notifications.services.ingest import (
     EVENTS_BULK_MAX,
     EventSpec,
@@ -231,6 +232,41 @@ class EventListView(APIView):
         code = status.HTTP_202_ACCEPTED if result.created else status.HTTP_200_OK
         return Response({"id": str(result.event.id), "status": "accepted"}, status=code)
 
+    @operation(
+        summary="Cancel an event by its idempotency key",
+        description="As `DELETE /api/v1/events/{id}/`, naming the event by the idempotency key this "
+        "API key sent it with.",
+        parameters=[
+            OpenApiParameter(
+                "idempotency_key",
+                {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX},
+                OpenApiParameter.QUERY,
+                required=True,
+            )
+        ],
+        responses={204: None},
+        errors=[400, 404, 409],
+    )
+    def delete(self, request: Request) -> Response:
+        key = request.query_params.get("idempotency_key", "")
+        if not key:
+            return errors_response({"idempotency_key": ["required: the key the event was sent with"]})
+        if len(key) > IDEMPOTENCY_KEY_MAX:
+            return errors_response(
+                {"idempotency_key": [f"at most {IDEMPOTENCY_KEY_MAX} characters, got {len(key)}"]}
+            )
+        return _cancel(api_key=request.user.api_key, idempotency_key=key)  # type: ignore[union-attr]
+
+
+def _cancel(**which: Any) -> Response:
+    try:
+        event_cancel(**which)
+    except EventNotFound as exc:
+        raise Http404("no such event") from exc
+    except EventAlreadySent as exc:
+        return errors_response({"status": [f"cannot cancel: {exc}"]}, status.HTTP_409_CONFLICT)
+    return Response(status=status.HTTP_204_NO_CONTENT)
+
 
 # --- Bulk ---------------------------------------------------------------------------------
 
@@ -356,6 +392,21 @@ class EventDetailView(APIView):
                 "deliveries": selectors.event_delivery_summary(event=event),
             }
         )
+
+    @operation(
+        summary="Cancel an event that has not gone out yet",
+        description="A send scheduled for later (`send_at`), or one accepted whose fan-out has not "
+        "begun: 204, and nothing of it is ever delivered; 204 again when it is cancelled already. "
+        "409 once its fan-out has begun.",
+        responses={204: None},
+        errors=[409],
+    )
+    def delete(self, request: Request, event_id: str) -> Response:
+        try:
+            parsed = uuid.UUID(event_id)
+        except ValueError as exc:
+            raise Http404(f"no event {event_id!r}") from exc
+        return _cancel(event_id=parsed)
 
 
 class EventDeliveriesView(APIView):

@@ -30,6 +30,8 @@ class EventStatus(models.TextChoices):
     SCHEDULED = "scheduled", "Scheduled"
     PROCESSING = "processing", "Processing"
     COMPLETED = "completed", "Completed"
+    # Cancelled before any of it went out (services/cancellation.py).
+    CANCELLED = "cancelled", "Cancelled"
 
 
 class Event(models.Model):
