@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -71,6 +72,14 @@ class EventFieldsSerializer(StrictSerializer):
         "with another body 409. Also taken from the Idempotency-Key header.",
     )
     send_at = DateTimeField(required=False, help_text="ISO 8601; later than now defers the send")
+    send_at_local = serializers.CharField(
+        required=False,
+        max_length=40,
+        trim_whitespace=False,
+        help_text="A wall-clock time without offset (2026-12-01T09:00): the send goes out when it is "
+        "that time in each recipient's timezone. A time the clocks skip (daylight saving) moves forward "
+        "by the skip; a time that happens twice is the first. Not with send_at.",
+    )
     origin_ip = OriginIpField(
         required=False,
         allow_null=True,
@@ -117,7 +126,25 @@ class EventCreateSerializer(EventFieldsSerializer):
     def validate_topic(self, value: str) -> str:
         return checked(key_check, shaped(value, KEY_PATTERN, KEY_SHAPE))
 
+    def validate_send_at_local(self, value: str) -> datetime:
+        try:
+            wall = datetime.fromisoformat(value)
+        except ValueError:
+            wall = None
+        if wall is None or "T" not in value:
+            raise serializers.ValidationError(
+                f"expected a date and time like 2026-12-01T09:00, got {value!r}"
+            )
+        if wall.tzinfo is not None:
+            raise serializers.ValidationError(
+                f"a wall-clock time in each recipient's timezone has no offset; got {value!r} "
+                "(use send_at for one instant)"
+            )
+        return wall.replace(microsecond=0)
+
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if "send_at" in attrs and "send_at_local" in attrs:
+            raise serializers.ValidationError({"send_at_local": ["give send_at or send_at_local, not both"]})
         has_recipients, has_topic = "recipients" in attrs, "topic" in attrs
         if has_recipients == has_topic:
             message = (
@@ -166,6 +193,9 @@ class EventSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=EventStatus.choices)
     created_at = serializers.DateTimeField()
     send_at = serializers.DateTimeField(allow_null=True)
+    send_at_local = serializers.CharField(
+        allow_null=True, help_text="The wall-clock time in each recipient's timezone"
+    )
     recipients_planned = serializers.IntegerField(min_value=0)
     deliveries = DeliveryCountsField()
 
@@ -239,7 +269,7 @@ class EventListView(APIView):
         parameters=[
             OpenApiParameter(
                 "idempotency_key",
-                {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX},
+                {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX},
                 OpenApiParameter.QUERY,
                 required=True,
             )
@@ -319,6 +349,7 @@ def _spec(data: dict[str, Any]) -> EventSpec:
         data=data["data"],
         idempotency_key=data.get("idempotency_key"),
         send_at=data.get("send_at"),
+        send_at_local=data.get("send_at_local"),
         origin_ip=data.get("origin_ip"),
     )
 
@@ -388,6 +419,7 @@ class EventDetailView(APIView):
                 "status": event.status,
                 "created_at": event.created_at.isoformat(),
                 "send_at": event.send_at.isoformat() if event.send_at else None,
+                "send_at_local": event.send_at_local or None,
                 "recipients_planned": event.planned_count,
                 "deliveries": selectors.event_delivery_summary(event=event),
             }

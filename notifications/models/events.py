@@ -46,6 +46,10 @@ class Event(models.Model):
     recipient_ids = ArrayField(models.BigIntegerField(), null=True, blank=True)
     topic = models.ForeignKey(Topic, null=True, blank=True, on_delete=models.PROTECT)
     send_at = models.DateTimeField(null=True, blank=True)
+    # "At this wall-clock time in each recipient's timezone" (ISO 8601 without offset, e.g.
+    # 2026-12-01T09:00:00), or empty; send_at is then the first instant any timezone reaches
+    # it (notifications/services/local_time.py).
+    send_at_local = models.CharField(max_length=19, blank=True, default="", db_default="")
     # The end user's IP that caused the event (an OTP request, say), for per-IP SMS limits.
     origin_ip = models.GenericIPAddressField(null=True, blank=True)
     status = models.CharField(max_length=20, choices=EventStatus.choices, default=EventStatus.ACCEPTED)

@@ -40,7 +40,7 @@ from notifications.services.dispatch import inapp_planned_dispatch
 from notifications.services.durability import relax_commit_durability
 from notifications.services.metrics import metrics_increment
 from notifications.services.outbox import outbox_relay, outbox_relay_each
-from notifications.services.planning import PlannedDelivery, RecipientFacts, plan_page
+from notifications.services.planning import PlannedDelivery, RecipientFacts, event_local_wall, plan_page
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,17 @@ def _plan_next_page(outbox: OutboxMessage, event: Event, now: datetime) -> _Page
         facts, next_cursor, last = _topic_page(event.topic_id, outbox.cursor, size)
     else:
         facts, next_cursor, last = _explicit_page(event.recipient_ids or [], outbox.cursor, size)
-    planned = plan_page(notification_type=event.notification_type, recipients=facts, now=now) if facts else []
+    wall = event_local_wall(event)
+    planned = (
+        plan_page(
+            notification_type=event.notification_type,
+            recipients=facts,
+            now=now,
+            local_walls=[wall] * len(facts) if wall is not None else None,
+        )
+        if facts
+        else []
+    )
     return _Page(outbox.cursor, facts, next_cursor, last, planned)
 
 
@@ -331,16 +341,25 @@ def _plan_small(outboxes: Sequence[_Undone], now: datetime) -> list[_SmallPlan]:
     for members in by_type.values():
         notification_type = members[0].event.notification_type
         entries: list[RecipientFacts] = []
+        walls: list[datetime | None] = []
         owners: list[_Undone] = []
         counts: dict[int, int] = {}
         for outbox in members:
             # A recipient deleted since ingest is skipped, as on the paged path.
             mine = [facts[rid] for rid in outbox.event.recipient_ids or [] if rid in facts]
             entries.extend(mine)
+            walls.extend([event_local_wall(outbox.event)] * len(mine))
             owners.extend([outbox] * len(mine))
             counts[outbox.id] = len(mine)
         planned = (
-            plan_page(notification_type=notification_type, recipients=entries, now=now) if entries else []
+            plan_page(
+                notification_type=notification_type,
+                recipients=entries,
+                now=now,
+                local_walls=walls if any(wall is not None for wall in walls) else None,
+            )
+            if entries
+            else []
         )
         # planned[c * width + i] belongs to entries[i] (plan_page's order)
         width = len(entries)

@@ -21,6 +21,7 @@ from django.utils import timezone
 from notifications.models import ApiKey, Event, EventStatus, NotificationType, OutboxMessage, Recipient, Topic
 from notifications.models.events import time_ordered_uuid
 from notifications.services.fanout_nearby import event_fanout_soon
+from notifications.services.local_time import wall_time_earliest
 from notifications.services.lookups import notification_type_by_key
 from notifications.services.metrics import metrics_increment
 from notifications.services.outbox import outbox_relay_many
@@ -57,6 +58,7 @@ def _fingerprint(
     data: dict[str, Any],
     send_at: datetime | None,
     origin_ip: str | None = None,
+    send_at_local: datetime | None = None,
 ) -> str:
     body: dict[str, Any] = {
         "type": type_key,
@@ -68,6 +70,8 @@ def _fingerprint(
     # Only when given: fingerprints stored before origin_ip existed must still match.
     if origin_ip:
         body["origin_ip"] = origin_ip
+    if send_at_local:
+        body["send_at_local"] = send_at_local.isoformat()
     canonical = json.dumps(
         body,
         sort_keys=True,
@@ -96,6 +100,7 @@ def event_ingest(
     idempotency_key: str | None = None,
     send_at: datetime | None = None,
     origin_ip: str | None = None,
+    send_at_local: datetime | None = None,
 ) -> IngestResult:
     """Store an event for fan-out. Returns the event and whether it is new; the same
     idempotency key with the same body returns the first event (created=False).
@@ -107,7 +112,8 @@ def event_ingest(
     """
     data = data or {}
     origin_ip = origin_ip or None
-    fingerprint = _fingerprint(type_key, recipients, topic_key, data, send_at, origin_ip)
+    send_at = _send_at(send_at, send_at_local)
+    fingerprint = _fingerprint(type_key, recipients, topic_key, data, send_at, origin_ip, send_at_local)
     if idempotency_key:
         replay = _replay(api_key, idempotency_key, fingerprint)
         if replay:
@@ -151,6 +157,7 @@ def event_ingest(
         recipient_ids=recipient_ids,
         topic=topic,
         send_at=send_at,
+        send_at_local=send_at_local.isoformat() if send_at_local else "",
         origin_ip=origin_ip,
         status=EventStatus.SCHEDULED if deferred else EventStatus.ACCEPTED,
         created_at=now,
@@ -198,6 +205,7 @@ class EventSpec:
     idempotency_key: str | None = None
     send_at: datetime | None = None
     origin_ip: str | None = None
+    send_at_local: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -234,6 +242,13 @@ def _lease() -> timedelta:
     return timedelta(seconds=settings.OUTBOX_LEASE_SECONDS)
 
 
+def _send_at(send_at: datetime | None, send_at_local: datetime | None) -> datetime | None:
+    """When the event's fan-out starts: ``send_at``, or for a wall-clock time in each
+    recipient's timezone the first instant any timezone reaches it (each recipient's
+    deliveries then wait for their own, services/planning.py)."""
+    return wall_time_earliest(send_at_local) if send_at_local is not None else send_at
+
+
 def _insert_event(event: Event, *, lease: datetime | None) -> int:
     """Store one event and its outbox row in one statement (atomic without a transaction
     block); ``lease``: the row's lease for the fan-out about to take it, None when the
@@ -243,9 +258,9 @@ def _insert_event(event: Event, *, lease: datetime | None) -> int:
             f"""WITH e AS (
                     INSERT INTO {Event._meta.db_table}
                         (id, notification_type_id, api_key_id, idempotency_key, request_fingerprint,
-                         data, recipient_ids, topic_id, send_at, origin_ip, status, planned_count,
-                         created_at)
-                    VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::bigint[], %s, %s, %s::inet, %s, 0, %s)
+                         data, recipient_ids, topic_id, send_at, send_at_local, origin_ip, status,
+                         planned_count, created_at)
+                    VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::bigint[], %s, %s, %s, %s::inet, %s, 0, %s)
                     RETURNING id
                 )
                 INSERT INTO {OutboxMessage._meta.db_table}
@@ -262,6 +277,7 @@ def _insert_event(event: Event, *, lease: datetime | None) -> int:
                 event.recipient_ids,
                 event.topic_id,
                 event.send_at,
+                event.send_at_local,
                 event.origin_ip,
                 event.status,
                 event.created_at,
@@ -285,16 +301,18 @@ def _insert_events(
     """The events and their outbox rows, one INSERT ... SELECT FROM unnest(...) each (the
     ORM's bulk_create spent more time preparing values than PostgreSQL spent storing them).
     Returns the outbox ids to relay now (the others wait for their send_at)."""
-    deferred = [p.spec.send_at is not None and p.spec.send_at > now for p in rows]
+    send_ats = [_send_at(p.spec.send_at, p.spec.send_at_local) for p in rows]
+    deferred = [send_at is not None and send_at > now for send_at in send_ats]
     with connection.cursor() as db:
         db.execute(
             f"""INSERT INTO {Event._meta.db_table}
                     (id, notification_type_id, api_key_id, idempotency_key, request_fingerprint, data,
-                     recipient_ids, topic_id, send_at, origin_ip, status, planned_count, created_at)
-                SELECT id, nt, %s, ik, fp, d::jsonb, r::bigint[], tp, sa, ip::inet, st, 0, %s
+                     recipient_ids, topic_id, send_at, send_at_local, origin_ip, status, planned_count,
+                     created_at)
+                SELECT id, nt, %s, ik, fp, d::jsonb, r::bigint[], tp, sa, sl, ip::inet, st, 0, %s
                 FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[],
-                            %b::bigint[], %b::timestamptz[], %b::text[], %b::text[])
-                     AS t(id, nt, ik, fp, d, r, tp, sa, ip, st)""",
+                            %b::bigint[], %b::timestamptz[], %b::text[], %b::text[], %b::text[])
+                     AS t(id, nt, ik, fp, d, r, tp, sa, sl, ip, st)""",
             [
                 api_key.id,
                 now,
@@ -308,7 +326,8 @@ def _insert_events(
                     for p in rows
                 ],
                 [topics[p.spec.topic_key].id if p.spec.topic_key is not None else None for p in rows],
-                [p.spec.send_at for p in rows],
+                send_ats,
+                [p.spec.send_at_local.isoformat() if p.spec.send_at_local else "" for p in rows],
                 [p.spec.origin_ip or None for p in rows],
                 [EventStatus.SCHEDULED if later else EventStatus.ACCEPTED for later in deferred],
             ],
@@ -323,7 +342,7 @@ def _insert_events(
             [
                 now,
                 [p.event_id for p in rows],
-                [p.spec.send_at if later else now for p, later in zip(rows, deferred, strict=True)],
+                [send_at if later else now for send_at, later in zip(send_ats, deferred, strict=True)],
                 [None if later else lease for later in deferred],
             ],
         )
@@ -367,8 +386,9 @@ def _ingest_many(api_key: ApiKey, items: list[EventSpec | dict[str, list[str]]])
                 item.recipients,
                 item.topic_key,
                 item.data or {},
-                item.send_at,
+                _send_at(item.send_at, item.send_at_local),
                 item.origin_ip or None,
+                item.send_at_local,
             )
             pending.append(_Pending(index, item, fingerprint))
         else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, time, timedelta
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import redis
@@ -18,14 +18,23 @@ from django.db import connection
 
 from notifications.models import DeliveryStatus, NotificationType, Preference, QuietHoursPolicy
 from notifications.services.dispatch import bigint_array_literal, channel_has_transport
+from notifications.services.local_time import wall_time_instant
 from notifications.services.ratelimits import rate_caps_consume
 from notifications.services.validation import WHEN_ACTIVE_SEND, WHEN_ACTIVE_SKIP, when_active_parse
 from presence.services import recipients_online
 
-
 # Named tuples, not dataclasses: a fan-out builds one of each per recipient, and a frozen
 # dataclass takes more than twice as long to construct (its __init__ sets each field
 # through object.__setattr__).
+# The reason of a delivery waiting for its recipient's local time (send_at_local).
+LOCAL_TIME = "local time"
+
+
+def event_local_wall(event: Any) -> datetime | None:
+    """The event's wall-clock time for each recipient (send_at_local), or None."""
+    return datetime.fromisoformat(event.send_at_local) if event.send_at_local else None
+
+
 class RecipientFacts(NamedTuple):
     id: int
     timezone: str
@@ -93,12 +102,19 @@ def preferences_resolve(
 
 
 def plan_page(
-    *, notification_type: NotificationType, recipients: Sequence[RecipientFacts], now: datetime
+    *,
+    notification_type: NotificationType,
+    recipients: Sequence[RecipientFacts],
+    now: datetime,
+    local_walls: Sequence[datetime | None] | None = None,
 ) -> list[PlannedDelivery]:
     """One PlannedDelivery per entry of ``recipients`` and channel of the type: channel by
     channel, each channel's rows in the order of ``recipients`` (so ``planned[c * n + i]``
     belongs to ``recipients[i]``). A recipient may appear more than once (the recipients
-    of several events of one type, planned together); each entry is planned on its own."""
+    of several events of one type, planned together); each entry is planned on its own.
+    ``local_walls``, aligned with ``recipients``: the wall-clock time in the recipient's
+    timezone its event is for (``send_at_local``), or None; a recipient whose time has not
+    come yet is scheduled for it on every channel it is not opted out of."""
     critical = notification_type.is_critical
     overrides = (
         {}
@@ -130,12 +146,20 @@ def plan_page(
         check_quiet_hours = not critical and channel in quiet_channels
         slots: list[PlannedDelivery | None] = []
         candidates: list[int] = []
-        for facts in recipients:
+        for index, facts in enumerate(recipients):
             if check_preferences and not overrides.get((facts.id, channel), True):
                 slots.append(
                     PlannedDelivery(facts.id, channel, DeliveryStatus.SUPPRESSED, "preference: opted out")
                 )
                 continue
+            wall = local_walls[index] if local_walls is not None else None
+            if wall is not None:
+                due = wall_time_instant(wall, facts.timezone)
+                if due > now:
+                    slots.append(
+                        PlannedDelivery(facts.id, channel, DeliveryStatus.SCHEDULED, LOCAL_TIME, due_at=due)
+                    )
+                    continue
             if check_quiet_hours and facts.quiet_hours_start is not None:
                 quiet_end = quiet_hours_end(facts, now)
                 if quiet_end is not None:
