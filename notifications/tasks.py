@@ -14,6 +14,7 @@ from notifications.services.fallback import fallback_checks_due
 from notifications.services.fanout import event_fanout_next, events_fanout_many
 from notifications.services.inbox import inbox_snoozed_wake
 from notifications.services.outbox import outbox_sweep
+from notifications.services.reminders import reminders_run_due
 from notifications.services.scheduling import deliveries_release_due
 from notifications.services.sending.send import provider_dispatch_batch
 
@@ -55,3 +56,8 @@ def deliveries_sweep_task() -> int:
 @shared_task
 def inbox_snooze_sweep_task() -> int:
     return inbox_snoozed_wake()
+
+
+@shared_task
+def reminders_sweep_task() -> int:
+    return reminders_run_due()

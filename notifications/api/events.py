@@ -99,7 +99,21 @@ class EventFieldsSerializer(StrictSerializer):
         return value
 
 
-def _recipients_field(**kwargs: Any) -> serializers.ListField:
+def wall_time_parse(value: str, *, hint: str) -> datetime:
+    """A wall-clock time (ISO 8601 date and time without offset), to the second; raises
+    ValidationError saying what is wrong."""
+    try:
+        wall = datetime.fromisoformat(value)
+    except ValueError:
+        wall = None
+    if wall is None or "T" not in value:
+        raise serializers.ValidationError(f"expected a date and time like 2026-12-01T09:00, got {value!r}")
+    if wall.tzinfo is not None:
+        raise serializers.ValidationError(f"a wall-clock time has no offset; got {value!r} ({hint})")
+    return wall.replace(microsecond=0)
+
+
+def recipients_field(**kwargs: Any) -> serializers.ListField:
     return serializers.ListField(
         child=text_field(max_length=EXTERNAL_ID_MAX, min_length=1),
         min_length=1,
@@ -110,7 +124,7 @@ def _recipients_field(**kwargs: Any) -> serializers.ListField:
 
 
 class EventToRecipientsSerializer(EventFieldsSerializer):
-    recipients = _recipients_field()
+    recipients = recipients_field()
 
 
 class EventToTopicSerializer(EventFieldsSerializer):
@@ -120,27 +134,14 @@ class EventToTopicSerializer(EventFieldsSerializer):
 class EventCreateSerializer(EventFieldsSerializer):
     """Exactly one of ``recipients`` and ``topic`` (the schema's oneOf)."""
 
-    recipients = _recipients_field(required=False)
+    recipients = recipients_field(required=False)
     topic = KeyField(max_length=100, trim_whitespace=False, required=False)
 
     def validate_topic(self, value: str) -> str:
         return checked(key_check, shaped(value, KEY_PATTERN, KEY_SHAPE))
 
     def validate_send_at_local(self, value: str) -> datetime:
-        try:
-            wall = datetime.fromisoformat(value)
-        except ValueError:
-            wall = None
-        if wall is None or "T" not in value:
-            raise serializers.ValidationError(
-                f"expected a date and time like 2026-12-01T09:00, got {value!r}"
-            )
-        if wall.tzinfo is not None:
-            raise serializers.ValidationError(
-                f"a wall-clock time in each recipient's timezone has no offset; got {value!r} "
-                "(use send_at for one instant)"
-            )
-        return wall.replace(microsecond=0)
+        return wall_time_parse(value, hint="a time in each recipient's timezone; use send_at for one instant")
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if "send_at" in attrs and "send_at_local" in attrs:

@@ -165,6 +165,7 @@ PATH_PARAMETERS: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "key": ({"type": "string", "maxLength": 100, "pattern": KEY_PATTERN}, "Key: a-z, 0-9 and . _ : -"),
     "event_id": ({"type": "string", "format": "uuid"}, "The event's id"),
+    "reminder_id": ({"type": "string", "format": "uuid"}, "The reminder's id"),
     "delivery_id": (_ID, "Id of the dead delivery"),
     "endpoint_id": (_ID, "Id of the webhook endpoint"),
     "item_id": (_ID, "Id of the inbox item"),

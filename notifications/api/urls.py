@@ -10,6 +10,7 @@ from notifications.api import (
     preferences,
     presence,
     recipients,
+    reminders,
     suppressions,
     topics,
     types,
@@ -55,6 +56,8 @@ urlpatterns = [
     path(
         "topics/<segment:key>/subscribers/", topics.TopicSubscribersView.as_view(), name="topic-subscribers"
     ),
+    path("reminders/", reminders.ReminderListView.as_view(), name="reminders"),
+    path("reminders/<segment:reminder_id>/", reminders.ReminderDetailView.as_view(), name="reminder"),
     path("events/", events.EventListView.as_view(), name="events"),
     path("events/bulk/", events.EventBulkView.as_view(), name="events-bulk"),
     path("events/<segment:event_id>/", events.EventDetailView.as_view(), name="event"),

@@ -31,6 +31,8 @@ from notifications.models.events import (
     Event,
     EventStatus,
     OutboxMessage,
+    Reminder,
+    ReminderStatus,
     time_ordered_uuid,
 )
 from notifications.models.inbox import (
@@ -82,6 +84,8 @@ __all__ = [
     "NotificationTemplate",
     "NotificationType",
     "OutboxMessage",
+    "Reminder",
+    "ReminderStatus",
     "Preference",
     "QuietHoursPolicy",
     "Recipient",

@@ -96,3 +96,48 @@ class OutboxMessage(models.Model):
 
     def __str__(self) -> str:
         return f"outbox {self.id} for {self.event_id}"
+
+
+class ReminderStatus(models.TextChoices):
+    ACTIVE = "active", "Active"
+    CANCELLED = "cancelled", "Cancelled"
+    FINISHED = "finished", "Finished"
+
+
+class Reminder(models.Model):
+    """A recurring send: an event of ``notification_type`` at each occurrence of an RFC 5545
+    rule (``rule``, from ``starts_at`` on), as wall-clock times in ``timezone``, or in each
+    recipient's own when it is empty (notifications/services/reminders.py)."""
+
+    id = models.UUIDField(primary_key=True, default=time_ordered_uuid, editable=False)
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL)
+    notification_type = models.ForeignKey(
+        NotificationType, on_delete=models.PROTECT, related_name="reminders"
+    )
+    # external_ids, as given; recipients deleted since are left out of each occurrence.
+    recipients = models.JSONField(null=True, blank=True)
+    topic = models.ForeignKey(Topic, null=True, blank=True, on_delete=models.PROTECT)
+    data = models.JSONField(default=dict, blank=True)
+    rule = models.CharField(max_length=500, help_text="RFC 5545 RRULE, e.g. FREQ=WEEKLY;BYDAY=MO")
+    starts_at = models.CharField(max_length=19, help_text="Wall-clock time of the first occurrence")
+    timezone = models.CharField(max_length=64, blank=True, help_text="Empty: each recipient's own")
+    # The next occurrence (wall-clock time) and when its event is stored; empty once done.
+    next_at = models.CharField(max_length=19, blank=True)
+    due_at = models.DateTimeField(null=True, blank=True)
+    sent = models.IntegerField(default=0)
+    status = models.CharField(max_length=16, choices=ReminderStatus.choices, default=ReminderStatus.ACTIVE)
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["due_at"], condition=Q(status="active"), name="reminder_due_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(recipients__isnull=True) ^ Q(topic__isnull=True),
+                name="reminder_recipients_xor_topic",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"reminder {self.id} ({self.rule})"

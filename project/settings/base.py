@@ -402,6 +402,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": SWEEP_INTERVAL_SECONDS,
         "options": {"queue": "periodic", "expires": SWEEP_INTERVAL_SECONDS * 2},
     },
+    # Recurring reminders whose next occurrence came due (notifications/services/reminders.py).
+    "reminders-sweep": {
+        "task": "notifications.tasks.reminders_sweep_task",
+        "schedule": SWEEP_INTERVAL_SECONDS,
+        "options": {"queue": "periodic", "expires": SWEEP_INTERVAL_SECONDS * 2},
+    },
     "inbox-snooze-sweep": {
         "task": "notifications.tasks.inbox_snooze_sweep_task",
         "schedule": INBOX_SNOOZE_WAKE_SECONDS,

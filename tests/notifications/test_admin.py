@@ -42,6 +42,7 @@ from notifications.models import (
     OutboxMessage,
     Preference,
     Recipient,
+    Reminder,
     Subscription,
     Suppression,
     Topic,
@@ -144,6 +145,14 @@ def pipeline() -> Pipeline:
         attempts=1,
     )
     Suppression.objects.create(kind="email", address="gone@example.com", reason="hard_bounce")
+    Reminder.objects.create(
+        notification_type=notification_type,
+        recipients=[recipient.external_id],
+        rule="FREQ=WEEKLY;BYDAY=MO",
+        starts_at="2027-01-04T09:00:00",
+        next_at="2027-01-04T09:00:00",
+        due_at=timezone.now(),
+    )
     WebhookEndpoint.objects.create(
         recipient=recipient, kind="generic", url="https://hooks.example.com/x", secret="s3cret-value"
     )

@@ -32,7 +32,7 @@ def api_key_row() -> Any:
     return api_key_create(name="scheduling")[0]
 
 
-def _at_once(work: Any, threads: int = 2) -> list[Any]:
+def at_once(work: Any, threads: int = 2) -> list[Any]:
     """Run ``work`` in ``threads`` threads started together (each with its own database
     connection, as two beat processes have); their answers."""
     start = threading.Barrier(threads)
@@ -79,7 +79,7 @@ def test_two_sweeps_hand_each_due_scheduled_event_to_one_fan_out(
 
     monkeypatch.setattr(outbox_module, "_enqueue_fanout", counted)
 
-    swept = _at_once(lambda: outbox_sweep(limit=1000))
+    swept = at_once(lambda: outbox_sweep(limit=1000))
 
     assert sum(swept) == len(events)
     assert set(handed.values()) == {1} and len(handed) == len(events), "each row to one fan-out, once"
@@ -110,7 +110,7 @@ def test_two_sweeps_release_each_due_delivery_once(api_key_row: Any, monkeypatch
 
     monkeypatch.setattr(scheduling_module, "deliveries_dispatch", counted)
 
-    released = _at_once(lambda: deliveries_release_due(limit=1000))
+    released = at_once(lambda: deliveries_release_due(limit=1000))
 
     assert sum(released) == len(people)
     assert set(dispatched.values()) == {1} and len(dispatched) == len(people)
