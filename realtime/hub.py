@@ -157,11 +157,14 @@ class _Hub:
     def dispatch(self, payload: bytes | str) -> None:
         try:
             entries = json.loads(payload)
-        except ValueError:
-            log.warning("a hub message that is not JSON was dropped")
+            shaped = [
+                (list(recipients), message) for recipients, message in entries if isinstance(message, dict)
+            ]
+        except (ValueError, TypeError):
+            log.warning("a hub message that is not a JSON list of [recipients, message] was dropped")
             return
         connections = self.connections
-        for recipients, message in entries:
+        for recipients, message in shaped:
             for recipient_id in recipients:
                 held = connections.get(recipient_id)
                 if held is None:
@@ -199,8 +202,9 @@ class _Hub:
                         self.dispatch(message["data"])
             except asyncio.CancelledError:
                 raise
-            except (redis.RedisError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - Redis errors, and anything else: never a silent end
                 if not ready.done():
+                    # Whoever waits for the first subscription hears why it failed.
                     ready.set_exception(exc)
                     return
                 delay = RESUBSCRIBE_BACKOFF_SECONDS[min(attempt, len(RESUBSCRIBE_BACKOFF_SECONDS) - 1)]

@@ -14,7 +14,7 @@ from asgiref.sync import async_to_sync
 from project.processes.waiting import wait_until
 from realtime import hub
 from realtime.hub import hub_add, hub_discard, hub_publish, hub_publish_async
-from realtime.redis_client import redis_async, redis_sync
+from realtime.redis_client import redis_async, redis_key, redis_sync
 
 DEADLINE = 10.0
 
@@ -137,5 +137,22 @@ def test_a_connection_is_refused_and_not_held_when_redis_cannot_be_reached(setti
         with pytest.raises((redis.RedisError, OSError)):
             await hub_add(listener)
         assert 9 not in hub.hub_recipients()
+
+    async_to_sync(scenario)()
+
+
+def test_a_publish_of_the_wrong_shape_is_dropped_and_the_next_still_arrives() -> None:
+    async def scenario() -> None:
+        listener = Listener(4)
+        await hub_add(listener)
+        try:
+            client = redis_async()
+            for garbage in ("not json", '{"a": 1}', "[[4, 5]]", '[[[4], "text"]]', "[1, 2]"):
+                await client.publish(redis_key(hub.HUB_CHANNEL), garbage)
+            await hub_publish_async(client, [([4], {"n": "after"})])
+            assert await listener.next() == {"n": "after"}
+            assert listener.messages.empty() and listener.resumed == 0, "the subscription never dropped"
+        finally:
+            hub_discard(listener)
 
     async_to_sync(scenario)()
