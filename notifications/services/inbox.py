@@ -42,6 +42,7 @@ from notifications.services.realtime import (
 )
 from notifications.services.templating import TemplateRenderError, template_render, template_uses_recipient
 from notifications.states import INAPP_UNRENDERABLE, INAPP_WRITTEN, READ
+from realtime.hub import Entry
 from realtime.registry import recipients_connected
 
 log = logging.getLogger(__name__)
@@ -379,18 +380,17 @@ def _push_frames(items: list[tuple[Any, ...]], written: list[int], now: datetime
     if not online:
         return
     unread = _unread_counts(online)
-    # (event, text) -> [shared item, {owner: [[id, seq], ...]}, {owner: unread}]
-    groups: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, list[list[int]]], dict[str, int]]] = {}
-    last_group: dict[int, tuple[Any, ...]] = {}
+    # The shared item of each (event, text), and each owner's (seq, item id, group) in seq order.
+    shared_items: dict[tuple[Any, ...], dict[str, Any]] = {}
+    owned: dict[int, list[tuple[int, int, tuple[Any, ...]]]] = {}
     for item_id, item in zip(written, items, strict=True):
         recipient_id, seq, _delivery_id, event_id, event, text = item
         if recipient_id not in online:
             continue
         key = (event_id, text)
-        group = groups.get(key)
-        if group is None:
+        if key not in shared_items:
             title, body, url = text
-            shared = inbox_item_payload(
+            shared_items[key] = inbox_item_payload(
                 {
                     "id": None,
                     "seq": None,
@@ -406,21 +406,48 @@ def _push_frames(items: list[tuple[Any, ...]], written: list[int], now: datetime
                     "event_id": event_id,
                 }
             )
-            group = groups[key] = (shared, {}, {})
-        group[1].setdefault(str(recipient_id), []).append([item_id, seq])
-        last_group[recipient_id] = key
-    # The new unread count goes with each owner's last item: the connection sends it as its
-    # own unread_count frame after the notification.
-    for recipient_id, key in last_group.items():
-        groups[key][2][str(recipient_id)] = unread.get(recipient_id, 0)
+        owned.setdefault(recipient_id, []).append((seq, item_id, key))
+    # One message per group for the owners whose items are all in it (a broadcast page: all
+    # of them); an owner with items in several groups gets messages of its own, in seq order,
+    # which no order of the groups could guarantee. The new unread count goes with each
+    # owner's last item; the connection sends it as its own frame after the notification.
+    groups: dict[tuple[Any, ...], tuple[dict[str, list[list[int]]], dict[str, int]]] = {}
+    own: list[Entry] = []
+    for recipient_id, rows in owned.items():
+        rows.sort()
+        owner = str(recipient_id)
+        if len({key for _seq, _item_id, key in rows}) == 1:
+            group_rows, counts = groups.setdefault(rows[0][2], ({}, {}))
+            group_rows[owner] = [[item_id, seq] for seq, item_id, _key in rows]
+            counts[owner] = unread.get(recipient_id, 0)
+            continue
+        for index, (seq, item_id, key) in enumerate(rows):
+            last = index == len(rows) - 1
+            own.append(
+                (
+                    [recipient_id],
+                    {
+                        "type": NOTIFICATIONS_MESSAGE,
+                        "item": shared_items[key],
+                        "rows": {owner: [[item_id, seq]]},
+                        "unread": {owner: unread.get(recipient_id, 0)} if last else {},
+                    },
+                )
+            )
     realtime_publish_entries(
         [
             (
-                [int(owner) for owner in rows],
-                {"type": NOTIFICATIONS_MESSAGE, "item": shared, "rows": rows, "unread": counts},
+                [int(owner) for owner in group_rows],
+                {
+                    "type": NOTIFICATIONS_MESSAGE,
+                    "item": shared_items[key],
+                    "rows": group_rows,
+                    "unread": counts,
+                },
             )
-            for shared, rows, counts in groups.values()
+            for key, (group_rows, counts) in groups.items()
         ]
+        + own
     )
 
 

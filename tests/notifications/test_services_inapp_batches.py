@@ -11,11 +11,13 @@ import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from django.db import NotSupportedError, connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from notifications.models import Delivery, DispatchBatch, FallbackCheck, InboxItem, Recipient
 from notifications.services.api_keys import api_key_create
 from notifications.services.deliveries import inapp_dispatch_batch
 from notifications.services.fanout import event_fanout
+from notifications.services.inbox import _push_frames
 from notifications.services.ingest import event_ingest
 from notifications.services.realtime import NOTIFICATIONS_MESSAGE
 from realtime.hub import hub_add, hub_discard
@@ -192,6 +194,57 @@ def test_connected_owners_get_their_items_in_one_message_after_commit(django_cap
     }, "the offline owner is left out"
     assert first["unread"] == {str(online.id): 1, str(also_online.id): 1}
     assert first["item"]["title"] == "Order 1" and first["item"]["event_id"] == str(event.id)
+
+
+def test_an_owner_with_items_of_several_events_in_one_page_gets_them_in_seq_order() -> None:
+    """Two events in one page whose items cross (one owner's first item is of the second
+    event, another's of the first): each owner still receives its items in seq order, with
+    its unread count after the last (services/inbox.py _push_frames)."""
+    nt = NotificationTypeFactory()
+    first, second = RecipientFactory(), RecipientFactory()
+    key, _ = api_key_create(name="t")
+    event_a = event_ingest(
+        api_key=key, type_key=nt.key, recipients=[first.external_id], data={"order_id": 1}
+    ).event
+    event_b = event_ingest(
+        api_key=key, type_key=nt.key, recipients=[first.external_id], data={"order_id": 2}
+    ).event
+    text_a, text_b = ("Order 1", "", ""), ("Order 2", "", "")
+    items = [
+        (second.id, 1, 0, event_a.id, event_a, text_a),
+        (first.id, 1, 0, event_b.id, event_b, text_b),
+        (first.id, 2, 0, event_a.id, event_a, text_a),
+        (second.id, 2, 0, event_b.id, event_b, text_b),
+    ]
+
+    async def listen() -> dict[int, list[dict[str, Any]]]:
+        listeners = {rid: _HubListener(rid) for rid in (first.id, second.id)}
+        for listener in listeners.values():
+            await hub_add(listener)
+        try:
+            await sync_to_async(_push_frames)(items, [101, 201, 102, 202], timezone.now())
+            return {
+                rid: [await asyncio.wait_for(listener.messages.get(), timeout=10) for _ in range(2)]
+                for rid, listener in listeners.items()
+            }
+        finally:
+            for listener in listeners.values():
+                hub_discard(listener)
+
+    redis_sync().sadd(redis_key(ONLINE_SET), first.id, second.id)
+    try:
+        received = async_to_sync(listen)()
+    finally:
+        redis_sync().srem(redis_key(ONLINE_SET), first.id, second.id)
+
+    for rid, messages in received.items():
+        rows = [row for message in messages for row in message["rows"][str(rid)]]
+        assert [seq for _item_id, seq in rows] == [1, 2], f"recipient {rid} in seq order"
+        assert [str(rid) in message["unread"] for message in messages] == [False, True], (
+            "the count after the last"
+        )
+    titles = [message["item"]["title"] for message in received[first.id]]
+    assert titles == ["Order 2", "Order 1"]
 
 
 def test_a_batch_stores_its_ids_compressed_with_lz4_where_the_server_has_it():
