@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from django.db import transaction
@@ -33,18 +32,12 @@ class EventAlreadySent(Exception):
     """The event's fan-out has begun or is done: it can no longer be cancelled."""
 
 
-@dataclass(frozen=True)
-class Cancelled:
-    event: Event
-    # False when it was cancelled already (a repeated DELETE changes nothing).
-    now: bool
-
-
 def event_cancel(
     *, event_id: uuid.UUID | None = None, api_key: Any = None, idempotency_key: str | None = None
-) -> Cancelled:
+) -> Event:
     """Cancel the event named by ``event_id``, or by ``idempotency_key`` among ``api_key``'s
-    events. Raises EventNotFound, or EventAlreadySent once any of it went out."""
+    events (a cancelled event stays cancelled: it is answered again). Raises
+    EventNotFound, or EventAlreadySent once any of it went out."""
     events = Event.objects.all()
     if event_id is not None:
         found = events.filter(id=event_id).values_list("id", flat=True).first()
@@ -64,7 +57,7 @@ def event_cancel(
         outbox = OutboxMessage.objects.select_for_update().filter(event_id=found).first()
         event = Event.objects.select_for_update().get(id=found)
         if event.status == EventStatus.CANCELLED:
-            return Cancelled(event, now=False)
+            return event
         if outbox is None or outbox.processed_at is not None or outbox.cursor != 0:
             raise EventAlreadySent(
                 f"its fan-out has begun: {event.planned_count} recipient(s) planned, status {event.status!r}"
@@ -75,4 +68,4 @@ def event_cancel(
         event.completed_at = now
         event.save(update_fields=["status", "completed_at"])
     log.info("event cancelled", extra={"event_id": str(event.id), "send_at": str(event.send_at)})
-    return Cancelled(event, now=True)
+    return event

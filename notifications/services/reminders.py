@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -38,6 +37,7 @@ RULE_MAX = 500
 # The most often a reminder may recur.
 ALLOWED_FREQUENCIES = ("HOURLY", "DAILY", "WEEKLY", "MONTHLY", "YEARLY")
 _FREQ = re.compile(r"(?:^|;)FREQ=([A-Z]+)(?:;|$)")
+_INTERVAL = re.compile(r"(?:^|;)INTERVAL=([^;]*)(?:;|$)")
 SWEEP_BATCH = 200
 
 
@@ -68,6 +68,12 @@ def _rule(rule: str, starts_at: datetime) -> rrule:
     if not isinstance(parsed, rrule):
         raise ReminderError({"rule": ["one RRULE, not a set of them"]})
     frequency = _FREQ.search(text.upper())
+    interval = _INTERVAL.search(text.upper())
+    if interval is not None and not (interval.group(1).isdigit() and int(interval.group(1)) >= 1):
+        # dateutil takes INTERVAL=0 and then repeats one occurrence for ever.
+        raise ReminderError(
+            {"rule": [f"INTERVAL must be a whole number of at least 1, got {interval.group(1)!r}"]}
+        )
     if frequency is None or frequency.group(1) not in ALLOWED_FREQUENCIES:
         raise ReminderError(
             {"rule": ["at most hourly: FREQ must be HOURLY, DAILY, WEEKLY, MONTHLY or YEARLY"]}
@@ -167,15 +173,8 @@ def reminder_cancel(*, reminder_id: Any) -> Reminder | None:
     return reminder
 
 
-@dataclass(frozen=True)
-class _Occurrence:
-    reminder: Reminder
-    wall: datetime
-
-
-def _store(occurrence: _Occurrence) -> None:
-    """The occurrence's event (a replay when it was stored before)."""
-    reminder, wall = occurrence.reminder, occurrence.wall
+def _store(reminder: Reminder, wall: datetime) -> None:
+    """The event of the occurrence at ``wall`` (a replay when it was stored before)."""
     assert reminder.api_key is not None
     recipients = None
     if reminder.recipients is not None:
@@ -227,7 +226,7 @@ def reminders_run_due(*, limit: int = SWEEP_BATCH) -> int:
                 continue
             try:
                 with transaction.atomic():
-                    _store(_Occurrence(reminder, wall))
+                    _store(reminder, wall)
                 stored += 1
                 reminder.sent += 1
             except (IngestError, IdempotencyConflict) as exc:

@@ -178,6 +178,8 @@ def test_a_cancelled_reminder_stores_nothing_more(service_client, api_key_row):
     ("change", "field", "message"),
     [
         ({"rule": "FREQ=MINUTELY"}, "rule", "at most hourly"),
+        ({"rule": "FREQ=DAILY;INTERVAL=0"}, "rule", "INTERVAL must be a whole number of at least 1"),
+        ({"rule": "FREQ=DAILY;INTERVAL=-2"}, "rule", "INTERVAL must be a whole number of at least 1"),
         ({"rule": "FREQ=SOMETIMES"}, "rule", "not an RFC 5545 RRULE"),
         ({"rule": "DTSTART:20270101T090000\nRRULE:FREQ=DAILY"}, "rule", "only the RRULE itself"),
         ({"rule": "FREQ=DAILY;UNTIL=20200101T000000"}, "rule", "no occurrence of it is still ahead"),
