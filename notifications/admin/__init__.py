@@ -15,6 +15,7 @@ from notifications.admin import (
     recipients,
     reminders,
     suppressions,
+    template_versions,
     tracking,
     webhooks,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "recipients",
     "reminders",
     "suppressions",
+    "template_versions",
     "tracking",
     "webhooks",
 ]

@@ -20,8 +20,9 @@ from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 
 from notifications.admin.base import adopt_stored_row, refusal_lines, show_refusal
-from notifications.models import Channel, NotificationTemplate, NotificationType
+from notifications.models import Category, Channel, NotificationTemplate, NotificationType
 from notifications.services.catalog import (
+    APPROVAL_NEEDED,
     TYPE_FIELDS,
     notification_template_errors,
     notification_template_save,
@@ -59,11 +60,30 @@ class NotificationTemplateForm(forms.ModelForm):
         return cleaned
 
 
+def _gated(obj: Any) -> bool:
+    """A critical or marketing type's templates change only through an approved template
+    version (admin/template_versions.py)."""
+    notification_type = getattr(obj, "notification_type", obj)
+    return bool(getattr(notification_type, "needs_approval", False))
+
+
 class NotificationTemplateInline(admin.StackedInline):
+    """The published templates. A critical or marketing type's are shown read-only: they
+    change through a template version a second staff member approves."""
+
     model = NotificationTemplate
     form = NotificationTemplateForm
     fields = ["channel", "locale", "content"]
     extra = 0
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return not _gated(obj) and super().has_add_permission(request, obj)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return not _gated(obj) and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return not _gated(obj) and super().has_delete_permission(request, obj)
 
 
 def formset_locales(formset: BaseInlineFormSet) -> Locales:
@@ -107,7 +127,7 @@ class NotificationTypeForm(forms.ModelForm):
 
     def posted_locales(self) -> Locales | None:
         """The templates the page was posted with, or None when it had no template rows."""
-        if self.template_formset is None:
+        if self.template_formset is None or (self.instance.pk is not None and _gated(self.instance)):
             return None
         rows = self.template_formset(data=self.data, files=self.files, instance=self.instance)
         return formset_locales(rows) if rows.management_form.is_valid() else None
@@ -127,6 +147,13 @@ class NotificationTypeForm(forms.ModelForm):
             key=key, fields={name: cleaned[name] for name in TYPE_FIELDS}, locales=locales, instance=stored
         )
         self._show_type_errors(errors, rows_on_page=on_page)
+        if (
+            stored is not None
+            and on_page
+            and cleaned["category"] in (Category.CRITICAL, Category.MARKETING)
+            and locales != notification_type_locale_templates(notification_type=stored)
+        ):
+            self.add_error("category", APPROVAL_NEEDED.format(category=cleaned["category"]))
         cleaned["fallbacks"] = fields["fallbacks"]
         return cleaned
 
@@ -224,7 +251,9 @@ class NotificationTypeAdmin(admin.ModelAdmin):
     ) -> None:
         rows = next((formset for formset in formsets if formset.model is NotificationTemplate), None)
         stored = form.instance if change else None
-        if rows is not None:
+        # Gated as the type is stored: form.instance holds the posted category already.
+        as_stored = NotificationType.objects.filter(pk=stored.pk).first() if stored is not None else None
+        if rows is not None and not (as_stored is not None and _gated(as_stored)):
             locales = formset_locales(rows)
         else:
             locales = notification_type_locale_templates(notification_type=stored) if stored else {}
@@ -233,6 +262,7 @@ class NotificationTypeAdmin(admin.ModelAdmin):
             fields={name: form.cleaned_data[name] for name in TYPE_FIELDS},
             locales=locales,
             instance=stored,
+            by=request.user,
         )
         adopt_stored_row(form.instance, saved)
         form.save_m2m()
@@ -316,6 +346,9 @@ class NotificationTemplateAdmin(admin.ModelAdmin):
         # A template moved to another type would leave its first type without it.
         return ("updated_at",) if obj is None else ("notification_type", "updated_at")
 
+    def has_change_permission(self, request: HttpRequest, obj: NotificationTemplate | None = None) -> bool:
+        return not _gated(obj) and super().has_change_permission(request, obj)
+
     def has_delete_permission(self, request: HttpRequest, obj: NotificationTemplate | None = None) -> bool:
         # Deleted on its type's page, where the type is judged whole without it: on its
         # own, a required template could go and leave the type breaking the rules.
@@ -331,5 +364,6 @@ class NotificationTemplateAdmin(admin.ModelAdmin):
             locale=obj.locale,
             content=obj.content,
             template=stored,
+            by=request.user,
         )
         adopt_stored_row(obj, saved)

@@ -32,6 +32,12 @@ from notifications.models import (
     QuietHoursPolicy,
 )
 from notifications.services.catalog import notification_type_save
+from notifications.services.template_variables import (
+    MAX_VARIABLES,
+    VARIABLE_NAME,
+    VARIABLE_TYPES,
+    variables_clean,
+)
 from notifications.services.validation import (
     FALLBACK_MAX_SECONDS,
     LOCALE_PATTERN,
@@ -101,9 +107,39 @@ FALLBACKS_SCHEMA = {
 }
 
 
+VARIABLES_SCHEMA = {
+    "type": "object",
+    "maxProperties": MAX_VARIABLES,
+    "propertyNames": {"pattern": VARIABLE_NAME.pattern},
+    "additionalProperties": {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string", "enum": list(VARIABLE_TYPES)},
+            "required": {"type": "boolean", "default": True},
+            "example": {"description": "A value of the type; previews and test sends render it"},
+            "description": {"type": "string", "maxLength": 200},
+        },
+        "required": ["type", "example"],
+        "additionalProperties": False,
+    },
+    "description": "The variables the templates use, `data.<name>`: an event whose data lacks a "
+    "required one, or holds one of another type, is refused with a 400 naming `data.<name>`; a "
+    "template using a name not declared here is refused. Omitted: the stored declaration stays.",
+}
+
+
 @extend_schema_field(TEMPLATES_SCHEMA)
 class TemplatesField(serializers.DictField):
     pass
+
+
+@extend_schema_field(VARIABLES_SCHEMA)
+class VariablesField(serializers.DictField):
+    def to_internal_value(self, data: Any) -> Any:
+        clean, errors = variables_clean(data)
+        if errors:
+            raise serializers.ValidationError(errors)
+        return clean
 
 
 @extend_schema_field(FALLBACKS_SCHEMA)
@@ -148,6 +184,7 @@ class NotificationTypeSerializer(StrictSerializer):
     )
     default_locale = LocaleField(max_length=20, required=False, default="en", trim_whitespace=False)
     fallbacks = FallbacksField(required=False, default=list)
+    variables = VariablesField(required=False)
 
     def validate_key(self, value: str) -> str:
         return checked(key_check, shaped(value, KEY_PATTERN, KEY_SHAPE))
@@ -205,6 +242,8 @@ class NotificationTypeOutSerializer(serializers.Serializer):
     when_active = serializers.CharField()
     default_locale = serializers.CharField()
     fallbacks = FallbacksField()
+    variables = VariablesField()
+    template_version = serializers.IntegerField(help_text="The published template version deliveries render")
     created_at = serializers.DateTimeField()
 
 
@@ -228,6 +267,8 @@ def _type_payload(notification_type: NotificationType) -> dict[str, Any]:
         "when_active": notification_type.when_active or "send",
         "default_locale": locale,
         "fallbacks": notification_type.fallbacks or [],
+        "variables": notification_type.variables or {},
+        "template_version": notification_type.template_version,
         "created_at": notification_type.created_at.isoformat(),
     }
 
@@ -253,8 +294,11 @@ def _type_fields(data: dict[str, Any]) -> dict[str, Any]:
 
 
 _TYPE_RULES = (
-    "The key must not be taken yet, every channel needs a template and fallback rules must fit "
-    "the channels; each is a 400 naming the field."
+    "The key must not be taken yet, every channel needs a template, fallback rules must fit "
+    "the channels and templates may use only declared variables; each is a 400 naming the field. "
+    "What is stored becomes the type's published template version. The templates and variables "
+    "of a critical or marketing type change only through a template version a second staff "
+    "member approves in the admin: such a change here is a 400 naming `templates`."
 )
 
 
@@ -280,7 +324,10 @@ class NotificationTypeListView(APIView):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         created = notification_type_save(
-            key=data["key"], fields=_type_fields(data), templates=data["templates"]
+            key=data["key"],
+            fields=_type_fields(data),
+            templates=data["templates"],
+            variables=data.get("variables"),
         )
         return Response(_type_payload(_with_templates().get(id=created.id)), status=status.HTTP_201_CREATED)
 
@@ -305,6 +352,10 @@ class NotificationTypeDetailView(APIView):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         saved = notification_type_save(
-            key=key, fields=_type_fields(data), templates=data["templates"], instance=instance
+            key=key,
+            fields=_type_fields(data),
+            templates=data["templates"],
+            instance=instance,
+            variables=data.get("variables"),
         )
         return Response(_type_payload(_with_templates().get(id=saved.id)))

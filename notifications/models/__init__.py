@@ -12,6 +12,8 @@ from notifications.models.catalog import (
     NotificationTemplate,
     NotificationType,
     QuietHoursPolicy,
+    TemplateVersion,
+    TemplateVersionStatus,
 )
 from notifications.models.deliveries import (
     DELIVERY_KEY_NAMESPACE,
@@ -88,6 +90,8 @@ __all__ = [
     "ReminderStatus",
     "Preference",
     "QuietHoursPolicy",
+    "TemplateVersion",
+    "TemplateVersionStatus",
     "Recipient",
     "Subscription",
     "Suppression",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.core.validators import RegexValidator
 from django.db import models
@@ -91,6 +92,12 @@ class NotificationType(models.Model):
     # "from" delivery has not reached the user (delivered, opened, read) within the delay,
     # or failed for good, the event is delivered on "to" as well.
     fallbacks = models.JSONField(default=list, blank=True)
+    # The variables its templates use, as declared by the published template version
+    # (notifications/services/template_variables.py): {name: {"type", "required",
+    # "example", "description"}}. An event lacking a required one is refused at ingest.
+    variables = models.JSONField(default=dict, blank=True, db_default={})
+    # The number of the TemplateVersion whose templates are the NotificationTemplate rows.
+    template_version = models.PositiveIntegerField(default=0, db_default=0)
     created_at = models.DateTimeField(default=now)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -103,6 +110,11 @@ class NotificationType(models.Model):
     @property
     def is_critical(self) -> bool:
         return self.category == Category.CRITICAL
+
+    @property
+    def needs_approval(self) -> bool:
+        """Whether publishing its templates takes a second staff member's approval."""
+        return self.category in (Category.CRITICAL, Category.MARKETING)
 
 
 class NotificationTemplate(models.Model):
@@ -126,3 +138,69 @@ class NotificationTemplate(models.Model):
 
     def __str__(self) -> str:
         return f"{self.notification_type_id}:{self.channel}:{self.locale}"
+
+
+class TemplateVersionStatus(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    PENDING = "pending", "Awaiting approval"
+    PUBLISHED = "published", "Published"
+    RETIRED = "retired", "Retired"
+    REJECTED = "rejected", "Rejected"
+
+
+class TemplateVersion(models.Model):
+    """One version of all of a type's templates, ``{locale: {channel: content}}``, with
+    the variables they use. Exactly one is published per type (its templates are the
+    NotificationTemplate rows deliveries render); earlier ones stay as history, retired.
+    Who wrote, asked to publish, approved and published it is kept
+    (notifications/services/template_versions.py)."""
+
+    notification_type = models.ForeignKey(
+        NotificationType, on_delete=models.CASCADE, related_name="template_versions"
+    )
+    number = models.PositiveIntegerField()
+    status = models.CharField(
+        max_length=10, choices=TemplateVersionStatus.choices, default=TemplateVersionStatus.DRAFT
+    )
+    templates = models.JSONField(default=dict, blank=True)
+    variables = models.JSONField(default=dict, blank=True)
+    note = models.CharField(max_length=200, blank=True, default="")
+    based_on = models.PositiveIntegerField(null=True, blank=True, help_text="The version it was copied from.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=now)
+    updated_at = models.DateTimeField(default=now)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    requested_at = models.DateTimeField(null=True, blank=True)
+    approved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    approved_at = models.DateTimeField(null=True, blank=True)
+    rejected_reason = models.CharField(max_length=200, blank=True, default="")
+    published_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    published_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["notification_type", "-number"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["notification_type", "number"], name="template_version_unique_number"
+            ),
+            models.UniqueConstraint(
+                fields=["notification_type"],
+                condition=models.Q(status="published"),
+                name="template_version_one_published",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.notification_type} v{self.number} ({self.status})"
+
+    @property
+    def editable(self) -> bool:
+        return self.status in (TemplateVersionStatus.DRAFT, TemplateVersionStatus.REJECTED)

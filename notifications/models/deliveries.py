@@ -76,6 +76,8 @@ class Delivery(models.Model):
     # Attempts made before the last dead-letter replay: the retry budget counts from here.
     retry_base = models.SmallIntegerField(default=0, db_default=0)
     provider = models.CharField(max_length=50, blank=True, db_default="", default="")
+    # The number of the type's TemplateVersion the last send attempt rendered.
+    template_version = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
         verbose_name_plural = "deliveries"

@@ -52,6 +52,9 @@ class Event(models.Model):
     send_at_local = models.CharField(max_length=19, blank=True, default="", db_default="")
     # The end user's IP that caused the event (an OTP request, say), for per-IP SMS limits.
     origin_ip = models.GenericIPAddressField(null=True, blank=True)
+    # A staff member's test of a template version not (yet) published: its deliveries
+    # render that version instead of the published one.
+    template_version = models.PositiveIntegerField(null=True, blank=True)
     status = models.CharField(max_length=20, choices=EventStatus.choices, default=EventStatus.ACCEPTED)
     planned_count = models.IntegerField(default=0, help_text="Recipients planned so far.")
     created_at = models.DateTimeField(default=now, db_index=True)

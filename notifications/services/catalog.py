@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
 
-from notifications.models import Category, Channel, NotificationTemplate, NotificationType, QuietHoursPolicy
+from notifications.models import (
+    Category,
+    Channel,
+    NotificationTemplate,
+    NotificationType,
+    QuietHoursPolicy,
+    TemplateVersion,
+    TemplateVersionStatus,
+)
+from notifications.services.template_variables import templates_variables_errors, variables_clean
 from notifications.services.validation import (
     RuleViolation,
     ValidationFailed,
@@ -79,24 +91,71 @@ def notification_type_errors(
     return {**fields, "fallbacks": fallbacks}, errors
 
 
+APPROVAL_NEEDED = (
+    "changing the templates or variables of a {category} type needs a second staff member's "
+    "approval: propose a template version in the admin (Template versions)"
+)
+
+
+def _approval_errors(
+    instance: NotificationType | None,
+    category: str,
+    locales: dict[str, Any],
+    variables: dict[str, Any],
+) -> dict[str, list[str]]:
+    """A change of templates or variables that skips the approval a critical or marketing
+    type needs (notifications/services/template_versions.py), refused on ``templates``."""
+    if instance is None:
+        return {}
+    gated = next(
+        (c for c in (instance.category, category) if c in (Category.CRITICAL, Category.MARKETING)), None
+    )
+    if gated is None:
+        return {}
+    if stored_locales(instance) == locales and (instance.variables or {}) == variables:
+        return {}
+    return {"templates": [APPROVAL_NEEDED.format(category=gated)]}
+
+
 def notification_type_save(
     *,
     key: str,
     fields: dict[str, Any],
     templates: dict[str, dict[str, str]],
     instance: NotificationType | None = None,
+    variables: dict[str, Any] | None = None,
+    note: str = "",
 ) -> NotificationType:
-    """Create (or, given ``instance``, replace) a type with its default-locale templates.
-    ValidationFailed names every field that breaks the rules; nothing is stored then."""
+    """Create (or, given ``instance``, replace) a type with its default-locale templates
+    and, given ``variables``, the variables they use (None keeps the stored ones).
+    ValidationFailed names every field that breaks the rules; nothing is stored then.
+    What it stores is recorded as the type's published template version."""
     fields, errors = notification_type_errors(key=key, fields=fields, templates=templates, instance=instance)
-    if errors:
-        raise ValidationFailed(errors)
+    stored_variables = (instance.variables or {}) if instance is not None else {}
+    declared, variable_errors = variables_clean(stored_variables if variables is None else variables)
+    if variable_errors:
+        errors["variables"] = variable_errors
+    elif declared:
+        locale = fields.get("default_locale") or (instance.default_locale if instance else DEFAULT_LOCALE)
+        for where, messages in templates_variables_errors({locale: templates}, declared).items():
+            _, channel, name = where.split(".", 2)
+            errors.setdefault("templates", {}).setdefault(channel, {}).setdefault(name, []).extend(messages)
     with transaction.atomic():
+        if instance is not None:
+            instance = NotificationType.objects.select_for_update().get(pk=instance.pk)
+            locale = fields.get("default_locale") or instance.default_locale
+            # The other locales' templates stay as they are.
+            after = {**stored_locales(instance), locale: templates} if templates else stored_locales(instance)
+            if not errors:
+                errors.update(_approval_errors(instance, fields.get("category", ""), after, declared))
+        if errors:
+            raise ValidationFailed(errors)
         if instance is None:
-            instance = NotificationType.objects.create(key=key, **fields)
+            instance = NotificationType.objects.create(key=key, variables=declared, **fields)
         else:
             for name, value in fields.items():
                 setattr(instance, name, value)
+            instance.variables = declared
             instance.save()
         locale = instance.default_locale
         NotificationTemplate.objects.filter(notification_type=instance, locale=locale).exclude(
@@ -106,6 +165,7 @@ def notification_type_save(
             NotificationTemplate.objects.update_or_create(
                 notification_type=instance, channel=channel, locale=locale, defaults={"content": content}
             )
+        version_record(notification_type=instance, note=note or "through the API")
     return instance
 
 
@@ -135,6 +195,110 @@ def channel_templates(*, type_id: int, channel: str) -> dict[str, dict[str, str]
     }
     _template_cache[(type_id, channel)] = (time.monotonic(), templates)
     return templates
+
+
+# Published and retired versions never change: their templates are cached per process
+# for good (bounded), so a send reads them once.
+_CACHE_SIZE = 512
+_immutable: OrderedDict[tuple[int, int], dict[str, dict[str, dict[str, str]]]] = OrderedDict()
+
+
+def version_templates(*, type_id: int, number: int) -> dict[str, dict[str, dict[str, str]]] | None:
+    """``{locale: {channel: content}}`` of version ``number`` of a type, None if it has no
+    such version. Cached when the version can no longer change."""
+    cached = _immutable.get((type_id, number))
+    if cached is not None:
+        return cached
+    row = (
+        TemplateVersion.objects.filter(notification_type_id=type_id, number=number)
+        .values_list("templates", "status")
+        .first()
+    )
+    if row is None:
+        return None
+    templates, status = row
+    if status in (TemplateVersionStatus.PUBLISHED, TemplateVersionStatus.RETIRED):
+        _immutable[(type_id, number)] = templates
+        if len(_immutable) > _CACHE_SIZE:
+            _immutable.popitem(last=False)
+    return dict(templates)
+
+
+def stored_locales(notification_type: NotificationType) -> dict[str, dict[str, dict[str, str]]]:
+    locales: dict[str, dict[str, dict[str, str]]] = {}
+    for template in NotificationTemplate.objects.filter(notification_type=notification_type).order_by(
+        "locale", "channel"
+    ):
+        locales.setdefault(template.locale, {})[template.channel] = template.content
+    return locales
+
+
+def next_version_number(notification_type: NotificationType) -> int:
+    top = TemplateVersion.objects.filter(notification_type=notification_type).aggregate(top=Max("number"))
+    return int(top["top"] or 0) + 1
+
+
+def user_or_none(by: Any) -> Any:
+    """A saved user, or None (anonymous, or none given)."""
+    return by if by is not None and getattr(by, "pk", None) is not None else None
+
+
+def version_record(
+    *, notification_type: NotificationType, by: Any = None, note: str = ""
+) -> TemplateVersion | None:
+    """Inside the transaction that stored a type's templates (and variables): record them
+    as its new published version, unless they are those of the version published now.
+    The caller holds the type's row lock."""
+    locales = stored_locales(notification_type)
+    current = TemplateVersion.objects.filter(
+        notification_type=notification_type, status=TemplateVersionStatus.PUBLISHED
+    ).first()
+    if (
+        current is not None
+        and current.templates == locales
+        and current.variables == (notification_type.variables or {})
+    ):
+        if notification_type.template_version != current.number:
+            NotificationType.objects.filter(pk=notification_type.pk).update(template_version=current.number)
+            notification_type.template_version = current.number
+        return None
+    now = timezone.now()
+    if current is not None:
+        TemplateVersion.objects.filter(pk=current.pk).update(
+            status=TemplateVersionStatus.RETIRED, updated_at=now
+        )
+    version = TemplateVersion.objects.create(
+        notification_type=notification_type,
+        number=next_version_number(notification_type),
+        status=TemplateVersionStatus.PUBLISHED,
+        templates=locales,
+        variables=notification_type.variables or {},
+        note=note[:200],
+        created_by=user_or_none(by),
+        published_by=user_or_none(by),
+        published_at=now,
+        created_at=now,
+        updated_at=now,
+    )
+    NotificationType.objects.filter(pk=notification_type.pk).update(template_version=version.number)
+    notification_type.template_version = version.number
+    return version
+
+
+def type_channel_templates(
+    *, notification_type: NotificationType, channel: str, version: int | None = None
+) -> tuple[int | None, dict[str, dict[str, str]]]:
+    """The template version a delivery of ``channel`` renders (``version``, a staff
+    member's test, or the type's published one) and its templates, ``{locale: content}``;
+    the type's rows (version None) when it has no version recorded."""
+    number = version or notification_type.template_version or None
+    if number is not None:
+        locales = version_templates(type_id=notification_type.id, number=number)
+        if locales is not None:
+            return number, {
+                locale: content[channel] for locale, content in locales.items() if channel in content
+            }
+    return None, channel_templates(type_id=notification_type.id, channel=channel)
 
 
 # --- Types with templates in several locales (the admin's type and template pages) ----------
@@ -206,18 +370,35 @@ def notification_type_save_locales(
     fields: dict[str, Any],
     locales: dict[str, dict[str, dict[str, str]]],
     instance: NotificationType | None = None,
+    by: Any = None,
+    note: str = "saved on the type's admin page",
 ) -> NotificationType:
     """Create (or, given ``instance``, replace) a type with its templates in every locale.
     ``locales`` is the whole set: stored templates not in it are deleted. ValidationFailed
-    names every field that breaks the rules (notification_type_locales_errors); nothing is
-    stored then."""
+    names every field that breaks the rules (notification_type_locales_errors), a data
+    name the type's variables do not declare, or a change of a critical or marketing
+    type's templates (those go through approval); nothing is stored then. What it stores
+    is recorded as the type's published template version, by ``by``."""
     with transaction.atomic():
+        locked = None
         if instance is not None:
             # Two staff saving the same type one after the other, never interleaved.
-            NotificationType.objects.select_for_update().filter(pk=instance.pk).first()
+            locked = NotificationType.objects.select_for_update().filter(pk=instance.pk).first()
         fields, errors = notification_type_locales_errors(
             key=key, fields=fields, locales=locales, instance=instance
         )
+        declared = (instance.variables or {}) if instance is not None else {}
+        if not errors and declared:
+            for where, messages in templates_variables_errors(locales, declared).items():
+                locale, channel, name = where.split(".", 2)
+                section = "templates" if locale == fields.get("default_locale") else "translations"
+                place = errors.setdefault(section, {})
+                if section == "translations":
+                    place = place.setdefault(locale, {})
+                place.setdefault(channel, {}).setdefault(name, []).extend(messages)
+        if not errors:
+            # Judged by the type as stored (``instance`` may hold the form's new values).
+            errors.update(_approval_errors(locked, fields.get("category", ""), locales, declared))
         if errors:
             raise ValidationFailed(errors)
         if instance is None:
@@ -238,6 +419,7 @@ def notification_type_save_locales(
                 NotificationTemplate.objects.update_or_create(
                     notification_type=instance, channel=channel, locale=locale, defaults={"content": content}
                 )
+        version_record(notification_type=instance, by=by, note=note)
     return instance
 
 
@@ -290,6 +472,7 @@ def notification_template_save(
     locale: str,
     content: dict[str, str],
     template: NotificationTemplate | None = None,
+    by: Any = None,
 ) -> NotificationTemplate:
     """Store one template in place of ``template`` (None: add it), its type judged whole
     with it; ValidationFailed as notification_template_errors says, and nothing stored.
@@ -304,5 +487,7 @@ def notification_template_save(
             fields={name: getattr(locked, name) for name in TYPE_FIELDS},
             locales=locales,
             instance=locked,
+            by=by,
+            note=f"{channel} template in {locale} saved on its admin page",
         )
         return NotificationTemplate.objects.get(notification_type=locked, channel=channel, locale=locale)

@@ -30,7 +30,7 @@ from notifications.models import (
     Recipient,
 )
 from notifications.services.aggregation import aggregation_context
-from notifications.services.catalog import channel_templates
+from notifications.services.catalog import type_channel_templates
 from notifications.services.dispatch import bigint_array_literal
 from notifications.services.metrics import metrics_increment
 from notifications.services.realtime import (
@@ -40,7 +40,12 @@ from notifications.services.realtime import (
     realtime_publish,
     realtime_publish_entries,
 )
-from notifications.services.templating import TemplateRenderError, template_render, template_uses_recipient
+from notifications.services.templating import (
+    TemplateRenderError,
+    locale_pick,
+    template_render,
+    template_uses_recipient,
+)
 from notifications.states import INAPP_UNRENDERABLE, INAPP_WRITTEN, READ
 from realtime.hub import Entry
 from realtime.registry import recipients_connected
@@ -76,9 +81,12 @@ def inbox_item_payload(item: InboxItem | dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _templates_for(notification_type: NotificationType) -> dict[str, dict[str, str]]:
-    """{locale: content} of the type's in-app templates; edits apply within seconds."""
-    return channel_templates(type_id=notification_type.id, channel=Channel.INAPP)
+def _templates_for(event: Event) -> tuple[int | None, dict[str, dict[str, str]]]:
+    """The template version an event's in-app items render and its in-app templates,
+    {locale: content} (services/catalog.py, type_channel_templates)."""
+    return type_channel_templates(
+        notification_type=event.notification_type, channel=Channel.INAPP, version=event.template_version
+    )
 
 
 def _render(
@@ -168,7 +176,10 @@ def inapp_write(
             events.update(
                 (e.id, e) for e in Event.objects.select_related("notification_type").filter(id__in=missing)
             )
-        templates = {event_id: _templates_for(e.notification_type) for event_id, e in events.items()}
+        versions: dict[Any, int | None] = {}
+        templates: dict[Any, dict[str, dict[str, str]]] = {}
+        for event_id, e in events.items():
+            versions[event_id], templates[event_id] = _templates_for(e)
         multilingual = any(len(by_locale) > 1 for by_locale in templates.values())
         recipients_needed = any(
             template_uses_recipient(source)
@@ -180,7 +191,9 @@ def inapp_write(
         locales: dict[int, str] = {}
         # The recipients' rows are read only when a template needs them (locale or fields).
         wanted = {r[2] for r in delivered} if multilingual or recipients_needed else set()
-        for facts in Recipient.objects.filter(id__in=wanted).values("id", "external_id", "name", "locale"):
+        for facts in Recipient.objects.filter(id__in=wanted).values(
+            "id", "external_id", "name", "locale", "timezone"
+        ):
             locales[facts["id"]] = facts["locale"]
             if recipients_needed:
                 recipient_rows[facts["id"]] = dict(facts)
@@ -192,14 +205,13 @@ def inapp_write(
         failed: list[tuple[int, str]] = []
         for delivery_id, event_id, recipient_id in delivered:
             event = events[event_id]
-            by_locale = templates[event_id]
-            locale = locales.get(recipient_id, "")
-            if locale not in by_locale:
-                locale = event.notification_type.default_locale
-            content = by_locale.get(locale)
-            if content is None:
+            picked = locale_pick(
+                templates[event_id], locales.get(recipient_id, ""), event.notification_type.default_locale
+            )
+            if picked is None:
                 failed.append((delivery_id, "no in-app template for this type"))
                 continue
+            locale, content = picked
             personal = per_recipient.get((event_id, locale))
             if personal is None:
                 personal = any(template_uses_recipient(s) for s in content.values())
@@ -231,8 +243,22 @@ def inapp_write(
             _fail_unrenderable(failed, now)
         items = _assign_sequence(ready, events)
         written = _insert_items(items, now)
+        _record_versions(items, versions)
         _written(items, written, failed, now)
     return len(items)
+
+
+def _record_versions(items: list[tuple[Any, ...]], versions: dict[Any, int | None]) -> None:
+    """Each written delivery names the template version its item rendered."""
+    ids = [item[2] for item in items if versions.get(item[3]) is not None]
+    if not ids:
+        return
+    with connection.cursor() as db:
+        db.execute(
+            f"""UPDATE {Delivery._meta.db_table} AS d SET template_version = u.v
+                FROM unnest(%b::bigint[], %b::int[]) AS u(id, v) WHERE d.id = u.id""",
+            [ids, [versions[item[3]] for item in items if versions.get(item[3]) is not None]],
+        )
 
 
 # inapp_write_one_text's statement: the deliveries (of recipients that exist), their
@@ -240,8 +266,10 @@ def inapp_write(
 _SKIP_EXISTING = "ON CONFLICT (event_id, recipient_id, channel) DO NOTHING"
 _ONE_TEXT_WRITE = f"""WITH d AS (
         INSERT INTO {Delivery._meta.db_table}
-            (event_id, recipient_id, channel, status, reason, attempts, sent_at, created_at, updated_at)
-        SELECT %(event)s, r.id, %(channel)s, %(delivered)s, '', 1, %(now)s, %(planned_at)s, %(now)s
+            (event_id, recipient_id, channel, status, reason, attempts, sent_at, created_at, updated_at,
+             template_version)
+        SELECT %(event)s, r.id, %(channel)s, %(delivered)s, '', 1, %(now)s, %(planned_at)s, %(now)s,
+               %(version)s
         FROM {Recipient._meta.db_table} r WHERE r.id = ANY(%(recipients)s::bigint[]) ORDER BY r.id
         {{on_conflict}}
         RETURNING id, recipient_id),
@@ -285,7 +313,7 @@ def inapp_write_one_text(
     recipient beyond its frame, and nothing crosses the wire twice (docs/benchmarks.md, P1).
     Sequence rows are locked in recipient order, as in ``_assign_sequence``."""
     notification_type = event.notification_type
-    templates = _templates_for(notification_type)
+    version, templates = _templates_for(event)
     content = templates.get(notification_type.default_locale)
     if content is None or len(templates) != 1 or any(template_uses_recipient(s) for s in content.values()):
         return None
@@ -307,6 +335,7 @@ def inapp_write_one_text(
         "url": text[2],
         "data": json.dumps(event.data),
         "accepted_at": accepted_time(event),
+        "version": version,
     }
     with transaction.atomic(savepoint=False), connection.cursor() as db:
         db.execute(_ONE_TEXT_WRITE.format(on_conflict="" if rows_are_new else _SKIP_EXISTING), params)

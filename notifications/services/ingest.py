@@ -25,6 +25,7 @@ from notifications.services.local_time import wall_time_earliest
 from notifications.services.lookups import notification_type_by_key
 from notifications.services.metrics import metrics_increment
 from notifications.services.outbox import outbox_relay_many
+from notifications.services.template_variables import data_variables_errors
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def _fingerprint(
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _replay(api_key: ApiKey, idempotency_key: str, fingerprint: str) -> IngestResult | None:
+def _replay(api_key: ApiKey | None, idempotency_key: str, fingerprint: str) -> IngestResult | None:
     existing = Event.objects.filter(api_key=api_key, idempotency_key=idempotency_key).first()
     if existing is None:
         return None
@@ -92,7 +93,7 @@ def _replay(api_key: ApiKey, idempotency_key: str, fingerprint: str) -> IngestRe
 
 def event_ingest(
     *,
-    api_key: ApiKey,
+    api_key: ApiKey | None,
     type_key: str,
     recipients: list[str] | None = None,
     topic_key: str | None = None,
@@ -101,6 +102,7 @@ def event_ingest(
     send_at: datetime | None = None,
     origin_ip: str | None = None,
     send_at_local: datetime | None = None,
+    template_version: int | None = None,
 ) -> IngestResult:
     """Store an event for fan-out. Returns the event and whether it is new; the same
     idempotency key with the same body returns the first event (created=False).
@@ -108,7 +110,8 @@ def event_ingest(
     Raises IngestError naming the field, or IdempotencyConflict. Nothing is stored unless
     the event and its outbox row both are. ``origin_ip`` is the end user's address that
     caused the event (per-IP SMS limits); it is part of the idempotency fingerprint only
-    when given.
+    when given. ``template_version``: a staff member's test of a version not published
+    (notifications/services/template_versions.py), whose data is its examples.
     """
     data = data or {}
     origin_ip = origin_ip or None
@@ -123,6 +126,8 @@ def event_ingest(
     notification_type = notification_type_by_key(type_key)
     if notification_type is None:
         errors["type"] = [f"unknown notification type {type_key!r}"]
+    elif template_version is None:
+        errors.update(data_variables_errors(notification_type.variables, data))
 
     recipient_ids: list[int] | None = None
     topic: Topic | None = None
@@ -159,6 +164,7 @@ def event_ingest(
         send_at=send_at,
         send_at_local=send_at_local.isoformat() if send_at_local else "",
         origin_ip=origin_ip,
+        template_version=template_version,
         status=EventStatus.SCHEDULED if deferred else EventStatus.ACCEPTED,
         created_at=now,
     )
@@ -259,8 +265,8 @@ def _insert_event(event: Event, *, lease: datetime | None) -> int:
                     INSERT INTO {Event._meta.db_table}
                         (id, notification_type_id, api_key_id, idempotency_key, request_fingerprint,
                          data, recipient_ids, topic_id, send_at, send_at_local, origin_ip, status,
-                         planned_count, created_at)
-                    VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::bigint[], %s, %s, %s, %s::inet, %s, 0, %s)
+                         planned_count, created_at, template_version)
+                    VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::bigint[], %s, %s, %s, %s::inet, %s, 0, %s, %s)
                     RETURNING id
                 )
                 INSERT INTO {OutboxMessage._meta.db_table}
@@ -281,6 +287,7 @@ def _insert_event(event: Event, *, lease: datetime | None) -> int:
                 event.origin_ip,
                 event.status,
                 event.created_at,
+                event.template_version,
                 event.send_at if lease is None else event.created_at,
                 lease,
                 event.created_at,
@@ -458,6 +465,8 @@ def _ingest_many(api_key: ApiKey, items: list[EventSpec | dict[str, list[str]]])
         errors: dict[str, list[str]] = {}
         if spec.type_key not in types:
             errors["type"] = [f"unknown notification type {spec.type_key!r}"]
+        else:
+            errors.update(data_variables_errors(types[spec.type_key].variables, spec.data or {}))
         ids: list[int] | None = None
         if spec.recipients is not None:
             unique = list(dict.fromkeys(spec.recipients))

@@ -48,6 +48,11 @@ def _units(text: str, gsm7: bool) -> list[int]:
     return [2 if ord(char) > 0xFFFF else 1 for char in text]
 
 
+def sms_encoding(text: str) -> str:
+    """``GSM-7`` or ``UCS-2``: the encoding ``text`` is sent in."""
+    return "GSM-7" if _is_gsm7(text) else "UCS-2"
+
+
 def sms_segments(text: str) -> int:
     """Return how many SMS segments ``text`` is sent as (0 for an empty text).
 

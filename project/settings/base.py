@@ -495,3 +495,7 @@ SMS_LIMIT_PER_PREFIX = env_str("SMS_LIMIT_PER_PREFIX", "1000/3600")
 SMS_LIMIT_PER_IP = env_str("SMS_LIMIT_PER_IP", "20/3600")
 SMS_PREFIX_DIGITS = env_int("SMS_PREFIX_DIGITS", 6, minimum=2)
 SMS_DAILY_SPEND_CAP = env_float("SMS_DAILY_SPEND_CAP", 500.0)
+# The longest SMS sent, in segments (153 GSM-7 or 67 UCS-2 characters each when
+# concatenated); a longer rendered text fails the delivery before any provider call
+# (notifications/services/channel_checks.py) and the admin's preview shows the count.
+SMS_MAX_SEGMENTS = env_int("SMS_MAX_SEGMENTS", 6, minimum=1)

@@ -45,6 +45,7 @@ from notifications.models import (
     Reminder,
     Subscription,
     Suppression,
+    TemplateVersion,
     Topic,
     WebhookEndpoint,
 )
@@ -155,6 +156,13 @@ def pipeline() -> Pipeline:
     )
     WebhookEndpoint.objects.create(
         recipient=recipient, kind="generic", url="https://hooks.example.com/x", secret="s3cret-value"
+    )
+    TemplateVersion.objects.create(
+        notification_type=notification_type,
+        number=1,
+        status="draft",
+        templates={"en": {"email": {"subject": "Shipped {{ data.order }}"}}},
+        variables={"order": {"type": "string", "example": "A-1"}},
     )
     FallbackCheck.objects.create(delivery=deliveries[3], to_channel=Channel.EMAIL, due_at=timezone.now())
     DeliveryEvent.objects.create(delivery=deliveries[0], kind="delivered", provider="mailgun")

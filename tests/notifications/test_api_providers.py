@@ -463,7 +463,7 @@ def test_it_answers_404_for_webhooks_of_unknown_recipients_or_of_someone_else(se
 
 TYPE_WITH_FALLBACK: dict[str, Any] = {
     "key": "login.code",
-    "category": "critical",
+    "category": "transactional",
     "channels": ["push", "inapp"],
     "templates": {
         "push": {"title": "Your code", "body": "{{ data.code }}"},

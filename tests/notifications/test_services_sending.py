@@ -266,9 +266,68 @@ def test_it_records_segments_and_cost_of_an_accepted_sms(providers, key, django_
     event = _send(key, django_capture_on_commit_callbacks, _type(["sms"]), [alice])
 
     delivery = _delivery(event, "sms")
-    assert (delivery.status, delivery.provider) == ("sent", "twilio")
+    assert (delivery.status, delivery.provider, delivery.template_version) == ("sent", "twilio", 1)
     detail = DeliveryAttempt.objects.get(delivery=delivery).detail
     assert detail["segments"] == 1 and detail["cost_estimate"] > 0
+
+
+def test_it_fails_an_sms_longer_than_its_segment_maximum_before_calling_twilio(
+    providers, key, django_capture_on_commit_callbacks, settings
+):
+    settings.SMS_MAX_SEGMENTS = 2
+    alice = RecipientFactory(phone="+14155552671")
+    long_type = notification_type_save(
+        key="sms.long",
+        fields={"category": "transactional", "channels": ["sms"]},
+        templates={"sms": {"text": "Order {{ data.order_id }}: " + "ł" * 140}},
+    )
+    event = _send(key, django_capture_on_commit_callbacks, long_type, [alice])
+
+    delivery = _delivery(event, "sms")
+    assert delivery.status == "failed"
+    assert (
+        delivery.reason == "SMS text takes 3 segments (UCS-2, 149 characters), more than SMS_MAX_SEGMENTS (2)"
+    )
+    assert providers.control.messages("twilio") == []
+
+
+def test_it_fails_a_push_over_4_kb_before_calling_a_provider(
+    providers, key, django_capture_on_commit_callbacks
+):
+    alice = RecipientFactory()
+    _device(alice, "tok-big")
+    big = notification_type_save(
+        key="push.big",
+        fields={"category": "transactional", "channels": ["push"]},
+        templates={"push": {"title": "Big", "body": "{{ data.order_id }}" + "x" * 4100}},
+    )
+    event = _send(key, django_capture_on_commit_callbacks, big, [alice])
+
+    delivery = _delivery(event, "push")
+    assert delivery.status == "failed" and delivery.reason.startswith("push payload is 4")
+    assert providers.control.messages("fcm") == []
+
+
+def test_an_email_always_has_a_text_part_and_records_its_template_version(
+    providers, key, django_capture_on_commit_callbacks
+):
+    alice = RecipientFactory(email="alice@example.com")
+    html_only = notification_type_save(
+        key="email.html-only",
+        fields={"category": "transactional", "channels": ["email"]},
+        templates={
+            "email": {
+                "subject": "Order {{ data.order_id }}",
+                "html": "<h1>Order {{ data.order_id }}</h1><p>Track it <a href='https://x.test/7'>here</a>"
+                "<br>Thanks</p><style>p{}</style>",
+            }
+        },
+    )
+    event = _send(key, django_capture_on_commit_callbacks, html_only, [alice])
+
+    [message] = providers.control.messages("mailgun")
+    assert message["summary"]["text"] == "Order 7\n\nTrack it here (https://x.test/7)\nThanks"
+    assert _delivery(event, "email").template_version == 1
 
 
 def test_it_suppresses_sms_to_a_number_that_replied_stop_without_calling_twilio(

@@ -31,11 +31,12 @@ from notifications.models import (
     target_idempotency_key,
 )
 from notifications.services.aggregation import aggregation_context
-from notifications.services.catalog import channel_templates
+from notifications.services.catalog import type_channel_templates
+from notifications.services.channel_checks import email_with_text, push_problem, sms_problem
 from notifications.services.planning import ACTIVE_IN_APP
 from notifications.services.sending.claim import Claimed
 from notifications.services.sms_guard import SmsVerdict, sms_guard_check
-from notifications.services.templating import TemplateRenderError, template_render
+from notifications.services.templating import TemplateRenderError, locale_pick, template_render
 from notifications.services.unsubscribe import unsubscribe_headers
 from notifications.states import DeliveryStatus
 from notifications.transports.base import OutboundMessage, SendResult, TransportError
@@ -55,6 +56,8 @@ class Job:
     claimed: Claimed
     notification_type: str = ""
     category: str = ""
+    # The number of the type's template version rendered (Delivery.template_version).
+    template_version: int | None = None
     messages: list[OutboundMessage] = field(default_factory=list)
     # Set when the delivery is settled without (more) provider calls: a DeliveryStatus
     # value, or DEFER.
@@ -103,7 +106,7 @@ def _read_chunk(claimed: list[Claimed]) -> _Chunk:
     events: dict[Any, dict[str, Any]] = {
         e["id"]: dict(e)
         for e in Event.objects.filter(id__in={c.event_id for c in claimed}).values(
-            "id", "data", "notification_type_id", "origin_ip"
+            "id", "data", "notification_type_id", "origin_ip", "template_version"
         )
     }
     types = {
@@ -205,12 +208,13 @@ def _read_chunk(claimed: list[Claimed]) -> _Chunk:
 
 
 def _render(content: dict[str, str], context: dict[str, Any], channel: str) -> dict[str, str]:
-    return {
+    rendered = {
         name: template_render(
             source=source, context=context, html=(channel == Channel.EMAIL and name == "html")
         )
         for name, source in content.items()
     }
+    return email_with_text(rendered) if channel == Channel.EMAIL else rendered
 
 
 def _settle_sms(job: Job, verdict: SmsVerdict) -> None:
@@ -249,6 +253,10 @@ def _sms(
     common: dict[str, Any],
 ) -> None:
     c = job.claimed
+    too_long = sms_problem(rendered.get("text", ""))
+    if too_long is not None:
+        job.verdict, job.reason = DeliveryStatus.FAILED, too_long
+        return
     verdict = sms_guard_check(
         phone=recipient["phone"],
         text=rendered.get("text", ""),
@@ -277,6 +285,10 @@ def _push(
     # APNs allows 64 bytes of collapse id; cut on a character boundary.
     collapse_id = str(collapse).encode()[:64].decode(errors="ignore") if collapse else None
     payload = {"event_id": str(c.event_id), "type": ntype.key, "delivery_id": str(c.id)}
+    too_large = push_problem(common["content"], payload)
+    if too_large is not None:
+        job.verdict, job.reason = DeliveryStatus.FAILED, too_large
+        return
     key = common["idempotency_key"]
     for platform, token in devices:
         if token in chunk.done_targets[c.id]:
@@ -338,8 +350,11 @@ def jobs_prepare(claimed: list[Claimed]) -> list[Job]:
             continue
         ntype = chunk.types[event["notification_type_id"]]
         job.notification_type, job.category = ntype.key, ntype.category
-        templates = channel_templates(type_id=ntype.id, channel=c.channel)
-        content = templates.get(recipient["locale"]) or templates.get(ntype.default_locale)
+        job.template_version, templates = type_channel_templates(
+            notification_type=ntype, channel=c.channel, version=event["template_version"]
+        )
+        picked = locale_pick(templates, recipient["locale"] or "", ntype.default_locale)
+        content = picked[1] if picked is not None else None
         if content is None and c.channel != Channel.WEBHOOK:
             job.verdict, job.reason = DeliveryStatus.FAILED, f"no {c.channel} template for this type"
             continue
@@ -349,6 +364,7 @@ def jobs_prepare(claimed: list[Claimed]) -> list[Job]:
                 "external_id": recipient["external_id"],
                 "name": recipient["name"],
                 "locale": recipient["locale"],
+                "timezone": recipient["timezone"],
             },
             "aggregate": chunk.aggregates.get(c.id) or {"count": 1, "others": 0, "samples": [event["data"]]},
         }

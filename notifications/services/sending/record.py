@@ -147,7 +147,9 @@ def _attempts_insert(attempts: list[_Attempt], now: datetime) -> None:
         )
 
 
-def _update(outcomes: dict[int, Outcome], token: datetime, now: datetime) -> set[int]:
+def _update(
+    outcomes: dict[int, Outcome], versions: dict[int, int | None], token: datetime, now: datetime
+) -> set[int]:
     """Write every outcome whose claim is still ours; returns the ids written."""
     ids = list(outcomes)
     for delivery_id in ids:
@@ -162,9 +164,11 @@ def _update(outcomes: dict[int, Outcome], token: datetime, now: datetime) -> set
             f"""UPDATE {Delivery._meta.db_table} AS d
                 SET status = u.status, reason = u.reason, due_at = u.due, provider = u.provider,
                     sent_at = CASE WHEN u.status = ANY(%b) THEN %s ELSE d.sent_at END,
-                    attempts = d.attempts - u.uncount, claimed_until = NULL, updated_at = %s
-                FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::timestamptz[], %b::text[], %b::int[])
-                     AS u(id, status, reason, due, provider, uncount)
+                    attempts = d.attempts - u.uncount, claimed_until = NULL, updated_at = %s,
+                    template_version = COALESCE(u.version, d.template_version)
+                FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::timestamptz[], %b::text[], %b::int[],
+                            %b::int[])
+                     AS u(id, status, reason, due, provider, uncount, version)
                 WHERE d.id = u.id AND d.claimed_until = %s AND d.status = ANY(%b)
                 RETURNING d.id""",
             [
@@ -177,6 +181,7 @@ def _update(outcomes: dict[int, Outcome], token: datetime, now: datetime) -> set
                 [outcomes[i].due for i in ids],
                 [outcomes[i].provider for i in ids],
                 [0 if outcomes[i].counted else 1 for i in ids],
+                [versions.get(i) for i in ids],
                 token,
                 list(SENDABLE),
             ],
@@ -192,7 +197,7 @@ def jobs_record(jobs: list[Job], token: datetime) -> Counter[str]:
     channels = {job.claimed.id: job.claimed.channel for job in jobs}
     counts: Counter[str] = Counter()
     with transaction.atomic():
-        owned = _update(outcomes, token, now)
+        owned = _update(outcomes, {job.claimed.id: job.template_version for job in jobs}, token, now)
         lost = len(outcomes) - len(owned)
         if lost:
             # Our claim expired and another sender took these over: its result stands.
