@@ -66,6 +66,14 @@ class TemplateVersionForm(forms.ModelForm):
         return self.cleaned_data.get("variables") or {}
 
 
+class TemplateVersionReadForm(forms.ModelForm):
+    """A version no longer a draft: nothing to edit, only the workflow's buttons."""
+
+    class Meta:
+        model = TemplateVersion
+        fields: list[str] = []
+
+
 class TemplateVersionAddForm(forms.ModelForm):
     class Meta:
         model = TemplateVersion
@@ -129,20 +137,33 @@ class TemplateVersionAdmin(admin.ModelAdmin):
     def get_form(
         self, request: HttpRequest, obj: TemplateVersion | None = None, change: bool = False, **kwargs: Any
     ) -> type[forms.ModelForm]:
-        kwargs["form"] = TemplateVersionAddForm if obj is None else TemplateVersionForm
+        if obj is None:
+            kwargs["form"] = TemplateVersionAddForm
+        else:
+            kwargs["form"] = TemplateVersionForm if obj.editable else TemplateVersionReadForm
         return super().get_form(request, obj, change=change, **kwargs)
 
     def get_fields(self, request: HttpRequest, obj: TemplateVersion | None = None) -> Any:
         if obj is None:
             return ["notification_type", "note"]
-        return ["templates", "variables", "note", *self.WORKFLOW]
+        if obj.editable:
+            return ["templates", "variables", "note", *self.WORKFLOW]
+        return ["templates_shown", "variables_shown", "note", *self.WORKFLOW]
 
     def get_readonly_fields(self, request: HttpRequest, obj: TemplateVersion | None = None) -> list[str]:
         if obj is None:
             return []
         if obj.editable:
             return self.WORKFLOW
-        return ["templates", "variables", "note", *self.WORKFLOW]
+        return ["templates_shown", "variables_shown", "note", *self.WORKFLOW]
+
+    @admin.display(description="templates")
+    def templates_shown(self, obj: TemplateVersion) -> str:
+        return format_html('<pre class="tv-pre">{}</pre>', json.dumps(obj.templates, **PRETTY))  # type: ignore[arg-type]
+
+    @admin.display(description="variables")
+    def variables_shown(self, obj: TemplateVersion) -> str:
+        return format_html('<pre class="tv-pre">{}</pre>', json.dumps(obj.variables, **PRETTY))  # type: ignore[arg-type]
 
     def has_delete_permission(self, request: HttpRequest, obj: TemplateVersion | None = None) -> bool:
         # History is kept: a draft nobody wants is simply never published.

@@ -34,7 +34,6 @@ from notifications.models import (
 from notifications.services.catalog import notification_type_save
 from notifications.services.template_variables import (
     MAX_VARIABLES,
-    VARIABLE_NAME,
     VARIABLE_TYPES,
     variables_clean,
 )
@@ -110,7 +109,6 @@ FALLBACKS_SCHEMA = {
 VARIABLES_SCHEMA = {
     "type": "object",
     "maxProperties": MAX_VARIABLES,
-    "propertyNames": {"pattern": VARIABLE_NAME.pattern},
     "additionalProperties": {
         "type": "object",
         "properties": {
@@ -122,7 +120,8 @@ VARIABLES_SCHEMA = {
         "required": ["type", "example"],
         "additionalProperties": False,
     },
-    "description": "The variables the templates use, `data.<name>`: an event whose data lacks a "
+    "description": "The variables the templates use, `data.<name>` (a name is letters, digits and _, "
+    "not starting with a digit): an event whose data lacks a "
     "required one, or holds one of another type, is refused with a 400 naming `data.<name>`; a "
     "template using a name not declared here is refused. Omitted: the stored declaration stays.",
 }

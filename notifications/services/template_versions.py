@@ -23,6 +23,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from notifications.models import (
+    TEMPLATE_FIELDS,
     Channel,
     Event,
     NotificationTemplate,
@@ -379,11 +380,15 @@ def version_preview(
         preview = Preview(channel=channel, locale=used)
         previews.append(preview)
         try:
+            order = TEMPLATE_FIELDS.get(channel, ())
+            ordered = sorted(
+                (content or {}).items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else 99, kv[0])
+            )
             preview.fields = {
                 name: template_render(
                     source=str(source), context=context, html=(channel == Channel.EMAIL and name == "html")
                 )
-                for name, source in (content or {}).items()
+                for name, source in ordered
             }
         except TemplateRenderError as exc:
             preview.error = str(exc)

@@ -53,13 +53,13 @@ def _add_draft(client: Client, ntype: NotificationType) -> TemplateVersion:
 
 def _change(client: Client, version: TemplateVersion, action: str, **fields: Any) -> Any:
     version.refresh_from_db()
-    data = {
+    # What the page posts: the fields of a draft, only the button otherwise.
+    editable = {
         "templates": json.dumps(version.templates),
         "variables": json.dumps(version.variables),
         "note": version.note,
-        action: "1",
-        **fields,
     }
+    data = {**(editable if version.editable else {}), action: "1", **fields}
     return client.post(
         reverse("admin:notifications_templateversion_change", args=[version.pk]), data, follow=True
     )

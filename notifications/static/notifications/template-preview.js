@@ -45,9 +45,10 @@ function card(preview) {
   for (const problem of preview.problems) node.append(element("p", { class: "tv-problem" }, problem));
   if (preview.problems.length) node.classList.add("tv-card-error");
   for (const [name, value] of Object.entries(preview.fields)) {
+    if (value === "") continue;
     if (preview.channel === "email" && name === "html") {
-      // The rendered email in a sandbox: no script, no same-origin access.
-      const frame = element("iframe", { sandbox: "", title: "Email HTML", class: "tv-html" });
+      // The rendered email in a sandbox: no script runs, no form posts, no navigation.
+      const frame = element("iframe", { sandbox: "allow-same-origin", title: "Email HTML", class: "tv-html" });
       frame.srcdoc = value;
       node.append(element("div", { class: "tv-field" }, element("span", { class: "tv-name" }, name), frame));
     } else {
@@ -87,6 +88,10 @@ async function render() {
     problems.map((problem) => element("li", {}, element("code", {}, where || "version"), `: ${problem}`))));
   cards.replaceChildren(...(answer.previews || []).map(card));
   const count = Object.keys(answer.errors || {}).length;
+  if (!templatesInput) {
+    status.textContent = "Rendered with the variables' examples";
+    return;
+  }
   status.textContent = count ? `${count} problem${count > 1 ? "s" : ""} to fix before publishing` : "Ready to publish";
   status.dataset.state = count ? "problems" : "ready";
 }
