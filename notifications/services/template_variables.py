@@ -87,7 +87,7 @@ def variables_clean(value: Any) -> tuple[dict[str, dict[str, Any]], dict[str, li
                 f"unknown field(s) {', '.join(unknown)}; a variable has {', '.join(VARIABLE_FIELDS)}"
             )
         kind = spec.get("type")
-        if kind not in VARIABLE_TYPES:
+        if not isinstance(kind, str) or kind not in VARIABLE_TYPES:
             problems.append(f"type must be one of {', '.join(VARIABLE_TYPES)}, got {kind!r}")
         required = spec.get("required", True)
         if not isinstance(required, bool):
@@ -97,7 +97,11 @@ def variables_clean(value: Any) -> tuple[dict[str, dict[str, Any]], dict[str, li
             problems.append("description must be text of at most 200 characters")
         if "example" not in spec:
             problems.append("an example is required (previews and test sends render it)")
-        elif kind in VARIABLE_TYPES and (problem := _type_problem(kind, spec["example"])) is not None:
+        elif (
+            isinstance(kind, str)
+            and kind in VARIABLE_TYPES
+            and (problem := _type_problem(kind, spec["example"])) is not None
+        ):
             problems.append(f"example {problem}")
         if problems:
             errors[str(name)] = problems

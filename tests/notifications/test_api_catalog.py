@@ -117,8 +117,9 @@ def test_it_refuses_events_missing_a_required_variable_naming_it(service_client)
         ({"order_id": {"type": "integer"}}, "order_id", "an example is required"),
         ({"order_id": {"type": "integer", "example": "x"}}, "order_id", "example must be a whole number"),
         ({"9lives": {"type": "integer", "example": 1}}, "9lives", "a name is letters"),
+        ({"order_id": {"type": {}, "example": 1}}, "order_id", "type must be one of"),
     ],
-    ids=["unknown-type", "no-example", "example-of-another-type", "bad-name"],
+    ids=["unknown-type", "no-example", "example-of-another-type", "bad-name", "type-not-text"],
 )
 def test_it_refuses_a_bad_variable_declaration_naming_it(service_client, variables, where, fragment):
     body = {
