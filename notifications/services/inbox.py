@@ -42,6 +42,7 @@ from notifications.services.realtime import (
 )
 from notifications.services.templating import (
     TemplateRenderError,
+    aggregate_context,
     locale_pick,
     template_render,
     template_uses_recipient,
@@ -98,7 +99,7 @@ def _render(
     context = {
         "data": data,
         "recipient": recipient or {},
-        "aggregate": aggregate or {"count": 1, "others": 0, "samples": [data]},
+        "aggregate": aggregate or aggregate_context(1, [data]),
     }
     return (
         template_render(source=content.get("title", ""), context=context),

@@ -13,7 +13,12 @@ import re
 from datetime import date, datetime
 from typing import Any
 
-from notifications.services.templating import TemplateRenderError, template_data_names, template_render
+from notifications.services.templating import (
+    TemplateRenderError,
+    aggregate_context,
+    template_data_names,
+    template_render,
+)
 
 VARIABLE_TYPES: dict[str, str] = {
     "string": "text",
@@ -156,7 +161,7 @@ def preview_context(
             "locale": locale,
             "timezone": timezone,
         },
-        "aggregate": {"count": 1, "others": 0, "samples": [data]},
+        "aggregate": aggregate_context(1, [data]),
     }
 
 

@@ -198,6 +198,23 @@ def template_render(*, source: str, context: Mapping[str, Any], html: bool = Fal
         raise TemplateRenderError(f"template failed: {exc.__class__.__name__}: {exc}") from exc
 
 
+def _actor_name(data: Any) -> str | None:
+    actor = data.get("actor") if isinstance(data, Mapping) else None
+    if isinstance(actor, Mapping):
+        actor = actor.get("name")
+    return actor if isinstance(actor, str) and actor else None
+
+
+def aggregate_context(count: int, samples: list[Any]) -> dict[str, Any]:
+    """What templates see as ``aggregate`` for a delivery standing for ``count`` events
+    whose first ``samples`` (their data) are kept: ``count``, ``others`` (count - 1),
+    ``samples``, and ``actors``, who acted, named by each event's ``data.actor`` (text, or
+    an object with a ``name``), distinct, first come first ("Ana and 41 others liked your
+    photo": ``{{ aggregate.actors[0] }} and {{ aggregate.others }} others``)."""
+    actors = list(dict.fromkeys(name for name in map(_actor_name, samples) if name is not None))
+    return {"count": count, "others": count - 1, "samples": samples, "actors": actors}
+
+
 def template_data_names(source: str) -> set[str]:
     """The names of ``data`` a template reads (``data.x`` or ``data["x"]``); raises
     TemplateRenderError when it does not compile."""

@@ -36,7 +36,12 @@ from notifications.services.channel_checks import email_with_text, push_problem,
 from notifications.services.planning import ACTIVE_IN_APP
 from notifications.services.sending.claim import Claimed
 from notifications.services.sms_guard import SmsVerdict, sms_guard_check
-from notifications.services.templating import TemplateRenderError, locale_pick, template_render
+from notifications.services.templating import (
+    TemplateRenderError,
+    aggregate_context,
+    locale_pick,
+    template_render,
+)
 from notifications.services.unsubscribe import unsubscribe_headers
 from notifications.states import DeliveryStatus
 from notifications.transports.base import OutboundMessage, SendResult, TransportError
@@ -366,7 +371,7 @@ def jobs_prepare(claimed: list[Claimed]) -> list[Job]:
                 "locale": recipient["locale"],
                 "timezone": recipient["timezone"],
             },
-            "aggregate": chunk.aggregates.get(c.id) or {"count": 1, "others": 0, "samples": [event["data"]]},
+            "aggregate": chunk.aggregates.get(c.id) or aggregate_context(1, [event["data"]]),
         }
         try:
             rendered = _render(content or {}, context, c.channel)
