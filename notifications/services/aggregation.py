@@ -37,8 +37,8 @@ from notifications.models import (
     NotificationType,
 )
 from notifications.services.planning import PlannedDelivery
-from notifications.states import AGGREGATED_LATE
 from notifications.services.templating import aggregate_context
+from notifications.states import AGGREGATED_LATE
 
 AGGREGATING = "aggregating"
 SAMPLE_LIMIT = 10
@@ -145,7 +145,13 @@ def _demote(demoted: list[tuple[int, int]], now: datetime) -> None:
                 SET status = %s, reason = 'aggregated into delivery ' || u.leader, due_at = NULL, updated_at = %s
                 FROM unnest(%s::bigint[], %s::bigint[]) AS u(id, leader)
                 WHERE d.id = u.id AND d.status = ANY(%s)""",
-            [AGGREGATED_LATE.target, now, ids, [leader for _, leader in demoted], list(AGGREGATED_LATE.sources)],
+            [
+                AGGREGATED_LATE.target,
+                now,
+                ids,
+                [leader for _, leader in demoted],
+                list(AGGREGATED_LATE.sources),
+            ],
         )
         db.execute(f"DELETE FROM {DeliverySchedule._meta.db_table} WHERE delivery_id = ANY(%s)", [ids])
 
