@@ -9,6 +9,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from notifications.services.deliveries import inapp_dispatch_batch
+from notifications.services.digests import digests_run_due
 from notifications.services.dispatch import dispatch_batches_sweep
 from notifications.services.fallback import fallback_checks_due
 from notifications.services.fanout import event_fanout_next, events_fanout_many
@@ -61,3 +62,8 @@ def inbox_snooze_sweep_task() -> int:
 @shared_task
 def reminders_sweep_task() -> int:
     return reminders_run_due()
+
+
+@shared_task
+def digests_sweep_task() -> int:
+    return digests_run_due()

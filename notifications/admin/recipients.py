@@ -10,8 +10,8 @@ from django.db.models import Count, QuerySet
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 
-from notifications.admin.base import BigTableAdmin, adopt_stored_row, show_refusal
-from notifications.models import Device, DigestSetting, Preference, Recipient, Subscription, Topic
+from notifications.admin.base import BigTableAdmin, PipelineOwnedAdmin, adopt_stored_row, show_refusal
+from notifications.models import Device, DigestRun, DigestSetting, Preference, Recipient, Subscription, Topic
 from notifications.services.feedback import device_remove
 from notifications.services.recipients import (
     DIGEST_CATEGORIES,
@@ -276,7 +276,8 @@ class PreferenceAdmin(BigTableAdmin):
 
 @admin.register(DigestSetting)
 class DigestSettingAdmin(BigTableAdmin):
-    list_display = ["id", "recipient", "category", "frequency"]
+    list_display = ["id", "recipient", "category", "frequency", "next_at"]
+    readonly_fields = ["next_at"]
     list_filter = ["category", "frequency"]
     list_select_related = ["recipient"]
     search_fields = ["recipient__external_id__exact"]
@@ -289,3 +290,25 @@ class DigestSettingAdmin(BigTableAdmin):
             # Critical notifications are never gathered into a digest: no such choice.
             field.choices = [(value, label) for value, label in field.choices if value in DIGEST_CATEGORIES]
         return field
+
+
+@admin.register(DigestRun)
+class DigestRunAdmin(PipelineOwnedAdmin):
+    """Each digest sent (or found with nothing unread), by recipient, category and period
+    (notifications/services/digests.py)."""
+
+    list_display = [
+        "id",
+        "recipient",
+        "category",
+        "frequency",
+        "period_start",
+        "period_end",
+        "item_count",
+        "event_id",
+    ]
+    list_filter = ["category", "frequency"]
+    list_select_related = ["recipient"]
+    search_fields = ["recipient__external_id__exact"]
+    search_help_text = "Exact recipient external id."
+    date_hierarchy = "period_end"

@@ -135,6 +135,9 @@ class DigestSetting(models.Model):
     recipient = models.ForeignKey(Recipient, on_delete=models.CASCADE, related_name="digest_settings")
     category = models.CharField(max_length=20, choices=Category.choices)
     frequency = models.CharField(max_length=10, choices=DigestFrequency.choices)
+    # When the next digest is due (the recipient's DIGEST_LOCAL_TIME, in their timezone);
+    # None until the digests sweep computes it (notifications/services/digests.py).
+    next_at = models.DateTimeField(null=True, blank=True, db_index=True)
 
     class Meta:
         constraints = [
@@ -143,6 +146,32 @@ class DigestSetting(models.Model):
 
     def __str__(self) -> str:
         return f"{self.recipient_id}:{self.category}={self.frequency}"
+
+
+class DigestRun(models.Model):
+    """One digest of one category for one recipient, for the period ending ``period_end``:
+    the row is the claim (unique per period), so two sweeps never send one twice. It names
+    the digest event sent (none when nothing was left unread)."""
+
+    recipient = models.ForeignKey(Recipient, on_delete=models.CASCADE, related_name="digest_runs")
+    category = models.CharField(max_length=20, choices=Category.choices)
+    frequency = models.CharField(max_length=10, choices=DigestFrequency.choices)
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    item_count = models.PositiveIntegerField(default=0)
+    event_id = models.UUIDField(null=True, blank=True)
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["recipient", "category", "period_end"], name="digest_run_unique_period"
+            )
+        ]
+        indexes = [models.Index(fields=["recipient", "category", "-period_end"], name="digest_run_latest")]
+
+    def __str__(self) -> str:
+        return f"{self.frequency} {self.category} digest of {self.recipient_id} to {self.period_end:%Y-%m-%d %H:%M}"
 
 
 class SuppressionKind(models.TextChoices):

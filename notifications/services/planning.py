@@ -16,7 +16,15 @@ import redis
 from django.conf import settings
 from django.db import connection
 
-from notifications.models import DeliveryStatus, NotificationType, Preference, QuietHoursPolicy
+from notifications.models import (
+    Channel,
+    DeliveryStatus,
+    DigestFrequency,
+    DigestSetting,
+    NotificationType,
+    Preference,
+    QuietHoursPolicy,
+)
 from notifications.services.dispatch import bigint_array_literal, channel_has_transport
 from notifications.services.local_time import wall_time_instant
 from notifications.services.ratelimits import rate_caps_consume
@@ -101,6 +109,30 @@ def preferences_resolve(
     return {key: enabled for key, (_, enabled) in best.items()}
 
 
+# The platform's own digest type (services/digests.py): never gathered into a digest.
+DIGEST_TYPE_KEY = "platform.digest"
+
+
+def digests_resolve(*, notification_type: NotificationType, recipient_ids: Sequence[int]) -> dict[int, str]:
+    """{recipient id: "daily" | "weekly"} of those who gather the type's category into a
+    digest. Only a type with an in-app copy is gathered (the item waits in the inbox for the
+    digest to list it); never critical ones, nor the digest itself."""
+    if (
+        notification_type.is_critical
+        or Channel.INAPP not in notification_type.channels
+        or len(notification_type.channels) < 2
+        or notification_type.key == DIGEST_TYPE_KEY
+    ):
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""SELECT recipient_id, frequency FROM {DigestSetting._meta.db_table}
+                WHERE recipient_id = ANY(%s::bigint[]) AND category = %s AND frequency <> %s""",
+            [bigint_array_literal(recipient_ids), notification_type.category, DigestFrequency.OFF],
+        )
+        return dict(cursor.fetchall())
+
+
 def plan_page(
     *,
     notification_type: NotificationType,
@@ -128,6 +160,7 @@ def plan_page(
         (WHEN_ACTIVE_SEND, 0) if critical else when_active_parse(notification_type.when_active)
     )
     online: set[int] | None = None  # asked once per page, and only when a channel needs it
+    digested = digests_resolve(notification_type=notification_type, recipient_ids=[r.id for r in recipients])
     planned: list[PlannedDelivery] = []
     for channel in notification_type.channels:
         if not channel_has_transport(channel):
@@ -150,6 +183,13 @@ def plan_page(
             if check_preferences and not overrides.get((facts.id, channel), True):
                 slots.append(
                     PlannedDelivery(facts.id, channel, DeliveryStatus.SUPPRESSED, "preference: opted out")
+                )
+                continue
+            if digested and channel != Channel.INAPP and facts.id in digested:
+                slots.append(
+                    PlannedDelivery(
+                        facts.id, channel, DeliveryStatus.SUPPRESSED, f"in the {digested[facts.id]} digest"
+                    )
                 )
                 continue
             wall = local_walls[index] if local_walls is not None else None

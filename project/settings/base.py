@@ -408,6 +408,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": SWEEP_INTERVAL_SECONDS,
         "options": {"queue": "periodic", "expires": SWEEP_INTERVAL_SECONDS * 2},
     },
+    # Daily and weekly digests that came due (notifications/services/digests.py).
+    "digests-sweep": {
+        "task": "notifications.tasks.digests_sweep_task",
+        "schedule": SWEEP_INTERVAL_SECONDS,
+        "options": {"queue": "periodic", "expires": SWEEP_INTERVAL_SECONDS * 2},
+    },
     "inbox-snooze-sweep": {
         "task": "notifications.tasks.inbox_snooze_sweep_task",
         "schedule": INBOX_SNOOZE_WAKE_SECONDS,
@@ -499,3 +505,10 @@ SMS_DAILY_SPEND_CAP = env_float("SMS_DAILY_SPEND_CAP", 500.0)
 # concatenated); a longer rendered text fails the delivery before any provider call
 # (notifications/services/channel_checks.py) and the admin's preview shows the count.
 SMS_MAX_SEGMENTS = env_int("SMS_MAX_SEGMENTS", 6, minimum=1)
+
+# --- Digests ---------------------------------------------------------------------------------
+# When daily and weekly digests go out, in each recipient's timezone (HH:MM; weekly on
+# DIGEST_WEEKDAY, 0 = Monday), and how many unread items one lists (the rest are counted).
+DIGEST_LOCAL_TIME = env_str("DIGEST_LOCAL_TIME", "08:00")
+DIGEST_WEEKDAY = env_int("DIGEST_WEEKDAY", 0, minimum=0)
+DIGEST_MAX_ITEMS = env_int("DIGEST_MAX_ITEMS", 20, minimum=1)

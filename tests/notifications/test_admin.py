@@ -31,6 +31,7 @@ from notifications.models import (
     DeliveryStatus,
     Device,
     DevicePlatform,
+    DigestRun,
     DigestSetting,
     DispatchBatch,
     Event,
@@ -85,6 +86,14 @@ def pipeline() -> Pipeline:
         recipient=recipient, category=Category.MARKETING, channel=Channel.EMAIL, enabled=False
     )
     DigestSetting.objects.create(recipient=recipient, category=Category.SOCIAL, frequency="daily")
+    DigestRun.objects.create(
+        recipient=recipient,
+        category=Category.SOCIAL,
+        frequency="daily",
+        period_start=timezone.now() - timedelta(days=1),
+        period_end=timezone.now(),
+        item_count=2,
+    )
     topic = Topic.objects.create(key="launches", name="Launches")
     Subscription.objects.create(topic=topic, recipient=recipient)
     Subscription.objects.create(topic=topic, recipient=other)
