@@ -73,7 +73,7 @@ def allowed(source: str, target: str) -> bool:
 # The whole table: status -> the statuses it may move to.
 TRANSITIONS: dict[str, frozenset[str]] = {
     S.SCHEDULED: frozenset({S.PENDING, S.SUPPRESSED}),
-    S.PENDING: frozenset({S.DELIVERED, S.SENT, S.RETRYING, S.SUPPRESSED, S.FAILED, S.DEAD}),
+    S.PENDING: frozenset({S.SCHEDULED, S.DELIVERED, S.SENT, S.RETRYING, S.SUPPRESSED, S.FAILED, S.DEAD}),
     S.RETRYING: frozenset({S.DELIVERED, S.SENT, S.RETRYING, S.SUPPRESSED, S.FAILED, S.DEAD}),
     S.SENT: frozenset({S.DELIVERED, S.OPENED, S.CLICKED, S.BOUNCED, S.FAILED, S.RETRYING}),
     S.DELIVERED: frozenset({S.READ, S.OPENED, S.CLICKED, S.BOUNCED, S.FAILED}),
@@ -93,6 +93,10 @@ RELEASE = Move("due time reached", (S.SCHEDULED,), S.PENDING)
 # Aggregation (services/aggregation.py): a leader whose batch a concurrent page opened
 # first is counted into that batch instead.
 AGGREGATED_LATE = Move("counted into a batch opened at the same time", (S.SCHEDULED,), S.SUPPRESSED)
+# Campaigns (services/campaigns.py): a pause holds what is not yet sent (a resume releases
+# it, as RELEASE), a cancel suppresses it.
+CAMPAIGN_HELD = Move("held: campaign paused", (S.PENDING,), S.SCHEDULED)
+CAMPAIGN_CANCELLED = Move("campaign cancelled", (S.PENDING, S.SCHEDULED), S.SUPPRESSED)
 # In-app dispatch (services/inbox.py): the inbox item is written. Rows are claimed as
 # delivered by the statement that locks them; one whose template cannot be rendered is
 # failed in that same transaction, so nobody ever sees it delivered.
@@ -136,6 +140,8 @@ RECEIPTS: dict[str, Move] = {
 MOVES: tuple[Move, ...] = (
     RELEASE,
     AGGREGATED_LATE,
+    CAMPAIGN_HELD,
+    CAMPAIGN_CANCELLED,
     INAPP_WRITTEN,
     INAPP_UNRENDERABLE,
     READ,

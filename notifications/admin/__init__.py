@@ -7,6 +7,7 @@ pipeline owns are view-only (admin/base.py).
 """
 
 from notifications.admin import (
+    campaigns,
     catalog,
     deadletters,
     deliveries,
@@ -21,6 +22,7 @@ from notifications.admin import (
 )
 
 __all__ = [
+    "campaigns",
     "catalog",
     "deadletters",
     "deliveries",

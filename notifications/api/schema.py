@@ -167,6 +167,8 @@ PATH_PARAMETERS: dict[str, tuple[dict[str, Any], str]] = {
     "event_id": ({"type": "string", "format": "uuid"}, "The event's id"),
     "reminder_id": ({"type": "string", "format": "uuid"}, "The reminder's id"),
     "delivery_id": (_ID, "Id of the dead delivery"),
+    "campaign_id": (_ID, "Id of the campaign"),
+    "segment_id": (_ID, "Id of the segment"),
     "endpoint_id": (_ID, "Id of the webhook endpoint"),
     "item_id": (_ID, "Id of the inbox item"),
     "kind": ({"type": "string", "enum": list(SuppressionKind.values)}, "What the address is"),

@@ -4,6 +4,7 @@ api/common.py, whose patterns the schema states (PATH_PARAMETERS)."""
 from django.urls import path, re_path, register_converter
 
 from notifications.api import (
+    campaigns,
     deadletters,
     events,
     inbox,
@@ -57,6 +58,18 @@ urlpatterns = [
         "topics/<segment:key>/subscribers/", topics.TopicSubscribersView.as_view(), name="topic-subscribers"
     ),
     path("reminders/", reminders.ReminderListView.as_view(), name="reminders"),
+    path("campaigns/", campaigns.CampaignListView.as_view(), name="campaigns"),
+    path("campaigns/<id:campaign_id>/", campaigns.CampaignDetailView.as_view(), name="campaign"),
+    path("campaigns/<id:campaign_id>/start/", campaigns.CampaignStartView.as_view(), name="campaign-start"),
+    path("campaigns/<id:campaign_id>/pause/", campaigns.CampaignPauseView.as_view(), name="campaign-pause"),
+    path(
+        "campaigns/<id:campaign_id>/resume/", campaigns.CampaignResumeView.as_view(), name="campaign-resume"
+    ),
+    path(
+        "campaigns/<id:campaign_id>/cancel/", campaigns.CampaignCancelView.as_view(), name="campaign-cancel"
+    ),
+    path("segments/", campaigns.SegmentListView.as_view(), name="segments"),
+    path("segments/<id:segment_id>/", campaigns.SegmentDetailView.as_view(), name="segment"),
     path("reminders/<segment:reminder_id>/", reminders.ReminderDetailView.as_view(), name="reminder"),
     path("events/", events.EventListView.as_view(), name="events"),
     path("events/bulk/", events.EventBulkView.as_view(), name="events-bulk"),

@@ -2,6 +2,7 @@
 from ``notifications.models`` as Django expects. Delivery statuses and their transitions
 live in notifications/states.py."""
 
+from notifications.models.campaigns import Campaign, CampaignStatus, CampaignVariant, Segment
 from notifications.models.catalog import (
     KEY_PATTERN,
     KEY_VALIDATOR,
@@ -60,6 +61,10 @@ from notifications.models.recipients import (
 from notifications.states import DeliveryStatus
 
 __all__ = [
+    "Campaign",
+    "CampaignStatus",
+    "CampaignVariant",
+    "Segment",
     "AggregationBatch",
     "ApiKey",
     "AttemptOutcome",

@@ -55,6 +55,11 @@ class Event(models.Model):
     # A staff member's test of a template version not (yet) published: its deliveries
     # render that version instead of the published one.
     template_version = models.PositiveIntegerField(null=True, blank=True)
+    # The campaign this event sends (one event per variant), whose status and throttle its
+    # fan-out follows (notifications/services/campaigns.py).
+    campaign = models.ForeignKey(
+        "notifications.Campaign", null=True, blank=True, on_delete=models.SET_NULL, related_name="events"
+    )
     status = models.CharField(max_length=20, choices=EventStatus.choices, default=EventStatus.ACCEPTED)
     planned_count = models.IntegerField(default=0, help_text="Recipients planned so far.")
     created_at = models.DateTimeField(default=now, db_index=True)

@@ -11,7 +11,9 @@ locked, so no Redis call ever runs while rows are locked. The audience is never 
 from __future__ import annotations
 
 import bisect
+import copy
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -25,6 +27,9 @@ from django.db.models import JSONField
 from django.utils import timezone
 
 from notifications.models import (
+    Campaign,
+    CampaignStatus,
+    CampaignVariant,
     Channel,
     DeliveryStatus,
     Event,
@@ -96,19 +101,24 @@ class _Page(NamedTuple):
     planned: list[PlannedDelivery]
 
 
-def _plan_next_page(outbox: OutboxMessage, event: Event, now: datetime) -> _Page:
+def _plan_next_page(outbox: OutboxMessage, event: Event, now: datetime, gate: _Gate | None = None) -> _Page:
     """Read and plan the page after the outbox row's cursor. Runs outside any transaction:
     the rate caps it consumes live in Redis, and a Redis call must never sit inside a
     section that holds row locks (a hiccup there would stall or roll back other work)."""
-    size = settings.FANOUT_PAGE_SIZE
+    size = gate.page_size if gate is not None else settings.FANOUT_PAGE_SIZE
     if event.topic_id is not None:
         facts, next_cursor, last = _topic_page(event.topic_id, outbox.cursor, size)
     else:
         facts, next_cursor, last = _explicit_page(event.recipient_ids or [], outbox.cursor, size)
     wall = event_local_wall(event)
+    notification_type = event.notification_type
+    if gate is not None and gate.channels:
+        # A campaign sends on some of its type's channels.
+        notification_type = copy.copy(notification_type)
+        notification_type.channels = [c for c in notification_type.channels if c in gate.channels]
     planned = (
         plan_page(
-            notification_type=event.notification_type,
+            notification_type=notification_type,
             recipients=facts,
             now=now,
             local_walls=[wall] * len(facts) if wall is not None else None,
@@ -123,11 +133,76 @@ class _Stored(NamedTuple):
     """What _fanout_page did: recipients stored, whether the fan-out is finished, and the
     outbox row as the page left it (its cursor moved on, its event counted), for the next
     page to start from without reading it again: storing checks, under the row's lock,
-    that the cursor is still where the page was planned from."""
+    that the cursor is still where the page was planned from. ``pace``: for a throttled
+    campaign, the seconds the next page waits."""
 
     recipients: int
     finished: bool
     outbox: OutboxMessage | None
+    pace: float | None = None
+
+
+# --- Campaigns: their events fan out while the campaign runs, at its pace -----------------
+
+_RUNNABLE = (CampaignStatus.RUNNING, CampaignStatus.SCHEDULED)
+# A paused campaign's rows wait here until its resume makes them available again.
+_PARKED = timedelta(days=3650)
+
+
+class _Gate(NamedTuple):
+    """A campaign event's campaign as its fan-out sees it: status, the channels it sends
+    on (empty: all of the type's), and the variant's share of the throttle."""
+
+    status: str
+    channels: list[str]
+    rate: float
+
+    @property
+    def page_size(self) -> int:
+        # About one second of sends per page, so the pace is even.
+        return max(1, min(settings.FANOUT_PAGE_SIZE, math.ceil(self.rate)))
+
+
+def _campaign_gate(event: Event, now: datetime) -> _Gate | None:
+    if event.campaign_id is None:
+        return None
+    with connection.cursor() as db:
+        db.execute(
+            f"""SELECT c.status, c.channels, c.throttle_per_second::float * v.weight
+                       / (SELECT sum(weight) FROM {CampaignVariant._meta.db_table} WHERE campaign_id = c.id)
+                FROM {Campaign._meta.db_table} c
+                JOIN {CampaignVariant._meta.db_table} v ON v.campaign_id = c.id AND v.event_id = %s
+                WHERE c.id = %s""",
+            [event.id, event.campaign_id],
+        )
+        row = db.fetchone()
+        if row is None:
+            return None
+        if row[0] == CampaignStatus.SCHEDULED:
+            # Its send_at came (the row was due): it runs from now.
+            db.execute(
+                f"""UPDATE {Campaign._meta.db_table} SET status = %s, started_at = %s
+                    WHERE id = %s AND status = %s""",
+                [CampaignStatus.RUNNING, now, event.campaign_id, CampaignStatus.SCHEDULED],
+            )
+    return _Gate(row[0], list(row[1] or []), max(float(row[2] or 1.0), 0.001))
+
+
+def _campaign_runs(campaign_id: int) -> bool:
+    """Inside the page's transaction: whether the campaign still runs, its row share-locked
+    until commit, so that a pause (which locks it to update) waits for this page and then
+    holds its deliveries too."""
+    with connection.cursor() as db:
+        db.execute(f"SELECT status FROM {Campaign._meta.db_table} WHERE id = %s FOR SHARE", [campaign_id])
+        row = db.fetchone()
+    return row is not None and row[0] in _RUNNABLE
+
+
+def _park(outbox_id: int, now: datetime) -> None:
+    """A paused or cancelled campaign's row: no sweep takes it until a resume."""
+    OutboxMessage.objects.filter(id=outbox_id, processed_at__isnull=True).update(
+        leased_until=None, available_at=now + _PARKED
+    )
 
 
 # What _fanout_page says when it stored nothing because the page moved under it.
@@ -148,7 +223,11 @@ def _fanout_page(outbox_id: int, known: OutboxMessage | None = None) -> _Stored 
         return None
     event: Event = outbox.event
     notification_type: NotificationType = event.notification_type
-    page = _plan_next_page(outbox, event, now)
+    gate = _campaign_gate(event, now)
+    if gate is not None and gate.status not in _RUNNABLE:
+        _park(outbox.id, now)
+        return None
+    page = _plan_next_page(outbox, event, now, gate)
     with transaction.atomic():
         # The row is locked only if it is still where the page was planned from: another
         # worker that stored this page first moved the cursor, and this plan is dropped
@@ -164,6 +243,9 @@ def _fanout_page(outbox_id: int, known: OutboxMessage | None = None) -> _Stored 
                 cursor=page.cursor
             )
             return _AGAIN if moved.exists() else None
+        if gate is not None and event.campaign_id is not None and not _campaign_runs(event.campaign_id):
+            _park(outbox.id, now)
+            return None
         if page.next_cursor is None:
             _finish(outbox, event, now)
             return _Stored(0, True, None)
@@ -216,7 +298,8 @@ def _fanout_page(outbox_id: int, known: OutboxMessage | None = None) -> _Stored 
         counts[f"deliveries:{Channel.INAPP}:{INAPP_WRITTEN_FROM}"] += len(deferred)
         counts["fanout_recipients"] = len(page.facts)
         transaction.on_commit(lambda: metrics_increment(counts), robust=True)
-    return _Stored(len(page.facts), page.last, None if page.last else outbox)
+    pace = len(page.facts) / gate.rate if gate is not None and page.facts else None
+    return _Stored(len(page.facts), page.last, None if page.last else outbox, pace)
 
 
 def _inapp_deferred(
@@ -273,12 +356,19 @@ def event_fanout(*, outbox_id: int, slice_seconds: float | None = None) -> Fanou
         # The row as this page left it serves the next page; after a page that stored
         # nothing (another worker moved the cursor) it is read again. So within one slice
         # (FANOUT_SLICE_SECONDS) the event's type is the one read at its start.
-        count, finished, known = result
+        count, finished, known, pace = result
         if count:
             pages += 1
             recipients += count
         if finished:
             return FanoutProgress(pages, recipients, finished=True)
+        if pace:
+            # A throttled campaign: the next page after its share of a second per recipient,
+            # by a task due then; the row's lease covers the wait, so no sweep takes it meanwhile.
+            lease = timedelta(seconds=pace + settings.OUTBOX_LEASE_SECONDS)
+            OutboxMessage.objects.filter(id=outbox_id).update(leased_until=timezone.now() + lease)
+            outbox_relay(outbox_id=outbox_id, countdown=pace)
+            return FanoutProgress(pages, recipients, finished=False)
         if time.monotonic() - started >= budget:
             outbox_relay(outbox_id=outbox_id)
             return FanoutProgress(pages, recipients, finished=False)

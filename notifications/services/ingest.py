@@ -103,6 +103,7 @@ def event_ingest(
     origin_ip: str | None = None,
     send_at_local: datetime | None = None,
     template_version: int | None = None,
+    campaign_id: int | None = None,
 ) -> IngestResult:
     """Store an event for fan-out. Returns the event and whether it is new; the same
     idempotency key with the same body returns the first event (created=False).
@@ -111,7 +112,9 @@ def event_ingest(
     the event and its outbox row both are. ``origin_ip`` is the end user's address that
     caused the event (per-IP SMS limits); it is part of the idempotency fingerprint only
     when given. ``template_version``: a staff member's test of a version not published
-    (notifications/services/template_versions.py), whose data is its examples.
+    (notifications/services/template_versions.py), whose data is its examples; or a
+    campaign variant's (notifications/services/campaigns.py). ``campaign_id``: the campaign
+    whose status and throttle its fan-out follows.
     """
     data = data or {}
     origin_ip = origin_ip or None
@@ -165,6 +168,7 @@ def event_ingest(
         send_at_local=send_at_local.isoformat() if send_at_local else "",
         origin_ip=origin_ip,
         template_version=template_version,
+        campaign_id=campaign_id,
         status=EventStatus.SCHEDULED if deferred else EventStatus.ACCEPTED,
         created_at=now,
     )
@@ -265,8 +269,8 @@ def _insert_event(event: Event, *, lease: datetime | None) -> int:
                     INSERT INTO {Event._meta.db_table}
                         (id, notification_type_id, api_key_id, idempotency_key, request_fingerprint,
                          data, recipient_ids, topic_id, send_at, send_at_local, origin_ip, status,
-                         planned_count, created_at, template_version)
-                    VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::bigint[], %s, %s, %s, %s::inet, %s, 0, %s, %s)
+                         planned_count, created_at, template_version, campaign_id)
+                    VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::bigint[], %s, %s, %s, %s::inet, %s, 0, %s, %s, %s)
                     RETURNING id
                 )
                 INSERT INTO {OutboxMessage._meta.db_table}
@@ -288,6 +292,7 @@ def _insert_event(event: Event, *, lease: datetime | None) -> int:
                 event.status,
                 event.created_at,
                 event.template_version,
+                event.campaign_id,
                 event.send_at if lease is None else event.created_at,
                 lease,
                 event.created_at,

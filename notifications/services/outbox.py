@@ -18,14 +18,15 @@ log = logging.getLogger(__name__)
 SWEEP_BATCH = 500
 
 
-def _enqueue_fanout(outbox_id: int) -> bool:
-    return enqueue(EVENT_FANOUT, args=(outbox_id,))
+def _enqueue_fanout(outbox_id: int, countdown: float | None = None) -> bool:
+    return enqueue(EVENT_FANOUT, args=(outbox_id,), countdown=countdown)
 
 
-def outbox_relay(*, outbox_id: int) -> bool:
-    """Enqueue the fan-out of one outbox row; True when the broker took it. On failure the
-    lease is dropped so that the next sweep picks the row up at once."""
-    if _enqueue_fanout(outbox_id):
+def outbox_relay(*, outbox_id: int, countdown: float | None = None) -> bool:
+    """Enqueue the fan-out of one outbox row (``countdown`` seconds from now: a throttled
+    campaign's next page); True when the broker took it. On failure the lease is dropped so
+    that the next sweep picks the row up at once."""
+    if _enqueue_fanout(outbox_id, countdown):
         return True
     try:
         OutboxMessage.objects.filter(id=outbox_id, processed_at__isnull=True).update(leased_until=None)

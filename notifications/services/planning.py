@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import connection
 
 from notifications.models import (
+    Category,
     Channel,
     DeliveryStatus,
     DigestFrequency,
@@ -27,7 +28,7 @@ from notifications.models import (
 )
 from notifications.services.dispatch import bigint_array_literal, channel_has_transport
 from notifications.services.local_time import wall_time_instant
-from notifications.services.ratelimits import rate_caps_consume
+from notifications.services.ratelimits import marketing_caps_consume, rate_caps_consume
 from notifications.services.validation import WHEN_ACTIVE_SEND, WHEN_ACTIVE_SKIP, when_active_parse
 from presence.services import recipients_online
 
@@ -161,6 +162,11 @@ def plan_page(
     )
     online: set[int] | None = None  # asked once per page, and only when a channel needs it
     digested = digests_resolve(notification_type=notification_type, recipient_ids=[r.id for r in recipients])
+    capped = (
+        marketing_caps_consume(recipient_ids=[r.id for r in recipients])
+        if notification_type.category == Category.MARKETING
+        else {}
+    )
     planned: list[PlannedDelivery] = []
     for channel in notification_type.channels:
         if not channel_has_transport(channel):
@@ -184,6 +190,9 @@ def plan_page(
                 slots.append(
                     PlannedDelivery(facts.id, channel, DeliveryStatus.SUPPRESSED, "preference: opted out")
                 )
+                continue
+            if capped and facts.id in capped:
+                slots.append(PlannedDelivery(facts.id, channel, DeliveryStatus.SUPPRESSED, capped[facts.id]))
                 continue
             if digested and channel != Channel.INAPP and facts.id in digested:
                 slots.append(

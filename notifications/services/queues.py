@@ -26,7 +26,9 @@ INAPP_DISPATCH = "notifications.tasks.inapp_dispatch_task"
 PROVIDER_DISPATCH = "notifications.tasks.provider_dispatch_task"
 
 
-def enqueue(name: str, *, args: tuple[Any, ...], queue: str | None = None) -> bool:
+def enqueue(
+    name: str, *, args: tuple[Any, ...], queue: str | None = None, countdown: float | None = None
+) -> bool:
     """Hand one task to the broker now; False (logged) when the broker did not take it.
 
     Where the task is registered (a worker; tests, which run tasks eagerly) it is sent as
@@ -35,6 +37,8 @@ def enqueue(name: str, *, args: tuple[Any, ...], queue: str | None = None) -> bo
     options: dict[str, Any] = {"retry": False}
     if queue is not None:
         options["queue"] = queue
+    if countdown:
+        options["countdown"] = countdown
     task = app.tasks.get(name)
     try:
         if task is not None:

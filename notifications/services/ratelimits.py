@@ -89,3 +89,50 @@ def rate_caps_consume(*, channel: str, recipient_ids: Sequence[int]) -> list[boo
     for position in over:
         capped[int(position) - 1] = True
     return capped
+
+
+def _caps(spec: str) -> list[tuple[int, int]]:
+    caps = []
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        try:
+            count, seconds = (int(x) for x in part.split("/"))
+        except ValueError as exc:
+            raise ImproperlyConfigured(
+                f"MARKETING_CAPS must look like 1/86400,5/604800, got {spec!r}"
+            ) from exc
+        caps.append((count, seconds))
+    return caps
+
+
+def marketing_caps_consume(*, recipient_ids: Sequence[int]) -> dict[int, str]:
+    """Count one marketing message per entry of ``recipient_ids`` against every cap of
+    MARKETING_CAPS (e.g. 1 a day, 5 a week, fixed windows); returns {recipient id: the cap
+    it is over} for those over one. Fails open when Redis does not answer, as the channel
+    caps do."""
+    caps = _caps(settings.MARKETING_CAPS)
+    if not caps or not recipient_ids:
+        return {}
+    over: dict[int, str] = {}
+    now = int(time.time())
+    try:
+        for limit, seconds in caps:
+            positions = _consume_script()(
+                keys=[redis_key(f"rl:marketing:{seconds}:{now // seconds}")],
+                args=[seconds + 5, limit, ",".join(map(str, recipient_ids))],
+            )
+            for position in positions:
+                over.setdefault(
+                    recipient_ids[int(position) - 1], f"marketing cap: {limit} per {_span(seconds)}"
+                )
+    except redis.RedisError as exc:
+        log.warning("marketing caps not checked (Redis unavailable): %s", exc)
+        return {}
+    return over
+
+
+def _span(seconds: int) -> str:
+    for unit, size in (("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds % size == 0:
+            count = seconds // size
+            return unit if count == 1 else f"{count} {unit}s"
+    return f"{seconds} s"

@@ -323,6 +323,9 @@ RATE_CAPS = {
     "push": env_str("RATE_CAP_PUSH", "60/3600"),
     "webhook": env_str("RATE_CAP_WEBHOOK", "600/60"),
 }
+# Marketing messages per recipient, whatever their channels: "count/seconds" caps, comma
+# separated (1 a day, 5 a week); a recipient over one is not sent the next marketing message.
+MARKETING_CAPS = env_str("MARKETING_CAPS", "1/86400,5/604800")
 END_USER_TOKEN_TTL_SECONDS = env_int("END_USER_TOKEN_TTL_SECONDS", 3600, minimum=60)
 # Frames a slow socket may have waiting before it is cut off (it then resumes by seq).
 SOCKET_SEND_QUEUE_LIMIT = env_int("SOCKET_SEND_QUEUE_LIMIT", 256, minimum=1)

@@ -21,6 +21,8 @@ from notifications.models import (
     AggregationBatch,
     ApiKey,
     AttemptOutcome,
+    Campaign,
+    CampaignVariant,
     Category,
     Channel,
     DeadLetter,
@@ -44,6 +46,7 @@ from notifications.models import (
     Preference,
     Recipient,
     Reminder,
+    Segment,
     Subscription,
     Suppression,
     TemplateVersion,
@@ -166,6 +169,11 @@ def pipeline() -> Pipeline:
     WebhookEndpoint.objects.create(
         recipient=recipient, kind="generic", url="https://hooks.example.com/x", secret="s3cret-value"
     )
+    segment = Segment.objects.create(name="French", filters={"locales": ["fr"]})
+    campaign = Campaign.objects.create(
+        name="Launch", notification_type=notification_type, audience_segment=segment, data={"order": "A-1"}
+    )
+    CampaignVariant.objects.create(campaign=campaign, name="A", weight=100)
     TemplateVersion.objects.create(
         notification_type=notification_type,
         number=1,
