@@ -9,7 +9,7 @@ LINT_IMPORTS := $(VENV)/bin/lint-imports
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv services migrate run test bench lint typecheck fmt clean
+.PHONY: help venv services migrate run test bench assets lint typecheck fmt clean
 
 help:
 	@echo "make run        start PostgreSQL/Redis/Mosquitto if needed, migrate, seed, run the platform (PORT=8000)"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench      run the benchmarks; results go to docs/benchmarks.md"
 	@echo "make services   make sure the local services answer"
 	@echo "make migrate    apply database migrations"
+	@echo "make assets     rebuild the bundled JavaScript (Node.js and npm; the bundles are committed)"
 	@echo "make lint | typecheck | fmt | clean"
 
 # The stamp is newer than both requirements files once they are installed, so pip runs
@@ -62,6 +63,11 @@ test: venv
 
 bench: venv services migrate
 	$(PYTHON) -m bench
+
+# The pinned packages of package-lock.json, bundled into notifications/static/ by esbuild.
+assets:
+	npm ci --no-audit --no-fund
+	npm run build
 
 fmt: venv
 	$(RUFF) format .

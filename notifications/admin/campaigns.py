@@ -17,9 +17,11 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.urls import URLPattern, path, reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from notifications.admin.base import PipelineOwnedAdmin
+from notifications.admin.charts import chart_html, line_chart
 from notifications.models import (
     Campaign,
     CampaignStatus,
@@ -38,6 +40,7 @@ from notifications.services.campaigns import (
     campaign_payload,
     campaign_resume,
     campaign_start,
+    campaign_timeline,
 )
 from notifications.services.segments import segment_count, segment_filters_clean, segment_save
 from notifications.services.validation import ValidationFailed
@@ -267,6 +270,7 @@ class CampaignAdmin(admin.ModelAdmin):
             context.update(
                 campaign=campaign,
                 payload=campaign_payload(campaign),
+                chart=chart_html(campaign_chart(campaign), width=960, height=220),
                 progress_url=reverse("admin:notifications_campaign_progress", args=[campaign.pk]),
             )
         return super().change_view(request, object_id, form_url, extra_context=context)
@@ -283,14 +287,35 @@ class CampaignAdmin(admin.ModelAdmin):
         ]
 
 
+TIMELINE_COLORS = {
+    "sent": "#2f7ed8",
+    "delivered": "#10b981",
+    "opened": "#8e44ad",
+    "clicked": "#f59e0b",
+    "failed": "#ef4444",
+}
+
+
+def campaign_chart(campaign: Campaign) -> dict[str, Any]:
+    """The campaign's timeline as a chart spec (admin/charts.py)."""
+    starts, series = campaign_timeline(campaign=campaign)
+    labels = [timezone.localtime(start).strftime("%H:%M:%S") for start in starts]
+    return line_chart(
+        {name: [float(n) for n in values] for name, values in series.items()},
+        labels=labels,
+        colors=TIMELINE_COLORS,
+        title="Sent, delivered, opened, clicked and failed over time",
+    )
+
+
 def campaign_progress_json(
     request: HttpRequest, campaign_id: int, model_admin: CampaignAdmin
 ) -> HttpResponse:
-    """The campaign as the API shows it, polled by the page's progress bar."""
+    """The campaign as the API shows it, with its timeline chart, polled by the page."""
     if not model_admin.has_view_permission(request):
         raise PermissionDenied
     campaign = get_object_or_404(Campaign.objects.select_related("notification_type"), pk=campaign_id)
-    return JsonResponse(campaign_payload(campaign))
+    return JsonResponse({**campaign_payload(campaign), "chart": campaign_chart(campaign)})
 
 
 class SegmentForm(forms.ModelForm):

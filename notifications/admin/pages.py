@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import redis
 from django.conf import settings
@@ -22,11 +23,10 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
 from notifications.admin.base import page_context, require_view
-from notifications.admin.charts import bar_chart_svg, line_chart_svg
+from notifications.admin.charts import bar_chart, chart_html, line_chart
 from notifications.models import Channel, DeliveryStatus
 from notifications.services.metrics import delivery_series
 from notifications.services.provider_health import ProviderHealth, breaker_reset, provider_health
@@ -93,7 +93,7 @@ class ProviderPanel:
 
 def _provider_panel(health: ProviderHealth) -> ProviderPanel:
     labels = [_minute_label(start) for start, _, _, _ in health.minutes]
-    calls = bar_chart_svg(
+    calls = bar_chart(
         {
             "succeeded": [calls - failures for _, calls, failures, _ in health.minutes],
             "failed": [failures for _, _, failures, _ in health.minutes],
@@ -101,25 +101,21 @@ def _provider_panel(health: ProviderHealth) -> ProviderPanel:
         labels=labels,
         colors={"succeeded": "#43a047", "failed": "#e53935"},
         title=f"{health.provider}: calls per minute",
-        width=560,
-        height=160,
     )
-    latency = line_chart_svg(
+    latency = line_chart(
         {"mean latency": [mean for _, _, _, mean in health.minutes]},
         labels=labels,
         colors={"mean latency": "#2f7ed8"},
         title=f"{health.provider}: mean latency per minute",
         unit="ms",
-        width=560,
-        height=160,
     )
     config = settings.PROVIDERS.get(health.provider, {})
     # The charts escape every label themselves.
     return ProviderPanel(
         health=health,
         sandbox=bool(config.get("sandbox")),
-        calls_chart=mark_safe(calls),
-        latency_chart=mark_safe(latency),
+        calls_chart=chart_html(calls, width=560, height=160),
+        latency_chart=chart_html(latency, width=560, height=160),
     )
 
 
@@ -179,6 +175,7 @@ class ChannelChart:
     label: str
     chart: str
     totals: list[tuple[str, int]]
+    spec: dict[str, Any]
 
 
 def _chart_minutes(request: HttpRequest) -> tuple[int, str]:
@@ -222,16 +219,13 @@ def channel_charts(
             if any(counts):
                 lines[status.value] = [float(n) for n in counts]
                 totals.append((status.value, sum(counts)))
-        svg = line_chart_svg(
+        spec = line_chart(
             lines,
             labels=labels,
             colors=STATUS_COLORS,
             title=f"{channel.label}: deliveries per {per} by status",
-            width=720,
-            height=200,
         )
-        # The chart escapes every label itself.
-        charts.append(ChannelChart(channel.value, channel.label, mark_safe(svg), totals))
+        charts.append(ChannelChart(channel.value, channel.label, chart_html(spec), totals, spec))
     return charts
 
 

@@ -29,7 +29,7 @@ Marketing caps (services/planning.py) and preferences apply to campaign messages
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
@@ -39,10 +39,13 @@ from notifications.models import (
     Campaign,
     CampaignStatus,
     CampaignVariant,
+    Channel,
     Delivery,
+    DeliveryEvent,
     DeliverySchedule,
     Event,
     EventStatus,
+    InboxItem,
     NotificationType,
     OutboxMessage,
     Segment,
@@ -543,6 +546,65 @@ def campaign_progress(*, campaign: Campaign) -> tuple[Progress, dict[str, Progre
             )
             campaign.status, campaign.finished_at = CampaignStatus.COMPLETED, now
     return total, per_variant
+
+
+TIMELINE_POINTS = 60
+TIMELINE_MIN_SECONDS = 5
+
+
+def campaign_timeline(
+    *, campaign: Campaign, now: datetime | None = None
+) -> tuple[list[datetime], dict[str, list[int]]]:
+    """What happened over time since the campaign started: per bucket (at most
+    TIMELINE_POINTS, each at least TIMELINE_MIN_SECONDS), the deliveries sent, delivered,
+    opened, clicked and failed (in-app items count as delivered when written and as opened
+    when read). Returns the buckets' starts and the counts by name."""
+    started = campaign.started_at
+    if started is None:
+        return [], {}
+    end = campaign.finished_at or now or timezone.now()
+    span = max(1.0, (end - started).total_seconds())
+    bucket = max(TIMELINE_MIN_SECONDS, int(-(-span // TIMELINE_POINTS)))
+    count = int(span // bucket) + 1
+    event_ids = _event_ids(campaign)
+    names = ("sent", "delivered", "opened", "clicked", "failed")
+    series = {name: [0] * count for name in names}
+    if event_ids:
+        with connection.cursor() as db:
+            db.execute(
+                f"""WITH d AS (SELECT id, channel, status, sent_at, updated_at FROM {Delivery._meta.db_table}
+                               WHERE event_id = ANY(%(events)s::uuid[]))
+                    SELECT %(sent)s, floor(extract(epoch FROM sent_at - %(start)s) / %(bucket)s), count(*)
+                      FROM d WHERE sent_at IS NOT NULL GROUP BY 2
+                    UNION ALL
+                    SELECT %(delivered)s, floor(extract(epoch FROM sent_at - %(start)s) / %(bucket)s), count(*)
+                      FROM d WHERE channel = %(inapp)s AND sent_at IS NOT NULL GROUP BY 2
+                    UNION ALL
+                    SELECT t.kind, floor(extract(epoch FROM t.occurred_at - %(start)s) / %(bucket)s), count(*)
+                      FROM {DeliveryEvent._meta.db_table} t JOIN d ON d.id = t.delivery_id
+                      WHERE t.kind = ANY(%(kinds)s) GROUP BY 1, 2
+                    UNION ALL
+                    SELECT %(opened)s, floor(extract(epoch FROM i.read_at - %(start)s) / %(bucket)s), count(*)
+                      FROM {InboxItem._meta.db_table} i WHERE i.event_id = ANY(%(events)s::uuid[])
+                      AND i.read_at IS NOT NULL GROUP BY 2
+                    UNION ALL
+                    SELECT %(failed_name)s, floor(extract(epoch FROM updated_at - %(start)s) / %(bucket)s), count(*)
+                      FROM d WHERE status = ANY(%(failed)s) GROUP BY 2""",
+                {
+                    "events": event_ids,
+                    "start": started,
+                    "bucket": bucket,
+                    "failed": list(FAILED),
+                    "kinds": ["delivered", "opened", "clicked"],
+                    **{name: name for name in ("sent", "delivered", "opened")},
+                    "failed_name": "failed",
+                    "inapp": Channel.INAPP,
+                },
+            )
+            for name, index, n in db.fetchall():
+                position = min(max(int(index), 0), count - 1)
+                series[name][position] += int(n)
+    return [started + timedelta(seconds=i * bucket) for i in range(count)], series
 
 
 def campaign_payload(campaign: Campaign) -> dict[str, Any]:

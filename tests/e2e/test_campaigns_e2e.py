@@ -1,7 +1,8 @@
 """Campaigns against a whole platform (web, workers, beat): a throttled campaign paused
 from its admin page in headless Chromium stops within a second, resumes where it stopped
-and reaches every recipient exactly once; a campaign cancelled through the API in the
-middle of its send stops for good."""
+and reaches every recipient exactly once, its chart over time drawn by the vendored chart
+library (as the delivery charts are); a campaign cancelled through the API in the middle
+of its send stops for good."""
 
 from __future__ import annotations
 
@@ -125,7 +126,21 @@ def test_a_campaign_paused_from_its_page_stops_within_a_second_and_resumes_witho
         page.click("#campaign-resume")
         page.locator(".messagelist").filter(has_text="Resumed").wait_for()
         page.locator("#campaign-status[data-status=completed]").wait_for(timeout=60_000)
+        # The chart over time is drawn by the vendored Chart.js, with what was sent in it.
+        chart = page.locator("#campaign-chart canvas[data-drawn='1']")
+        chart.wait_for()
+        sent_over_time = page.evaluate(
+            "JSON.parse(document.querySelector('#campaign-chart canvas').dataset.chart)"
+            ".series.find((s) => s.name === 'sent').values.reduce((a, b) => a + (b || 0), 0)"
+        )
+        assert sent_over_time == AUDIENCE
         page.screenshot(path=str(tmp_path / "completed.png"), full_page=True)
+
+        page.goto(f"{stack.web_url}/admin/notifications/delivery/charts/")
+        drawn = page.locator("canvas[data-drawn='1']")
+        drawn.first.wait_for()
+        assert drawn.count() == page.locator("canvas[data-chart]").count() == 5
+        page.screenshot(path=str(tmp_path / "delivery-charts.png"), full_page=True)
 
     final = _progress(stack, campaign_id)
     assert final["progress"]["sent"] == AUDIENCE and final["status"] == "completed"

@@ -4,10 +4,12 @@ SVG charts they draw."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from html import unescape
 from typing import Any
 
 import pytest
@@ -16,7 +18,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from notifications.admin.charts import bar_chart_svg, line_chart_svg, nice_ceiling
+from notifications.admin.charts import bar_chart, chart_has_data, chart_html, line_chart
 from notifications.admin.deadletter_replay import deadletter_selection
 from notifications.admin.pages import channel_charts
 from notifications.models import (
@@ -156,8 +158,8 @@ def test_it_renders_the_provider_pages_for_staff(
     deliveries = admin_client.get(reverse("admin:notifications_delivery_changelist"))
 
     assert [r.status_code for r in (health, charts, dead, index, deliveries)] == [200] * 5
-    assert "<svg" in health.content.decode()
-    assert "<svg" in charts.content.decode()
+    assert "<canvas data-chart=" in health.content.decode()
+    assert "<canvas data-chart=" in charts.content.decode()
     for page in (index, deliveries):
         assert reverse(HEALTH_URL) in page.content.decode()
         assert reverse(CHARTS_URL) in page.content.decode()
@@ -282,10 +284,10 @@ def test_it_charts_deliveries_per_channel_by_status(admin_client: Client, db: An
     assert '<meta http-equiv="refresh" content="30">' in html
     charts = {chart.channel: chart for chart in response.context["charts"]}
     assert list(charts) == Channel.values
-    sms = str(charts["sms"].chart)
-    assert sms.startswith("<svg") and 'data-series="sent"' in sms and 'data-series="failed"' in sms
+    assert {"sent", "failed"} <= {s["name"] for s in charts["sms"].spec["series"]}
     assert dict(charts["sms"].totals)["sent"] >= 3
-    assert html.count('<svg xmlns="http://www.w3.org/2000/svg" class="chart"') == len(Channel.values)
+    assert html.count("<canvas data-chart=") == len(Channel.values)
+    assert "notifications/charts.js" in html
 
 
 @pytest.mark.parametrize(
@@ -635,86 +637,52 @@ def test_it_shows_attempts_and_tracking_events_on_the_delivery_page(
 # --- admin/charts.py --------------------------------------------------------------------
 
 
-def _path_points(svg: str) -> list[tuple[float, float]]:
-    match = re.search(r'<path d="([^"]+)"', svg)
-    assert match is not None
-    return [(float(x), float(y)) for x, y in re.findall(r"[ML]\s*(-?[\d.]+) (-?[\d.]+)", match.group(1))]
-
-
 def test_it_escapes_every_text_in_a_chart() -> None:
-    svg = line_chart_svg(
-        {'<script>alert("x")</script>': [1.0, 2.0]},
-        labels=["<b>", "&"],
+    spec = line_chart(
+        {'<script>alert("x")</script>': [1.0], "<b>&": [2.0]},
+        labels=['"quoted" <title>'],
+        colors={"<b>&": '"red"><script>'},
         title='"quoted" <title>',
-        colors={'<script>alert("x")</script>': '"red"><script>'},
     )
-
-    assert "<script>" not in svg and "<b>" not in svg
-    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in svg
-    assert "&lt;b&gt;" in svg and "&amp;" in svg
-    assert 'aria-label="&quot;quoted&quot; &lt;title&gt;"' in svg
-    assert 'fill="&quot;red&quot;&gt;&lt;script&gt;"' in svg
+    html = str(chart_html(spec))
+    assert "<script>" not in html and "<b>" not in html and '"red">' not in html
+    assert 'aria-label="&quot;quoted&quot; &lt;title&gt;"' in html
+    # The spec travels whole in the attribute and comes back as it was.
+    attribute = re.search(r'data-chart="([^"]*)"', html)
+    assert attribute is not None
+    assert json.loads(unescape(attribute.group(1))) == spec
 
 
 @pytest.mark.parametrize(
     "series",
-    [{}, {"sent": []}, {"sent": [None, None, None]}],
+    [{}, {"calls": []}, {"calls": [None, None]}, {"calls": [0.0, 0.0]}],
+    ids=["none", "empty", "gaps", "zeros"],
 )
-def test_it_draws_an_empty_chart_that_says_no_data(series: dict[str, list[float | None]]) -> None:
-    labels = ["a", "b", "c"] if series.get("sent") else []
-
-    line = line_chart_svg(series, labels=labels, title="Empty")
-    bar = bar_chart_svg(series, labels=labels, title="Empty")
-
-    for svg in (line, bar):
-        assert svg.startswith("<svg") and svg.endswith("</svg>")
-        assert "No data" in svg
-        assert "<path" not in svg and 'class="bar"' not in svg and 'class="y-label"' not in svg
+def test_it_says_no_data_when_nothing_is_to_be_drawn(series: dict[str, list[float | None]]) -> None:
+    for spec in (
+        line_chart(series, labels=["a", "b"], title="Empty"),
+        bar_chart(series, labels=["a", "b"], title="Empty"),
+    ):
+        assert not chart_has_data(spec)
+        assert "No data in this window" in str(chart_html(spec))
 
 
-def test_it_scales_lines_from_zero_to_a_round_maximum() -> None:
-    svg = line_chart_svg({"calls": [0.0, 40.0, 80.0]}, labels=["a", "b", "c"], width=300, height=200)
-
-    points = _path_points(svg)
-    assert len(points) == 3
-    (x0, bottom), (xm, middle), (x1, top) = points
-    assert x0 == 48 and x1 == 300 - 10 and xm == pytest.approx((x0 + x1) / 2, abs=0.1)
-    # 80 rounds up to an axis of 100, whose label sits (4px below) at the plot's top.
-    label_100 = re.search(r'class="y-label" x="[\d.]+" y="([\d.]+)"[^>]*>100</text>', svg)
-    label_0 = re.search(r'class="y-label" x="[\d.]+" y="([\d.]+)"[^>]*>0</text>', svg)
-    assert label_100 is not None and label_0 is not None
-    plot_top, plot_bottom = float(label_100.group(1)) - 4, float(label_0.group(1)) - 4
-    assert bottom == pytest.approx(plot_bottom)
-    assert top == pytest.approx(plot_bottom - 0.8 * (plot_bottom - plot_top), abs=0.1)
-    assert middle == pytest.approx(plot_bottom - 0.4 * (plot_bottom - plot_top), abs=0.1)
-
-
-def test_it_breaks_lines_at_gaps_and_marks_lone_points() -> None:
-    svg = line_chart_svg({"latency": [5.0, 6.0, None, 7.0, None]}, labels=list("abcde"), unit="ms")
-
-    path = re.search(r'<path d="([^"]+)"', svg)
-    assert path is not None and path.group(1).count("M") == 1 and path.group(1).count("L") == 1
-    assert svg.count("<circle") == 1
-    assert re.search(r'class="y-label"[^>]*>10 ms</text>', svg)
-
-
-def test_it_stacks_bars_in_proportion() -> None:
-    svg = bar_chart_svg({"ok": [3.0, 0.0], "failed": [1.0, 0.0]}, labels=["12:00", "12:01"], height=200)
-
-    groups = re.findall(r'<g class="bar">(.*?)</g>', svg)
-    assert len(groups) == 1, "the empty minute draws no bar"
-    bars = re.findall(
-        r'<rect x="[\d.]+" y="([\d.]+)" width="[\d.]+" height="([\d.]+)" fill="([^"]+)"/>', groups[0]
+def test_it_keeps_gaps_draws_negatives_at_zero_and_fits_the_labels() -> None:
+    spec = line_chart(
+        {"latency": [5.0, -1.0, None, 7.0, 9.0, 11.0]}, labels=list("abcde"), title="t", unit="ms"
     )
-    assert len(bars) == 2, "the empty minute draws no bar"
-    (ok_y, ok_h, _), (fail_y, fail_h, _) = bars
-    assert float(ok_h) == pytest.approx(3 * float(fail_h), abs=0.2)
-    assert float(fail_y) + float(fail_h) == pytest.approx(float(ok_y), abs=0.2)
-    assert "<title>12:00: ok 3, failed 1</title>" in svg
+    assert spec["series"] == [{"name": "latency", "color": "#2f7ed8", "values": [5.0, 0.0, None, 7.0, 9.0]}]
+    assert (spec["type"], spec["unit"], spec["stacked"]) == ("line", "ms", False)
+    short = line_chart({"calls": [1.0]}, labels=["a", "b", "c"], title="t")
+    assert short["series"][0]["values"] == [1.0, None, None]
 
 
-@pytest.mark.parametrize(
-    ("value", "ceiling"), [(0, 1), (-3, 1), (0.3, 0.5), (1, 1), (7, 10), (12, 20), (21, 25), (999, 1000)]
-)
-def test_it_rounds_the_axis_maximum_up_to_a_round_number(value: float, ceiling: float) -> None:
-    assert nice_ceiling(value) == pytest.approx(ceiling)
+def test_bars_are_stacked_and_keep_their_colours() -> None:
+    spec = bar_chart(
+        {"ok": [3.0, 0.0], "failed": [1.0, 0.0]},
+        labels=["12:00", "12:01"],
+        colors={"failed": "#e53935"},
+        title="t",
+    )
+    assert spec["type"] == "bar" and spec["stacked"] is True
+    assert [(s["name"], s["color"]) for s in spec["series"]] == [("ok", "#2f7ed8"), ("failed", "#e53935")]

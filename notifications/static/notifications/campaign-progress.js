@@ -1,6 +1,7 @@
 // The campaign page's live progress (notifications/admin/campaigns.py): the campaign is
-// read again every second while it can still change, and the bar and the counts by status
-// (the campaign's and each variant's) follow.
+// read again every second while it can still change, and the bar, the counts by status
+// (the campaign's and each variant's) and the chart over time (charts.js) follow.
+import { drawChart } from "./charts.js";
 const panel = document.getElementById("campaign-live");
 const statusBadge = document.getElementById("campaign-status");
 const summary = document.getElementById("campaign-summary");
@@ -40,7 +41,17 @@ async function poll() {
     const response = await fetch(panel.dataset.url, { credentials: "same-origin" });
     if (response.ok) {
       const campaign = await response.json();
+      if (campaign.status !== rendered) {
+        // The buttons and fields were for the status the page was rendered with.
+        location.reload();
+        return;
+      }
       show(campaign);
+      const canvas = document.querySelector("#campaign-chart canvas[data-chart]");
+      if (canvas && campaign.chart) {
+        canvas.dataset.chart = JSON.stringify(campaign.chart);
+        drawChart(canvas, campaign.chart);
+      }
       if (SETTLED.has(campaign.status)) return;
     }
   } catch (error) {
@@ -49,5 +60,7 @@ async function poll() {
   setTimeout(poll, 1000);
 }
 
-show(JSON.parse(document.getElementById("campaign-payload").textContent));
-poll();
+const initial = JSON.parse(document.getElementById("campaign-payload").textContent);
+const rendered = initial.status;
+show(initial);
+if (!SETTLED.has(rendered)) setTimeout(poll, 1000);
