@@ -57,6 +57,7 @@ from notifications.services.catalog import type_channel_templates
 from notifications.services.dispatch import deliveries_dispatch
 from notifications.services.ingest import event_ingest
 from notifications.services.outbox import outbox_relay
+from notifications.services.queues import CAMPAIGN_QUEUE
 from notifications.services.segments import segment_recipients
 from notifications.services.template_variables import data_variables_errors, preview_context
 from notifications.services.templating import TemplateRenderError, template_render
@@ -421,7 +422,7 @@ def campaign_resume(*, campaign: Campaign) -> Campaign:
         now = timezone.now()
         event_ids = _event_ids(locked)
         released = _move_unsent(event_ids, RELEASE, HELD, "", now)
-        deliveries_dispatch(released, now=now)
+        deliveries_dispatch(released, now=now, queue=CAMPAIGN_QUEUE)
         locked.status, locked.paused_at = CampaignStatus.RUNNING, None
         if locked.started_at is None:
             locked.started_at = now
@@ -434,7 +435,9 @@ def campaign_resume(*, campaign: Campaign) -> Campaign:
         available = locked.send_at if locked.send_at and locked.send_at > now else now
         OutboxMessage.objects.filter(id__in=outboxes).update(available_at=available, leased_until=None)
         if available <= now:
-            transaction.on_commit(lambda: [outbox_relay(outbox_id=i) for i in outboxes], robust=True)
+            transaction.on_commit(
+                lambda: [outbox_relay(outbox_id=i, queue=CAMPAIGN_QUEUE) for i in outboxes], robust=True
+            )
         return locked
 
 

@@ -149,6 +149,7 @@ def deliveries_store(
     inline_inapp: bool = False,
     inline_max: int | None = None,
     events: dict[Any, Event] | None = None,
+    queue: str | None = None,
 ) -> list[Inserted]:
     """Inside a transaction: insert the planned deliveries of one type and send each
     inserted row on its way (see the module docstring). With ``inline_inapp`` (from a
@@ -157,7 +158,8 @@ def deliveries_store(
     transaction, and those rows are inserted delivered: no dispatch batch, no broker hop,
     no second commit, no second write of the row (the common one-recipient event).
     ``inline_max`` overrides that limit, and ``events`` (by id, with their types) spares
-    the inbox reading them again. Returns the rows inserted."""
+    the inbox reading them again; ``queue``, the queue their sends go to instead of their
+    channels' (a campaign's). Returns the rows inserted."""
     limit = settings.INAPP_INLINE_MAX if inline_max is None else inline_max
     inline = (
         inline_inapp
@@ -176,7 +178,7 @@ def deliveries_store(
         if delivered:
             inapp_write(delivered=delivered, events=events, now=written_at)
         pending = [(delivery_id, channel) for delivery_id, channel in pending if channel != Channel.INAPP]
-    deliveries_dispatch(pending, now=now)
+    deliveries_dispatch(pending, now=now, queue=queue)
     deliveries_schedule([(row.id, row.due_at) for row in inserted if row.status == DeliveryStatus.SCHEDULED])
     if notification_type.fallbacks:
         fallback_checks_plan(notification_type=notification_type, rows=inserted, now=now)

@@ -45,19 +45,22 @@ def dispatch_lease() -> timedelta:
     return timedelta(seconds=settings.DELIVERY_STALE_SECONDS)
 
 
-def dispatch_batches_enqueue(*, batches: Iterable[tuple[int, str]]) -> None:
-    """Enqueue (batch_id, channel) tasks now. Failures are logged, not raised: the batch
-    stays open and the sweep enqueues it again."""
+def dispatch_batches_enqueue(*, batches: Iterable[tuple[int, str]], queue: str | None = None) -> None:
+    """Enqueue (batch_id, channel) tasks now, on the channel's queue or ``queue``. Failures
+    are logged, not raised: the batch stays open and the sweep enqueues it again."""
     for batch_id, channel in batches:
         if channel == Channel.INAPP:
-            enqueue(INAPP_DISPATCH, args=(batch_id,), queue=channel)
+            enqueue(INAPP_DISPATCH, args=(batch_id,), queue=queue or channel)
         elif channel in Channel.values:
-            enqueue(PROVIDER_DISPATCH, args=(batch_id, channel), queue=channel)
+            enqueue(PROVIDER_DISPATCH, args=(batch_id, channel), queue=queue or channel)
 
 
-def deliveries_dispatch(rows: Iterable[tuple[int, str]], *, now: datetime | None = None) -> list[int]:
+def deliveries_dispatch(
+    rows: Iterable[tuple[int, str]], *, now: datetime | None = None, queue: str | None = None
+) -> list[int]:
     """Inside a transaction: record (delivery_id, channel) pairs as dispatch batches and
-    enqueue them once it commits. Returns the batch ids."""
+    enqueue them once it commits (on ``queue`` rather than the channels': a campaign's).
+    Returns the batch ids."""
     by_channel: dict[str, list[int]] = defaultdict(list)
     stranded: list[int] = []
     for delivery_id, channel in rows:
@@ -92,7 +95,7 @@ def deliveries_dispatch(rows: Iterable[tuple[int, str]], *, now: datetime | None
             [now, now + dispatch_lease(), channels, [bigint_array_literal(c) for c in chunks]],
         )
         created = [(row[0], row[1]) for row in db.fetchall()]
-    transaction.on_commit(lambda: dispatch_batches_enqueue(batches=created), robust=True)
+    transaction.on_commit(lambda: dispatch_batches_enqueue(batches=created, queue=queue), robust=True)
     return [batch_id for batch_id, _ in created]
 
 

@@ -46,6 +46,7 @@ from notifications.services.durability import relax_commit_durability
 from notifications.services.metrics import metrics_increment
 from notifications.services.outbox import outbox_relay, outbox_relay_each
 from notifications.services.planning import PlannedDelivery, RecipientFacts, event_local_wall, plan_page
+from notifications.services.queues import CAMPAIGN_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +260,7 @@ def _fanout_page(outbox_id: int, known: OutboxMessage | None = None) -> _Stored 
             planned=planned,
             now=now,
             inline_inapp=True,
+            queue=CAMPAIGN_QUEUE if gate is not None else None,
         )
         inapp_planned_dispatch(event_id=event.id, recipient_ids=deferred, now=now)
         if notification_type.aggregation_window_seconds:
@@ -367,7 +369,7 @@ def event_fanout(*, outbox_id: int, slice_seconds: float | None = None) -> Fanou
             # by a task due then; the row's lease covers the wait, so no sweep takes it meanwhile.
             lease = timedelta(seconds=pace + settings.OUTBOX_LEASE_SECONDS)
             OutboxMessage.objects.filter(id=outbox_id).update(leased_until=timezone.now() + lease)
-            outbox_relay(outbox_id=outbox_id, countdown=pace)
+            outbox_relay(outbox_id=outbox_id, countdown=pace, queue=CAMPAIGN_QUEUE)
             return FanoutProgress(pages, recipients, finished=False)
         if time.monotonic() - started >= budget:
             outbox_relay(outbox_id=outbox_id)

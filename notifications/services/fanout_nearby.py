@@ -31,6 +31,7 @@ from django.db import close_old_connections, connections
 from notifications.models import Event
 from notifications.services.fanout import events_fanout_many, fanout_is_small
 from notifications.services.outbox import outbox_relay, outbox_relay_many
+from notifications.services.queues import CAMPAIGN_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ def event_fanout_soon(*, outbox_id: int, event: Event) -> None:
     if fanout_is_small(event, 0):
         fanout_soon(outbox_ids=[outbox_id], events={outbox_id: event})
     else:
-        outbox_relay(outbox_id=outbox_id)
+        outbox_relay(outbox_id=outbox_id, queue=CAMPAIGN_QUEUE if event.campaign_id else None)
 
 
 def _relay(outbox_ids: Sequence[int]) -> None:

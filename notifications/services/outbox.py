@@ -11,22 +11,23 @@ from django.db import transaction
 from django.utils import timezone
 
 from notifications.models import OutboxMessage
-from notifications.services.queues import EVENT_FANOUT, EVENTS_FANOUT_MANY, enqueue
+from notifications.services.queues import CAMPAIGN_QUEUE, EVENT_FANOUT, EVENTS_FANOUT_MANY, enqueue
 
 log = logging.getLogger(__name__)
 
 SWEEP_BATCH = 500
 
 
-def _enqueue_fanout(outbox_id: int, countdown: float | None = None) -> bool:
-    return enqueue(EVENT_FANOUT, args=(outbox_id,), countdown=countdown)
+def _enqueue_fanout(outbox_id: int, countdown: float | None = None, queue: str | None = None) -> bool:
+    return enqueue(EVENT_FANOUT, args=(outbox_id,), countdown=countdown, queue=queue)
 
 
-def outbox_relay(*, outbox_id: int, countdown: float | None = None) -> bool:
+def outbox_relay(*, outbox_id: int, countdown: float | None = None, queue: str | None = None) -> bool:
     """Enqueue the fan-out of one outbox row (``countdown`` seconds from now: a throttled
-    campaign's next page); True when the broker took it. On failure the lease is dropped so
-    that the next sweep picks the row up at once."""
-    if _enqueue_fanout(outbox_id, countdown):
+    campaign's next page; on ``queue`` rather than the fan-out queue: a campaign's); True
+    when the broker took it. On failure the lease is dropped so that the next sweep picks
+    the row up at once."""
+    if _enqueue_fanout(outbox_id, countdown, queue):
         return True
     try:
         OutboxMessage.objects.filter(id=outbox_id, processed_at__isnull=True).update(leased_until=None)
@@ -65,19 +66,20 @@ def outbox_sweep(*, limit: int = SWEEP_BATCH) -> int:
     now = timezone.now()
     lease = timedelta(seconds=settings.OUTBOX_LEASE_SECONDS)
     with transaction.atomic():
-        rows = list(
-            OutboxMessage.objects.select_for_update(skip_locked=True)
+        due = list(
+            OutboxMessage.objects.select_for_update(skip_locked=True, of=("self",))
             .filter(processed_at__isnull=True, available_at__lte=now)
             .exclude(leased_until__gt=now)
             .order_by("available_at")
-            .values_list("id", flat=True)[:limit]
+            .values_list("id", "event__campaign_id")[:limit]
         )
-        if not rows:
+        if not due:
             return 0
+        rows = [outbox_id for outbox_id, _ in due]
         OutboxMessage.objects.filter(id__in=rows).update(leased_until=now + lease)
     enqueued = 0
-    for outbox_id in rows:
-        if not _enqueue_fanout(outbox_id):
+    for outbox_id, campaign_id in due:
+        if not _enqueue_fanout(outbox_id, queue=CAMPAIGN_QUEUE if campaign_id else None):
             break
         enqueued += 1
     if enqueued < len(rows):

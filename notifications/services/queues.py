@@ -24,6 +24,9 @@ EVENT_FANOUT = "notifications.tasks.event_fanout_task"
 EVENTS_FANOUT_MANY = "notifications.tasks.events_fanout_many_task"
 INAPP_DISPATCH = "notifications.tasks.inapp_dispatch_task"
 PROVIDER_DISPATCH = "notifications.tasks.provider_dispatch_task"
+# The queue of campaign traffic (services/campaigns.py): its fan-out pages and its provider
+# sends, consumed by a worker of its own, so a campaign never delays a password reset.
+CAMPAIGN_QUEUE = "campaign"
 
 
 def enqueue(

@@ -45,6 +45,9 @@ DEFAULT_WORKERS: tuple[WorkerSpec, ...] = (
     WorkerSpec("inapp", ("inapp",)),
     # Provider sends: I/O-bound, each process calls providers from a thread pool.
     WorkerSpec("send", ("push", "sms", "email", "webhook")),
+    # Campaign traffic, fan-out pages and sends alike (notifications/services/campaigns.py):
+    # its own processes, so a campaign never waits in front of a password reset.
+    WorkerSpec("campaign", ("campaign",)),
 )
 
 # uvicorn processes sharing the web port under make run. Django runs a request's synchronous

@@ -244,7 +244,7 @@ CELERY_TIMEZONE = "UTC"
 
 # --- Celery on RabbitMQ (CELERY_BROKER_URL=amqp://user:password@host:5672/vhost) ----------
 # The queues every worker, web process and beat must agree on (docs/architecture.md).
-WORK_QUEUES = ("fanout", "inapp", "periodic", "default", "email", "sms", "push", "webhook")
+WORK_QUEUES = ("fanout", "inapp", "periodic", "default", "email", "sms", "push", "webhook", "campaign")
 _broker_scheme = CELERY_BROKER_URL.partition("://")[0]
 if _broker_scheme not in {"redis", "rediss", "redis+socket", "sentinel", "amqp", "amqps", "pyamqp"}:
     from django.core.exceptions import ImproperlyConfigured

@@ -6,6 +6,7 @@ of its send stops for good."""
 
 from __future__ import annotations
 
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -167,3 +168,31 @@ def test_a_campaign_cancelled_in_the_middle_stops_for_good(stack: Stack) -> None
     assert _sent(stack, campaign_id) == settled < AUDIENCE
     again = stack.api.post(f"/api/v1/campaigns/{campaign_id}/resume/")
     assert again.status_code == 409 and "only a paused one resumes" in again.json()["errors"]["status"][0]
+
+
+def test_campaign_traffic_waits_on_its_own_queue_and_never_delays_a_transactional_send(stack: Stack) -> None:
+    """With the campaign worker stopped, a started campaign sends nothing (its pages and
+    sends are on the campaign queue), while a transactional event to one of its recipients
+    is delivered at once; the campaign goes out when its worker is back."""
+    stack.processes.kill_worker("campaign", signal.SIGKILL)
+    campaign_id = _campaign(stack)
+    recipient = f"shopper-{_progress(stack, campaign_id)['type'].rsplit('.', 1)[1]}-0"
+    assert stack.api.post(f"/api/v1/campaigns/{campaign_id}/start/").status_code == 200
+    receipt = stack.create_type(f"e2e.receipt.{uuid.uuid4().hex[:6]}")
+
+    event_id = stack.send(type=receipt["key"], recipients=[recipient], data={"title": "Your receipt"})
+
+    def delivered() -> bool:
+        rows = stack.api.get(f"/api/v1/events/{event_id}/deliveries/").json()["results"]
+        return bool(rows) and rows[0]["status"] == "delivered"
+
+    wait_until(delivered, 15, interval=0.1, message="the transactional send waited")
+    assert _sent(stack, campaign_id) == 0, "nothing of the campaign went out without its worker"
+    stack.processes.restart_worker("campaign")
+    wait_until(
+        lambda: _progress(stack, campaign_id)["status"] == "completed",
+        60,
+        interval=0.2,
+        message="never completed",
+    )
+    assert _sent(stack, campaign_id) == AUDIENCE

@@ -73,9 +73,9 @@ def test_two_sweeps_hand_each_due_scheduled_event_to_one_fan_out(
     handed: Counter[int] = Counter()
     enqueue = outbox_module._enqueue_fanout
 
-    def counted(outbox_id: int) -> bool:
+    def counted(outbox_id: int, countdown: float | None = None, queue: str | None = None) -> bool:
         handed[outbox_id] += 1
-        return enqueue(outbox_id)
+        return enqueue(outbox_id, countdown, queue)
 
     monkeypatch.setattr(outbox_module, "_enqueue_fanout", counted)
 
