@@ -532,7 +532,9 @@ def campaign_progress(*, campaign: Campaign) -> tuple[Progress, dict[str, Progre
             for f in ("planned", "sent", "delivered", "failed", "suppressed", "held")
         ),
     )
-    if campaign.status == CampaignStatus.RUNNING and total.planned >= total.audience:
+    # Finished when every variant's fan-out is (recipients deleted since the snapshot are
+    # skipped, so the planned count may stay below the audience) and nothing waits.
+    if campaign.status == CampaignStatus.RUNNING:
         finished = (
             not Event.objects.filter(id__in=[v.event_id for v in variants if v.event_id])
             .exclude(status=EventStatus.COMPLETED)

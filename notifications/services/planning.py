@@ -205,9 +205,30 @@ def plan_page(
             if wall is not None:
                 due = wall_time_instant(wall, facts.timezone)
                 if due > now:
-                    slots.append(
-                        PlannedDelivery(facts.id, channel, DeliveryStatus.SCHEDULED, LOCAL_TIME, due_at=due)
+                    # A wall time inside the recipient's quiet hours waits for their end
+                    # (or, with the drop policy, is not sent), as a send at that time would.
+                    quiet_end = (
+                        quiet_hours_end(facts, due)
+                        if check_quiet_hours and facts.quiet_hours_start is not None
+                        else None
                     )
+                    if (
+                        quiet_end is not None
+                        and notification_type.quiet_hours_policy == QuietHoursPolicy.DROP
+                    ):
+                        slots.append(
+                            PlannedDelivery(facts.id, channel, DeliveryStatus.SUPPRESSED, "quiet hours")
+                        )
+                    else:
+                        slots.append(
+                            PlannedDelivery(
+                                facts.id,
+                                channel,
+                                DeliveryStatus.SCHEDULED,
+                                LOCAL_TIME,
+                                due_at=quiet_end or due,
+                            )
+                        )
                     continue
             if check_quiet_hours and facts.quiet_hours_start is not None:
                 quiet_end = quiet_hours_end(facts, now)

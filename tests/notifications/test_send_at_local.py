@@ -3,7 +3,7 @@ timezone (notifications/services/local_time.py, planning.py), daylight saving in
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import pytest
@@ -133,3 +133,31 @@ def test_bulk_events_take_send_at_local_too(service_client, django_capture_on_co
         "scheduled",
         wall.replace(tzinfo=UTC),
     )
+
+
+def test_a_local_time_inside_the_recipients_quiet_hours_waits_for_their_end(
+    service_client, django_capture_on_commit_callbacks
+):
+    nt = NotificationTypeFactory()
+    night_owl = RecipientFactory(timezone="UTC", quiet_hours_start=time(22, 0), quiet_hours_end=time(7, 0))
+    wall = (timezone.now() + timedelta(days=2)).replace(
+        hour=23, minute=0, second=0, microsecond=0, tzinfo=None
+    )
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = _post(
+            service_client,
+            {
+                "type": nt.key,
+                "recipients": [night_owl.external_id],
+                "data": {"order_id": 1},
+                "send_at_local": wall.isoformat(),
+            },
+        )
+    assert response.status_code == 202, response.content
+    event_fanout(outbox_id=OutboxMessage.objects.get(event_id=response.json()["id"]).id)
+
+    delivery = Delivery.objects.get(event_id=response.json()["id"])
+    morning = (wall + timedelta(days=1)).replace(hour=7, minute=0).replace(tzinfo=UTC)
+    assert (delivery.status, delivery.reason) == ("scheduled", "local time")
+    assert DeliverySchedule.objects.get(delivery=delivery).due_at == morning
