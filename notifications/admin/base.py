@@ -132,6 +132,15 @@ class PipelineOwnedAdmin(BigTableAdmin):
         return False
 
 
+def status_badge_html(colour: str, label: str) -> str:
+    """A status as a coloured pill, for list and change pages."""
+    return format_html(
+        '<span class="status-badge" style="background:{};color:#fff;padding:.1em .6em;border-radius:1em">{}</span>',
+        colour,
+        label,
+    )
+
+
 def page_context(request: HttpRequest, model_admin: admin.ModelAdmin, title: str) -> dict[str, Any]:
     """The context an admin page of ``model_admin`` needs besides its own: the site's
     header, sidebar and breadcrumbs, which read ``opts``."""

@@ -20,7 +20,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from notifications.admin.base import PipelineOwnedAdmin
+from notifications.admin.base import PipelineOwnedAdmin, status_badge_html
 from notifications.admin.charts import chart_html, line_chart
 from notifications.models import (
     Campaign,
@@ -178,10 +178,8 @@ class CampaignAdmin(admin.ModelAdmin):
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: Campaign) -> str:
-        return format_html(
-            '<span style="background:{};color:#fff;padding:.1em .6em;border-radius:1em">{}</span>',
-            STATUS_COLOURS.get(CampaignStatus(obj.status), "#6b7280"),
-            obj.get_status_display(),
+        return status_badge_html(
+            STATUS_COLOURS.get(CampaignStatus(obj.status), "#6b7280"), obj.get_status_display()
         )
 
     @admin.display(description="audience")

@@ -20,6 +20,7 @@ from django.shortcuts import get_object_or_404
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
+from notifications.admin.base import status_badge_html
 from notifications.models import TemplateVersion, TemplateVersionStatus
 from notifications.services.template_versions import (
     VersionRefused,
@@ -128,10 +129,8 @@ class TemplateVersionAdmin(admin.ModelAdmin):
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: TemplateVersion) -> str:
-        return format_html(
-            '<span class="tv-badge" style="background:{}">{}</span>',
-            STATUS_COLOURS.get(TemplateVersionStatus(obj.status), "#6b7280"),
-            obj.get_status_display(),
+        return status_badge_html(
+            STATUS_COLOURS.get(TemplateVersionStatus(obj.status), "#6b7280"), obj.get_status_display()
         )
 
     def get_form(
