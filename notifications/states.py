@@ -96,7 +96,7 @@ AGGREGATED_LATE = Move("counted into a batch opened at the same time", (S.SCHEDU
 # Campaigns (services/campaigns.py): a pause holds what is not yet sent (a resume releases
 # it, as RELEASE), a cancel suppresses it.
 CAMPAIGN_HELD = Move("held: campaign paused", (S.PENDING,), S.SCHEDULED)
-CAMPAIGN_CANCELLED = Move("campaign cancelled", (S.PENDING, S.SCHEDULED), S.SUPPRESSED)
+CAMPAIGN_CANCELLED = Move("campaign cancelled", (S.PENDING, S.SCHEDULED, S.RETRYING), S.SUPPRESSED)
 # In-app dispatch (services/inbox.py): the inbox item is written. Rows are claimed as
 # delivered by the statement that locks them; one whose template cannot be rendered is
 # failed in that same transaction, so nobody ever sees it delivered.

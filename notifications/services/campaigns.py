@@ -399,15 +399,46 @@ def _move_unsent(
         return [(row[0], row[1]) for row in db.fetchall()]
 
 
+# A paused campaign's schedule rows (quiet hours, retries) wait here until its resume puts
+# them back at their delivery's own due time.
+_PARKED = timedelta(days=3650)
+
+
+def _park_schedules(event_ids: list[Any], now: datetime) -> None:
+    """Deliveries of the campaign waiting for a time (quiet hours, a retry's backoff) are
+    not released while it is paused."""
+    if event_ids:
+        with connection.cursor() as db:
+            db.execute(
+                f"""UPDATE {DeliverySchedule._meta.db_table} AS s SET due_at = %s
+                    FROM {Delivery._meta.db_table} AS d
+                    WHERE s.delivery_id = d.id AND d.event_id = ANY(%s::uuid[])""",
+                [now + _PARKED, event_ids],
+            )
+
+
+def _unpark_schedules(event_ids: list[Any], now: datetime) -> None:
+    if event_ids:
+        with connection.cursor() as db:
+            db.execute(
+                f"""UPDATE {DeliverySchedule._meta.db_table} AS s SET due_at = COALESCE(d.due_at, %s)
+                    FROM {Delivery._meta.db_table} AS d
+                    WHERE s.delivery_id = d.id AND d.event_id = ANY(%s::uuid[]) AND s.due_at > %s""",
+                [now, event_ids, now + _PARKED / 2],
+            )
+
+
 def campaign_pause(*, campaign: Campaign) -> Campaign:
-    """Stop sending now: the fan-out stops at its next page and what is not yet handed to a
-    provider is held. CampaignRefused unless it runs (or waits for its send_at)."""
+    """Stop sending now: the fan-out stops at its next page, what is not yet handed to a
+    provider is held, and what waits for a time (quiet hours, a retry) waits for the resume.
+    CampaignRefused unless it runs (or waits for its send_at)."""
     with transaction.atomic():
         locked = Campaign.objects.select_for_update().get(pk=campaign.pk)
         if locked.status not in (CampaignStatus.RUNNING, CampaignStatus.SCHEDULED):
             raise CampaignRefused(f"the campaign is {locked.status}; only a running or scheduled one pauses")
         now = timezone.now()
         _move_unsent(_event_ids(locked), CAMPAIGN_HELD, None, HELD, now)
+        _park_schedules(_event_ids(locked), now)
         locked.status, locked.paused_at = CampaignStatus.PAUSED, now
         locked.save(update_fields=["status", "paused_at"])
         return locked
@@ -423,6 +454,7 @@ def campaign_resume(*, campaign: Campaign) -> Campaign:
         event_ids = _event_ids(locked)
         released = _move_unsent(event_ids, RELEASE, HELD, "", now)
         deliveries_dispatch(released, now=now, queue=CAMPAIGN_QUEUE)
+        _unpark_schedules(event_ids, now)
         locked.status, locked.paused_at = CampaignStatus.RUNNING, None
         if locked.started_at is None:
             locked.started_at = now

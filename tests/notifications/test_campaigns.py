@@ -21,6 +21,7 @@ from notifications.models import (
     Campaign,
     CampaignVariant,
     Delivery,
+    DeliverySchedule,
     Device,
     InboxItem,
     OutboxMessage,
@@ -38,6 +39,7 @@ from notifications.services.campaigns import (
 )
 from notifications.services.catalog import notification_type_save
 from notifications.services.fanout import event_fanout
+from notifications.services.scheduling import deliveries_release_due
 from notifications.services.segments import segment_count, segment_save
 from notifications.services.validation import ValidationFailed
 from tests.notifications.factories import RecipientFactory
@@ -384,3 +386,28 @@ def test_the_command_starts_a_campaign_and_shows_its_progress(
     text = out.getvalue()
     assert "Winter sale: running" in text
     assert "100% of 2: 2 sent, 2 delivered, 0 failed, 0 suppressed" in text
+
+
+def test_a_retry_or_a_quiet_hours_wait_of_a_paused_campaign_waits_for_its_resume() -> None:
+    email = _marketing_type(["email"])
+    topic = _audience(2, email="someone@example.com")
+    campaign = _campaign(topic, email)
+    campaign_start(campaign=campaign)
+    event_fanout(outbox_id=OutboxMessage.objects.get(event__campaign=campaign).id)
+    retrying = Delivery.objects.filter(event__campaign=campaign).first()
+    assert retrying is not None
+    due = timezone.now() - timedelta(seconds=1)
+    Delivery.objects.filter(id=retrying.id).update(status="retrying", due_at=due)
+    DeliverySchedule.objects.create(delivery=retrying, due_at=due)
+
+    campaign_pause(campaign=campaign)
+    assert deliveries_release_due() == 0, "the retry waits for the resume"
+
+    campaign_resume(campaign=campaign)
+    assert DeliverySchedule.objects.get(delivery=retrying).due_at == due
+    assert deliveries_release_due() == 1
+
+    campaign_cancel(campaign=campaign)
+    assert set(Delivery.objects.filter(event__campaign=campaign).values_list("status", "reason")) == {
+        ("suppressed", "campaign cancelled")
+    }
