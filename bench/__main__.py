@@ -10,6 +10,7 @@ print their figures, and (unless ``--no-write``) record them in ``docs/benchmark
     python -m bench p3-presence --presence-users 5000 --presence-watching 500   # P3: deltas
     python -m bench p4 --rate 1000 --seconds 20      # event -> push accepted by the sandbox
     python -m bench sends --per-channel 5000         # provider sends/s per channel
+    python -m bench p5 --campaign-recipients 50000   # an email campaign, and transactional p99 meanwhile
     python -m bench kill-sends --sends 10000         # kill -9 of the send worker mid-send
     python -m bench p1-against --against c0fea50     # P1 here and at another revision, in turns
     python -m bench bulk --events 50000              # POST /api/v1/events/bulk/, accepted and delivered
@@ -33,6 +34,7 @@ from bench import (
     p3_heartbeat,
     p3_presence,
     p4_push,
+    p5_campaign,
     provider_sends,
     report,
 )
@@ -55,6 +57,7 @@ BENCHMARKS = (
     "p3-presence",
     "p4",
     "sends",
+    "p5",
     "kill-sends",
     "p1-against",
     "bulk",
@@ -156,6 +159,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--per-channel", type=int, default=5_000, help="sends: recipients per provider (default 5,000)"
     )
     parser.add_argument("--sends", type=int, default=10_000, help="kill-sends: pushes (default 10,000)")
+    parser.add_argument(
+        "--campaign-recipients", type=int, default=50_000, help="p5: campaign emails (default 50,000)"
+    )
     parser.add_argument(
         "--kill-runs", type=int, default=3, help="kill-sends: runs, each killing at another point (default 3)"
     )
@@ -354,6 +360,14 @@ def run_sends(args: argparse.Namespace, template: str) -> dict[str, Any]:
     return {"sends": {r.provider: r.as_dict() for r in results}}
 
 
+def run_p5(args: argparse.Namespace, template: str) -> dict[str, Any]:
+    result = p5_campaign.run(
+        template=template, recipients=args.campaign_recipients, progress=not args.no_progress
+    )
+    print(result.summary(), flush=True)
+    return {"p5": result.as_dict()}
+
+
 def run_kill_sends(args: argparse.Namespace, template: str) -> dict[str, Any]:
     # Where the kill lands inside a chunk decides the duplicates, so one run is one sample:
     # kill at several points and report each, the worst as the headline.
@@ -439,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             ("p3-presence", run_p3_presence),
             ("p4", run_p4),
             ("sends", run_sends),
+            ("p5", run_p5),
             ("kill-sends", run_kill_sends),
             ("p1-against", run_p1_against),
         )

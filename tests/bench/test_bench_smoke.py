@@ -20,6 +20,7 @@ from bench import (
     p3_heartbeat,
     p3_presence,
     p4_push,
+    p5_campaign,
     provider_sends,
     report,
 )
@@ -290,6 +291,22 @@ def test_bulk_events_are_all_accepted_and_delivered_in_app(template: str) -> Non
     assert result.copy_rows_per_second > 0 and result.cpu_seconds["web"] > 0
     rendered = report.render({"bulk": result.as_dict(), "machine": report.machine(), "measured_on": {}})
     assert "## Bulk events: POST /api/v1/events/bulk/" in rendered and "| 1,500 | 500 |" in rendered
+
+
+def test_p5_campaign_sends_every_email_once_and_probes_transactional_latency(template: str) -> None:
+    result = p5_campaign.run(
+        template=template, recipients=400, probe_seconds=2.0, timeout=180, progress=False
+    )
+
+    assert result.accepted == 400 and result.duplicates == 0 and result.failed == 0, result.as_dict()
+    assert 0 < result.first_accept_s <= result.last_accept_s, result.as_dict()
+    assert result.sends_per_second > 0
+    for probe in (result.baseline, result.during):
+        assert probe.sent > 0 and probe.written == probe.sent, result.as_dict()
+        assert 0 < probe.p50_s <= probe.p99_s, result.as_dict()
+    rendered = report.render({"p5": result.as_dict(), "machine": report.machine(), "measured_on": {}})
+    assert "## P5: an email campaign, and transactional traffic meanwhile" in rendered
+    assert "| P5 email campaign, 400 recipients" in rendered
 
 
 def test_report_renders_the_provider_sections() -> None:

@@ -1,0 +1,251 @@
+"""P5: an email campaign through the provider sandbox's ESP (the Mailgun HTTP API), and
+what it does to transactional traffic meanwhile.
+
+On one stack with the provider sandbox (provider pacing lifted, as for the other provider
+benchmarks):
+
+1. *Baseline*: a transactional probe alone: PROBE_RATE in-app events a second, each to one
+   recipient, for ``probe_seconds``; latency of each from its acceptance to its inbox item
+   written (both stamped by the platform: ``InboxItem.accepted_at`` and ``created_at``).
+2. *Campaign*: ``recipients`` seeded with an address (SQL ``generate_series``) on a topic;
+   a marketing email type; a campaign to the topic created and started over the API,
+   unthrottled (``throttle_per_second`` at its maximum), while the same probe runs again.
+   *Sends/s* is the distinct idempotency keys the sandbox's Mailgun accepted over the time
+   from its first to its last acceptance; the run ends when every delivery settled.
+
+Targets (docs/benchmarks.md): at least 5,000 sends/s, and the probe's p99 during the
+campaign at most 1.5 times its baseline p99.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psycopg
+
+from bench.provider_sends import (
+    SENDS_ENV,
+    accepted_records,
+    create_type,
+    first_acceptances,
+    seed_audience,
+    wait_settled,
+)
+from bench.stack import Stack, bench_stack, cpu_sample, cpu_seconds
+
+TARGET_SENDS_PER_SECOND = 5_000.0
+TARGET_P99_RATIO = 1.5
+PROBE_RATE = 20.0
+THROTTLE_MAX = 100_000
+PROBE_TYPE = "bench.p5.receipt"
+CAMPAIGN_TYPE = "bench.p5.offer"
+OFFER = {
+    "subject": "{{ data.headline }}",
+    "html": "<p>{{ data.headline }} for {{ recipient.external_id }}</p>",
+    "text": "{{ data.headline }} for {{ recipient.external_id }}",
+}
+
+
+@dataclass
+class Probe:
+    """Transactional in-app events at a steady rate; latency acceptance -> item written."""
+
+    sent: int
+    written: int
+    p50_s: float
+    p99_s: float
+
+
+@dataclass
+class P5Result:
+    recipients: int
+    accepted: int
+    duplicates: int
+    first_accept_s: float
+    last_accept_s: float
+    failed: int
+    baseline: Probe
+    during: Probe
+    statuses: dict[str, int]
+    cpu_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def sends_per_second(self) -> float:
+        span = self.last_accept_s - self.first_accept_s
+        return self.accepted / span if span > 0 else math.nan
+
+    @property
+    def p99_ratio(self) -> float:
+        return self.during.p99_s / self.baseline.p99_s if self.baseline.p99_s > 0 else math.nan
+
+    @property
+    def meets_target(self) -> bool:
+        return (
+            self.accepted == self.recipients
+            and self.sends_per_second >= TARGET_SENDS_PER_SECOND
+            and self.p99_ratio <= TARGET_P99_RATIO
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(
+            sends_per_second=self.sends_per_second, p99_ratio=self.p99_ratio, meets_target=self.meets_target
+        )
+        return data
+
+    def summary(self) -> str:
+        return (
+            f"P5 campaign of {self.recipients:,} emails: {self.sends_per_second:,.0f} sends/s accepted "
+            f"(target {TARGET_SENDS_PER_SECOND:,.0f}); {self.accepted:,} accepted, {self.duplicates} duplicates, "
+            f"{self.failed} failed; transactional p99 {self.during.p99_s * 1000:.0f} ms during against "
+            f"{self.baseline.p99_s * 1000:.0f} ms alone ({self.p99_ratio:.2f}x, target <= {TARGET_P99_RATIO}x)"
+        )
+
+
+def _percentile(values: list[float], share: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
+
+
+def _probe(stack: Stack, *, seconds: float, recipient: str, stop: threading.Event | None = None) -> Probe:
+    """POST transactional events at PROBE_RATE for ``seconds`` (or until ``stop``), then
+    read each one's latency from the inbox rows."""
+    event_ids: list[str] = []
+    interval = 1.0 / PROBE_RATE
+    with stack.client() as client:
+        started = time.monotonic()
+        next_at = started
+        while time.monotonic() - started < seconds and not (stop is not None and stop.is_set()):
+            response = client.post(
+                "/api/v1/events/",
+                json={"type": PROBE_TYPE, "recipients": [recipient], "data": {"n": len(event_ids)}},
+            )
+            if response.status_code == 202:
+                event_ids.append(str(response.json()["id"]))
+            next_at += interval
+            time.sleep(max(0.0, next_at - time.monotonic()))
+    deadline = time.monotonic() + 60
+    latencies: list[float] = []
+    while time.monotonic() < deadline:
+        with psycopg.connect(stack.database.url, autocommit=True) as connection:
+            rows = connection.execute(
+                """SELECT extract(epoch FROM created_at - accepted_at) FROM notifications_inboxitem
+                   WHERE event_id = ANY(%s::uuid[])""",
+                [event_ids],
+            ).fetchall()
+        latencies = [float(row[0]) for row in rows]
+        if len(latencies) >= len(event_ids):
+            break
+        time.sleep(0.2)
+    return Probe(
+        sent=len(event_ids),
+        written=len(latencies),
+        p50_s=_percentile(latencies, 0.50),
+        p99_s=_percentile(latencies, 0.99),
+    )
+
+
+def measure(
+    stack: Stack, *, recipients: int, probe_seconds: float, timeout: float, progress: bool
+) -> P5Result:
+    assert stack.sandbox is not None, "P5 needs the provider sandbox"
+    (topic,) = seed_audience(stack.database.url, prefix="p5-", count=recipients, email=True)
+    control = stack.sandbox.control
+    with stack.client() as client:
+        create_type(client, key=CAMPAIGN_TYPE, channel="email", category="marketing", template=OFFER)
+        create_type(
+            client, key=PROBE_TYPE, channel="inapp", template={"title": "Receipt {{ data.n }}", "body": ""}
+        )
+        probe_recipient = "p5-probe"
+        assert client.put(f"/api/v1/recipients/{probe_recipient}/", json={"name": "probe"}).status_code in (
+            200,
+            201,
+        )
+        baseline = _probe(stack, seconds=probe_seconds, recipient=probe_recipient)
+        created = client.post(
+            "/api/v1/campaigns/",
+            json={
+                "name": "P5",
+                "type": CAMPAIGN_TYPE,
+                "audience": {"topic": topic},
+                "data": {"headline": "Winter sale"},
+                "throttle_per_second": THROTTLE_MAX,
+            },
+        )
+        if created.status_code != 201:
+            raise RuntimeError(f"creating the campaign failed: {created.status_code} {created.text}")
+        campaign_id = created.json()["id"]
+        control.reset()
+        cpu_before = cpu_sample()
+        posted_at = time.time()
+        started = client.post(f"/api/v1/campaigns/{campaign_id}/start/")
+        if started.status_code != 200:
+            raise RuntimeError(f"starting the campaign failed: {started.status_code} {started.text}")
+    with psycopg.connect(stack.database.url, autocommit=True) as connection:
+        event_ids = [
+            str(row[0])
+            for row in connection.execute(
+                "SELECT event_id FROM notifications_campaignvariant WHERE campaign_id = %s", [campaign_id]
+            ).fetchall()
+        ]
+    stop = threading.Event()
+    during: list[Probe] = []
+    prober = threading.Thread(
+        target=lambda: during.append(
+            _probe(stack, seconds=max(probe_seconds, timeout), recipient=probe_recipient, stop=stop)
+        ),
+        daemon=True,
+    )
+    prober.start()
+    try:
+        statuses = wait_settled(
+            stack,
+            event_ids,
+            recipients,
+            label="P5 campaign: deliveries settled",
+            timeout=timeout,
+            progress=progress,
+        )
+    finally:
+        stop.set()
+        prober.join(120)
+    cpu = cpu_seconds(stack, cpu_before, cpu_sample())
+    first = first_acceptances(accepted_records(control, "mailgun", since=posted_at - 1))
+    times = [float(record["received_at"]) for record in first.values()]
+    counters = control.stats()["providers"]["mailgun"]
+    return P5Result(
+        recipients=recipients,
+        accepted=len(first),
+        duplicates=int(counters["duplicates"]),
+        first_accept_s=(min(times) - posted_at) if times else math.nan,
+        last_accept_s=(max(times) - posted_at) if times else math.nan,
+        failed=sum(statuses[s] for s in ("failed", "dead", "suppressed")),
+        baseline=baseline,
+        during=during[0] if during else Probe(0, 0, math.nan, math.nan),
+        statuses=dict(statuses),
+        cpu_s=cpu,
+    )
+
+
+def run(
+    *,
+    template: str | None,
+    recipients: int = 50_000,
+    probe_seconds: float = 10.0,
+    timeout: float = 1800.0,
+    progress: bool = True,
+) -> P5Result:
+    """P5 on a fresh stack of the default layout (its campaign worker included)."""
+    env = {**SENDS_ENV, "MARKETING_CAPS": ""}
+    with bench_stack(template=template, env=env, label="p5", sandbox=True) as stack:
+        result = measure(
+            stack, recipients=recipients, probe_seconds=probe_seconds, timeout=timeout, progress=progress
+        )
+        stack.check_alive()
+        return result
