@@ -372,7 +372,8 @@ def event_fanout(*, outbox_id: int, slice_seconds: float | None = None) -> Fanou
             outbox_relay(outbox_id=outbox_id, countdown=pace, queue=CAMPAIGN_QUEUE)
             return FanoutProgress(pages, recipients, finished=False)
         if time.monotonic() - started >= budget:
-            outbox_relay(outbox_id=outbox_id)
+            campaign = known is not None and known.event.campaign_id is not None
+            outbox_relay(outbox_id=outbox_id, queue=CAMPAIGN_QUEUE if campaign else None)
             return FanoutProgress(pages, recipients, finished=False)
 
 
