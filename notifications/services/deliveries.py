@@ -66,6 +66,7 @@ def deliveries_insert(
     planned: Sequence[PlannedDelivery],
     now: datetime,
     inapp_delivered: datetime | None = None,
+    inapp_version: int | None = None,
 ) -> list[Inserted]:
     """Insert planned deliveries (``event_ids[i]`` is the event of ``planned[i]``),
     skipping any that exist and any whose recipient is gone (checked in the statement, which
@@ -74,7 +75,8 @@ def deliveries_insert(
     same transaction, services/inbox.py's ``inapp_write``), pending in-app rows are stored
     delivered at once, as their claim would have moved them (INAPP_WRITTEN in
     notifications/states.py): each row is written once, not inserted and then updated, and
-    its sent_at and updated_at say when."""
+    its sent_at and updated_at say when, and its template_version the version its item
+    renders (the event's own, for a test send, else ``inapp_version``, the type's)."""
     if not planned:
         return []
     direct = [
@@ -85,9 +87,12 @@ def deliveries_insert(
         db.execute(
             f"""INSERT INTO {Delivery._meta.db_table}
                     (event_id, recipient_id, channel, status, reason, attempts, due_at, sent_at, created_at,
-                     updated_at)
+                     updated_at, template_version)
                 SELECT e, r, c, s, re, CASE WHEN w THEN 1 ELSE 0 END, d,
-                       CASE WHEN w THEN %s::timestamptz END, %s, CASE WHEN w THEN %s::timestamptz ELSE %s END
+                       CASE WHEN w THEN %s::timestamptz END, %s, CASE WHEN w THEN %s::timestamptz ELSE %s END,
+                       CASE WHEN w THEN COALESCE(
+                           (SELECT v.template_version FROM {Event._meta.db_table} v WHERE v.id = t.e), %s::int)
+                       END
                 FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::timestamptz[],
                             %b::bool[])
                      AS t(e, r, c, s, re, d, w)
@@ -99,6 +104,7 @@ def deliveries_insert(
                 now,
                 inapp_delivered,
                 now,
+                inapp_version,
                 list(event_ids),
                 [p.recipient_id for p in planned],
                 [p.channel for p in planned],
@@ -167,7 +173,13 @@ def deliveries_store(
     )
     # The in-app rows written at once are stamped when written, not when planned.
     written_at = timezone.now() if inline else None
-    inserted = deliveries_insert(event_ids=event_ids, planned=planned, now=now, inapp_delivered=written_at)
+    inserted = deliveries_insert(
+        event_ids=event_ids,
+        planned=planned,
+        now=now,
+        inapp_delivered=written_at,
+        inapp_version=notification_type.template_version or None,
+    )
     pending = [(row.id, row.channel) for row in inserted if row.status == DeliveryStatus.PENDING]
     if written_at is not None:
         delivered = [
@@ -176,7 +188,7 @@ def deliveries_store(
             if row.channel == Channel.INAPP and row.status == DeliveryStatus.PENDING
         ]
         if delivered:
-            inapp_write(delivered=delivered, events=events, now=written_at)
+            inapp_write(delivered=delivered, events=events, now=written_at, versions_stamped=True)
         pending = [(delivery_id, channel) for delivery_id, channel in pending if channel != Channel.INAPP]
     deliveries_dispatch(pending, now=now, queue=queue)
     deliveries_schedule([(row.id, row.due_at) for row in inserted if row.status == DeliveryStatus.SCHEDULED])

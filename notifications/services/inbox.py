@@ -159,12 +159,14 @@ def inapp_write(
     now: datetime,
     aggregated: list[int] | None = None,
     events: dict[Any, Event] | None = None,
+    versions_stamped: bool = False,
 ) -> int:
     """Inside a transaction that just made these in-app deliveries delivered, by claiming
     them (``inapp_dispatch``) or by inserting them so (services/deliveries.py): write their
     inbox items, fail the ones that cannot be rendered, and push frames after commit.
     ``delivered``: (delivery id, event id, recipient id); ``aggregated``: those of them that
-    stand for several events. Returns how many items were written."""
+    stand for several events; ``versions_stamped``: the rows were inserted with the template
+    version their items render (services/deliveries.py). Returns how many items were written."""
     with transaction.atomic(savepoint=False):
         aggregates = aggregation_context(delivery_ids=aggregated) if aggregated else {}
         # The caller (a fan-out) may hold the events with their types already.
@@ -244,7 +246,8 @@ def inapp_write(
             _fail_unrenderable(failed, now)
         items = _assign_sequence(ready, events)
         written = _insert_items(items, now)
-        _record_versions(items, versions)
+        if not versions_stamped:
+            _record_versions(items, versions)
         _written(items, written, failed, now)
     return len(items)
 
