@@ -245,7 +245,7 @@ def test_it_stops_after_its_time_slice_and_resumes_from_the_cursor(key, settings
     finally:
         current_app.conf.task_always_eager = True
     assert first.pages == 1 and not first.finished
-    relay.assert_called_once_with(outbox_id=outbox.id)
+    relay.assert_called_once_with(outbox_id=outbox.id, queue=None)  # the fan-out queue, not a campaign's
     outbox.refresh_from_db()
     assert outbox.cursor > 0 and outbox.processed_at is None
 
