@@ -321,10 +321,10 @@ def _snapshot(campaign: Campaign, variants: list[CampaignVariant], now: datetime
         db.execute(
             f"""INSERT INTO {Subscription._meta.db_table} (topic_id, recipient_id, created_at)
                 SELECT CASE {case} END, a.id, %s
-                FROM (SELECT DISTINCT id, mod(abs(hashtextextended(%s || ':' || id, 0)), %s) AS b
+                FROM (SELECT DISTINCT id, mod(mod(hashtextextended(%s || ':' || id, 0), %s) + %s, %s) AS b
                       FROM ({audience}) AS audience) AS a
                 ORDER BY 1, 2""",
-            [now, f"campaign:{campaign.id}", total, *params],
+            [now, f"campaign:{campaign.id}", total, total, total, *params],
         )
         db.execute(
             f"""SELECT topic_id, count(*) FROM {Subscription._meta.db_table}

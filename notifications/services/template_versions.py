@@ -51,7 +51,7 @@ from notifications.services.template_variables import (
     templates_variables_errors,
     variables_clean,
 )
-from notifications.services.templating import TemplateRenderError, template_render
+from notifications.services.templating import TemplateRenderError, locale_pick, template_render
 from notifications.services.validation import ValidationFailed
 from notifications.transports.sms import sms_encoding, sms_segments
 
@@ -358,8 +358,6 @@ def version_preview(
 ) -> list[Preview]:
     """Each channel of ``templates`` rendered for ``locale`` (falling back as deliveries
     do) with ``data`` (default: the variables' examples), with the checks a send makes."""
-    from notifications.services.templating import locale_pick
-
     clean, _ = variables_clean(variables)
     context = preview_context(clean, locale=locale, timezone=timezone_name, data=data)
     previews: list[Preview] = []

@@ -148,7 +148,8 @@ def test_a_b_variants_split_the_audience_stably_by_weight_and_each_gets_its_own_
     # The variant of a recipient is a function of the campaign and the recipient alone.
     with connection.cursor() as db:
         db.execute(
-            """SELECT s.recipient_id, s.topic_id, mod(abs(hashtextextended(%s || ':' || s.recipient_id, 0)), 4)
+            """SELECT s.recipient_id, s.topic_id,
+                      mod(mod(hashtextextended(%s || ':' || s.recipient_id, 0), 4) + 4, 4)
                FROM notifications_subscription s WHERE s.topic_id = ANY(%s)""",
             [f"campaign:{campaign.id}", [variants["A"].topic_id, variants["B"].topic_id]],
         )
