@@ -36,6 +36,7 @@ from notifications.services.campaigns import (
     campaign_progress,
     campaign_resume,
     campaign_start,
+    campaign_timeline,
 )
 from notifications.services.catalog import notification_type_save
 from notifications.services.fanout import event_fanout
@@ -171,6 +172,10 @@ def test_a_b_variants_split_the_audience_stably_by_weight_and_each_gets_its_own_
     assert per_variant["A"].sent == variants["A"].audience_count
     started.refresh_from_db()
     assert started.status == "completed" and started.finished_at is not None
+    # The chart over time counts every send once, in its bucket.
+    starts, timeline = campaign_timeline(campaign=started)
+    assert starts and sum(timeline["sent"]) == 200 and sum(timeline["delivered"]) == 200
+    assert sum(timeline["failed"]) == sum(timeline["clicked"]) == 0
 
 
 def test_a_pause_holds_what_is_not_yet_sent_and_a_resume_releases_it_once() -> None:
