@@ -21,6 +21,7 @@ Only the standard library and psycopg are used.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -87,16 +88,40 @@ _signal_group = process_group_signal
 # --- Waiting -------------------------------------------------------------------------------
 
 
-def free_port(host: str = LOCALHOST) -> int:
-    """Return a TCP port on ``host`` that nothing listens on right now.
+# Ports for the servers tests start are drawn from below the kernel's ephemeral range
+# (net.ipv4.ip_local_port_range, 32768 and up by default): every outgoing connection of
+# every process takes its local port from that range, so a port picked there could be
+# taken by a Redis or PostgreSQL client between the pick and the server's bind (a run
+# once lost a web server to it: "address already in use").
+_PORT_FLOOR = 20_000
 
-    The kernel picks it; another process could take it before ours binds, which is rare
-    enough for tests (ports are not reused immediately).
-    """
+
+def _ephemeral_floor() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+            return int(ranges.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
+def free_port(host: str = LOCALHOST) -> int:
+    """Return a TCP port on ``host`` that nothing is bound to right now, below the
+    ephemeral range, picked at random (parallel test processes rarely draw the same one,
+    and the bind check skips one that is taken). Falls back to a kernel-chosen port."""
+    ceiling = _ephemeral_floor() - 1
+    for _ in range(100):
+        port = random.randint(_PORT_FLOOR, ceiling) if ceiling > _PORT_FLOOR else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            chosen: int = sock.getsockname()[1]
+            return chosen
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        fallback: int = sock.getsockname()[1]
+        return fallback
 
 
 def assert_steady(
