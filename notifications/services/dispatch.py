@@ -99,11 +99,13 @@ def deliveries_dispatch(
     return [batch_id for batch_id, _ in created]
 
 
-def inapp_planned_dispatch(*, event_id: Any, recipient_ids: Sequence[int], now: datetime) -> list[int]:
+def inapp_planned_dispatch(
+    *, event_id: Any, recipient_ids: Sequence[int], now: datetime, queue: str | None = None
+) -> list[int]:
     """Inside a transaction: record the recipients of one event planned for in-app delivery
     (their delivery rows are not inserted: the dispatch inserts them delivered, see
-    DispatchBatch) as batches of the in-app queue, enqueued once it commits. Returns the
-    batch ids."""
+    DispatchBatch) as batches of the in-app queue (or ``queue``: a campaign's), enqueued
+    once it commits. Returns the batch ids."""
     if not recipient_ids:
         return []
     chunks = [
@@ -125,7 +127,7 @@ def inapp_planned_dispatch(*, event_id: Any, recipient_ids: Sequence[int], now: 
             ],
         )
         created = [(row[0], Channel.INAPP.value) for row in db.fetchall()]
-    transaction.on_commit(lambda: dispatch_batches_enqueue(batches=created), robust=True)
+    transaction.on_commit(lambda: dispatch_batches_enqueue(batches=created, queue=queue), robust=True)
     return [batch_id for batch_id, _ in created]
 
 

@@ -262,7 +262,12 @@ def _fanout_page(outbox_id: int, known: OutboxMessage | None = None) -> _Stored 
             inline_inapp=True,
             queue=CAMPAIGN_QUEUE if gate is not None else None,
         )
-        inapp_planned_dispatch(event_id=event.id, recipient_ids=deferred, now=now)
+        inapp_planned_dispatch(
+            event_id=event.id,
+            recipient_ids=deferred,
+            now=now,
+            queue=CAMPAIGN_QUEUE if gate is not None else None,
+        )
         if notification_type.aggregation_window_seconds:
             aggregation_record(
                 notification_type=notification_type,

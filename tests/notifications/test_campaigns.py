@@ -417,3 +417,30 @@ def test_a_retry_or_a_quiet_hours_wait_of_a_paused_campaign_waits_for_its_resume
     assert set(Delivery.objects.filter(event__campaign=campaign).values_list("status", "reason")) == {
         ("suppressed", "campaign cancelled")
     }
+
+
+def test_a_campaigns_in_app_batches_and_sends_go_to_the_campaign_queue(
+    django_capture_on_commit_callbacks: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages above INAPP_INLINE_MAX hand their in-app rows to dispatch batches: a
+    campaign's are enqueued on its own queue, like its provider sends."""
+    from notifications.services import dispatch
+
+    topic = _audience(60, email="someone@example.com")
+    campaign = _campaign(topic, _marketing_type(["inapp", "email"]), throttle_per_second=1000)
+    queued: list[tuple[str, str | None]] = []
+    real = dispatch.enqueue
+
+    def recorded(
+        name: str, *, args: tuple[Any, ...], queue: str | None = None, countdown: float | None = None
+    ) -> bool:
+        queued.append((name.rsplit(".", 1)[-1], queue))
+        return real(name, args=args, queue=queue, countdown=countdown)
+
+    monkeypatch.setattr(dispatch, "enqueue", recorded)
+    with django_capture_on_commit_callbacks(execute=True):
+        campaign_start(campaign=campaign)
+
+    assert {"inapp_dispatch_task", "provider_dispatch_task"} <= {name for name, _ in queued}
+    assert {queue for _, queue in queued} == {"campaign"}
+    assert InboxItem.objects.filter(recipient__subscriptions__topic=topic).count() == 60
