@@ -158,15 +158,9 @@ class CampaignAdmin(admin.ModelAdmin):
     list_filter = ["status"]
     list_select_related = ["notification_type", "audience_topic", "audience_segment"]
     search_fields = ["name"]
+    # Once created, the campaign's own fields are read-only: only its workflow changes it.
     readonly = [
-        "name",
-        "notification_type",
-        "audience_topic",
-        "audience_segment",
-        "data",
-        "channels",
-        "throttle_per_second",
-        "send_at",
+        *CampaignAddForm.Meta.fields,
         "status",
         "audience_count",
         "created_at",
@@ -188,9 +182,13 @@ class CampaignAdmin(admin.ModelAdmin):
 
     @admin.display(description="progress")
     def progress_bar(self, obj: Campaign) -> str:
-        if obj.status == CampaignStatus.DRAFT:
+        # Counted over the campaign's deliveries: only for those still moving, not for every
+        # row of the list on every load.
+        if obj.status in (CampaignStatus.DRAFT, CampaignStatus.CANCELLED):
             return "–"
-        percent = campaign_payload(obj)["progress"]["percent"]
+        percent = (
+            100 if obj.status == CampaignStatus.COMPLETED else campaign_payload(obj)["progress"]["percent"]
+        )
         return format_html('<progress value="{}" max="100">{}%</progress> {}%', percent, percent, percent)
 
     def get_form(

@@ -63,8 +63,17 @@ class TemplateVersionForm(forms.ModelForm):
         model = TemplateVersion
         fields = ["templates", "variables", "note"]
 
+    def clean_templates(self) -> Any:
+        templates = self.cleaned_data.get("templates")
+        if not isinstance(templates, dict):
+            raise forms.ValidationError('must be an object: {"locale": {"channel": {"field": "template"}}}')
+        return templates
+
     def clean_variables(self) -> Any:
-        return self.cleaned_data.get("variables") or {}
+        variables = self.cleaned_data.get("variables") or {}
+        if not isinstance(variables, dict):
+            raise forms.ValidationError('must be an object: {"name": {"type": "string", "example": "…"}}')
+        return variables
 
 
 class TemplateVersionReadForm(forms.ModelForm):

@@ -207,3 +207,18 @@ def test_a_critical_types_templates_are_read_only_on_its_type_page() -> None:
             reverse("admin:notifications_notificationtype_change", args=[ntype.pk])
         ).content.decode()
         assert ('name="templates-0-content"' in page) is editable
+
+
+def test_a_draft_whose_templates_or_variables_are_not_objects_is_refused_beside_the_field() -> None:
+    ntype = _type("transactional")
+    _, client = _staff_client("ana")
+    draft = _add_draft(client, ntype)
+
+    response = _change(client, draft, "_continue", templates="[1, 2]", variables='"x"')
+
+    assert response.status_code == 200
+    form = response.context["adminform"].form
+    assert "must be an object" in form.errors["templates"][0]
+    assert "must be an object" in form.errors["variables"][0]
+    draft.refresh_from_db()
+    assert draft.templates == {"en": {"inapp": INAPP}}
