@@ -55,6 +55,9 @@ class SandboxConfig:
     mailgun_webhook_signing_key: str = "sandbox-mailgun-signing-key"
     # "user:password" that the platform expects as basic auth on tracking webhooks.
     mailgun_webhook_secret: str = ""
+    # Sending domains whose receipts the platform polls from the events API instead of
+    # taking tracking webhooks: the sandbox posts none for them, only logs their events.
+    mailgun_polled_domains: tuple[str, ...] = ()
     apns_key_id: str = "SANDBOXKEY"
     apns_team_id: str = "SANDBOXTEAM"
 
@@ -65,7 +68,8 @@ class SandboxConfig:
 
 def config_from_settings(settings: Any, **overrides: Any) -> SandboxConfig:
     """A ``SandboxConfig`` from Django settings (``PROVIDER_SANDBOX_*``, ``PROVIDERS``,
-    ``ANYMAIL``, ``PUBLIC_URL``); ``overrides`` that are not None win."""
+    ``ANYMAIL``, ``PUBLIC_URL``); ``overrides`` that are not None win. A Mailgun account
+    with ``"receipts": "events"`` makes its ``sender_domain`` a polled domain."""
     providers: dict[str, dict[str, Any]] = settings.PROVIDERS
     anymail: dict[str, Any] = getattr(settings, "ANYMAIL", {})
     twilio_accounts = tuple(
@@ -79,6 +83,17 @@ def config_from_settings(settings: Any, **overrides: Any) -> SandboxConfig:
         if entry.get("kind") == "twilio"
     )
     mailgun = providers.get("mailgun", {})
+    polled_domains = tuple(
+        sorted(
+            {
+                str(entry["sender_domain"]).lower()
+                for entry in providers.values()
+                if entry.get("kind") == "mailgun"
+                and entry.get("receipts") == "events"
+                and entry.get("sender_domain")
+            }
+        )
+    )
     apns = providers.get("apns", {})
     values: dict[str, Any] = {
         "directory": Path(settings.PROVIDER_SANDBOX_DIR),
@@ -93,6 +108,7 @@ def config_from_settings(settings: Any, **overrides: Any) -> SandboxConfig:
             anymail.get("MAILGUN_WEBHOOK_SIGNING_KEY", mailgun.get("webhook_signing_key", ""))
         ),
         "mailgun_webhook_secret": str(anymail.get("WEBHOOK_SECRET", "")),
+        "mailgun_polled_domains": polled_domains,
         "apns_key_id": str(apns.get("key_id", "SANDBOXKEY")),
         "apns_team_id": str(apns.get("team_id", "SANDBOXTEAM")),
     }

@@ -1,5 +1,6 @@
 """What the sandbox remembers: recorded requests, per-provider counters, faults, opt-outs and
-the per-destination attempt counters behind the "N times, then accepted" magic values.
+the per-destination attempt counters behind the "N times, then accepted" magic values, and
+the providers' own event logs (Mailgun's events API).
 
 Everything lives in memory and is touched only from the sandbox's one event loop, so no
 locks are needed; nothing is written to disk per request (the HTTP and APNs servers must
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import secrets
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -31,6 +33,11 @@ PROVIDERS: tuple[str, ...] = (
 )
 OUTBOUND_PROVIDERS = frozenset({"mailgun-webhook", "twilio-callback"})
 MAX_RECORDS = 500_000
+# Events kept for the events API, all domains together: a million-recipient campaign's
+# deliveries (and some bounces) fit; older ones are dropped first.
+MAX_EVENTS = 2_000_000
+# A domain's dropped events are compacted out of its list once this many have piled up.
+COMPACT_AFTER = 4096
 # A "timeout" fault (status 0) holds the request this long unless the fault says otherwise.
 DEFAULT_TIMEOUT_HOLD_MS = 30_000
 
@@ -74,19 +81,27 @@ class Fault:
 
 @dataclass
 class ProviderCounters:
+    """What a provider accepted, in figures that survive the capped recordings: a run of a
+    million sends is measured by ``keys`` (distinct keys accepted), ``duplicates`` and the
+    ``received_at`` of the first and the last first acceptance of a key (its throughput)."""
+
     requests: int = 0
     accepted: int = 0
     rejected: int = 0
     duplicates: int = 0
     keys: set[str] = field(default_factory=set)
+    first_accepted_at: float | None = None
+    last_accepted_at: float | None = None
 
-    def as_json(self) -> dict[str, int]:
+    def as_json(self) -> dict[str, Any]:
         return {
             "requests": self.requests,
             "accepted": self.accepted,
             "rejected": self.rejected,
             "keys": len(self.keys),
             "duplicates": self.duplicates,
+            "first_accepted_at": self.first_accepted_at,
+            "last_accepted_at": self.last_accepted_at,
         }
 
 
@@ -100,7 +115,12 @@ class SandboxState:
     added to every provider request, and the fraction of them answered 503."""
 
     def __init__(
-        self, *, latency_ms: int = 0, error_rate: float = 0.0, max_records: int = MAX_RECORDS
+        self,
+        *,
+        latency_ms: int = 0,
+        error_rate: float = 0.0,
+        max_records: int = MAX_RECORDS,
+        max_events: int = MAX_EVENTS,
     ) -> None:
         self.latency_ms = latency_ms
         self.error_rate = error_rate
@@ -113,6 +133,7 @@ class SandboxState:
         # The longest a request waited between arrival and recording (held by a fault).
         self.max_lag = 0.0
         self.started_at = time.time()
+        self.events = EventLog(max_events=max_events)
 
     # -- recording --
 
@@ -159,6 +180,9 @@ class SandboxState:
                         counters.duplicates += 1
                 else:
                     counters.keys.add(key)
+                    if counters.first_accepted_at is None:
+                        counters.first_accepted_at = received_at
+                    counters.last_accepted_at = received_at
         else:
             counters.rejected += 1
         return entry
@@ -218,6 +242,7 @@ class SandboxState:
             "providers": {name: counters.as_json() for name, counters in self.counters.items()},
             "opted_out": sorted(self.opted_out),
             "records": len(self.records),
+            "events": len(self.events),
             "started_at": self.started_at,
         }
 
@@ -268,9 +293,177 @@ class SandboxState:
     # -- opt-outs and reset --
 
     def reset(self) -> None:
-        """Forget recordings, counters, faults, opt-outs and attempt counters."""
+        """Forget recordings, counters, faults, opt-outs, attempt counters and logged events
+        (whose sequence numbers go on, so a page token taken before still means "after")."""
         self.records.clear()
+        self.events.clear()
         self.counters = {name: ProviderCounters() for name in PROVIDERS}
         self.faults.clear()
         self.opted_out.clear()
         self._attempts.clear()
+
+
+# -- the providers' event logs --
+
+
+@dataclass(slots=True)
+class LoggedEvent:
+    """One event as a provider's events API reports it: when it happened, its name (what
+    the ``event`` filter matches), its recipient, the fields of its kind (a constant shared
+    by every event of that kind) and ``context``, what the events of one message share.
+    Nothing per event is copied: about 120 bytes each beside what its message shares."""
+
+    timestamp: float
+    event: str
+    recipient: str
+    fields: dict[str, Any]
+    context: Any
+
+
+class DomainEvents:
+    """The events of one domain in the order they happened, numbered by a contiguous
+    sequence (from 0, never reused, also across ``clear``).
+
+    A list with a head index rather than a deque: a page from any sequence number is a
+    slice (deque indexing walks its blocks). Dropping from the left clears the slot and moves
+    the head; the dropped slots are cut off once they are half of the list.
+    """
+
+    __slots__ = ("salt", "_items", "_head", "_base")
+
+    def __init__(self) -> None:
+        # Event ids are derived from (salt, seq): unique, stable across reads, never stored.
+        self.salt = secrets.token_bytes(8)
+        self._items: list[LoggedEvent | None] = []
+        self._head = 0  # index of the oldest event kept
+        self._base = 0  # sequence number of _items[0]
+
+    def __len__(self) -> int:
+        return len(self._items) - self._head
+
+    @property
+    def first_seq(self) -> int:
+        """The sequence number of the oldest event kept."""
+        return self._base + self._head
+
+    @property
+    def next_seq(self) -> int:
+        """The sequence number the next event will get."""
+        return self._base + len(self._items)
+
+    def append(self, event: LoggedEvent) -> int:
+        self._items.append(event)
+        return self._base + len(self._items) - 1
+
+    def drop_oldest(self) -> None:
+        if self._head >= len(self._items):
+            return
+        self._items[self._head] = None
+        self._head += 1
+        if self._head >= COMPACT_AFTER and self._head * 2 >= len(self._items):
+            del self._items[: self._head]
+            self._base += self._head
+            self._head = 0
+
+    def clear(self) -> None:
+        self._base = self.next_seq
+        self._items = []
+        self._head = 0
+
+    def _index(self, seq: int) -> int:
+        """The list index of ``seq``, clamped to the events kept (and one past the newest)."""
+        return min(max(seq - self._base, self._head), len(self._items))
+
+    def after(
+        self, seq: int, limit: int, names: frozenset[str] | None = None
+    ) -> tuple[list[tuple[int, LoggedEvent]], int, int]:
+        """Up to ``limit`` events from ``seq`` on (named one of ``names``), oldest first,
+        with the sequence number the page started at (``seq`` clamped to what is kept) and
+        the one to go on from. Without ``names`` this is a slice; with them it scans forward
+        until the page is full or the newest event is passed."""
+        start = self._index(seq)
+        items = self._items
+        if names is None:
+            chunk = items[start : start + limit]
+            base = self._base + start
+            return (
+                [(base + offset, event) for offset, event in enumerate(chunk) if event],
+                base,
+                base + len(chunk),
+            )
+        selected: list[tuple[int, LoggedEvent]] = []
+        index = start
+        end = len(items)
+        while index < end and len(selected) < limit:
+            event = items[index]
+            if event is not None and event.event in names:
+                selected.append((self._base + index, event))
+            index += 1
+        return selected, self._base + start, self._base + index
+
+    def before(
+        self, seq: int, limit: int, names: frozenset[str] | None = None
+    ) -> tuple[list[tuple[int, LoggedEvent]], int, int]:
+        """Up to ``limit`` events before ``seq`` (named one of ``names``), newest first, with
+        the sequence number the page ended before (``seq`` clamped) and the one to go on
+        back from (the oldest scanned)."""
+        stop = self._index(seq)
+        items = self._items
+        selected: list[tuple[int, LoggedEvent]] = []
+        index = stop
+        head = self._head
+        while index > head and len(selected) < limit:
+            index -= 1
+            event = items[index]
+            if event is not None and (names is None or event.event in names):
+                selected.append((self._base + index, event))
+        return selected, self._base + stop, self._base + index
+
+    def seq_at(self, timestamp: float, *, after: bool = False) -> int:
+        """The sequence number of the first event at ``timestamp`` or later (``after``: later
+        only): a binary search, events being appended as they happen."""
+        items = self._items
+        low, high = self._head, len(items)
+        while low < high:
+            middle = (low + high) // 2
+            event = items[middle]
+            stamp = event.timestamp if event is not None else float("-inf")
+            if stamp < timestamp or (after and stamp == timestamp):
+                low = middle + 1
+            else:
+                high = middle
+        return self._base + low
+
+
+class EventLog:
+    """Every domain's events, at most ``max_events`` of them all together: past that the
+    oldest event of all domains is dropped (``_order`` remembers whose it is)."""
+
+    def __init__(self, *, max_events: int = MAX_EVENTS) -> None:
+        self.max_events = max(1, max_events)
+        self.domains: dict[str, DomainEvents] = {}
+        self._order: deque[DomainEvents] = deque()
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def domain(self, name: str) -> DomainEvents | None:
+        return self.domains.get(name.lower())
+
+    def append(self, domain: str, event: LoggedEvent) -> tuple[DomainEvents, int]:
+        """Log ``event`` of ``domain``; return the domain's log and the event's number."""
+        name = domain.lower()
+        store = self.domains.get(name)
+        if store is None:
+            store = self.domains[name] = DomainEvents()
+        seq = store.append(event)
+        self._order.append(store)
+        if len(self._order) > self.max_events:
+            self._order.popleft().drop_oldest()
+        return store, seq
+
+    def clear(self) -> None:
+        """Forget every event; each domain's numbering goes on where it was."""
+        for store in self.domains.values():
+            store.clear()
+        self._order.clear()
