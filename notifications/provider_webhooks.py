@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 import redis
-from anymail.signals import AnymailTrackingEvent, EventType, tracking
+from anymail.signals import AnymailTrackingEvent, tracking
 from anymail.webhooks.mailgun import MailgunTrackingWebhookView
 from django.conf import settings
 from django.dispatch import receiver
@@ -27,7 +27,13 @@ from django.views.decorators.http import require_POST
 from twilio.request_validator import RequestValidator
 
 from notifications.models import SuppressionKind, SuppressionReason
-from notifications.services.feedback import delivery_track, sms_inbound, suppression_add
+from notifications.services.feedback import (
+    delivery_track,
+    email_event_receipt,
+    receipt_track,
+    sms_inbound,
+    suppression_add,
+)
 from realtime.redis_client import redis_key, redis_sync
 
 log = logging.getLogger(__name__)
@@ -163,46 +169,8 @@ def _release_token(key: str) -> None:
         pass  # the claim expires on its own
 
 
-# anymail's normalised event types -> our tracking kinds.
-ANYMAIL_KINDS = {
-    EventType.DELIVERED: "delivered",
-    EventType.OPENED: "opened",
-    EventType.CLICKED: "clicked",
-    EventType.BOUNCED: "bounced",
-    EventType.COMPLAINED: "complained",
-    EventType.DEFERRED: "deferred",
-    EventType.REJECTED: "bounced",
-    EventType.UNSUBSCRIBED: "complained",
-}
-
-
 @receiver(tracking, dispatch_uid="notifications.mailgun_tracking")
 def on_email_tracking(sender: Any, event: AnymailTrackingEvent, esp_name: str, **kwargs: Any) -> None:
-    kind = ANYMAIL_KINDS.get(event.event_type)
-    if kind is None:
-        return
-    if event.recipient and event.event_type in (EventType.BOUNCED, EventType.REJECTED):
-        suppression_add(
-            kind=SuppressionKind.EMAIL,
-            address=event.recipient,
-            reason=SuppressionReason.HARD_BOUNCE,
-            detail=(event.mta_response or event.description or "")[:300],
-        )
-    elif event.recipient and event.event_type == EventType.COMPLAINED:
-        suppression_add(
-            kind=SuppressionKind.EMAIL, address=event.recipient, reason=SuppressionReason.COMPLAINT
-        )
-    try:
-        delivery_id = int((event.metadata or {}).get("delivery_id", ""))
-    except (ValueError, TypeError):
-        log.info("%s tracking event without a delivery id: %s", esp_name, event.event_type)
-        return
-    delivery_track(
-        delivery_id=delivery_id,
-        kind=kind,
-        provider=esp_name.lower(),
-        occurred_at=event.timestamp,
-        reason=(event.mta_response or event.description or event.reject_reason or "")[:200],
-        detail={"event": event.event_type, "recipient": event.recipient or "", "url": event.click_url or ""},
-        dedupe_key=str(event.event_id or ""),
-    )
+    receipt = email_event_receipt(event, esp_name)
+    if receipt is not None:
+        receipt_track(receipt)

@@ -15,6 +15,7 @@ from notifications.services.fallback import fallback_checks_due
 from notifications.services.fanout import event_fanout_next, events_fanout_many
 from notifications.services.inbox import inbox_snoozed_wake
 from notifications.services.outbox import outbox_sweep
+from notifications.services.receipts_poll import receipts_poll_all
 from notifications.services.reminders import reminders_run_due
 from notifications.services.scheduling import deliveries_release_due
 from notifications.services.sending.send import provider_dispatch_batch
@@ -40,8 +41,8 @@ def inapp_dispatch_task(batch_id: int) -> int:
 
 
 @shared_task(autoretry_for=_TRANSIENT, retry_backoff=1, retry_backoff_max=30, max_retries=5)
-def provider_dispatch_task(batch_id: int, channel: str) -> int:
-    return provider_dispatch_batch(batch_id=batch_id, channel=channel)
+def provider_dispatch_task(batch_id: int, channel: str, chunk: int | None = None) -> int:
+    return provider_dispatch_batch(batch_id=batch_id, channel=channel, chunk=chunk)
 
 
 @shared_task
@@ -67,3 +68,8 @@ def reminders_sweep_task() -> int:
 @shared_task
 def digests_sweep_task() -> int:
     return digests_run_due()
+
+
+@shared_task
+def receipts_poll_task() -> int:
+    return receipts_poll_all()

@@ -28,6 +28,7 @@ from notifications.models import (
     DispatchBatch,
     InboxItem,
     InboxSequence,
+    ProviderCursor,
     Recipient,
 )
 
@@ -153,6 +154,14 @@ class DispatchBatchAdmin(PipelineOwnedAdmin):
     @admin.display(description="deliveries")
     def size(self, obj: DispatchBatch) -> int:
         return obj.size
+
+
+@admin.register(ProviderCursor)
+class ProviderCursorAdmin(PipelineOwnedAdmin):
+    """How far the receipts of each provider read from its event log have been read."""
+
+    list_display = ["provider", "events", "polled_at"]
+    readonly_fields = ["provider", "events", "polled_at", "next_url"]
 
 
 @admin.register(DeliverySchedule)

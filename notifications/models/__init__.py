@@ -27,6 +27,7 @@ from notifications.models.deliveries import (
     DeliverySchedule,
     DispatchBatch,
     FallbackCheck,
+    ProviderCursor,
     delivery_idempotency_key,
     target_idempotency_key,
 )
@@ -86,6 +87,7 @@ __all__ = [
     "Event",
     "EventStatus",
     "FallbackCheck",
+    "ProviderCursor",
     "InboxItem",
     "InboxSequence",
     "KEY_PATTERN",

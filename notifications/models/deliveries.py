@@ -259,3 +259,17 @@ class DeliveryEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.delivery_id} {self.kind}"
+
+
+class ProviderCursor(models.Model):
+    """Where reading a provider's event log (Mailgun's events API) got to: the address of
+    the next page, which also brings the events logged since (notifications/services/
+    receipts_poll.py). Moved in the transaction that stores the page's receipts."""
+
+    provider = models.CharField(max_length=50, unique=True)
+    next_url = models.TextField(blank=True, default="")
+    events = models.BigIntegerField(default=0)
+    polled_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.provider}: {self.events} events"

@@ -21,7 +21,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from notifications.models import Channel, Delivery, DispatchBatch
-from notifications.services.queues import INAPP_DISPATCH, PROVIDER_DISPATCH, enqueue
+from notifications.services.queues import CAMPAIGN_QUEUE, INAPP_DISPATCH, PROVIDER_DISPATCH, enqueue
 from notifications.states import NO_PROVIDER
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,9 @@ def dispatch_batches_enqueue(*, batches: Iterable[tuple[int, str]], queue: str |
     for batch_id, channel in batches:
         if channel == Channel.INAPP:
             enqueue(INAPP_DISPATCH, args=(batch_id,), queue=queue or channel)
+        elif channel == Channel.EMAIL and queue == CAMPAIGN_QUEUE:
+            # A campaign's email is claimed and sent a provider batch at a time.
+            enqueue(PROVIDER_DISPATCH, args=(batch_id, channel, settings.SEND_BATCH_CHUNK), queue=queue)
         elif channel in Channel.values:
             enqueue(PROVIDER_DISPATCH, args=(batch_id, channel), queue=queue or channel)
 
@@ -80,7 +83,12 @@ def deliveries_dispatch(
     channels: list[str] = []
     chunks: list[list[int]] = []
     for channel, ids in by_channel.items():
-        size = DISPATCH_BATCH if channel == Channel.INAPP else PROVIDER_DISPATCH_BATCH
+        if channel == Channel.INAPP:
+            size = DISPATCH_BATCH
+        elif channel == Channel.EMAIL and queue == CAMPAIGN_QUEUE:
+            size = settings.SEND_BATCH_CHUNK
+        else:
+            size = PROVIDER_DISPATCH_BATCH
         for start in range(0, len(ids), size):
             channels.append(channel)
             chunks.append(ids[start : start + size])

@@ -7,11 +7,16 @@ must change nothing (tests/notifications/test_provider_webhooks.py).
 
 from __future__ import annotations
 
+import json
 import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from anymail.signals import AnymailTrackingEvent, EventType
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from notifications.models import (
@@ -220,6 +225,196 @@ def delivery_track(
                 lambda: metrics_increment({f"deliveries:{delivery.channel}:{moved_to}": 1}), robust=True
             )
     return bool(moved_to)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """One provider report about one delivery, as ``delivery_track`` takes it."""
+
+    delivery_id: int
+    kind: str
+    provider: str
+    occurred_at: datetime | None = None
+    reason: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+    dedupe_key: str = ""
+
+
+# anymail's normalised event types -> our tracking kinds.
+ANYMAIL_KINDS = {
+    EventType.DELIVERED: "delivered",
+    EventType.OPENED: "opened",
+    EventType.CLICKED: "clicked",
+    EventType.BOUNCED: "bounced",
+    EventType.COMPLAINED: "complained",
+    EventType.DEFERRED: "deferred",
+    EventType.REJECTED: "bounced",
+    EventType.UNSUBSCRIBED: "complained",
+}
+
+
+def email_event_receipt(event: AnymailTrackingEvent, esp_name: str) -> Receipt | None:
+    """An ESP's tracking event (a webhook's or a page of its events API, normalised by
+    anymail) as a receipt, adding a bounced or complaining address to the suppression
+    list first. None when it is no receipt of ours (no delivery id, a kind we ignore)."""
+    kind = ANYMAIL_KINDS.get(event.event_type)
+    if kind is None:
+        return None
+    if event.recipient and event.event_type in (EventType.BOUNCED, EventType.REJECTED):
+        suppression_add(
+            kind=SuppressionKind.EMAIL,
+            address=event.recipient,
+            reason=SuppressionReason.HARD_BOUNCE,
+            detail=(event.mta_response or event.description or "")[:300],
+        )
+    elif event.recipient and event.event_type == EventType.COMPLAINED:
+        suppression_add(
+            kind=SuppressionKind.EMAIL, address=event.recipient, reason=SuppressionReason.COMPLAINT
+        )
+    try:
+        delivery_id = int((event.metadata or {}).get("delivery_id", ""))
+    except (ValueError, TypeError):
+        log.info("%s tracking event without a delivery id: %s", esp_name, event.event_type)
+        return None
+    return Receipt(
+        delivery_id=delivery_id,
+        kind=kind,
+        provider=esp_name.lower(),
+        occurred_at=event.timestamp,
+        reason=(event.mta_response or event.description or event.reject_reason or "")[:200],
+        detail={"event": event.event_type, "recipient": event.recipient or "", "url": event.click_url or ""},
+        dedupe_key=str(event.event_id or ""),
+    )
+
+
+def receipts_track(receipts: list[Receipt], *, also: Callable[[], None] | None = None) -> int:
+    """``delivery_track`` for a page of receipts in a few statements (a provider's events
+    API hands them over by the hundred): each stored once (by delivery and dedupe key),
+    each delivery moved forward as far as its receipts allow. Returns how many moves were
+    made.
+
+    No row is locked: a receipt for a delivery whose send is still being recorded cannot
+    move it here, and is applied once both have committed, by whichever comes second (the
+    send's record reads the receipts stored before it, ``receipts_apply_early``; this
+    reads the statuses recorded before it, in its second transaction). ``also`` runs in
+    the first transaction (a poller moves its cursor there)."""
+    if not receipts:
+        if also is not None:
+            with transaction.atomic():
+                also()
+        return 0
+    others = [r for r in receipts if r.kind not in RECEIPTS and r.kind != "deferred"]
+    deferred = [r for r in receipts if r.kind == "deferred"]
+    moving = [r for r in receipts if r.kind in RECEIPTS]
+    now = timezone.now()
+    moved: list[tuple[int, str, str]] = []
+    waiting: list[int] = []
+    with transaction.atomic():
+        stored = _receipts_store([*moving, *others], now)
+        # Forward moves in rank order, so a page holding "delivered" then "opened" of one
+        # delivery ends at opened, and a late "delivered" never undoes "opened".
+        for kind in sorted(
+            {r.kind for r in stored if r.kind in RECEIPTS}, key=lambda k: _RANK.get(RECEIPTS[k].target, 0)
+        ):
+            move = RECEIPTS[kind]
+            failure = move.target in _FAILURES
+            ids = list(dict.fromkeys(r.delivery_id for r in stored if r.kind == kind))
+            reasons = {r.delivery_id: r.reason for r in stored if r.kind == kind}
+            with connection.cursor() as db:
+                db.execute(
+                    f"""UPDATE {Delivery._meta.db_table} AS d
+                        SET status = %s, reason = u.reason, updated_at = %s
+                        FROM unnest(%b::bigint[], %b::text[]) AS u(id, reason)
+                        WHERE d.id = u.id AND d.status = ANY(%b)
+                        RETURNING d.id, d.channel""",
+                    [
+                        move.target,
+                        now,
+                        ids,
+                        [reasons[i][:200] if failure else "" for i in ids],
+                        list(move.sources),
+                    ],
+                )
+                done = db.fetchall()
+            moved.extend((row[0], row[1], move.target) for row in done)
+            if failure and done:
+                FallbackCheck.objects.filter(delivery_id__in=[row[0] for row in done]).update(due_at=now)
+        moved_ids = {row[0] for row in moved}
+        waiting = list(
+            {r.delivery_id for r in stored if r.kind in RECEIPTS and r.delivery_id not in moved_ids}
+        )
+        if also is not None:
+            also()
+        if moved:
+            counts = Counter(f"deliveries:{channel}:{status}" for _, channel, status in moved)
+            transaction.on_commit(lambda: metrics_increment(counts), robust=True)
+    if waiting:
+        # Sends recorded while this page was being stored: their receipts now count.
+        with transaction.atomic():
+            receipts_apply_early(delivery_ids=waiting, now=timezone.now())
+    for receipt in deferred:
+        receipt_track(receipt)
+    return len(moved)
+
+
+def receipt_track(receipt: Receipt) -> bool:
+    """``delivery_track`` of one receipt."""
+    return delivery_track(
+        delivery_id=receipt.delivery_id,
+        kind=receipt.kind,
+        provider=receipt.provider,
+        occurred_at=receipt.occurred_at,
+        reason=receipt.reason,
+        detail=receipt.detail,
+        dedupe_key=receipt.dedupe_key,
+    )
+
+
+def _receipts_store(receipts: list[Receipt], now: datetime) -> list[Receipt]:
+    """Insert the receipts not stored yet (by delivery and dedupe key, within the page
+    too) for deliveries that exist; returns those inserted."""
+    fresh: dict[tuple[int, str], Receipt] = {}
+    for index, receipt in enumerate(receipts):
+        fresh.setdefault((receipt.delivery_id, receipt.dedupe_key or f"#{index}"), receipt)
+    keyed = [r for r in fresh.values() if r.dedupe_key]
+    if keyed:
+        seen = set(
+            DeliveryEvent.objects.filter(
+                delivery_id__in={r.delivery_id for r in keyed},
+                detail__dedupe_key__in=[r.dedupe_key for r in keyed],
+            ).values_list("delivery_id", "detail__dedupe_key")
+        )
+        for pair in seen:
+            fresh.pop(pair, None)
+    if not fresh:
+        return []
+    rows = list(fresh.values())
+    details = []
+    for r in rows:
+        detail = dict(r.detail)
+        if r.dedupe_key:
+            detail["dedupe_key"] = r.dedupe_key
+        if r.reason:
+            detail.setdefault("reason", r.reason)
+        details.append(json.dumps(detail))
+    with connection.cursor() as db:
+        db.execute(
+            f"""INSERT INTO {DeliveryEvent._meta.db_table} (delivery_id, kind, provider, occurred_at, detail)
+                SELECT u.d, u.k, u.p, u.o, u.x::jsonb
+                FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::timestamptz[], %b::text[])
+                     AS u(d, k, p, o, x)
+                JOIN {Delivery._meta.db_table} AS d ON d.id = u.d
+                RETURNING delivery_id""",
+            [
+                [r.delivery_id for r in rows],
+                [r.kind for r in rows],
+                [r.provider for r in rows],
+                [r.occurred_at or now for r in rows],
+                details,
+            ],
+        )
+        existing = {row[0] for row in db.fetchall()}
+    return [r for r in rows if r.delivery_id in existing]
 
 
 # How far each receipt moves a delivery, for picking the furthest of several.

@@ -245,10 +245,13 @@ class ProviderGate:
                 self._closed_until[provider] = now + self.ALLOW_CACHE_SECONDS
         return verdict > 0, verdict == 1
 
-    def pace(self, provider: str) -> float | None:
-        """Seconds to wait before calling (0: at once), None: defer the send."""
+    def pace(self, provider: str, count: int = 1) -> float | None:
+        """Seconds to wait before calling (0: at once), None: defer the send. ``count``:
+        the messages the call carries (a batch send reserves a slot for each)."""
         if provider_rate(provider) <= 0:
             return 0.0
+        if count > 1:
+            return provider_pace(provider=provider, count=count)
         with self._lock:
             if self._slots.get(provider, 0) > 0:
                 self._slots[provider] -= 1

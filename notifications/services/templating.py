@@ -23,6 +23,7 @@ from babel import Locale, UnknownLocaleError, dates, numbers
 from jinja2 import StrictUndefined, Template, TemplateError, nodes, pass_context
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import escape
 
 DEFAULT_FORMAT_LOCALE = "en"
 
@@ -244,3 +245,38 @@ def template_uses_recipient(source: str) -> bool:
     """Whether output can differ per recipient (otherwise it is rendered once per event):
     it reads the recipient, or formats for their locale and timezone."""
     return "recipient" in source or _FORMATTED.search(source) is not None
+
+
+# --- Batch sends: content a provider personalises per recipient --------------------------
+
+# The recipient fields a batch send fills in per recipient (``%recipient.NAME%``); HTML
+# takes their escaped form under NAME_html, since a provider fills a name the same
+# everywhere and HTML needs it escaped where text must not be.
+MERGE_FIELDS = ("external_id", "name")
+_MERGE_PLACEHOLDER = re.compile(r"%recipient\.([^%]+)%")
+
+
+def merge_placeholders(*, html: bool) -> dict[str, str]:
+    """The recipient fields as placeholders, for rendering content once for a batch."""
+    suffix = "_html" if html else ""
+    return {name: f"%recipient.{name}{suffix}%" for name in MERGE_FIELDS}
+
+
+def merge_values(recipient: Mapping[str, Any], used: str) -> dict[str, str]:
+    """A recipient's value of each placeholder that ``used`` (the rendered placeholders'
+    text) holds."""
+    values: dict[str, str] = {}
+    for name in MERGE_FIELDS:
+        raw = recipient.get(name)
+        text = "" if raw is None else str(raw)
+        values[name] = text
+        values[f"{name}_html"] = str(escape(text))
+    return {name: value for name, value in values.items() if f"%recipient.{name}%" in used}
+
+
+def merge_substitute(text: str, values: Mapping[str, str]) -> str:
+    """Fill ``%recipient.NAME%`` placeholders as Mailgun's batch send does: in one pass, a
+    name it was not given becoming empty."""
+    if "%recipient." not in text:
+        return text
+    return _MERGE_PLACEHOLDER.sub(lambda match: values.get(match.group(1), ""), text)

@@ -54,6 +54,12 @@ class OutboundMessage:
     # Channel specifics: push "platform"; webhook "kind" (slack|teams|generic) and "secret";
     # email "from_email"; sms "status_callback".
     options: dict[str, Any] = field(default_factory=dict)
+    # Email that can go out in a provider's batch send (one call, many recipients): the
+    # content as a template of ``%recipient.NAME%`` placeholders the provider fills in per
+    # recipient, and this recipient's value of each. ``content`` is what that gives for
+    # this recipient, checked equal when the message was prepared.
+    merge_content: dict[str, str] | None = None
+    merge_values: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -112,4 +118,16 @@ class Transport(Protocol):
     def send(self, message: OutboundMessage) -> SendResult:
         """Make one provider call. Returns the provider's acceptance; raises
         TransportError (never anything else) when it was not accepted."""
+        ...
+
+
+class BatchTransport(Transport, Protocol):
+    """A provider account that also sends one message to many recipients in one call
+    (``batch_size`` at most), each personalised by its ``merge_values``."""
+
+    batch_size: int
+
+    def send_batch(self, messages: list[OutboundMessage]) -> list[SendResult | TransportError]:
+        """One provider call for ``messages`` (same ``merge_content``, sender and type,
+        distinct addresses). Returns each message's outcome, in order; never raises."""
         ...

@@ -32,6 +32,7 @@ from notifications.transports.retry_after import retry_after_parse
 
 MAILGUN_BACKEND = "anymail.backends.mailgun.EmailBackend"
 SMTP_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+MAILGUN_BATCH_MAX = 1000
 # A connection idle longer than this is checked with NOOP before it carries a message.
 SMTP_IDLE_CHECK_SECONDS = 30.0
 
@@ -58,6 +59,8 @@ class MailgunTransport:
     def __init__(self, name: str, config: Mapping[str, Any]) -> None:
         self.name = name
         self.channel = str(config.get("channel", "email"))
+        # Mailgun takes up to 1,000 recipients per batch call.
+        self.batch_size = max(1, min(MAILGUN_BATCH_MAX, int(config.get("batch_size", 1) or 1)))
         self._api_key = str(config["api_key"])
         self._api_url = str(config["api_url"])
         self._sender_domain = str(config["sender_domain"])
@@ -112,6 +115,66 @@ class MailgunTransport:
             provider_message_id=str(message_id or ""),
             detail={"status": sorted(status.status or [])},
         )
+
+    def send_batch(self, messages: list[OutboundMessage]) -> list[SendResult | TransportError]:
+        """One Mailgun batch send: the shared content with ``%recipient.NAME%``
+        placeholders, each recipient's values as recipient variables (anymail's
+        ``merge_data``), its own idempotency key and delivery id as custom variables
+        (``merge_metadata``: tracking events carry them) and its own headers where they
+        differ (``merge_headers``: the List-Unsubscribe link). Mailgun sends each
+        recipient a message of their own."""
+        first = messages[0]
+        content = first.merge_content if first.merge_content is not None else first.content
+        shared = {
+            name: value
+            for name, value in first.headers.items()
+            if all(m.headers.get(name) == value for m in messages)
+        }
+        own_headers = {
+            m.to: {name: value for name, value in m.headers.items() if name not in shared} for m in messages
+        }
+        email = AnymailMessage(
+            subject=content.get("subject", ""),
+            body=content.get("text", ""),
+            from_email=_from_email(first),
+            to=[m.to for m in messages],
+            headers=shared,
+            merge_data={m.to: dict(m.merge_values) for m in messages},
+            merge_metadata={
+                m.to: {"idempotency_key": m.idempotency_key, "delivery_id": str(m.delivery_id)}
+                for m in messages
+            },
+            tags=[first.notification_type] if first.notification_type else [],
+        )
+        if any(own_headers.values()):
+            email.merge_headers = own_headers
+        if content.get("html"):
+            email.attach_alternative(content["html"], "text/html")
+        try:
+            self._connection().send_messages([email])
+        except AnymailError as error:
+            return [mailgun_error(error, m) for m in messages]
+        except Exception as error:  # anything else from anymail/requests is unexpected: transient
+            failure = TransportError(f"mailgun batch send failed: {error!r}", code="unexpected")
+            return [failure for _ in messages]
+        status = email.anymail_status
+        results: list[SendResult | TransportError] = []
+        for m in messages:
+            own = status.recipients.get(m.to) if status.recipients else None
+            message_id = own.message_id if own is not None else status.message_id
+            if isinstance(message_id, set):
+                message_id = ",".join(sorted(message_id))
+            results.append(
+                SendResult(
+                    provider=self.name,
+                    provider_message_id=str(message_id or ""),
+                    detail={
+                        "status": [own.status] if own is not None else sorted(status.status or []),
+                        "batch": len(messages),
+                    },
+                )
+            )
+        return results
 
 
 def mailgun_error(error: AnymailError, message: OutboundMessage) -> TransportError:

@@ -80,3 +80,18 @@ def transports_reset() -> None:
     """Forget every cached transport; the next transport_get builds anew."""
     with _lock:
         _transports.clear()
+
+
+def channel_providers(channel: str, category: str = "") -> list[str]:
+    """The provider accounts of ``channel`` for messages of ``category``, in failover
+    order: ``settings.CATEGORY_PROVIDERS`` where it names the channel for the category,
+    otherwise ``settings.CHANNEL_PROVIDERS``."""
+    by_category: Mapping[str, Mapping[str, list[str]]] = getattr(settings, "CATEGORY_PROVIDERS", {})
+    chosen = by_category.get(category, {}).get(channel)
+    return list(chosen if chosen else settings.CHANNEL_PROVIDERS.get(channel, []))
+
+
+def provider_batch_size(name: str) -> int:
+    """How many recipients provider account ``name`` takes in one batch call (1: none)."""
+    config: Mapping[str, Any] = settings.PROVIDERS.get(name, {})
+    return max(1, int(config.get("batch_size", 1) or 1))

@@ -393,6 +393,12 @@ PLATFORM_LOG_DIR = Path(env_str("PLATFORM_LOG_DIR", str(BASE_DIR / "var" / "log"
 PLATFORM_RUN_DIR = Path(env_str("PLATFORM_RUN_DIR", str(BASE_DIR / "var" / "run")))
 QUIET_HOURS_CHANNELS = env_list("QUIET_HOURS_CHANNELS", ["inapp", "email", "sms", "push", "webhook"])
 
+# Providers read from their event log (``"receipts": "events"``): how often the beat polls,
+# how long one poll may keep reading pages, and how far back a first poll starts.
+RECEIPTS_POLL_SECONDS = env_float("RECEIPTS_POLL_SECONDS", 1.0)
+RECEIPTS_POLL_BUDGET_SECONDS = env_float("RECEIPTS_POLL_BUDGET_SECONDS", 20.0)
+RECEIPTS_POLL_LOOKBACK_SECONDS = env_int("RECEIPTS_POLL_LOOKBACK_SECONDS", 3 * 86400, minimum=1)
+
 CELERY_BEAT_SCHEDULE = {
     "outbox-sweep": {
         "task": "notifications.tasks.outbox_sweep_task",
@@ -416,6 +422,13 @@ CELERY_BEAT_SCHEDULE = {
         "task": "notifications.tasks.digests_sweep_task",
         "schedule": SWEEP_INTERVAL_SECONDS,
         "options": {"queue": "periodic", "expires": SWEEP_INTERVAL_SECONDS * 2},
+    },
+    # Receipts of the providers read from their event log (notifications/services/
+    # receipts_poll.py), on the campaign worker: that is bulk mail's traffic.
+    "receipts-poll": {
+        "task": "notifications.tasks.receipts_poll_task",
+        "schedule": RECEIPTS_POLL_SECONDS,
+        "options": {"queue": "campaign", "expires": RECEIPTS_POLL_SECONDS * 2},
     },
     "inbox-snooze-sweep": {
         "task": "notifications.tasks.inbox_snooze_sweep_task",
@@ -461,12 +474,17 @@ CHANNEL_PROVIDERS = {
     "push": ["fcm", "apns"],
     "webhook": ["webhook"],
 }
+# Providers of a channel for one category, in failover order, where it differs from
+# CHANNEL_PROVIDERS: marketing email from the bulk sending domain, in batches.
+CATEGORY_PROVIDERS = {
+    "marketing": {"email": env_list("MARKETING_EMAIL_PROVIDERS", ["mailgun-bulk", "smtp"])},
+}
 # From-addresses per category (marketing mail often comes from its own domain).
 EMAIL_FROM = {
     "critical": env_str("EMAIL_FROM_CRITICAL", "Security <security@mg.sandbox.test>"),
     "transactional": env_str("EMAIL_FROM_TRANSACTIONAL", "Notifications <notify@mg.sandbox.test>"),
     "social": env_str("EMAIL_FROM_SOCIAL", "Notifications <notify@mg.sandbox.test>"),
-    "marketing": env_str("EMAIL_FROM_MARKETING", "News <news@mg.sandbox.test>"),
+    "marketing": env_str("EMAIL_FROM_MARKETING", "News <news@news.mg.sandbox.test>"),
 }
 ANYMAIL = {
     "MAILGUN_API_KEY": PROVIDERS["mailgun"]["api_key"],
@@ -487,6 +505,9 @@ SEND_BACKOFF_CAP_SECONDS = env_float("SEND_BACKOFF_CAP_SECONDS", 900.0)
 # per worker process.
 SEND_CHUNK = env_int("SEND_CHUNK", 50, minimum=1)
 SEND_CONCURRENCY = env_int("SEND_CONCURRENCY", 16, minimum=1)
+# A campaign's email is claimed this many deliveries at a time and dispatched in batches
+# of this size: one provider batch call where the provider takes batches (Mailgun: 1,000).
+SEND_BATCH_CHUNK = env_int("SEND_BATCH_CHUNK", 1000, minimum=1)
 # A claimed delivery whose sender vanished is sent again after this long.
 SEND_CLAIM_SECONDS = env_int("SEND_CLAIM_SECONDS", 60, minimum=5)
 SEND_TIMEOUT_SECONDS = env_float("SEND_TIMEOUT_SECONDS", 10.0)

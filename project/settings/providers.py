@@ -24,19 +24,36 @@ def build_providers(
     fcm_file = env_str("FCM_SERVICE_ACCOUNT_FILE", "")
     apns_key = env_str("APNS_KEY_FILE", "")
 
+    mailgun_account: dict[str, object] = {
+        "kind": "mailgun",
+        "channel": "email",
+        "sandbox": not mailgun_key,
+        "api_url": env_str(
+            "MAILGUN_API_URL", "https://api.mailgun.net/v3" if mailgun_key else f"{sandbox_http}/mailgun/v3"
+        ),
+        "api_key": mailgun_key or "sandbox-mailgun-key",
+        "webhook_signing_key": env_str("MAILGUN_WEBHOOK_SIGNING_KEY", "sandbox-mailgun-signing-key"),
+    }
     providers: dict[str, dict[str, object]] = {
         "mailgun": {
-            "kind": "mailgun",
-            "channel": "email",
-            "sandbox": not mailgun_key,
-            "api_url": env_str(
-                "MAILGUN_API_URL",
-                "https://api.mailgun.net/v3" if mailgun_key else f"{sandbox_http}/mailgun/v3",
-            ),
-            "api_key": mailgun_key or "sandbox-mailgun-key",
+            **mailgun_account,
             "sender_domain": env_str("MAILGUN_SENDER_DOMAIN", "mg.sandbox.test"),
-            "webhook_signing_key": env_str("MAILGUN_WEBHOOK_SIGNING_KEY", "sandbox-mailgun-signing-key"),
             "rate_per_second": env_float("MAILGUN_RATE_PER_SECOND", 1000.0),
+            # Receipts come as tracking webhooks, one request per event.
+            "receipts": "webhooks",
+            "batch_size": 1,
+        },
+        # The same Mailgun account's bulk sending domain: marketing mail goes out from a
+        # domain of its own, so its reputation never drags transactional mail down. Sent
+        # in batches (one API call per up to 1,000 recipients, personalised by recipient
+        # variables) and tracked by reading the events API in pages instead of one
+        # webhook per event (notifications/services/receipts_poll.py).
+        "mailgun-bulk": {
+            **mailgun_account,
+            "sender_domain": env_str("MAILGUN_BULK_SENDER_DOMAIN", "news.mg.sandbox.test"),
+            "rate_per_second": env_float("MAILGUN_BULK_RATE_PER_SECOND", 10000.0),
+            "receipts": "events",
+            "batch_size": env_int("MAILGUN_BULK_BATCH_SIZE", 1000, minimum=1, maximum=1000),
         },
         "smtp": {
             "kind": "smtp",

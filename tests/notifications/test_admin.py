@@ -44,6 +44,7 @@ from notifications.models import (
     NotificationType,
     OutboxMessage,
     Preference,
+    ProviderCursor,
     Recipient,
     Reminder,
     Segment,
@@ -150,6 +151,9 @@ def pipeline() -> Pipeline:
         channel=Channel.SMS, delivery_ids=[deliveries[3].id], leased_until=timezone.now()
     )
     DeliverySchedule.objects.create(delivery=deliveries[4], due_at=timezone.now())
+    ProviderCursor.objects.create(
+        provider="mailgun-bulk", next_url="http://sandbox.test/v3/news/events/abc", events=3
+    )
     DeadLetter.objects.create(
         delivery=deliveries[2],
         channel=Channel.EMAIL,

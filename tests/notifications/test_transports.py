@@ -151,10 +151,10 @@ def test_it_sends_mail_over_smtp_with_a_message_id_from_the_idempotency_key(cont
 
     result = transport_get("smtp").send(message)
 
-    assert result.provider_message_id == f"<{message.idempotency_key}@mg.sandbox.test>"
+    assert result.provider_message_id == f"<{message.idempotency_key}@news.mg.sandbox.test>"
     [record] = control.wait_for_messages("smtp", 1, where=lambda r: r["key"] == message.idempotency_key)
     assert record["summary"]["message_id"] == result.provider_message_id
-    assert record["summary"]["from"] == "news@mg.sandbox.test"  # EMAIL_FROM["marketing"]
+    assert record["summary"]["from"] == "news@news.mg.sandbox.test"  # EMAIL_FROM["marketing"]
     assert record["summary"]["headers"]["List-Unsubscribe"] == "<u>"
 
 

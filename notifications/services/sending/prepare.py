@@ -40,11 +40,15 @@ from notifications.services.templating import (
     TemplateRenderError,
     aggregate_context,
     locale_pick,
+    merge_placeholders,
+    merge_substitute,
+    merge_values,
     template_render,
 )
 from notifications.services.unsubscribe import unsubscribe_headers
 from notifications.states import DeliveryStatus
 from notifications.transports.base import OutboundMessage, SendResult, TransportError
+from notifications.transports.registry import channel_providers, provider_batch_size
 from notifications.transports.sms import InvalidPhoneNumber, sms_normalise
 
 # Channels whose delivery calls several targets: each of a user's devices, each webhook.
@@ -222,6 +226,37 @@ def _render(content: dict[str, str], context: dict[str, Any], channel: str) -> d
     return email_with_text(rendered) if channel == Channel.EMAIL else rendered
 
 
+def _merge_skeleton(content: dict[str, str], context: dict[str, Any]) -> dict[str, str] | None:
+    """The email rendered once for a batch send: recipient fields as the placeholders the
+    provider fills in per recipient (None when it does not render that way)."""
+    fields: dict[str, str] = {}
+    for name, source in content.items():
+        html = name == "html"
+        placeholders = {**context["recipient"], **merge_placeholders(html=html)}
+        try:
+            fields[name] = template_render(
+                source=source, context={**context, "recipient": placeholders}, html=html
+            )
+        except TemplateRenderError:
+            return None
+    return email_with_text(fields)
+
+
+def _merge(
+    skeleton: dict[str, str] | None, rendered: dict[str, str], recipient: dict[str, Any]
+) -> dict[str, Any]:
+    """The message fields that let it go out in a batch send, when the skeleton filled in
+    with this recipient's values gives exactly what was rendered for them (a template that
+    does more with a recipient field than print it, ``{% if recipient.name %}`` or
+    ``|upper``, does not: that recipient's email is sent on its own)."""
+    if skeleton is None or skeleton.keys() != rendered.keys():
+        return {}
+    values = merge_values(recipient, "".join(skeleton.values()))
+    if any(merge_substitute(skeleton[name], values) != text for name, text in rendered.items()):
+        return {}
+    return {"merge_content": skeleton, "merge_values": values}
+
+
 def _settle_sms(job: Job, verdict: SmsVerdict) -> None:
     job.reason = verdict.reason
     if verdict.defer_until is not None:
@@ -342,6 +377,10 @@ def jobs_prepare(claimed: list[Claimed]) -> list[Job]:
     """One job per claimed delivery, with its messages built or its verdict set."""
     chunk = _read_chunk(claimed)
     jobs: list[Job] = []
+    # Email content rendered for batch sends, by event, template locale and the
+    # recipient's locale and timezone (all the context holds besides the merge fields).
+    skeletons: dict[tuple[Any, ...], dict[str, str] | None] = {}
+    batching: dict[str, bool] = {}
     for c in claimed:
         job = Job(claimed=c)
         jobs.append(job)
@@ -390,6 +429,14 @@ def jobs_prepare(claimed: list[Claimed]) -> list[Job]:
             "content": rendered,
         }
         if c.channel == Channel.EMAIL:
+            if ntype.category not in batching:
+                providers = channel_providers(Channel.EMAIL, ntype.category)
+                batching[ntype.category] = bool(providers) and provider_batch_size(providers[0]) > 1
+            if batching[ntype.category] and c.id not in chunk.aggregates and picked is not None:
+                shape = (c.event_id, picked[0], recipient["locale"], recipient["timezone"])
+                if shape not in skeletons:
+                    skeletons[shape] = _merge_skeleton(content or {}, context)
+                common.update(_merge(skeletons[shape], rendered, recipient))
             _email(job, chunk, recipient, ntype, common)
         elif c.channel == Channel.SMS:
             _sms(job, chunk, recipient, event, ntype, rendered, common)

@@ -48,12 +48,13 @@ def deliveries_send(*, delivery_ids: list[int]) -> tuple[int, datetime | None]:
     return len(claimed), busy_until
 
 
-def provider_dispatch_batch(*, batch_id: int, channel: str) -> int:
+def provider_dispatch_batch(*, batch_id: int, channel: str, chunk: int | None = None) -> int:
     """Send an open dispatch batch in chunks, renewing its lease as it goes; marks it done
     at the end, unless some of its deliveries are claimed by a sender that may have died:
     then the batch stays open until that claim expires and the sweep runs it again.
     Running a batch twice, or at once on two workers, sends nothing twice: each chunk is
-    claimed delivery by delivery."""
+    claimed delivery by delivery. ``chunk``: deliveries claimed and sent at a time
+    (SEND_CHUNK by default; a campaign's email, a provider batch's worth)."""
     with transaction.atomic():
         ids = (
             DispatchBatch.objects.select_for_update(skip_locked=True)
@@ -66,7 +67,7 @@ def provider_dispatch_batch(*, batch_id: int, channel: str) -> int:
         DispatchBatch.objects.filter(id=batch_id).update(leased_until=timezone.now() + dispatch_lease())
     settled = 0
     recheck_at: datetime | None = None
-    size = settings.SEND_CHUNK
+    size = chunk or settings.SEND_CHUNK
     for start in range(0, len(ids), size):
         count, busy_until = deliveries_send(delivery_ids=list(ids[start : start + size]))
         settled += count
