@@ -294,10 +294,10 @@ def receipts_track(receipts: list[Receipt], *, also: Callable[[], None] | None =
     made.
 
     No row is locked: a receipt for a delivery whose send is still being recorded cannot
-    move it here, and is applied once both have committed, by whichever comes second (the
-    send's record reads the receipts stored before it, ``receipts_apply_early``; this
-    reads the statuses recorded before it, in its second transaction). ``also`` runs in
-    the first transaction (a poller moves its cursor there)."""
+    move it here. Both sides look again after their own commit (the send's record reads
+    the receipts stored by then, ``receipts_apply_early``; this reads the statuses recorded
+    by then, in its second transaction), so whichever looks last sees both. ``also`` runs
+    in the first transaction (a poller moves its cursor there)."""
     if not receipts:
         if also is not None:
             with transaction.atomic():

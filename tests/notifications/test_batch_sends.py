@@ -8,10 +8,12 @@ receipts come from Mailgun's events API, read in pages by ``receipts_poll``.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from harness.sandbox import SandboxProcess
@@ -30,7 +32,12 @@ from notifications.services.feedback import Receipt, receipts_track
 from notifications.services.ingest import event_ingest
 from notifications.services.provider_health import breaker_reset
 from notifications.services.receipts_poll import polled_providers, receipts_poll
+from notifications.services.sending import record
+from notifications.services.sending.claim import deliveries_claim
+from notifications.services.sending.prepare import Job
+from notifications.services.sending.record import jobs_record
 from notifications.states import DeliveryStatus
+from notifications.transports.base import OutboundMessage, SendResult
 from notifications.transports.registry import transports_reset
 from project.processes.waiting import wait_until
 from tests.notifications.factories import RecipientFactory
@@ -222,3 +229,48 @@ def test_an_unreachable_events_api_leaves_the_cursor_where_it_was(providers, set
     cursor = ProviderCursor.objects.get(provider="mailgun-bulk")
     assert (cursor.next_url, cursor.events) == ("", 7)
     assert len([r for r in caplog.records if "events API unavailable" in r.getMessage()]) <= 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_page_of_receipts_stored_while_its_send_is_being_recorded_still_moves_the_delivery(monkeypatch):
+    """The race that lost 500 receipts of a 20,000-email campaign: the poller's page is
+    stored after the send's record looked for receipts and before it committed, so
+    neither saw the other. Each looks again after its own commit."""
+    recipient = RecipientFactory()
+    event = Event.objects.create(
+        notification_type=_offer("promo.race"), recipient_ids=[recipient.id], data={}
+    )
+    delivery = Delivery.objects.create(event=event, recipient=recipient, channel="email")
+    token, [claimed] = deliveries_claim(delivery_ids=[delivery.id], now=timezone.now())
+    message = OutboundMessage(
+        delivery_id=delivery.id,
+        idempotency_key="k",
+        channel="email",
+        to="a@example.com",
+        category="marketing",
+    )
+    job = Job(claimed=claimed, messages=[message])
+    job.results.append((message, "mailgun-bulk", SendResult(provider="mailgun-bulk"), 5))
+    original = record.receipts_apply_early
+    pages: list[int] = []
+
+    def page_arrives_in_flight(**kwargs: Any) -> int:
+        moved = original(**kwargs)
+        if not pages:  # inside the record's transaction, after it looked for receipts
+            receipt = Receipt(
+                delivery_id=delivery.id, kind="delivered", provider="mailgun-bulk", dedupe_key="r"
+            )
+            poller = threading.Thread(
+                target=lambda: (pages.append(receipts_track([receipt])), connection.close())
+            )
+            poller.start()
+            poller.join()
+        return moved
+
+    monkeypatch.setattr(record, "receipts_apply_early", page_arrives_in_flight)
+
+    jobs_record([job], token)
+
+    assert pages == [0], "the page could not move a delivery not yet recorded as sent"
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.DELIVERED

@@ -246,12 +246,15 @@ def jobs_record(jobs: list[Job], token: datetime) -> Counter[str]:
             FallbackCheck.objects.filter(delivery_id__in=finished).update(due_at=now)
         for message, error in feedback:
             feedback_apply(message=message, error=error)
-        receipts_apply_early(
-            delivery_ids=[
-                i
-                for i in owned
-                if outcomes[i].status == DeliveryStatus.SENT and channels[i] in RECEIPT_CHANNELS
-            ],
-            now=now,
-        )
+        awaiting = [
+            i for i in owned if outcomes[i].status == DeliveryStatus.SENT and channels[i] in RECEIPT_CHANNELS
+        ]
+        receipts_apply_early(delivery_ids=awaiting, now=now)
+    if awaiting:
+        # A page of receipts stored while this transaction was in flight was invisible
+        # to it, and could not move these deliveries either (they were not sent yet when
+        # it looked): whichever of the two looks again after its commit sees the other's
+        # (feedback.receipts_track does the same on its side).
+        with transaction.atomic():
+            receipts_apply_early(delivery_ids=awaiting, now=timezone.now())
     return counts
