@@ -274,6 +274,48 @@ def merge_values(recipient: Mapping[str, Any], used: str) -> dict[str, str]:
     return {name: value for name, value in values.items() if f"%recipient.{name}%" in used}
 
 
+@lru_cache(maxsize=2048)
+def template_merge_exact(source: str) -> bool:
+    """Whether rendering ``source`` with the merge fields as placeholders and filling them
+    in gives exactly what rendering it for each recipient gives, by the template's shape:
+    every use of a merge field is printed as it is (``{{ recipient.name }}``: no filter,
+    test, condition, loop or call reads it). Templates that do otherwise are checked
+    recipient by recipient instead."""
+    try:
+        tree = _PLAIN.parse(source)
+    except TemplateError:
+        return False
+    printed: set[int] = set()
+    for output in tree.find_all(nodes.Output):
+        for child in output.nodes:
+            if _merge_field(child):
+                printed.add(id(child))
+    for name in tree.find_all(nodes.Name):
+        if name.name == "recipient" and name.ctx == "load":
+            break
+    else:
+        return True
+    fields = [node for node in tree.find_all(nodes.Getattr) if _merge_field(node)]
+    uses = sum(1 for name in tree.find_all(nodes.Name) if name.name == "recipient")
+    other = sum(
+        1
+        for node in tree.find_all(nodes.Getattr)
+        if isinstance(node.node, nodes.Name) and node.node.name == "recipient" and not _merge_field(node)
+    )
+    # Every read of ``recipient`` is either a printed merge field or another attribute
+    # (locale, timezone: the same for every recipient sharing the rendering).
+    return all(id(node) in printed for node in fields) and uses == len(fields) + other
+
+
+def _merge_field(node: nodes.Node) -> bool:
+    return (
+        isinstance(node, nodes.Getattr)
+        and isinstance(node.node, nodes.Name)
+        and node.node.name == "recipient"
+        and node.attr in MERGE_FIELDS
+    )
+
+
 def merge_substitute(text: str, values: Mapping[str, str]) -> str:
     """Fill ``%recipient.NAME%`` placeholders as Mailgun's batch send does: in one pass, a
     name it was not given becoming empty."""

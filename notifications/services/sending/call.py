@@ -157,7 +157,7 @@ def jobs_batches(jobs: list[Job]) -> tuple[list[list[Job]], list[Job]]:
     jobs sent one by one. A batch holds jobs of one message each with the same content
     template, sender, type and header names, to distinct addresses, at most the first
     provider's batch size; a batch of one is sent on its own."""
-    groups: dict[tuple[Any, ...], list[list[Job]]] = defaultdict(list)
+    groups: dict[tuple[Any, ...], list[tuple[list[Job], set[str]]]] = defaultdict(list)
     single: list[Job] = []
     for job in jobs:
         message = job.messages[0] if len(job.messages) == 1 else None
@@ -178,15 +178,16 @@ def jobs_batches(jobs: list[Job]) -> tuple[list[list[Job]], list[Job]]:
         )
         address = message.to.strip().lower()
         batches = groups[key]
-        for batch in batches:
-            if len(batch) < size and all(other.messages[0].to.strip().lower() != address for other in batch):
+        for batch, addresses in batches:
+            if len(batch) < size and address not in addresses:
                 batch.append(job)
+                addresses.add(address)
                 break
         else:
-            batches.append([job])
+            batches.append(([job], {address}))
     batched: list[list[Job]] = []
     for batches in groups.values():
-        for batch in batches:
+        for batch, _ in batches:
             if len(batch) > 1:
                 batched.append(batch)
             else:

@@ -43,6 +43,7 @@ from notifications.services.templating import (
     merge_placeholders,
     merge_substitute,
     merge_values,
+    template_merge_exact,
     template_render,
 )
 from notifications.services.unsubscribe import unsubscribe_headers
@@ -226,9 +227,22 @@ def _render(content: dict[str, str], context: dict[str, Any], channel: str) -> d
     return email_with_text(rendered) if channel == Channel.EMAIL else rendered
 
 
-def _merge_skeleton(content: dict[str, str], context: dict[str, Any]) -> dict[str, str] | None:
-    """The email rendered once for a batch send: recipient fields as the placeholders the
-    provider fills in per recipient (None when it does not render that way)."""
+@dataclass(frozen=True)
+class _Skeleton:
+    """An email rendered once for a batch send: recipient fields as the placeholders the
+    provider fills in per recipient."""
+
+    fields: dict[str, str]
+    # The placeholders' text (what merge_values looks for).
+    used: str
+    # Filling in a recipient's values is exactly their rendering, by the templates' shape
+    # (templating.template_merge_exact) and a text part of their own: no need to render
+    # each recipient's email to check it.
+    exact: bool
+
+
+def _merge_skeleton(content: dict[str, str], context: dict[str, Any]) -> _Skeleton | None:
+    """None when the content does not render with placeholders."""
     fields: dict[str, str] = {}
     for name, source in content.items():
         html = name == "html"
@@ -239,22 +253,23 @@ def _merge_skeleton(content: dict[str, str], context: dict[str, Any]) -> dict[st
             )
         except TemplateRenderError:
             return None
-    return email_with_text(fields)
+    own_text = merge_substitute(fields.get("text", ""), {}).strip() != ""
+    exact = own_text and all(template_merge_exact(source) for source in content.values())
+    completed = email_with_text(fields)
+    return _Skeleton(fields=completed, used="".join(completed.values()), exact=exact)
 
 
-def _merge(
-    skeleton: dict[str, str] | None, rendered: dict[str, str], recipient: dict[str, Any]
-) -> dict[str, Any]:
+def _merge(skeleton: _Skeleton | None, rendered: dict[str, str], recipient: dict[str, Any]) -> dict[str, Any]:
     """The message fields that let it go out in a batch send, when the skeleton filled in
     with this recipient's values gives exactly what was rendered for them (a template that
     does more with a recipient field than print it, ``{% if recipient.name %}`` or
     ``|upper``, does not: that recipient's email is sent on its own)."""
-    if skeleton is None or skeleton.keys() != rendered.keys():
+    if skeleton is None or skeleton.fields.keys() != rendered.keys():
         return {}
-    values = merge_values(recipient, "".join(skeleton.values()))
-    if any(merge_substitute(skeleton[name], values) != text for name, text in rendered.items()):
+    values = merge_values(recipient, skeleton.used)
+    if any(merge_substitute(skeleton.fields[name], values) != text for name, text in rendered.items()):
         return {}
-    return {"merge_content": skeleton, "merge_values": values}
+    return {"merge_content": skeleton.fields, "merge_values": values}
 
 
 def _settle_sms(job: Job, verdict: SmsVerdict) -> None:
@@ -379,7 +394,7 @@ def jobs_prepare(claimed: list[Claimed]) -> list[Job]:
     jobs: list[Job] = []
     # Email content rendered for batch sends, by event, template locale and the
     # recipient's locale and timezone (all the context holds besides the merge fields).
-    skeletons: dict[tuple[Any, ...], dict[str, str] | None] = {}
+    skeletons: dict[tuple[Any, ...], _Skeleton | None] = {}
     batching: dict[str, bool] = {}
     for c in claimed:
         job = Job(claimed=c)
@@ -412,8 +427,27 @@ def jobs_prepare(claimed: list[Claimed]) -> list[Job]:
             },
             "aggregate": chunk.aggregates.get(c.id) or aggregate_context(1, [event["data"]]),
         }
+        merge: dict[str, Any] = {}
+        if c.channel == Channel.EMAIL and c.id not in chunk.aggregates and picked is not None:
+            if ntype.category not in batching:
+                providers = channel_providers(Channel.EMAIL, ntype.category)
+                batching[ntype.category] = bool(providers) and provider_batch_size(providers[0]) > 1
+            if batching[ntype.category]:
+                shape = (c.event_id, picked[0], recipient["locale"], recipient["timezone"])
+                if shape not in skeletons:
+                    skeletons[shape] = _merge_skeleton(content or {}, context)
+                skeleton = skeletons[shape]
+        else:
+            skeleton = None
         try:
-            rendered = _render(content or {}, context, c.channel)
+            if skeleton is not None and skeleton.exact:
+                # The template only prints the merge fields: filling them in is rendering.
+                values = merge_values(recipient, skeleton.used)
+                rendered = {name: merge_substitute(text, values) for name, text in skeleton.fields.items()}
+                merge = {"merge_content": skeleton.fields, "merge_values": values}
+            else:
+                rendered = _render(content or {}, context, c.channel)
+                merge = _merge(skeleton, rendered, recipient)
         except TemplateRenderError as exc:
             job.verdict, job.reason = DeliveryStatus.FAILED, str(exc)[:200]
             continue
@@ -427,16 +461,9 @@ def jobs_prepare(claimed: list[Claimed]) -> list[Job]:
             "category": ntype.category,
             "notification_type": ntype.key,
             "content": rendered,
+            **merge,
         }
         if c.channel == Channel.EMAIL:
-            if ntype.category not in batching:
-                providers = channel_providers(Channel.EMAIL, ntype.category)
-                batching[ntype.category] = bool(providers) and provider_batch_size(providers[0]) > 1
-            if batching[ntype.category] and c.id not in chunk.aggregates and picked is not None:
-                shape = (c.event_id, picked[0], recipient["locale"], recipient["timezone"])
-                if shape not in skeletons:
-                    skeletons[shape] = _merge_skeleton(content or {}, context)
-                common.update(_merge(skeletons[shape], rendered, recipient))
             _email(job, chunk, recipient, ntype, common)
         elif c.channel == Channel.SMS:
             _sms(job, chunk, recipient, event, ntype, rendered, common)
