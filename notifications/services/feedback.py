@@ -378,14 +378,14 @@ def _receipts_store(receipts: list[Receipt], now: datetime) -> list[Receipt]:
         fresh.setdefault((receipt.delivery_id, receipt.dedupe_key or f"#{index}"), receipt)
     keyed = [r for r in fresh.values() if r.dedupe_key]
     if keyed:
-        seen = set(
-            DeliveryEvent.objects.filter(
-                delivery_id__in={r.delivery_id for r in keyed},
-                detail__dedupe_key__in=[r.dedupe_key for r in keyed],
-            ).values_list("delivery_id", "detail__dedupe_key")
-        )
-        for pair in seen:
-            fresh.pop(pair, None)
+        with connection.cursor() as db:
+            db.execute(
+                f"""SELECT delivery_id, detail->>'dedupe_key' FROM {DeliveryEvent._meta.db_table}
+                    WHERE delivery_id = ANY(%s) AND detail->>'dedupe_key' = ANY(%s)""",
+                [list({r.delivery_id for r in keyed}), [r.dedupe_key for r in keyed]],
+            )
+            for pair in db.fetchall():
+                fresh.pop((pair[0], pair[1]), None)
     if not fresh:
         return []
     rows = list(fresh.values())
@@ -428,28 +428,47 @@ _RANK: dict[str, int] = {
 
 
 def receipts_apply_early(*, delivery_ids: list[int], now: datetime) -> int:
-    """Inside the transaction that records sends as sent: apply receipts that arrived
-    while the sender was still in flight (a Twilio "delivered" can beat the sender's own
-    commit). ``delivery_track`` stored them but could not move a delivery that was not
-    sent yet. Returns how many deliveries moved."""
+    """Apply receipts stored before their delivery was recorded as sent (a Twilio
+    "delivered" can beat the sender's own commit, a page of Mailgun events can be read
+    while the send is recorded): ``delivery_track`` and ``receipts_track`` stored them but
+    could not move a delivery that was not sent yet. Each delivery moves to its furthest
+    receipt. Returns how many moved. Two statements whatever the number of deliveries."""
     if not delivery_ids:
         return 0
+    with connection.cursor() as db:
+        db.execute(
+            f"""SELECT delivery_id, kind, detail->>'reason' FROM {DeliveryEvent._meta.db_table}
+                WHERE delivery_id = ANY(%s) AND kind = ANY(%s)""",
+            [list(delivery_ids), list(RECEIPTS)],
+        )
+        rows = db.fetchall()
+    if not rows:
+        return 0
     furthest: dict[int, tuple[int, str, str]] = {}
-    for delivery_id, kind, detail in DeliveryEvent.objects.filter(
-        delivery_id__in=delivery_ids, kind__in=list(RECEIPTS)
-    ).values_list("delivery_id", "kind", "detail"):
+    for delivery_id, kind, reason in rows:
         rank = _RANK.get(RECEIPTS[kind].target, 0)
         if delivery_id not in furthest or rank > furthest[delivery_id][0]:
-            reason = str((detail or {}).get("reason", "")) if isinstance(detail, dict) else ""
-            furthest[delivery_id] = (rank, kind, reason)
-    moved = 0
-    for delivery_id, (_, kind, reason) in furthest.items():
-        move = RECEIPTS[kind]
-        failure = move.target in _FAILURES
-        moved += Delivery.objects.filter(id=delivery_id, status__in=move.sources).update(
-            status=move.target, reason=reason[:200] if failure else "", updated_at=now
+            furthest[delivery_id] = (rank, kind, reason or "")
+    ids = list(furthest)
+    moves = [RECEIPTS[furthest[i][1]] for i in ids]
+    with connection.cursor() as db:
+        db.execute(
+            f"""UPDATE {Delivery._meta.db_table} AS d
+                SET status = u.target, reason = u.reason, updated_at = %s
+                FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[]) AS u(id, target, reason, sources)
+                WHERE d.id = u.id AND d.status = ANY(string_to_array(u.sources, ','))""",
+            [
+                now,
+                ids,
+                [move.target for move in moves],
+                [
+                    furthest[i][2][:200] if move.target in _FAILURES else ""
+                    for i, move in zip(ids, moves, strict=True)
+                ],
+                [",".join(move.sources) for move in moves],
+            ],
         )
-    return moved
+        return db.rowcount
 
 
 STOP_WORDS = {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"}

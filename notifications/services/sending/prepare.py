@@ -28,6 +28,7 @@ from notifications.models import (
     Suppression,
     SuppressionKind,
     WebhookEndpoint,
+    delivery_idempotency_key,
     target_idempotency_key,
 )
 from notifications.services.aggregation import aggregation_context
@@ -428,6 +429,7 @@ def jobs_prepare(claimed: list[Claimed]) -> list[Job]:
             "aggregate": chunk.aggregates.get(c.id) or aggregate_context(1, [event["data"]]),
         }
         merge: dict[str, Any] = {}
+        skeleton: _Skeleton | None = None
         if c.channel == Channel.EMAIL and c.id not in chunk.aggregates and picked is not None:
             if ntype.category not in batching:
                 providers = channel_providers(Channel.EMAIL, ntype.category)
@@ -437,8 +439,6 @@ def jobs_prepare(claimed: list[Claimed]) -> list[Job]:
                 if shape not in skeletons:
                     skeletons[shape] = _merge_skeleton(content or {}, context)
                 skeleton = skeletons[shape]
-        else:
-            skeleton = None
         try:
             if skeleton is not None and skeleton.exact:
                 # The template only prints the merge fields: filling them in is rendering.
@@ -451,9 +451,7 @@ def jobs_prepare(claimed: list[Claimed]) -> list[Job]:
         except TemplateRenderError as exc:
             job.verdict, job.reason = DeliveryStatus.FAILED, str(exc)[:200]
             continue
-        key = str(
-            Delivery(event_id=c.event_id, recipient_id=c.recipient_id, channel=c.channel).idempotency_key
-        )
+        key = str(delivery_idempotency_key(c.event_id, c.recipient_id, c.channel))
         common: dict[str, Any] = {
             "delivery_id": c.id,
             "idempotency_key": key,
