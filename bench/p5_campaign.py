@@ -11,7 +11,10 @@ benchmarks):
    a marketing email type; a campaign to the topic created and started over the API,
    unthrottled (``throttle_per_second`` at its maximum), while the same probe runs again.
    *Sends/s* is the distinct idempotency keys the sandbox's Mailgun accepted over the time
-   from its first to its last acceptance; the run ends when every delivery settled.
+   from its first to its last acceptance (the sandbox's counters: its recordings are
+   capped below a million); the probe stops when every email is accepted, and the run
+   ends when every receipt is read back (the bulk domain's events API, polled by the
+   campaign worker).
 
 Targets (docs/benchmarks.md): at least 5,000 sends/s, and the probe's p99 during the
 campaign at most 1.5 times its baseline p99.
@@ -28,14 +31,13 @@ from typing import Any
 import psycopg
 
 from bench.provider_sends import (
+    IN_PROGRESS,
     SENDS_ENV,
-    accepted_records,
     create_type,
-    first_acceptances,
     seed_audience,
     wait_settled,
 )
-from bench.stack import Stack, bench_stack, cpu_sample, cpu_seconds
+from bench.stack import Progress, Stack, bench_stack, cpu_sample, cpu_seconds
 
 TARGET_SENDS_PER_SECOND = 5_000.0
 TARGET_P99_RATIO = 1.5
@@ -72,11 +74,19 @@ class P5Result:
     during: Probe
     statuses: dict[str, int]
     cpu_s: dict[str, float] = field(default_factory=dict)
+    # Seconds from the start until every receipt was read back (none left "sent").
+    receipts_s: float = math.nan
 
     @property
     def sends_per_second(self) -> float:
         span = self.last_accept_s - self.first_accept_s
         return self.accepted / span if span > 0 else math.nan
+
+    @property
+    def overall_per_second(self) -> float:
+        """Sends over the whole campaign, from its start (audience snapshot and first page
+        included) to the last acceptance."""
+        return self.accepted / self.last_accept_s if self.last_accept_s > 0 else math.nan
 
     @property
     def p99_ratio(self) -> float:
@@ -93,16 +103,28 @@ class P5Result:
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.update(
-            sends_per_second=self.sends_per_second, p99_ratio=self.p99_ratio, meets_target=self.meets_target
+            sends_per_second=self.sends_per_second,
+            overall_per_second=self.overall_per_second,
+            p99_ratio=self.p99_ratio,
+            meets_target=self.meets_target,
         )
         return data
 
     def summary(self) -> str:
         return (
             f"P5 campaign of {self.recipients:,} emails: {self.sends_per_second:,.0f} sends/s accepted "
-            f"(target {TARGET_SENDS_PER_SECOND:,.0f}); {self.accepted:,} accepted, {self.duplicates} duplicates, "
+            f"(target {TARGET_SENDS_PER_SECOND:,.0f}; {self.overall_per_second:,.0f}/s from the start); "
+            f"{self.accepted:,} accepted, {self.duplicates} duplicates, "
             f"{self.failed} failed; transactional p99 {self.during.p99_s * 1000:.0f} ms during against "
-            f"{self.baseline.p99_s * 1000:.0f} ms alone ({self.p99_ratio:.2f}x, target <= {TARGET_P99_RATIO}x)"
+            f"{self.baseline.p99_s * 1000:.0f} ms alone ({self.p99_ratio:.2f}x, target <= {TARGET_P99_RATIO}x; "
+            f"p50 {self.during.p50_s * 1000:.0f} ms against {self.baseline.p50_s * 1000:.0f} ms); "
+            f"every receipt read back {self.receipts_s:.0f} s after the start\n"
+            "CPU per email: "
+            + ", ".join(
+                f"{name} {seconds * 1e6 / max(1, self.accepted):.0f} µs"
+                for name, seconds in sorted(self.cpu_s.items(), key=lambda item: -item[1])
+                if seconds > 0
+            )
         )
 
 
@@ -149,6 +171,25 @@ def _probe(stack: Stack, *, seconds: float, recipient: str, stop: threading.Even
         p50_s=_percentile(latencies, 0.50),
         p99_s=_percentile(latencies, 0.99),
     )
+
+
+def _wait_accepted(stack: Stack, recipients: int, *, timeout: float, progress: bool) -> None:
+    """Until the sandbox's Mailgun accepted every recipient's key: its counters, so the
+    measurement adds nothing to the database the campaign and the probe share."""
+    assert stack.sandbox is not None
+    bar = Progress("P5 campaign: emails accepted by the ESP", recipients, enabled=progress)
+    deadline = time.monotonic() + timeout
+    while True:
+        accepted = int(stack.sandbox.control.stats()["providers"]["mailgun"]["keys"])
+        bar.update(accepted)
+        if accepted >= recipients:
+            bar.finish(accepted)
+            return
+        if time.monotonic() > deadline:
+            bar.finish(accepted)
+            raise TimeoutError(f"P5: {accepted:,} of {recipients:,} emails accepted\n{stack.log_tails(30)}")
+        stack.check_alive()
+        time.sleep(0.5)
 
 
 def measure(
@@ -204,32 +245,38 @@ def measure(
     )
     prober.start()
     try:
-        statuses = wait_settled(
-            stack,
-            event_ids,
-            recipients,
-            label="P5 campaign: deliveries settled",
-            timeout=timeout,
-            progress=progress,
-        )
+        _wait_accepted(stack, recipients, timeout=timeout, progress=progress)
     finally:
         stop.set()
         prober.join(120)
     cpu = cpu_seconds(stack, cpu_before, cpu_sample())
-    first = first_acceptances(accepted_records(control, "mailgun", since=posted_at - 1))
-    times = [float(record["received_at"]) for record in first.values()]
+    # Counting a million deliveries by status takes a while: poll less often when big.
+    interval = 0.2 if recipients <= 50_000 else 2.0
+    statuses = wait_settled(
+        stack,
+        event_ids,
+        recipients,
+        label="P5 campaign: receipts read back",
+        timeout=timeout,
+        progress=progress,
+        interval=interval,
+        in_progress=(*IN_PROGRESS, "sent"),
+    )
+    receipts_s = time.time() - posted_at
     counters = control.stats()["providers"]["mailgun"]
+    first_at, last_at = counters.get("first_accepted_at"), counters.get("last_accepted_at")
     return P5Result(
         recipients=recipients,
-        accepted=len(first),
+        accepted=int(counters["keys"]),
         duplicates=int(counters["duplicates"]),
-        first_accept_s=(min(times) - posted_at) if times else math.nan,
-        last_accept_s=(max(times) - posted_at) if times else math.nan,
+        first_accept_s=(float(first_at) - posted_at) if first_at else math.nan,
+        last_accept_s=(float(last_at) - posted_at) if last_at else math.nan,
         failed=sum(statuses[s] for s in ("failed", "dead", "suppressed")),
         baseline=baseline,
         during=during[0] if during else Probe(0, 0, math.nan, math.nan),
         statuses=dict(statuses),
         cpu_s=cpu,
+        receipts_s=receipts_s,
     )
 
 
@@ -237,7 +284,7 @@ def run(
     *,
     template: str | None,
     recipients: int = 50_000,
-    probe_seconds: float = 10.0,
+    probe_seconds: float = 30.0,
     timeout: float = 1800.0,
     progress: bool = True,
 ) -> P5Result:

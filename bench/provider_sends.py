@@ -32,6 +32,7 @@ from harness.sandbox import Record, SandboxControl
 # measure the pipeline and not the configured provider rate limits.
 UNPACED_ENV: dict[str, str] = {
     "MAILGUN_RATE_PER_SECOND": "1000000",
+    "MAILGUN_BULK_RATE_PER_SECOND": "1000000",
     "SMTP_RATE_PER_SECOND": "1000000",
     "TWILIO_RATE_PER_SECOND": "1000000",
     "TWILIO_BACKUP_RATE_PER_SECOND": "1000000",
@@ -210,15 +211,18 @@ def wait_settled(
     label: str,
     timeout: float,
     progress: bool,
+    interval: float = 0.2,
+    in_progress: Sequence[str] = IN_PROGRESS,
 ) -> Counter[str]:
-    """Poll until the events have ``expected`` deliveries and none is in progress; returns
-    their statuses. TimeoutError with the log tails otherwise."""
+    """Poll (every ``interval`` seconds) until the events have ``expected`` deliveries and
+    none is ``in_progress``; returns their statuses. TimeoutError with the log tails
+    otherwise."""
     bar = Progress(label, expected, enabled=progress)
     deadline = time.monotonic() + timeout
     while True:
         statuses = delivery_statuses(stack.database.url, event_ids)
         total = sum(statuses.values())
-        settled = total - sum(statuses[s] for s in IN_PROGRESS)
+        settled = total - sum(statuses[s] for s in in_progress)
         bar.update(settled)
         if total >= expected and settled == total:
             bar.finish(settled)
@@ -230,7 +234,7 @@ def wait_settled(
                 f"({dict(statuses)})\n{stack.log_tails(30)}"
             )
         stack.check_alive()
-        time.sleep(0.2)
+        time.sleep(interval)
 
 
 # --- Sends per second per channel ------------------------------------------------------------

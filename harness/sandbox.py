@@ -171,8 +171,10 @@ class SandboxProcess:
         extra_args: Sequence[str] = (),
         python: str = sys.executable,
         start_timeout: float = 30.0,
+        nice: int = 0,
     ) -> None:
         self.directory = Path(directory).resolve()
+        self.nice = nice
         self.platform_url = platform_url
         self.extra_env = dict(env or {})
         self.extra_args = list(extra_args)
@@ -204,8 +206,9 @@ class SandboxProcess:
         return self.directory / "sandbox.log"
 
     def _argv(self) -> list[str]:
+        niced = ["nice", "-n", str(self.nice)] if self.nice else []
         return [
-            self.python, str(REPO_ROOT / "manage.py"), "provider_sandbox",
+            *niced, self.python, str(REPO_ROOT / "manage.py"), "provider_sandbox",
             "--host", self.host,
             "--http-port", "0", "--apns-port", "0", "--smtp-port", "0",
             "--dir", str(self.directory),

@@ -183,7 +183,10 @@ class AttemptOutcome(models.TextChoices):
 
 
 class DeliveryAttempt(models.Model):
-    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempt_log")
+    # No index of its own: the unique constraint's index starts with the delivery.
+    delivery = models.ForeignKey(
+        Delivery, on_delete=models.CASCADE, related_name="attempt_log", db_index=False
+    )
     number = models.SmallIntegerField()
     outcome = models.CharField(max_length=20, choices=AttemptOutcome.choices)
     error = models.TextField(blank=True)

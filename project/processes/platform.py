@@ -38,6 +38,9 @@ class WorkerSpec:
     concurrency: int = 2
     pool: str = "prefork"
     extra_args: tuple[str, ...] = ()
+    # Scheduling priority (nice(1)): above 0, the kernel gives its CPU to the other
+    # processes first when they want it.
+    nice: int = 0
 
 
 DEFAULT_WORKERS: tuple[WorkerSpec, ...] = (
@@ -47,7 +50,8 @@ DEFAULT_WORKERS: tuple[WorkerSpec, ...] = (
     WorkerSpec("send", ("push", "sms", "email", "webhook")),
     # Campaign traffic, fan-out pages and sends alike (notifications/services/campaigns.py):
     # its own processes, so a campaign never waits in front of a password reset.
-    WorkerSpec("campaign", ("campaign",)),
+    # Niced: while a campaign takes every core, transactional work still gets its share first.
+    WorkerSpec("campaign", ("campaign",), nice=10),
 )
 
 # uvicorn processes sharing the web port under make run. Django runs a request's synchronous
@@ -162,8 +166,9 @@ class PlatformProcesses:
         ]  # fmt: skip
 
     def _worker_argv(self, spec: WorkerSpec) -> list[str]:
+        niced = ["nice", "-n", str(spec.nice)] if spec.nice else []
         return [
-            self.python, "-m", "celery", "-A", "project", "worker",
+            *niced, self.python, "-m", "celery", "-A", "project", "worker",
             "-Q", ",".join(spec.queues), "-c", str(spec.concurrency), "-n", f"{spec.name}@%h",
             "--pool", spec.pool, "-O", "fair",
             "--without-gossip", "--without-mingle", "--without-heartbeat",
