@@ -33,6 +33,7 @@ from notifications.models import (
 from notifications.services.backoff import retry_at
 from notifications.services.metrics import metrics_increment
 from notifications.services.scheduling import deliveries_schedule
+from notifications.services.sql import join_unnest_by_hash
 from notifications.services.validation import RuleViolation, ValidationFailed, suppression_address_normalise
 from notifications.states import RECEIPT_DEFERRED, RECEIPTS
 from notifications.transports.base import Feedback, OutboundMessage, TransportError
@@ -321,17 +322,19 @@ def receipts_track(receipts: list[Receipt], *, also: Callable[[], None] | None =
             ids = list(dict.fromkeys(r.delivery_id for r in stored if r.kind == kind))
             reasons = {r.delivery_id: r.reason for r in stored if r.kind == kind}
             with connection.cursor() as db:
+                join_unnest_by_hash(db)
                 db.execute(
                     f"""UPDATE {Delivery._meta.db_table} AS d
                         SET status = %s, reason = u.reason, updated_at = %s
                         FROM unnest(%b::bigint[], %b::text[]) AS u(id, reason)
-                        WHERE d.id = u.id AND d.status = ANY(%b)
+                        WHERE d.id = u.id AND d.id = ANY(%b) AND d.status = ANY(%b)
                         RETURNING d.id, d.channel""",
                     [
                         move.target,
                         now,
                         ids,
                         [reasons[i][:200] if failure else "" for i in ids],
+                        ids,
                         list(move.sources),
                     ],
                 )
@@ -452,11 +455,12 @@ def receipts_apply_early(*, delivery_ids: list[int], now: datetime) -> int:
     ids = list(furthest)
     moves = [RECEIPTS[furthest[i][1]] for i in ids]
     with connection.cursor() as db:
+        join_unnest_by_hash(db)
         db.execute(
             f"""UPDATE {Delivery._meta.db_table} AS d
                 SET status = u.target, reason = u.reason, updated_at = %s
                 FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[]) AS u(id, target, reason, sources)
-                WHERE d.id = u.id AND d.status = ANY(string_to_array(u.sources, ','))""",
+                WHERE d.id = u.id AND d.id = ANY(%s) AND d.status = ANY(string_to_array(u.sources, ','))""",
             [
                 now,
                 ids,
@@ -466,6 +470,7 @@ def receipts_apply_early(*, delivery_ids: list[int], now: datetime) -> int:
                     for i, move in zip(ids, moves, strict=True)
                 ],
                 [",".join(move.sources) for move in moves],
+                ids,
             ],
         )
         return db.rowcount

@@ -25,6 +25,7 @@ from notifications.services.backoff import deferred_until, retry_at
 from notifications.services.feedback import feedback_apply, receipts_apply_early
 from notifications.services.scheduling import deliveries_schedule
 from notifications.services.sending.prepare import DEFER, Job
+from notifications.services.sql import join_unnest_by_hash
 from notifications.states import FINAL, SEND_OUTCOMES, SENDABLE, DeliveryStatus
 from notifications.transports.base import OutboundMessage, SendResult, TransportError
 
@@ -159,7 +160,7 @@ def _update(
                 f"delivery {delivery_id}: a send cannot end in {status!r} (notifications/states.py)"
             )
     with connection.cursor() as db:
-        db.execute("SET LOCAL enable_seqscan TO OFF")
+        join_unnest_by_hash(db)
         db.execute(
             f"""UPDATE {Delivery._meta.db_table} AS d
                 SET status = u.status, reason = u.reason, due_at = u.due, provider = u.provider,
@@ -169,7 +170,7 @@ def _update(
                 FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::timestamptz[], %b::text[], %b::int[],
                             %b::int[])
                      AS u(id, status, reason, due, provider, uncount, version)
-                WHERE d.id = u.id AND d.claimed_until = %s AND d.status = ANY(%b)
+                WHERE d.id = u.id AND d.id = ANY(%b) AND d.claimed_until = %s AND d.status = ANY(%b)
                 RETURNING d.id""",
             [
                 _HANDED_OVER,
@@ -182,6 +183,7 @@ def _update(
                 [outcomes[i].provider for i in ids],
                 [0 if outcomes[i].counted else 1 for i in ids],
                 [versions.get(i) for i in ids],
+                ids,
                 token,
                 list(SENDABLE),
             ],
