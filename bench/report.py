@@ -1225,28 +1225,39 @@ def _p5_section(results: dict[str, Any]) -> list[str]:
         return []
     cpu = p5.get("cpu_s") or {}
     per_send = ", ".join(
-        f"{name} {value * 1000 / p5['accepted']:.2f} ms"
-        for name, value in cpu.items()
-        if p5.get("accepted")
-        and name in ("web", "worker-campaign", "worker-send", "postgres", "sandbox", "machine")
+        f"{name} {value * 1e6 / p5['accepted']:.0f} µs"
+        for name, value in sorted(cpu.items(), key=lambda item: -item[1])
+        if p5.get("accepted") and value > 0 and name not in ("other processes", "load generator")
     )
     base, during = p5["baseline"], p5["during"]
+    receipts = p5.get("receipts_s")
     return [
         "## P5: an email campaign, and transactional traffic meanwhile",
         "",
-        "| emails | sends/s accepted (target 5,000) | accepted | duplicates | failed | transactional p99 alone | "
-        "p99 during the campaign | ratio (target <= 1.5) | met |",
-        "|---|---|---|---|---|---|---|---|---|",
-        f"| {p5['recipients']:,} | {_fmt(p5['sends_per_second'], 0)} | {p5['accepted']:,} | {p5['duplicates']} | "
-        f"{p5['failed']} | {_fmt(base['p99_s'] * 1000, 0, ' ms')} ({base['written']}/{base['sent']}) | "
-        f"{_fmt(during['p99_s'] * 1000, 0, ' ms')} ({during['written']}/{during['sent']}) | "
-        f"{_fmt(p5['p99_ratio'], 2)} | {_met(p5['meets_target'])} |",
+        "| emails | sends/s accepted (target 5,000) | from the start | accepted | duplicates | failed | "
+        "transactional p99 alone | p99 during the campaign | ratio (target <= 1.5) | every receipt back | met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| {p5['recipients']:,} | {_fmt(p5['sends_per_second'], 0)} | {_fmt(p5.get('overall_per_second'), 0)} | "
+        f"{p5['accepted']:,} | {p5['duplicates']} | {p5['failed']} | "
+        f"{_fmt(base['p99_s'] * 1000, 0, ' ms')} (p50 {_fmt(base['p50_s'] * 1000, 0, ' ms')}, "
+        f"{base['written']}/{base['sent']}) | "
+        f"{_fmt(during['p99_s'] * 1000, 0, ' ms')} (p50 {_fmt(during['p50_s'] * 1000, 0, ' ms')}, "
+        f"{during['written']}/{during['sent']}) | "
+        f"{_fmt(p5['p99_ratio'], 2)} | {_fmt(receipts, 0, ' s')} | {_met(p5['meets_target'])} |",
         "",
         "A marketing email type and a campaign to a topic of seeded recipients, started over the API "
-        "unthrottled; the sandbox's Mailgun counts the distinct idempotency keys it accepted, from its first "
-        "acceptance to its last. The baseline is the transactional probe alone in the same run: 20 in-app "
-        "events a second, latency from acceptance to the inbox item written, as stamped by the platform. "
-        f"CPU per send: {per_send}.",
+        "unthrottled. Marketing email goes out through the bulk sending domain (`mailgun-bulk`): a campaign's "
+        "deliveries are claimed 1,000 at a time and sent as one Mailgun batch call each (anymail's `merge_data`, "
+        "`merge_metadata`, `merge_headers`: recipient variables), and their receipts are read back from "
+        "Mailgun's events API in pages of 300 by the campaign worker, not taken as one webhook per event. "
+        "*Sends/s* is the distinct idempotency keys the sandbox's Mailgun accepted from its first acceptance "
+        "to its last (its counters), *from the start* counts from the start request (audience snapshot and "
+        "first page included); *every receipt back* is when no delivery was left waiting for its receipt. "
+        "The transactional probe is 20 in-app events a second to one recipient, latency from acceptance to "
+        "the inbox item written as stamped by the platform, alone for 30 s before the campaign (the baseline, "
+        "same run) and then until the last email is accepted. The campaign worker and the provider sandbox "
+        "run at nice 10 (the sandbox stands in for the provider's own servers). "
+        f"CPU per email: {per_send}.",
         *_p5_bound(results, p5),
         *_measured_on(results, "p5"),
         "",
@@ -1259,13 +1270,13 @@ def _p5_bound(results: dict[str, Any], p5: dict[str, Any]) -> list[str]:
     cores = int((results.get("machine") or {}).get("cores") or 0)
     if not machine_s or not p5.get("accepted") or not cores:
         return []
-    per_send_ms = machine_s * 1000 / p5["accepted"]
+    per_send_us = machine_s * 1e6 / p5["accepted"]
     return [
         "",
-        f"The machine spent {per_send_ms:.1f} ms of CPU per email (the send's HTTP call in the campaign worker, "
-        "the provider's tracking webhook in the web server, their rows in PostgreSQL, the sandbox): on "
-        f"{cores} cores that allows about {cores * 1000 / per_send_ms:,.0f} sends/s, and while a campaign "
-        "takes every core the transactional probe waits for them, whichever queue its tasks are on.",
+        f"The machine spent {per_send_us:.0f} µs of CPU per email, the provider sandbox's included: on "
+        f"{cores} cores that allows about {cores * 1e6 / per_send_us:,.0f} sends/s with nothing else running. "
+        "At that rate the campaign takes nearly every core, and the transactional probe's tail waits for them: "
+        "its p99 moves with the CPU left over, whichever queue and priority the campaign's tasks have.",
     ]
 
 
