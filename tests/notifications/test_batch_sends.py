@@ -51,14 +51,6 @@ OFFER = {
 }
 
 
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxProcess]:
-    with SandboxProcess(
-        directory=tmp_path_factory.mktemp("sandbox"), platform_url="http://127.0.0.1:9"
-    ) as box:
-        yield box
-
-
 @pytest.fixture
 def providers(sandbox: SandboxProcess, settings: Any) -> Iterator[SandboxProcess]:
     sandbox.control.reset()
@@ -260,9 +252,12 @@ def test_a_page_of_receipts_stored_while_its_send_is_being_recorded_still_moves_
             receipt = Receipt(
                 delivery_id=delivery.id, kind="delivered", provider="mailgun-bulk", dedupe_key="r"
             )
-            poller = threading.Thread(
-                target=lambda: (pages.append(receipts_track([receipt])), connection.close())
-            )
+
+            def poll() -> None:
+                pages.append(receipts_track([receipt]))
+                connection.close()
+
+            poller = threading.Thread(target=poll)
             poller.start()
             poller.join()
         return moved

@@ -64,15 +64,6 @@ TEMPLATES = {
 }
 
 
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxProcess]:
-    # Callbacks go nowhere here (no web server): the e2e tests cover them end to end.
-    with SandboxProcess(
-        directory=tmp_path_factory.mktemp("sandbox"), platform_url="http://127.0.0.1:9"
-    ) as box:
-        yield box
-
-
 @pytest.fixture
 def providers(sandbox: SandboxProcess, settings: Any) -> Iterator[SandboxProcess]:
     sandbox.control.reset()

@@ -25,15 +25,6 @@ HOLD_MS = 3000
 SHORT_TIMEOUT = 0.5
 
 
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxProcess]:
-    directory = tmp_path_factory.mktemp("provider-sandbox")
-    # Nothing listens on the discard port: callbacks to the platform fail, which these
-    # tests do not look at.
-    with SandboxProcess(directory=directory, platform_url="http://127.0.0.1:9") as running:
-        yield running
-
-
 @pytest.fixture
 def control(sandbox: SandboxProcess) -> Iterator[SandboxControl]:
     """The sandbox, reset, with PROVIDERS pointing at it and fresh transports."""
