@@ -10,30 +10,34 @@ address is the cursor (``ProviderCursor``). The providers read this way are thos
 Each page's receipts are stored and applied in bulk (``receipts_track``) in the
 transaction that moves the cursor, so a poll killed halfway reads its page again and
 changes nothing twice (receipts are kept once per delivery and event id). One poller per
-provider at a time: a session advisory lock; a second poll of the same provider returns at
-once.
+provider at a time (a Redis key); a second poll of the same provider returns at once.
+
+Mailgun's event log is eventually consistent: an event can be logged minutes after later
+ones were. Following ``next`` pages alone would pass such a late event by; a trailing
+re-read of the last half hour (harmless: receipts are stored once) is not built yet.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
+import redis
 import requests
 from anymail.webhooks.mailgun import MailgunTrackingWebhookView
 from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 
 from notifications.models import ProviderCursor
 from notifications.services.feedback import Receipt, email_event_receipt, receipts_track
 from notifications.transports.http_env import session_tune
+from realtime.redis_client import redis_key, redis_sync
 
 log = logging.getLogger(__name__)
 
@@ -63,19 +67,26 @@ def _parser() -> MailgunTrackingWebhookView:
 
 
 @contextmanager
-def _poll_lock(provider: str) -> Iterator[bool]:
-    """A session advisory lock per provider: whether this poller holds it."""
-    key = zlib.crc32(f"receipts-poll:{provider}".encode())
-    with connection.cursor() as db:
-        db.execute("SELECT pg_try_advisory_lock(%s, %s)", [7301, key])
-        row = db.fetchone()
-    held = bool(row and row[0])
+def _poll_lock(provider: str, seconds: float) -> Iterator[bool]:
+    """One poller per provider: a Redis key held for the poll (it expires on its own if
+    the poller dies). Without Redis, polls go ahead: two of them at once only read the
+    same pages twice, and receipts are stored once each."""
+    key = redis_key(f"receipts-poll:{provider}")
+    token = secrets.token_hex(8)
+    try:
+        held = bool(redis_sync().set(key, token, nx=True, ex=max(1, int(seconds) + 30)))
+    except redis.RedisError:
+        yield True
+        return
     try:
         yield held
     finally:
         if held:
-            with connection.cursor() as db:
-                db.execute("SELECT pg_advisory_unlock(%s, %s)", [7301, key])
+            try:
+                if redis_sync().get(key) == token.encode():
+                    redis_sync().delete(key)
+            except redis.RedisError:
+                pass  # the key expires on its own
 
 
 def _first_url(config: dict[str, Any]) -> str:
@@ -119,7 +130,7 @@ def receipts_poll(*, provider: str, budget_seconds: float | None = None) -> int:
     budget = settings.RECEIPTS_POLL_BUDGET_SECONDS if budget_seconds is None else budget_seconds
     started = time.monotonic()
     read = 0
-    with _poll_lock(provider) as held:
+    with _poll_lock(provider, budget + settings.SEND_TIMEOUT_SECONDS) as held:
         if not held:
             return 0
         cursor, _ = ProviderCursor.objects.get_or_create(provider=provider)

@@ -269,3 +269,74 @@ def test_a_page_of_receipts_stored_while_its_send_is_being_recorded_still_moves_
     assert pages == [0], "the page could not move a delivery not yet recorded as sent"
     delivery.refresh_from_db()
     assert delivery.status == DeliveryStatus.DELIVERED
+
+
+def test_a_batch_the_bulk_domain_refuses_for_now_fails_over_to_smtp_message_by_message(
+    providers, django_capture_on_commit_callbacks
+):
+    providers.control.set_fault("mailgun", status=503, rate=1.0)
+    people = [RecipientFactory(name=f"Fan {n}", email=f"fan-over{n}@example.com") for n in range(3)]
+
+    event = _send(django_capture_on_commit_callbacks, _offer("promo.failover"), people)
+
+    assert set(Delivery.objects.filter(event=event).values_list("status", "provider")) == {("sent", "smtp")}
+    refused = providers.control.messages("mailgun")
+    assert [(r["status"], sorted(r["to"].split(", "))) for r in refused] == [
+        (503, sorted(p.email for p in people))
+    ], "one batch call, refused"
+    mails = {r["to"]: r for r in providers.control.wait_for_messages("smtp", 3)}
+    assert {mails[p.email]["summary"]["subject"] for p in people} == {
+        f"Winter sale, {p.name}" for p in people
+    }
+    providers.control.clear_faults()
+
+
+def test_a_placeholder_in_the_event_data_is_sent_as_written_not_filled_in(
+    providers, django_capture_on_commit_callbacks
+):
+    people = [RecipientFactory(name=f"Quoted {n}", email=f"quoted{n}@example.com") for n in range(2)]
+    with django_capture_on_commit_callbacks(execute=True):
+        event_ingest(
+            api_key=api_key_create(name="batch")[0],
+            type_key=_offer("promo.quoted").key,
+            recipients=[p.external_id for p in people],
+            data={"headline": "Use %recipient.name% in your templates"},
+        )
+
+    records = _mailgun(providers, 2)
+    assert {r["summary"]["subject"] for r in records} == {
+        f"Use %recipient.name% in your templates, {p.name}" for p in people
+    }
+    assert not any(r["summary"].get("batch") for r in records)
+
+
+def test_one_malformed_address_fails_alone_not_its_whole_batch(providers, django_capture_on_commit_callbacks):
+    good = [RecipientFactory(email=f"good{n}@example.com") for n in range(2)]
+    bad = RecipientFactory(email="not an address@@example..com")
+
+    event = _send(django_capture_on_commit_callbacks, _offer("promo.malformed"), [*good, bad])
+
+    statuses = dict(Delivery.objects.filter(event=event).values_list("recipient_id", "status"))
+    assert {statuses[p.id] for p in good} == {DeliveryStatus.SENT}
+    assert statuses[bad.id] == DeliveryStatus.FAILED
+
+
+def test_a_second_poller_of_the_same_provider_returns_at_once(providers, django_capture_on_commit_callbacks):
+    from realtime.redis_client import redis_key, redis_sync
+
+    event = _send(
+        django_capture_on_commit_callbacks, _offer("promo.poller"), [RecipientFactory(email="p@example.com")]
+    )
+    key = redis_key("receipts-poll:mailgun-bulk")
+    redis_sync().set(key, "another poller", ex=30)
+    try:
+        assert receipts_poll(provider="mailgun-bulk") == 0
+        assert Delivery.objects.get(event=event).status == DeliveryStatus.SENT
+    finally:
+        redis_sync().delete(key)
+
+    def delivered() -> bool:
+        receipts_poll(provider="mailgun-bulk")
+        return Delivery.objects.get(event=event).status == DeliveryStatus.DELIVERED
+
+    wait_until(delivered, timeout=10, message="the receipt read once the other poller is gone")

@@ -122,6 +122,10 @@ def batch_call(messages: list[OutboundMessage]) -> list[Call]:
             name, ok=not transient or all(r.rate_limited for r in transient), latency_ms=latency, probe=probe
         )
         last = [(name, result, latency, None) for result in results]
+        if len(messages) > 1 and all(isinstance(r, TransportError) and r.permanent for r in results):
+            # A batch refused outright (one malformed address is enough): each message on
+            # its own, so only those that are at fault fail.
+            return [message_call(message, providers[position:]) for message in messages]
         if not transient:
             return last
     if last is not None:

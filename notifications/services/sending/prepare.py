@@ -7,6 +7,7 @@ The number of queries depends on the channels in the chunk, never on its size.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -255,7 +256,10 @@ def _merge_skeleton(content: dict[str, str], context: dict[str, Any]) -> _Skelet
         except TemplateRenderError:
             return None
     own_text = merge_substitute(fields.get("text", ""), {}).strip() != ""
-    exact = own_text and all(template_merge_exact(source) for source in content.values())
+    # Event data holding a placeholder of its own would be filled in by the provider too:
+    # such an email is checked against each recipient's rendering (and sent on its own).
+    quoted = "%recipient." in json.dumps(context["data"])
+    exact = own_text and not quoted and all(template_merge_exact(source) for source in content.values())
     completed = email_with_text(fields)
     return _Skeleton(fields=completed, used="".join(completed.values()), exact=exact)
 
