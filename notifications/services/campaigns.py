@@ -28,10 +28,12 @@ Marketing caps (services/planning.py) and preferences apply to campaign messages
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.core.cache import cache
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -547,14 +549,48 @@ def _counts(event_ids: list[Any]) -> dict[Any, Progress]:
         return {row[0]: Progress(0, row[1], row[2], row[3], row[4], row[5], row[6]) for row in db.fetchall()}
 
 
+# A campaign's counts are aggregated over its deliveries, about a quarter of a second per
+# million, and its pages poll them every second: a large campaign's are computed at most
+# once per PROGRESS_SHARE_SECONDS per 200,000 recipients (at most PROGRESS_MAX_AGE_SECONDS)
+# and shared by every viewer.
+PROGRESS_SHARE_RECIPIENTS = 200_000
+PROGRESS_MAX_AGE_SECONDS = 5
+
+
+def _shared_for(campaign: Campaign) -> int:
+    """How many seconds this campaign's counts are shared (0: computed on each call)."""
+    return min(PROGRESS_MAX_AGE_SECONDS, campaign.audience_count // PROGRESS_SHARE_RECIPIENTS)
+
+
+def _shared(campaign: Campaign, name: str, compute: Callable[[], Any]) -> Any:
+    seconds = _shared_for(campaign)
+    if seconds <= 0:
+        return compute()
+    key = f"campaign:{campaign.pk}:{name}:{campaign.status}"
+    try:
+        value = cache.get(key)
+    except Exception:  # the cache is an optimisation: without Redis, compute
+        value = None
+    if value is None:
+        value = compute()
+        try:
+            cache.set(key, value, timeout=seconds)
+        except Exception:
+            pass
+    return value
+
+
 def campaign_progress(*, campaign: Campaign) -> tuple[Progress, dict[str, Progress]]:
     """The campaign's progress and each variant's (by name). A running campaign whose
-    fan-outs all finished and that has nothing left to send is marked completed."""
+    fan-outs all finished and that has nothing left to send is marked completed. A large
+    campaign's counts may be a few seconds old (_shared_for)."""
     variants = list(campaign.variants.order_by("id"))
-    counts = _counts([v.event_id for v in variants if v.event_id])
+    event_ids = [v.event_id for v in variants if v.event_id]
+    counts: dict[Any, Progress] = _shared(campaign, "counts", lambda: _counts(event_ids))
     per_variant: dict[str, Progress] = {}
     for variant in variants:
-        progress = counts.get(variant.event_id) or Progress(0, 0, 0, 0, 0, 0, 0)
+        known = counts.get(variant.event_id)
+        progress = replace(known) if known is not None else Progress(0, 0, 0, 0, 0, 0, 0)
         progress.audience = variant.audience_count
         per_variant[variant.name] = progress
     total = Progress(
@@ -595,7 +631,17 @@ def campaign_timeline(
     """What happened over time since the campaign started: per bucket (at most
     TIMELINE_POINTS, each at least TIMELINE_MIN_SECONDS), the deliveries sent, delivered,
     opened, clicked and failed (in-app items count as delivered when written and as opened
-    when read). Returns the buckets' starts and the counts by name."""
+    when read). Returns the buckets' starts and the counts by name. Up to now, a large
+    campaign's may be a few seconds old (_shared_for)."""
+    if now is not None:
+        return _timeline(campaign, now)
+    timeline: tuple[list[datetime], dict[str, list[int]]] = _shared(
+        campaign, "timeline", lambda: _timeline(campaign, None)
+    )
+    return timeline
+
+
+def _timeline(campaign: Campaign, now: datetime | None) -> tuple[list[datetime], dict[str, list[int]]]:
     started = campaign.started_at
     if started is None:
         return [], {}

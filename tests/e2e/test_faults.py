@@ -150,7 +150,10 @@ def test_it_delivers_exactly_once_after_kill_9_of_both_workers_mid_fanout() -> N
         summary = stack.api.get(f"/api/v1/events/{event_id}/").json()
         assert summary["deliveries"] == {"inapp": {"delivered": AUDIENCE}}, summary
         assert summary["status"] == "completed", summary
-        assert stack.processes.unexpected_exits() == [], stack.processes.unexpected_exits()
+        exits = stack.processes.unexpected_exits()
+        assert exits == [], "\n".join(
+            [str(exits), *(stack.processes.log_tail(name, 60) for name, _ in exits)]
+        )
 
 
 def test_it_loses_no_accepted_event_while_redis_is_down() -> None:
@@ -245,6 +248,9 @@ def test_it_loses_no_accepted_event_while_redis_is_down() -> None:
                 [accepted],
             ).fetchone()  # type: ignore[assignment]
         assert per_recipient[0] == per_recipient[1] == per_recipient[2] == 3 * len(accepted), per_recipient
-        assert stack.processes.unexpected_exits() == [], stack.processes.unexpected_exits()
+        exits = stack.processes.unexpected_exits()
+        assert exits == [], "\n".join(
+            [str(exits), *(stack.processes.log_tail(name, 60) for name, _ in exits)]
+        )
         health_after = client.get("/healthz")
         assert health_after.status_code == 200, health_after.text

@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from notifications.models import (
     Campaign,
+    CampaignStatus,
     CampaignVariant,
     Delivery,
     DeliverySchedule,
@@ -444,3 +445,30 @@ def test_a_campaigns_in_app_batches_and_sends_go_to_the_campaign_queue(
     assert {"inapp_dispatch_task", "provider_dispatch_task"} <= {name for name, _ in queued}
     assert {queue for _, queue in queued} == {"campaign"}
     assert InboxItem.objects.filter(recipient__subscriptions__topic=topic).count() == 60
+
+
+def test_a_large_campaigns_counts_are_shared_for_a_few_seconds_and_a_small_ones_are_not() -> None:
+    from django.core.cache import cache
+
+    from notifications.services.campaigns import PROGRESS_SHARE_RECIPIENTS
+
+    email = _marketing_type(["email"])
+    campaign = _campaign(_audience(4, email="someone@example.com"), email)
+    campaign_start(campaign=campaign)
+    event_fanout(outbox_id=OutboxMessage.objects.get(event__campaign=campaign).id)
+    shared = [f"campaign:{campaign.pk}:counts:{status}" for status in CampaignStatus.values]
+    cache.delete_many(shared)  # what an earlier run with the same ids may have left
+    assert campaign_progress(campaign=campaign)[0].planned == 4
+
+    Delivery.objects.filter(event__campaign=campaign).first().delete()  # type: ignore[union-attr]
+    assert campaign_progress(campaign=campaign)[0].planned == 3, "a small campaign is counted on each call"
+
+    campaign.audience_count = 3 * PROGRESS_SHARE_RECIPIENTS  # as if it were large: shared for 3 s
+    try:
+        assert campaign_progress(campaign=campaign)[0].planned == 3
+        Delivery.objects.filter(event__campaign=campaign).first().delete()  # type: ignore[union-attr]
+        assert campaign_progress(campaign=campaign)[0].planned == 3, "shared: the count of a moment ago"
+        campaign.status = CampaignStatus.PAUSED
+        assert campaign_progress(campaign=campaign)[0].planned == 2, "a new status counts afresh"
+    finally:
+        cache.delete_many(shared)
