@@ -346,6 +346,9 @@ def receipts_track(receipts: list[Receipt], *, also: Callable[[], None] | None =
         waiting = list(
             {r.delivery_id for r in stored if r.kind in RECEIPTS and r.delivery_id not in moved_ids}
         )
+        for receipt in deferred:
+            # Soft bounces (rare): each to a retry, in the transaction that moves the cursor.
+            receipt_track(receipt)
         if also is not None:
             also()
         if moved:
@@ -355,8 +358,6 @@ def receipts_track(receipts: list[Receipt], *, also: Callable[[], None] | None =
         # Sends recorded while this page was being stored: their receipts now count.
         with transaction.atomic():
             receipts_apply_early(delivery_ids=waiting, now=timezone.now())
-    for receipt in deferred:
-        receipt_track(receipt)
     return len(moved)
 
 

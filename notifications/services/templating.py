@@ -253,7 +253,8 @@ def template_uses_recipient(source: str) -> bool:
 # takes their escaped form under NAME_html, since a provider fills a name the same
 # everywhere and HTML needs it escaped where text must not be.
 MERGE_FIELDS = ("external_id", "name")
-_MERGE_PLACEHOLDER = re.compile(r"%recipient\.([^%]+)%")
+# A name has no whitespace (as anymail writes them; sandbox/mailgun_api.py reads them so).
+_MERGE_PLACEHOLDER = re.compile(r"%recipient\.([^%\s]+)%")
 
 
 def merge_placeholders(*, html: bool) -> dict[str, str]:

@@ -143,7 +143,8 @@ def test_receipts_of_the_bulk_domain_are_read_from_the_events_api_once_each(
     assert polled_providers() == ["mailgun-bulk"]
     people = [RecipientFactory(email=f"fan{n}@example.com") for n in range(3)]
     bounced = RecipientFactory(email="gone@bounce.sandbox.test")
-    event = _send(django_capture_on_commit_callbacks, _offer("promo.receipts"), [*people, bounced])
+    full = RecipientFactory(email="full@softbounce.sandbox.test")
+    event = _send(django_capture_on_commit_callbacks, _offer("promo.receipts"), [*people, bounced, full])
 
     def settled() -> bool:
         receipts_poll(provider="mailgun-bulk")
@@ -154,16 +155,17 @@ def test_receipts_of_the_bulk_domain_are_read_from_the_events_api_once_each(
     statuses = dict(Delivery.objects.filter(event=event).values_list("recipient_id", "status"))
     assert {statuses[p.id] for p in people} == {DeliveryStatus.DELIVERED}
     assert statuses[bounced.id] == DeliveryStatus.BOUNCED
+    assert statuses[full.id] == DeliveryStatus.RETRYING, "a soft bounce is sent again later"
     assert Suppression.objects.filter(address="gone@bounce.sandbox.test").exists()
     stored = DeliveryEvent.objects.filter(delivery__event=event).count()
-    assert stored == 4
+    assert stored == 5
     cursor = ProviderCursor.objects.get(provider="mailgun-bulk")
-    assert cursor.next_url and cursor.events >= 4
+    assert cursor.next_url and cursor.events >= 5
 
     assert receipts_poll(provider="mailgun-bulk") == 0, "nothing new: the cursor moved past them"
     cursor.next_url = ""  # a lost cursor reads the log again from the start
     cursor.save()
-    assert receipts_poll(provider="mailgun-bulk") >= 4
+    assert receipts_poll(provider="mailgun-bulk") >= 5
     assert DeliveryEvent.objects.filter(delivery__event=event).count() == stored, "each receipt kept once"
 
 
@@ -340,3 +342,15 @@ def test_a_second_poller_of_the_same_provider_returns_at_once(providers, django_
         return Delivery.objects.get(event=event).status == DeliveryStatus.DELIVERED
 
     wait_until(delivered, timeout=10, message="the receipt read once the other poller is gone")
+
+
+def test_a_placeholder_written_in_the_template_is_sent_as_written(
+    providers, django_capture_on_commit_callbacks
+):
+    literal = {"subject": "Write %recipient.name% to personalise, {{ recipient.name }}", "text": "x"}
+    people = [RecipientFactory(name=f"Author {n}", email=f"author{n}@example.com") for n in range(2)]
+
+    _send(django_capture_on_commit_callbacks, _offer("promo.literal", literal), people)
+
+    subjects = {r["summary"]["subject"] for r in _mailgun(providers, 2)}
+    assert subjects == {f"Write %recipient.name% to personalise, {p.name}" for p in people}

@@ -256,9 +256,10 @@ def _merge_skeleton(content: dict[str, str], context: dict[str, Any]) -> _Skelet
         except TemplateRenderError:
             return None
     own_text = merge_substitute(fields.get("text", ""), {}).strip() != ""
-    # Event data holding a placeholder of its own would be filled in by the provider too:
-    # such an email is checked against each recipient's rendering (and sent on its own).
-    quoted = "%recipient." in json.dumps(context["data"])
+    # A placeholder written in the template or the event data would be filled in by the
+    # provider too: such an email is checked against each recipient's rendering (and sent
+    # on its own).
+    quoted = "%recipient." in json.dumps(context["data"]) or any("%recipient." in v for v in content.values())
     exact = own_text and not quoted and all(template_merge_exact(source) for source in content.values())
     completed = email_with_text(fields)
     return _Skeleton(fields=completed, used="".join(completed.values()), exact=exact)
