@@ -286,6 +286,8 @@ def template_merge_exact(source: str) -> bool:
         tree = _PLAIN.parse(source)
     except TemplateError:
         return False
+    if any(True for _ in tree.find_all(nodes.EvalContextModifier)):
+        return False  # {% autoescape %} blocks: what is escaped is no longer the field's kind
     printed: set[int] = set()
     for output in tree.find_all(nodes.Output):
         for child in output.nodes:

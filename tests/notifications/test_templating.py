@@ -59,8 +59,21 @@ def test_it_reports_syntax_errors_before_saving():
         ("{% set n = recipient.name %}{{ n }}", False),
         ("{% for r in [recipient] %}{{ r.name }}{% endfor %}", False),
         ("{% set recipient = data %}{{ recipient.name }}", False),
+        ("{% autoescape false %}{{ recipient.name }}{% endautoescape %}", False),
     ],
-    ids=["printed", "locale", "none", "filter", "condition", "item", "concat", "set", "loop", "shadowed"],
+    ids=[
+        "printed",
+        "locale",
+        "none",
+        "filter",
+        "condition",
+        "item",
+        "concat",
+        "set",
+        "loop",
+        "shadowed",
+        "autoescape",
+    ],
 )
 def test_a_template_is_filled_in_per_recipient_exactly_only_when_it_just_prints_their_fields(source, exact):
     assert template_merge_exact(source) is exact
