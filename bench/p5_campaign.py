@@ -37,7 +37,7 @@ from bench.provider_sends import (
     seed_audience,
     wait_settled,
 )
-from bench.stack import Progress, Stack, bench_stack, cpu_sample, cpu_seconds
+from bench.stack import Progress, Stack, bench_stack, cpu_sample, cpu_seconds, wait_for
 
 TARGET_SENDS_PER_SECOND = 5_000.0
 TARGET_P99_RATIO = 1.5
@@ -178,18 +178,22 @@ def _wait_accepted(stack: Stack, recipients: int, *, timeout: float, progress: b
     measurement adds nothing to the database the campaign and the probe share."""
     assert stack.sandbox is not None
     bar = Progress("P5 campaign: emails accepted by the ESP", recipients, enabled=progress)
-    deadline = time.monotonic() + timeout
-    while True:
-        accepted = int(stack.sandbox.control.stats()["providers"]["mailgun"]["keys"])
-        bar.update(accepted)
-        if accepted >= recipients:
-            bar.finish(accepted)
-            return
-        if time.monotonic() > deadline:
-            bar.finish(accepted)
-            raise TimeoutError(f"P5: {accepted:,} of {recipients:,} emails accepted\n{stack.log_tails(30)}")
+    seen = [0]
+
+    def all_accepted() -> bool:
         stack.check_alive()
-        time.sleep(0.5)
+        seen[0] = int(stack.sandbox.control.stats()["providers"]["mailgun"]["keys"])  # type: ignore[union-attr]
+        bar.update(seen[0])
+        return seen[0] >= recipients
+
+    try:
+        wait_for(all_accepted, timeout, "P5: every email accepted", interval=0.5)
+    except TimeoutError:
+        raise TimeoutError(
+            f"P5: {seen[0]:,} of {recipients:,} emails accepted\n{stack.log_tails(30)}"
+        ) from None
+    finally:
+        bar.finish(seen[0])
 
 
 def measure(
