@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.core import signing
 from django.test import Client
 from django.utils import timezone
 
@@ -41,6 +42,31 @@ def _path(recipient: Recipient, category: str = "marketing", notification_type: 
 
 def _one_click(client: Client, path: str) -> Any:
     return client.post(path, ONE_CLICK, content_type="application/x-www-form-urlencoded")
+
+
+def test_it_signs_links_with_the_current_secret_key_and_honours_old_ones_through_the_fallbacks(settings):
+    # given a link signed before the secret key was rotated
+    settings.SECRET_KEY = "the-old-key-" + "x" * 40
+    old = unsubscribe_url(recipient_id=7, category="marketing", notification_type="promo.weekly")
+    old_token = old.removeprefix(f"{PUBLIC_URL}/unsubscribe/").removesuffix("/")
+
+    # when the key is rotated without the old one among the fallbacks, the old link is refused
+    settings.SECRET_KEY = "the-new-key-" + "y" * 40
+    assert unsubscribe_parse(old_token) is None
+    # and a link signed now carries the new key's signature
+    new = unsubscribe_url(recipient_id=7, category="marketing", notification_type="promo.weekly")
+    new_token = new.removeprefix(f"{PUBLIC_URL}/unsubscribe/").removesuffix("/")
+    assert new_token != old_token and unsubscribe_parse(new_token) is not None
+    assert signing.loads(new_token, key=settings.SECRET_KEY, salt="notifications.unsubscribe") == [
+        7,
+        "marketing",
+        "promo.weekly",
+    ]
+
+    # then with the old key among the fallbacks, the old link works again
+    settings.SECRET_KEY_FALLBACKS = ["the-old-key-" + "x" * 40]
+    scope = unsubscribe_parse(old_token)
+    assert scope is not None and scope.recipient_id == 7
 
 
 @pytest.mark.parametrize("category", ["social", "marketing"])
