@@ -16,6 +16,10 @@ benchmarks):
    ends when every receipt is read back (the bulk domain's events API, polled by the
    campaign worker).
 
+Beside them, for reading the ratio: the part of each probe's latency before its fan-out
+started (the request's commit and the hand-over), and ``CPU_LOOP``'s CPU time on the idle
+machine and during the campaign (is a core itself slower, or is the time spent waiting?).
+
 Targets (docs/benchmarks.md): at least 5,000 sends/s, and the probe's p99 during the
 campaign at most 1.5 times its baseline p99.
 """
@@ -23,6 +27,9 @@ campaign at most 1.5 times its baseline p99.
 from __future__ import annotations
 
 import math
+import statistics
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -54,12 +61,57 @@ OFFER = {
 
 @dataclass
 class Probe:
-    """Transactional in-app events at a steady rate; latency acceptance -> item written."""
+    """Transactional in-app events at a steady rate; latency acceptance -> item written,
+    and the part of it before the fan-out started (the delivery row's ``created_at``)."""
 
     sent: int
     written: int
     p50_s: float
     p99_s: float
+    to_fanout_p50_s: float = math.nan
+    to_fanout_p99_s: float = math.nan
+
+
+# A fixed piece of CPU-bound Python, timed in CPU seconds (time.process_time) in a process
+# of its own: waiting for a core is not counted, so what it measures is how much slower a
+# core runs while the other cores are busy (cores that share a physical core or its caches
+# run slower together).
+CPU_LOOP = (
+    "import time\n"
+    "t = time.process_time()\n"
+    "s = 0\n"
+    "for i in range(400_000):\n"
+    "    s += i * i % 7\n"
+    "print(time.process_time() - t)\n"
+)
+
+
+def _cpu_loop_s() -> float:
+    done = subprocess.run([sys.executable, "-c", CPU_LOOP], capture_output=True, text=True, check=True)
+    return float(done.stdout)
+
+
+class CpuLoops:
+    """The CPU loop timed every ``interval`` seconds in a thread until stopped (a process
+    start and 40 ms of CPU every 5 s, 1-2% of a core: it must not weigh on what it measures)."""
+
+    def __init__(self, interval: float = 5.0) -> None:
+        self.interval = interval
+        self.samples: list[float] = []
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="p5-cpu-loop", daemon=True)
+
+    def _run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            self.samples.append(_cpu_loop_s())
+
+    def __enter__(self) -> CpuLoops:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        self.thread.join(30)
 
 
 @dataclass
@@ -76,6 +128,13 @@ class P5Result:
     cpu_s: dict[str, float] = field(default_factory=dict)
     # Seconds from the start until every receipt was read back (none left "sent").
     receipts_s: float = math.nan
+    # CPU_LOOP's CPU seconds (median), on the idle machine and during the campaign.
+    loop_alone_s: float = math.nan
+    loop_during_s: float = math.nan
+
+    @property
+    def loop_ratio(self) -> float:
+        return self.loop_during_s / self.loop_alone_s if self.loop_alone_s > 0 else math.nan
 
     @property
     def sends_per_second(self) -> float:
@@ -106,6 +165,7 @@ class P5Result:
             sends_per_second=self.sends_per_second,
             overall_per_second=self.overall_per_second,
             p99_ratio=self.p99_ratio,
+            loop_ratio=self.loop_ratio,
             meets_target=self.meets_target,
         )
         return data
@@ -118,7 +178,8 @@ class P5Result:
             f"{self.failed} failed; transactional p99 {self.during.p99_s * 1000:.0f} ms during against "
             f"{self.baseline.p99_s * 1000:.0f} ms alone ({self.p99_ratio:.2f}x, target <= {TARGET_P99_RATIO}x; "
             f"p50 {self.during.p50_s * 1000:.0f} ms against {self.baseline.p50_s * 1000:.0f} ms); "
-            f"every receipt read back {self.receipts_s:.0f} s after the start\n"
+            f"every receipt read back {self.receipts_s:.0f} s after the start; "
+            f"a fixed CPU loop took {self.loop_ratio:.2f}x its CPU time alone during the campaign\n"
             "CPU per email: "
             + ", ".join(
                 f"{name} {seconds * 1e6 / max(1, self.accepted):.0f} µs"
@@ -153,23 +214,29 @@ def _probe(stack: Stack, *, seconds: float, recipient: str, stop: threading.Even
             next_at += interval
             time.sleep(max(0.0, next_at - time.monotonic()))
     deadline = time.monotonic() + 60
-    latencies: list[float] = []
+    rows: list[tuple[Any, ...]] = []
     while time.monotonic() < deadline:
         with psycopg.connect(stack.database.url, autocommit=True) as connection:
             rows = connection.execute(
-                """SELECT extract(epoch FROM created_at - accepted_at) FROM notifications_inboxitem
-                   WHERE event_id = ANY(%s::uuid[])""",
+                """SELECT extract(epoch FROM i.created_at - i.accepted_at),
+                          extract(epoch FROM d.created_at - i.accepted_at)
+                   FROM notifications_inboxitem i
+                   JOIN notifications_delivery d ON d.id = i.delivery_id
+                   WHERE i.event_id = ANY(%s::uuid[])""",
                 [event_ids],
             ).fetchall()
-        latencies = [float(row[0]) for row in rows]
-        if len(latencies) >= len(event_ids):
+        if len(rows) >= len(event_ids):
             break
         time.sleep(0.2)
+    latencies = [float(row[0]) for row in rows]
+    to_fanout = [float(row[1]) for row in rows]
     return Probe(
         sent=len(event_ids),
         written=len(latencies),
         p50_s=_percentile(latencies, 0.50),
         p99_s=_percentile(latencies, 0.99),
+        to_fanout_p50_s=_percentile(to_fanout, 0.50),
+        to_fanout_p99_s=_percentile(to_fanout, 0.99),
     )
 
 
@@ -212,6 +279,7 @@ def measure(
             200,
             201,
         )
+        loop_alone = statistics.median(_cpu_loop_s() for _ in range(5))
         baseline = _probe(stack, seconds=probe_seconds, recipient=probe_recipient)
         created = client.post(
             "/api/v1/campaigns/",
@@ -249,7 +317,8 @@ def measure(
     )
     prober.start()
     try:
-        _wait_accepted(stack, recipients, timeout=timeout, progress=progress)
+        with CpuLoops() as loops:
+            _wait_accepted(stack, recipients, timeout=timeout, progress=progress)
     finally:
         stop.set()
         prober.join(120)
@@ -281,6 +350,8 @@ def measure(
         statuses=dict(statuses),
         cpu_s=cpu,
         receipts_s=receipts_s,
+        loop_alone_s=loop_alone,
+        loop_during_s=statistics.median(loops.samples) if loops.samples else math.nan,
     )
 
 

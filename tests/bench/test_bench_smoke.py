@@ -306,8 +306,13 @@ def test_p5_campaign_sends_every_email_once_and_probes_transactional_latency(tem
     for probe in (result.baseline, result.during):
         assert probe.sent > 0 and probe.written == probe.sent, result.as_dict()
         assert 0 < probe.p50_s <= probe.p99_s, result.as_dict()
+        assert 0 <= probe.to_fanout_p50_s <= probe.p50_s and probe.to_fanout_p99_s <= probe.p99_s, (
+            result.as_dict()
+        )
+    assert result.loop_alone_s > 0, "the CPU loop timed on the idle machine"
     rendered = report.render({"p5": result.as_dict(), "machine": report.machine(), "measured_on": {}})
     assert "## P5: an email campaign, and transactional traffic meanwhile" in rendered
+    assert "the part before its fan-out started" in rendered
     assert "| P5 email campaign, 400 recipients" in rendered
 
 
