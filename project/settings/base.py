@@ -366,6 +366,13 @@ PRESENCE_SWEEP_SECONDS = env_float("PRESENCE_SWEEP_SECONDS", 2.0)
 PRESENCE_BATCH_SECONDS = env_float("PRESENCE_BATCH_SECONDS", 0.25)
 # Recipients one socket may watch at once.
 PRESENCE_WATCH_MAX = env_int("PRESENCE_WATCH_MAX", 500, minimum=1)
+# Collaborative documents (collaboration/services/updates.py): the largest single update a
+# client may send, and the most a document may hold (its snapshot and the updates not yet
+# merged into it); either refused with a close reason naming the limit.
+COLLAB_UPDATE_MAX_BYTES = env_int("COLLAB_UPDATE_MAX_BYTES", 1_048_576, minimum=1024)
+COLLAB_DOCUMENT_MAX_BYTES = env_int("COLLAB_DOCUMENT_MAX_BYTES", 16_777_216, minimum=4096)
+# Updates stored since the last compaction that make the next one due.
+COLLAB_COMPACT_AFTER_UPDATES = env_int("COLLAB_COMPACT_AFTER_UPDATES", 500, minimum=1)
 MAX_EXPLICIT_RECIPIENTS = env_int("MAX_EXPLICIT_RECIPIENTS", 10_000, minimum=1)
 MAX_EVENT_DATA_BYTES = env_int("MAX_EVENT_DATA_BYTES", 65_536, minimum=256)
 

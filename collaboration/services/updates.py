@@ -1,0 +1,146 @@
+"""A document's updates: stored before any peer hears of them, merged on load, compacted.
+
+An update is checked (its size, and that Yjs can read it) and stored in one transaction
+that also adds its bytes to the document's count, so a document over its size limit is
+refused without reading it and a refused update leaves nothing behind. Nothing of a
+document is kept in a process's memory: its state is its snapshot merged with the updates
+stored since, read in one statement (``document_state``), so any number of processes can
+serve one document and a restart loses nothing that was acknowledged.
+
+Compaction (``document_compact``) merges the stored updates into the snapshot and deletes
+them, under the document row's lock, which every store takes too: an update stored while
+a compaction runs waits for it and lands after its snapshot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+from pycrdt import Doc, Text, get_state, get_update, merge_updates
+
+from collaboration.models import Document, DocumentSnapshot, DocumentUpdate
+
+# The update of a document with nothing in it (no structs, no deletions).
+EMPTY_UPDATE = b"\x00\x00"
+# The shared type whose text the API serves (DESIGN: `content`, a Y.Text).
+CONTENT = "content"
+
+
+class UpdateRefused(Exception):
+    """An update not stored; ``code`` is one of "too_large", "malformed", "document_full"."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Stored:
+    update_id: int
+    compaction_due: bool
+
+
+def update_check(data: bytes) -> None:
+    """Refuse an update that is too large or that Yjs cannot read."""
+    limit = settings.COLLAB_UPDATE_MAX_BYTES
+    if len(data) > limit:
+        raise UpdateRefused(f"update of {len(data):,} bytes is over the {limit:,}-byte limit", "too_large")
+    try:
+        merge_updates(data, EMPTY_UPDATE)
+    except ValueError:
+        raise UpdateRefused("update is not a Yjs update", "malformed") from None
+
+
+def update_store(*, document_id: int, data: bytes, recipient_id: int | None = None) -> Stored:
+    """Store one update of the document (``UpdateRefused`` if it is refused; nothing is
+    stored then). ``compaction_due`` says enough updates wait to be merged."""
+    update_check(data)
+    limit = settings.COLLAB_DOCUMENT_MAX_BYTES
+    with transaction.atomic():
+        with connection.cursor() as db:
+            db.execute(
+                f"""UPDATE {Document._meta.db_table}
+                    SET stored_bytes = stored_bytes + %s, tail_updates = tail_updates + 1, updated_at = %s
+                    WHERE id = %s AND stored_bytes + %s <= %s
+                    RETURNING tail_updates""",
+                [len(data), timezone.now(), document_id, len(data), limit],
+            )
+            row = db.fetchone()
+        if row is None:
+            if not Document.objects.filter(id=document_id).exists():
+                raise Document.DoesNotExist(f"document {document_id}")
+            raise UpdateRefused(f"document is full: it may hold {limit:,} bytes", "document_full")
+        update = DocumentUpdate.objects.create(document_id=document_id, data=data, recipient_id=recipient_id)
+    return Stored(update.id, row[0] >= settings.COLLAB_COMPACT_AFTER_UPDATES)
+
+
+def _stored_parts(document_id: int) -> tuple[list[bytes], int]:
+    """The snapshot (if any) and every update stored after it, in order, read in one
+    statement so that a compaction between two reads cannot hide updates; and the id of
+    the last update among them (0 if none)."""
+    snapshots, updates = DocumentSnapshot._meta.db_table, DocumentUpdate._meta.db_table
+    with connection.cursor() as db:
+        db.execute(
+            f"""SELECT 0 AS part, data, upto_update_id AS n FROM {snapshots} WHERE document_id = %s
+                UNION ALL
+                SELECT 1, data, id FROM {updates}
+                WHERE document_id = %s
+                  AND id > COALESCE((SELECT upto_update_id FROM {snapshots} WHERE document_id = %s), 0)
+                ORDER BY part, n""",
+            [document_id, document_id, document_id],
+        )
+        rows = db.fetchall()
+    last = max((int(n) for part, _, n in rows if part == 1), default=0)
+    return [bytes(data) for _, data, _ in rows], last
+
+
+def _merged(parts: list[bytes]) -> bytes:
+    if not parts:
+        return EMPTY_UPDATE
+    return parts[0] if len(parts) == 1 else merge_updates(*parts)
+
+
+def document_state(document_id: int) -> bytes:
+    """The whole document as one Yjs update."""
+    parts, _ = _stored_parts(document_id)
+    return _merged(parts)
+
+
+def state_vector(state: bytes) -> bytes:
+    """The state vector of a document state (what a sync step 1 sends)."""
+    return get_state(state)
+
+
+def state_missing(state: bytes, vector: bytes) -> bytes:
+    """What a peer whose state vector is ``vector`` lacks of ``state`` (a sync step 2)."""
+    return get_update(state, vector)
+
+
+def document_compact(document_id: int) -> int:
+    """Merge the document's stored updates into its snapshot and delete them; returns how
+    many were merged."""
+    with transaction.atomic():
+        Document.objects.select_for_update().filter(id=document_id).values_list("id", flat=True).get()
+        parts, last = _stored_parts(document_id)
+        if last == 0:
+            return 0
+        merged = _merged(parts)
+        DocumentSnapshot.objects.update_or_create(
+            document_id=document_id,
+            defaults={"data": merged, "upto_update_id": last, "updated_at": timezone.now()},
+        )
+        merged_count, _ = DocumentUpdate.objects.filter(document_id=document_id, id__lte=last).delete()
+        Document.objects.filter(id=document_id).update(stored_bytes=len(merged), tail_updates=0)
+    return merged_count
+
+
+def document_text(document_id: int) -> str:
+    """The plain text of the document's shared ``content`` text."""
+    doc: Doc[Any] = Doc()
+    doc.apply_update(document_state(document_id))
+    return str(doc.get(CONTENT, type=Text))
