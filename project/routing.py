@@ -1,7 +1,10 @@
-from django.urls import path
+from django.urls import path, re_path
 
+from collaboration.consumers import DocumentConsumer
 from notifications.consumers import InboxConsumer
 
 websocket_urlpatterns = [
     path("ws/inbox/", InboxConsumer.as_asgi()),
+    # y-websocket appends the room name to serverUrl: /ws/docs/{key}, a trailing slash accepted.
+    re_path(r"^ws/docs/(?P<key>[^/]+)/?$", DocumentConsumer.as_asgi()),
 ]

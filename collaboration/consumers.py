@@ -1,0 +1,145 @@
+"""``/ws/docs/{key}``: the y-websocket protocol, so a stock Yjs ``WebsocketProvider``
+connects unchanged (``serverUrl = ws://host/ws/docs``, room name = the document's key).
+
+On connect the socket is authenticated (``?token=`` or a session from our own pages) and
+its user must be a member of the document: anyone else is refused before the upgrade
+completes. The server then sends its state vector (sync step 1); the client answers with
+what the server lacks (its offline edits) and asks for what it lacks (its own step 1).
+Every update is stored (collaboration/services/updates.py) before it is relayed to the
+document's other sockets, on this process or any other, through the channel layer's group
+of the document. A viewer receives everything; its updates are refused and it is told
+with a y-protocols auth message (permission denied). A malformed message, an update over
+its size limit or one that would take the document over its limit closes that socket
+alone, with a close reason that says why. Awareness messages (cursors, names) are relayed
+as they come.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from collaboration import selectors
+from collaboration.models import WRITING_ROLES
+from collaboration.services import protocol
+from collaboration.services.updates import (
+    EMPTY_UPDATE,
+    UpdateRefused,
+    document_state,
+    state_missing,
+    state_vector,
+    update_store,
+)
+from notifications.models import Recipient
+from realtime.auth import socket_authenticate
+
+log = logging.getLogger(__name__)
+
+# Close codes (the application's own range, as realtime/auth.py's).
+CLOSE_NOT_A_MEMBER = 4403
+CLOSE_NO_DOCUMENT = 4404
+CLOSE_MALFORMED = 4400
+CLOSE_DOCUMENT_FULL = 4413
+CLOSE_MESSAGE_TOO_BIG = 1009
+# y-protocols' auth message: permission denied, with a reason.
+_PERMISSION_DENIED = 0
+
+
+def _recipient_id_for_user(user: Any) -> int | None:
+    return Recipient.objects.filter(user=user).values_list("id", flat=True).first()
+
+
+def _permission_denied(reason: str) -> bytes:
+    text = reason.encode("utf-8")
+    return (
+        protocol.write_var_uint(protocol.MESSAGE_AUTH)
+        + protocol.write_var_uint(_PERMISSION_DENIED)
+        + protocol.write_var_uint(len(text))
+        + text
+    )
+
+
+class DocumentConsumer(AsyncWebsocketConsumer):
+    document_id: int | None = None
+    recipient_id: int | None = None
+    group: str = ""
+    writes = False
+
+    async def connect(self) -> None:
+        recipient_id, close_code = await socket_authenticate(
+            self.scope, user_to_recipient=sync_to_async(_recipient_id_for_user)
+        )
+        if recipient_id is None:
+            await self.close(code=close_code)
+            return
+        key = self.scope["url_route"]["kwargs"]["key"]
+        document = await sync_to_async(selectors.document_by_key)(key)
+        if document is None:
+            await self.close(code=CLOSE_NO_DOCUMENT)
+            return
+        role = await sync_to_async(selectors.member_role)(document_id=document.id, recipient_id=recipient_id)
+        if role is None:
+            await self.close(code=CLOSE_NOT_A_MEMBER)
+            return
+        self.document_id, self.recipient_id = document.id, recipient_id
+        self.writes = role in WRITING_ROLES
+        self.group = f"doc.{document.id}"
+        # Joined before accepting, so no update stored after the state read below is missed.
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        state = await sync_to_async(document_state)(document.id)
+        await self.send(bytes_data=protocol.sync_step1(state_vector(state)))
+
+    async def disconnect(self, code: int) -> None:
+        if self.group:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if bytes_data is None:
+            await self.close(code=CLOSE_MALFORMED, reason="binary y-websocket messages only")
+            return
+        try:
+            message = protocol.parse(bytes_data)
+        except protocol.ProtocolError as error:
+            await self.close(code=CLOSE_MALFORMED, reason=str(error)[:120])
+            return
+        if isinstance(message, protocol.Sync):
+            await self._sync_message(message)
+        elif isinstance(message, protocol.Awareness):
+            await self._relay(protocol.awareness_message(message.payload))
+        # Query-awareness: the peers answer it through their own awareness messages.
+
+    async def _sync_message(self, message: protocol.Sync) -> None:
+        assert self.document_id is not None
+        if message.step == protocol.SYNC_STEP1:
+            state = await sync_to_async(document_state)(self.document_id)
+            await self.send(bytes_data=protocol.sync_step2(state_missing(state, message.payload)))
+            return
+        if message.payload == EMPTY_UPDATE:
+            return  # a client with nothing the server lacks answers step 1 with this
+        if not self.writes:
+            await self.send(bytes_data=_permission_denied("viewers cannot edit this document"))
+            return
+        try:
+            await sync_to_async(update_store)(
+                document_id=self.document_id, data=message.payload, recipient_id=self.recipient_id
+            )
+        except UpdateRefused as refused:
+            code = {"too_large": CLOSE_MESSAGE_TOO_BIG, "document_full": CLOSE_DOCUMENT_FULL}.get(
+                refused.code, CLOSE_MALFORMED
+            )
+            await self.close(code=code, reason=refused.message[:120])
+            return
+        await self._relay(protocol.sync_update(message.payload))
+
+    async def _relay(self, data: bytes) -> None:
+        await self.channel_layer.group_send(
+            self.group, {"type": "doc.message", "data": data, "origin": self.channel_name}
+        )
+
+    async def doc_message(self, event: dict[str, Any]) -> None:
+        if event.get("origin") != self.channel_name:
+            await self.send(bytes_data=event["data"])

@@ -1,0 +1,200 @@
+"""``/ws/docs/{key}``: the y-websocket protocol between Yjs documents (pycrdt here; the
+Node.js y-websocket client comes with the end-to-end tests), members only, every update
+stored before peers hear of it.
+
+Async test bodies run through ``async_to_sync``. Documents and recipients get random ids:
+channel-layer groups are named by document id and parallel test databases hand out the
+same ids."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.testing import WebsocketCommunicator
+from pycrdt import Doc, Text
+
+from collaboration.models import Document, DocumentMember, DocumentUpdate
+from collaboration.services import protocol
+from collaboration.services.updates import document_text
+from notifications.models import Recipient
+from project.asgi import application
+from realtime.tokens import end_user_token_issue
+from tests.notifications.factories import RecipientFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TIMEOUT = 3.0
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    async_to_sync(scenario)()
+
+
+def member(document: Document | None, role: str | None) -> Recipient:
+    recipient = RecipientFactory(id=random.randint(10**12, 2**62), external_id=f"user-{uuid.uuid4()}")
+    if document is not None and role is not None:
+        DocumentMember.objects.create(document=document, recipient=recipient, role=role)
+    return recipient
+
+
+@pytest.fixture
+def document() -> Document:
+    return Document.objects.create(id=random.randint(10**12, 2**62), key=f"doc-{uuid.uuid4().hex[:12]}")
+
+
+def socket(document: Document, recipient: Recipient | None, *, slash: bool = False) -> WebsocketCommunicator:
+    query = ""
+    if recipient is not None:
+        token, _ = end_user_token_issue(recipient_id=recipient.id)
+        query = f"?token={token}"
+    return WebsocketCommunicator(application, f"/ws/docs/{document.key}{'/' if slash else ''}{query}")
+
+
+class Peer:
+    """A Yjs document on a socket, speaking y-websocket as the stock provider does."""
+
+    def __init__(self, communicator: WebsocketCommunicator) -> None:
+        self.ws = communicator
+        self.doc: Doc = Doc()
+        self.text = self.doc.get("content", type=Text)
+
+    async def open(self) -> None:
+        connected, code = await self.ws.connect(timeout=TIMEOUT)
+        assert connected, code
+        # the server's step 1: answer with what it lacks, and ask for what we lack
+        step1 = protocol.parse(await self.ws.receive_from(timeout=TIMEOUT))
+        assert isinstance(step1, protocol.Sync) and step1.step == protocol.SYNC_STEP1
+        await self.ws.send_to(bytes_data=protocol.sync_step2(self.doc.get_update(step1.payload)))
+        await self.ws.send_to(bytes_data=protocol.sync_step1(self.doc.get_state()))
+        step2 = protocol.parse(await self.ws.receive_from(timeout=TIMEOUT))
+        assert isinstance(step2, protocol.Sync) and step2.step == protocol.SYNC_STEP2
+        self.doc.apply_update(step2.payload)
+
+    async def type(self, at: int, value: str) -> None:
+        before = self.doc.get_state()
+        self.text.insert(at, value)
+        await self.ws.send_to(bytes_data=protocol.sync_update(self.doc.get_update(before)))
+
+    async def take_update(self) -> None:
+        message = protocol.parse(await self.ws.receive_from(timeout=TIMEOUT))
+        assert isinstance(message, protocol.Sync) and message.step == protocol.SYNC_UPDATE, message
+        self.doc.apply_update(message.payload)
+
+    async def closed_with(self) -> dict[str, Any]:
+        output = await self.ws.receive_output(timeout=TIMEOUT)
+        assert output["type"] == "websocket.close", output
+        return output
+
+
+def test_two_editors_converge_and_a_late_joiner_gets_the_document(document):
+    ana, bob, cy = member(document, "owner"), member(document, "editor"), member(document, "editor")
+
+    async def scenario() -> None:
+        a, b = Peer(socket(document, ana)), Peer(socket(document, bob, slash=True))
+        await a.open()
+        await b.open()
+        await a.type(0, "Hello")
+        await b.take_update()
+        await b.type(5, " world")
+        await a.take_update()
+        assert str(a.text) == str(b.text) == "Hello world"
+        # a later member syncs the whole document from what was stored
+        c = Peer(socket(document, cy))
+        await c.open()
+        assert str(c.text) == "Hello world"
+        for peer in (a, b, c):
+            await peer.ws.disconnect()
+
+    run(scenario)
+    assert document_text(document.id) == "Hello world"
+    assert DocumentUpdate.objects.filter(document=document).count() == 2
+
+
+def test_offline_edits_sent_on_connect_are_stored_and_relayed(document):
+    ana, bob = member(document, "editor"), member(document, "editor")
+
+    async def scenario() -> None:
+        b = Peer(socket(document, bob))
+        await b.open()
+        a = Peer(socket(document, ana))
+        a.text.insert(0, "typed offline")
+        await a.open()
+        await b.take_update()
+        assert str(b.text) == "typed offline"
+        for peer in (a, b):
+            await peer.ws.disconnect()
+
+    run(scenario)
+    assert document_text(document.id) == "typed offline"
+
+
+@pytest.mark.parametrize(
+    ("who", "code"), [("stranger", 4403), ("anonymous", 4401), ("no-document", 4404)], ids=str
+)
+def test_it_refuses_a_socket_before_the_upgrade(document, who, code):
+    recipient = None if who == "anonymous" else member(None, None)
+    target = Document(id=1, key="no-such-document") if who == "no-document" else document
+
+    async def scenario() -> None:
+        communicator = socket(target, recipient)
+        assert await communicator.connect(timeout=TIMEOUT) == (False, code)
+        await communicator.disconnect()
+
+    run(scenario)
+
+
+def test_a_viewer_receives_everything_and_its_edits_are_refused_and_it_is_told(document):
+    ana, viewer = member(document, "owner"), member(document, "viewer")
+
+    async def scenario() -> None:
+        a, v = Peer(socket(document, ana)), Peer(socket(document, viewer))
+        await a.open()
+        await v.open()
+        await v.type(0, "vandalism")
+        told = await v.ws.receive_from(timeout=TIMEOUT)
+        assert told[0] == protocol.MESSAGE_AUTH and b"viewers cannot edit" in told
+        await a.type(0, "from the owner")
+        await v.take_update()
+        assert str(a.text) == "from the owner"
+        assert await a.ws.receive_nothing(timeout=0.2)
+        for peer in (a, v):
+            await peer.ws.disconnect()
+
+    run(scenario)
+    assert document_text(document.id) == "from the owner"
+
+
+@pytest.mark.parametrize(
+    ("message", "code", "reason"),
+    [
+        (b"\x00\x02\x09abc", 4400, "sync payload: says 9 bytes, 3 follow"),
+        (protocol.sync_update(b"not an update"), 4400, "update is not a Yjs update"),
+        (protocol.sync_update(b"\x00" * 5000), 1009, "update of 5,000 bytes is over the 4,096-byte limit"),
+    ],
+    ids=["malformed", "not-yjs", "too-large"],
+)
+def test_a_bad_message_closes_only_its_socket_with_a_reason(document, settings, message, code, reason):
+    settings.COLLAB_UPDATE_MAX_BYTES = 4096
+    ana, bob, cy = member(document, "editor"), member(document, "editor"), member(document, "viewer")
+
+    async def scenario() -> None:
+        a, b, c = Peer(socket(document, ana)), Peer(socket(document, bob)), Peer(socket(document, cy))
+        for peer in (a, b, c):
+            await peer.open()
+        await b.ws.send_to(bytes_data=message)
+        closed = await b.closed_with()
+        assert (closed["code"], closed.get("reason")) == (code, reason)
+        # the other sockets go on
+        await a.type(0, "still here")
+        await c.take_update()
+        assert str(c.text) == "still here"
+        for peer in (a, c):
+            await peer.ws.disconnect()
+
+    run(scenario)
+    assert DocumentUpdate.objects.filter(document=document).count() == 1
