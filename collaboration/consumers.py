@@ -11,7 +11,8 @@ of the document. A viewer receives everything; its updates are refused and it is
 with a y-protocols auth message (permission denied). A malformed message, an update over
 its size limit or one that would take the document over its limit closes that socket
 alone, with a close reason that says why. Awareness messages (cursors, names) are relayed
-as they come.
+as they come; when a socket goes, its clients' awareness states are cleared for every
+peer at once.
 """
 
 from __future__ import annotations
@@ -67,8 +68,12 @@ class DocumentConsumer(AsyncWebsocketConsumer):
     recipient_id: int | None = None
     group: str = ""
     writes = False
+    # The awareness clients this socket spoke for, with their last clocks: cleared for
+    # every peer when the socket goes, as a y-websocket server does.
+    awareness_clocks: dict[int, int]
 
     async def connect(self) -> None:
+        self.awareness_clocks = {}
         recipient_id, close_code = await socket_authenticate(
             self.scope, user_to_recipient=sync_to_async(_recipient_id_for_user)
         )
@@ -94,8 +99,15 @@ class DocumentConsumer(AsyncWebsocketConsumer):
         await self.send(bytes_data=protocol.sync_step1(state_vector(state)))
 
     async def disconnect(self, code: int) -> None:
-        if self.group:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+        if not self.group:
+            return
+        await self.channel_layer.group_discard(self.group, self.channel_name)
+        if self.awareness_clocks:
+            gone = [
+                protocol.AwarenessEntry(client_id, clock + 1, None)
+                for client_id, clock in self.awareness_clocks.items()
+            ]
+            await self._relay(protocol.awareness_message(protocol.awareness_update(gone)))
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if bytes_data is None:
@@ -109,6 +121,11 @@ class DocumentConsumer(AsyncWebsocketConsumer):
         if isinstance(message, protocol.Sync):
             await self._sync_message(message)
         elif isinstance(message, protocol.Awareness):
+            for entry in protocol.awareness_entries(message.payload):
+                if entry.state is None:
+                    self.awareness_clocks.pop(entry.client_id, None)
+                else:
+                    self.awareness_clocks[entry.client_id] = entry.clock
             await self._relay(protocol.awareness_message(message.payload))
         # Query-awareness: the peers answer it through their own awareness messages.
 

@@ -23,6 +23,10 @@ from django.utils import timezone
 from pycrdt import Doc, Text, get_state, get_update, merge_updates
 
 from collaboration.models import Document, DocumentSnapshot, DocumentUpdate
+from notifications.services.queues import enqueue
+
+# collaboration/tasks.py registers it under this name.
+DOCUMENT_COMPACT = "collaboration.tasks.document_compact_task"
 
 # The update of a document with nothing in it (no structs, no deletions).
 EMPTY_UPDATE = b"\x00\x00"
@@ -58,7 +62,9 @@ def update_check(data: bytes) -> None:
 
 def update_store(*, document_id: int, data: bytes, recipient_id: int | None = None) -> Stored:
     """Store one update of the document (``UpdateRefused`` if it is refused; nothing is
-    stored then). ``compaction_due`` says enough updates wait to be merged."""
+    stored then). ``compaction_due`` says enough updates wait to be merged: a compaction
+    is then enqueued, once per COLLAB_COMPACT_AFTER_UPDATES stored (if the broker loses
+    it, the next such count asks again)."""
     update_check(data)
     limit = settings.COLLAB_DOCUMENT_MAX_BYTES
     with transaction.atomic():
@@ -76,7 +82,11 @@ def update_store(*, document_id: int, data: bytes, recipient_id: int | None = No
                 raise Document.DoesNotExist(f"document {document_id}")
             raise UpdateRefused(f"document is full: it may hold {limit:,} bytes", "document_full")
         update = DocumentUpdate.objects.create(document_id=document_id, data=data, recipient_id=recipient_id)
-    return Stored(update.id, row[0] >= settings.COLLAB_COMPACT_AFTER_UPDATES)
+    every = settings.COLLAB_COMPACT_AFTER_UPDATES
+    due = row[0] >= every
+    if due and row[0] % every == 0:
+        enqueue(DOCUMENT_COMPACT, args=(document_id,))
+    return Stored(update.id, due)
 
 
 def _stored_parts(document_id: int) -> tuple[list[bytes], int]:

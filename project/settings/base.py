@@ -235,6 +235,7 @@ CELERY_TASK_ROUTES = {
     # webhook), so a slow provider of one channel never delays another.
     "notifications.tasks.*_sweep_task": {"queue": "periodic"},
     "presence.tasks.*": {"queue": "periodic"},
+    "collaboration.tasks.*": {"queue": "periodic"},
 }
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False

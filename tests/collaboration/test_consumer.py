@@ -198,3 +198,26 @@ def test_a_bad_message_closes_only_its_socket_with_a_reason(document, settings, 
 
     run(scenario)
     assert DocumentUpdate.objects.filter(document=document).count() == 1
+
+
+def test_awareness_reaches_peers_and_a_departed_clients_state_is_cleared(document):
+    ana, bob = member(document, "editor"), member(document, "viewer")
+    here = protocol.AwarenessEntry(client_id=4242, clock=3, state={"user": {"name": "Ana", "color": "#d33"}})
+
+    async def scenario() -> None:
+        a, b = Peer(socket(document, ana)), Peer(socket(document, bob))
+        await a.open()
+        await b.open()
+        # Ana's cursor and name reach Bob as she sent them
+        await a.ws.send_to(bytes_data=protocol.awareness_message(protocol.awareness_update([here])))
+        seen = protocol.parse(await b.ws.receive_from(timeout=TIMEOUT))
+        assert isinstance(seen, protocol.Awareness)
+        assert protocol.awareness_entries(seen.payload) == [here]
+        # when her socket goes without a word, Bob is told her state is gone
+        await a.ws.disconnect()
+        cleared = protocol.parse(await b.ws.receive_from(timeout=TIMEOUT))
+        assert isinstance(cleared, protocol.Awareness)
+        assert protocol.awareness_entries(cleared.payload) == [protocol.AwarenessEntry(4242, 4, None)]
+        await b.ws.disconnect()
+
+    run(scenario)

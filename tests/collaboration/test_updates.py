@@ -115,14 +115,11 @@ def test_it_refuses_an_update_that_would_take_the_document_over_its_limit(docume
     assert document_text(document.id) == "x" * 3000
 
 
-def test_compaction_merges_the_updates_into_one_snapshot_and_loses_nothing(document, settings):
+def test_compaction_merges_the_updates_into_one_snapshot_and_loses_nothing(document):
     # given a hundred one-character edits
-    settings.COLLAB_COMPACT_AFTER_UPDATES = 100
     ana = Editor()
-    stored = [
-        update_store(document_id=document.id, data=ana.edit(i, "abcdefghij"[i % 10])) for i in range(100)
-    ]
-    assert not any(s.compaction_due for s in stored[:99]) and stored[99].compaction_due
+    for i in range(100):
+        update_store(document_id=document.id, data=ana.edit(i, "abcdefghij"[i % 10]))
     before = document_text(document.id)
     bytes_before = Document.objects.get(id=document.id).stored_bytes
 
@@ -141,6 +138,24 @@ def test_compaction_merges_the_updates_into_one_snapshot_and_loses_nothing(docum
     update_store(document_id=document.id, data=ana.edit(0, "!"))
     assert document_text(document.id) == "!" + before
     assert document_compact(document.id) == 1 and document_compact(document.id) == 0
+
+
+def test_a_compaction_is_enqueued_once_enough_updates_wait(document, settings):
+    # given a document compacted after every 10 updates (tasks run at once in tests)
+    settings.COLLAB_COMPACT_AFTER_UPDATES = 10
+    ana = Editor()
+
+    # when 9 updates are stored, none is merged; the tenth makes it due and merges all ten
+    stored = [update_store(document_id=document.id, data=ana.edit(i, "x")) for i in range(10)]
+    assert [s.compaction_due for s in stored] == [False] * 9 + [True]
+    assert DocumentSnapshot.objects.filter(document=document).exists()
+    assert not DocumentUpdate.objects.filter(document=document).exists()
+
+    # then the document reads the same, and the count starts again
+    update_store(document_id=document.id, data=ana.edit(10, "y"))
+    document.refresh_from_db()
+    assert document.tail_updates == 1
+    assert document_text(document.id) == "x" * 10 + "y"
 
 
 @pytest.mark.django_db(transaction=True)

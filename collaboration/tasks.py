@@ -1,0 +1,13 @@
+"""Thin Celery tasks of collaborative documents: ids in, call a service."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.db import OperationalError as DatabaseOperationalError
+
+from collaboration.services.updates import document_compact
+
+
+@shared_task(autoretry_for=(DatabaseOperationalError,), retry_backoff=1, retry_backoff_max=30, max_retries=5)
+def document_compact_task(document_id: int) -> int:
+    return document_compact(document_id)
