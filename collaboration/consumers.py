@@ -17,7 +17,6 @@ peer at once.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -36,8 +35,6 @@ from collaboration.services.updates import (
 )
 from notifications.models import Recipient
 from realtime.auth import socket_authenticate
-
-log = logging.getLogger(__name__)
 
 # Close codes (the application's own range, as realtime/auth.py's).
 CLOSE_NOT_A_MEMBER = 4403
@@ -127,13 +124,19 @@ class DocumentConsumer(AsyncWebsocketConsumer):
                 else:
                     self.awareness_clocks[entry.client_id] = entry.clock
             await self._relay(protocol.awareness_message(message.payload))
-        # Query-awareness: the peers answer it through their own awareness messages.
+        # Query-awareness is not answered yet: the server keeps no awareness states, peers
+        # send theirs again within the awareness timeout.
 
     async def _sync_message(self, message: protocol.Sync) -> None:
         assert self.document_id is not None
         if message.step == protocol.SYNC_STEP1:
             state = await sync_to_async(document_state)(self.document_id)
-            await self.send(bytes_data=protocol.sync_step2(state_missing(state, message.payload)))
+            try:
+                missing = state_missing(state, message.payload)
+            except ValueError:
+                await self.close(code=CLOSE_MALFORMED, reason="sync step 1: not a Yjs state vector")
+                return
+            await self.send(bytes_data=protocol.sync_step2(missing))
             return
         if message.payload == EMPTY_UPDATE:
             return  # a client with nothing the server lacks answers step 1 with this

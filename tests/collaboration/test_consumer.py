@@ -174,9 +174,10 @@ def test_a_viewer_receives_everything_and_its_edits_are_refused_and_it_is_told(d
     [
         (b"\x00\x02\x09abc", 4400, "sync payload: says 9 bytes, 3 follow"),
         (protocol.sync_update(b"not an update"), 4400, "update is not a Yjs update"),
+        (protocol.sync_step1(b"\xff\xff"), 4400, "sync step 1: not a Yjs state vector"),
         (protocol.sync_update(b"\x00" * 5000), 1009, "update of 5,000 bytes is over the 4,096-byte limit"),
     ],
-    ids=["malformed", "not-yjs", "too-large"],
+    ids=["malformed", "not-yjs", "bad-state-vector", "too-large"],
 )
 def test_a_bad_message_closes_only_its_socket_with_a_reason(document, settings, message, code, reason):
     settings.COLLAB_UPDATE_MAX_BYTES = 4096
