@@ -33,7 +33,7 @@ from collaboration.services.updates import (
     state_vector,
     update_store,
 )
-from notifications.models import Recipient
+from notifications.selectors import recipient_for_user
 from realtime.auth import socket_authenticate
 
 # Close codes (the application's own range, as realtime/auth.py's).
@@ -42,22 +42,11 @@ CLOSE_NO_DOCUMENT = 4404
 CLOSE_MALFORMED = 4400
 CLOSE_DOCUMENT_FULL = 4413
 CLOSE_MESSAGE_TOO_BIG = 1009
-# y-protocols' auth message: permission denied, with a reason.
-_PERMISSION_DENIED = 0
 
 
 def _recipient_id_for_user(user: Any) -> int | None:
-    return Recipient.objects.filter(user=user).values_list("id", flat=True).first()
-
-
-def _permission_denied(reason: str) -> bytes:
-    text = reason.encode("utf-8")
-    return (
-        protocol.write_var_uint(protocol.MESSAGE_AUTH)
-        + protocol.write_var_uint(_PERMISSION_DENIED)
-        + protocol.write_var_uint(len(text))
-        + text
-    )
+    recipient = recipient_for_user(user=user)
+    return recipient.id if recipient is not None else None
 
 
 class DocumentConsumer(AsyncWebsocketConsumer):
@@ -141,7 +130,7 @@ class DocumentConsumer(AsyncWebsocketConsumer):
         if message.payload == EMPTY_UPDATE:
             return  # a client with nothing the server lacks answers step 1 with this
         if not self.writes:
-            await self.send(bytes_data=_permission_denied("viewers cannot edit this document"))
+            await self.send(bytes_data=protocol.permission_denied("viewers cannot edit this document"))
             return
         try:
             await sync_to_async(update_store)(

@@ -47,6 +47,8 @@ def _members_parsed(members: Any, errors: dict[str, list[str]]) -> dict[str, str
         if not isinstance(member, dict):
             errors[where] = ["must be an object {recipient, role}"]
             continue
+        for name in sorted(set(member) - {"recipient", "role"}):
+            errors[f"{where}.{name}"] = ["unknown field; a member has recipient and role"]
         recipient, role = member.get("recipient"), member.get("role")
         if not isinstance(recipient, str) or not recipient:
             errors[f"{where}.recipient"] = ["required: a recipient's external_id"]

@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from pycrdt import write_var_uint
+
 MESSAGE_SYNC = 0
 MESSAGE_AWARENESS = 1
 MESSAGE_AUTH = 2
@@ -110,15 +112,6 @@ def parse(message: bytes) -> Message:
     return parsed
 
 
-def write_var_uint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(0x80 | (value & 0x7F))
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _var_bytes(data: bytes) -> bytes:
     return write_var_uint(len(data)) + data
 
@@ -137,6 +130,17 @@ def sync_update(update: bytes) -> bytes:
 
 def awareness_message(payload: bytes) -> bytes:
     return write_var_uint(MESSAGE_AWARENESS) + _var_bytes(payload)
+
+
+# y-protocols' auth message says "permission denied" with this, then the reason.
+_PERMISSION_DENIED = 0
+
+
+def permission_denied(reason: str) -> bytes:
+    """The auth message a Yjs client logs as permission denied, with ``reason``."""
+    return (
+        write_var_uint(MESSAGE_AUTH) + write_var_uint(_PERMISSION_DENIED) + _var_bytes(reason.encode("utf-8"))
+    )
 
 
 def awareness_entries(payload: bytes) -> list[AwarenessEntry]:

@@ -133,9 +133,13 @@ def state_missing(state: bytes, vector: bytes) -> bytes:
 
 def document_compact(document_id: int) -> int:
     """Merge the document's stored updates into its snapshot and delete them; returns how
-    many were merged."""
+    many were merged (0 as well for a document deleted since the compaction was asked for)."""
     with transaction.atomic():
-        Document.objects.select_for_update().filter(id=document_id).values_list("id", flat=True).get()
+        if (
+            Document.objects.select_for_update().filter(id=document_id).values_list("id", flat=True).first()
+            is None
+        ):
+            return 0
         parts, last = _stored_parts(document_id)
         if last == 0:
             return 0

@@ -50,6 +50,10 @@ def test_it_creates_a_document_with_its_members_and_their_roles():
             {"members": [{"recipient": "ana", "role": "owner"}, {"recipient": "ana", "role": "viewer"}]},
             {"members[1].recipient": ["'ana' is listed twice"]},
         ),
+        (
+            {"members": [{"recipient": "ana", "role": "owner", "rights": "all"}]},
+            {"members[0].rights": ["unknown field; a member has recipient and role"]},
+        ),
     ],
     ids=[
         "no-key",
@@ -60,6 +64,7 @@ def test_it_creates_a_document_with_its_members_and_their_roles():
         "bad-role",
         "unknown-recipient",
         "twice",
+        "unknown-field",
     ],
 )
 def test_it_refuses_bad_input_naming_the_field_and_stores_nothing(fields, errors):

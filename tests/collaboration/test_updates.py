@@ -140,6 +140,12 @@ def test_compaction_merges_the_updates_into_one_snapshot_and_loses_nothing(docum
     assert document_compact(document.id) == 1 and document_compact(document.id) == 0
 
 
+def test_a_compaction_of_a_document_deleted_since_it_was_asked_for_does_nothing(document):
+    document_id = document.id
+    document.delete()
+    assert document_compact(document_id) == 0
+
+
 def test_a_compaction_is_enqueued_once_enough_updates_wait(document, settings):
     # given a document compacted after every 10 updates (tasks run at once in tests)
     settings.COLLAB_COMPACT_AFTER_UPDATES = 10
