@@ -41,6 +41,10 @@ class Document(models.Model):
     stored_bytes = models.BigIntegerField(default=0)
     # Updates stored since the last compaction.
     tail_updates = models.IntegerField(default=0)
+    # The server-ordered OT mode's text and version (collaboration/services/ot.py): kept
+    # apart from the CRDT content, the OT mode being there to compare the two approaches.
+    ot_text = models.TextField(blank=True, default="")
+    ot_version = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=now)
     updated_at = models.DateTimeField(default=now)
 
@@ -122,3 +126,66 @@ class DocumentVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.document_id} v{self.number}"
+
+
+class DocumentComment(models.Model):
+    """A comment on a span of the document, or (``parent`` set) a reply in its thread.
+
+    ``anchor`` holds two Yjs relative positions (``{"start": ..., "end": ...}``, as
+    ``Y.relativePositionToJSON`` writes them): they name the characters, not offsets, so the
+    comment stays on its text while others edit around it. ``quote`` is the text it was
+    made on, shown when the span has since been deleted."""
+
+    document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="comments")
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="replies"
+    )
+    author = models.ForeignKey(Recipient, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    body = models.TextField()
+    anchor = models.JSONField(null=True, blank=True)
+    quote = models.CharField(max_length=500, blank=True)
+    # External ids of the members the body mentions (each told once, when it is posted).
+    mentions = models.JSONField(default=list, blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.ForeignKey(
+        Recipient, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=now)
+    updated_at = models.DateTimeField(default=now)
+
+    class Meta:
+        indexes = [models.Index(fields=["document", "id"], name="collab_comment_doc_id")]
+
+    def __str__(self) -> str:
+        return f"comment {self.id} on {self.document_id}"
+
+
+class DocumentOperation(models.Model):
+    """One operation accepted by the server-ordered OT mode (``/ws/docs/{key}/ot``), as
+    transformed by the server: applying a document's operations in ``version`` order to
+    the empty text gives its OT text (``Document.ot_text`` at ``Document.ot_version``).
+    ``client_id`` and ``client_seq`` make a resent operation land once."""
+
+    id = models.BigAutoField(primary_key=True)
+    document = models.ForeignKey(
+        Document, on_delete=models.CASCADE, related_name="operations", db_index=False
+    )
+    version = models.PositiveIntegerField()
+    op = models.JSONField()
+    recipient = models.ForeignKey(
+        Recipient, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
+    )
+    client_id = models.CharField(max_length=64)
+    client_seq = models.PositiveIntegerField()
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["document", "version"], name="collab_op_version_once"),
+            models.UniqueConstraint(
+                fields=["document", "client_id", "client_seq"], name="collab_op_client_seq_once"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"op v{self.version} of {self.document_id}"
