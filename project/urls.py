@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 import notifications.observability as observability
+from collaboration import urls as collaboration_urls
 import notifications.preference_pages as preference_pages
 import notifications.provider_webhooks as provider_webhooks
 import notifications.views as pages
@@ -11,6 +12,8 @@ from notifications.api import urls as api_urls
 urlpatterns = [
     path("", pages.home, name="home"),
     path("admin/", admin.site.urls),
+    # Before the v1 routes: their catch-all answers any other path under /api/v1/.
+    path("api/v1/documents/", include(collaboration_urls)),
     path("api/v1/", include(api_urls)),
     path(
         "api/schema/",

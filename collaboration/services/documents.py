@@ -108,3 +108,46 @@ def member_set(*, document: Document, recipient: Recipient, role: str | None) ->
     if role not in Role.values:
         raise ValidationFailed({"role": [f"must be one of {', '.join(Role.values)}"]})
     DocumentMember.objects.update_or_create(document=document, recipient=recipient, defaults={"role": role})
+
+
+def document_update(*, document: Document, changes: dict[str, Any]) -> Document:
+    """Change a document's title and, given ``members``, its whole member list (replaced
+    at once; at least one owner must remain). ``ValidationFailed`` names each bad field;
+    nothing changes then."""
+    errors: dict[str, list[str]] = {}
+    for name in sorted(set(changes) - {"title", "members"}):
+        errors[name] = ["unknown or read-only field; a document's title and members may change"]
+    title = changes.get("title", document.title)
+    if not isinstance(title, str) or len(title) > TITLE_MAX:
+        errors["title"] = [f"must be a string of at most {TITLE_MAX} characters"]
+    members = changes.get("members")
+    roles: dict[str, str] = {}
+    known: dict[str, int] = {}
+    if "members" in changes:
+        if members is None:
+            errors["members"] = ["must be a list of {recipient, role}"]
+        else:
+            roles = _members_parsed(members, errors)
+            known = _recipients(roles, members if isinstance(members, list) else [], errors)
+            if "members" not in errors and Role.OWNER not in roles.values():
+                errors["members"] = ["a document keeps at least one owner"]
+    if errors:
+        raise ValidationFailed(errors)
+    with transaction.atomic():
+        locked = Document.objects.select_for_update().get(id=document.id)
+        locked.title = title
+        locked.save(update_fields=["title"])
+        if "members" in changes:
+            DocumentMember.objects.filter(document=locked).exclude(
+                recipient_id__in=list(known.values())
+            ).delete()
+            for external_id, role in roles.items():
+                DocumentMember.objects.update_or_create(
+                    document=locked, recipient_id=known[external_id], defaults={"role": role}
+                )
+    return locked
+
+
+def document_delete(*, document: Document) -> None:
+    """Delete the document with its members, updates, versions, comments and operations."""
+    Document.objects.filter(id=document.id).delete()

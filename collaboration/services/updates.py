@@ -15,14 +15,18 @@ a compaction runs waits for it and lands after its snapshot.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from difflib import SequenceMatcher
+from typing import Any, cast
 
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
-from pycrdt import Doc, Text, get_state, get_update, merge_updates
+from pycrdt import Doc, Text, XmlElement, XmlFragment, XmlText, get_state, get_update, merge_updates
 
-from collaboration.models import Document, DocumentSnapshot, DocumentUpdate
+from collaboration.models import Document, DocumentKind, DocumentSnapshot, DocumentUpdate
+from collaboration.services import protocol
 from notifications.services.queues import enqueue
 
 # collaboration/tasks.py registers it under this name.
@@ -153,8 +157,102 @@ def document_compact(document_id: int) -> int:
     return merged_count
 
 
-def document_text(document_id: int) -> str:
-    """The plain text of the document's shared ``content`` text."""
+def document_group(document_id: int) -> str:
+    """The channel-layer group of the document's sockets, on every process."""
+    return f"doc.{document_id}"
+
+
+def state_text(state: bytes, kind: str) -> str:
+    """The plain text of a document state: the ``content`` Y.Text of a text document, the
+    text of the ``content`` XmlFragment of a rich one (y-prosemirror's), a line per block."""
     doc: Doc[Any] = Doc()
-    doc.apply_update(document_state(document_id))
-    return str(doc.get(CONTENT, type=Text))
+    doc.apply_update(state)
+    if kind == DocumentKind.TEXT:
+        return str(doc.get(CONTENT, type=Text))
+    lines: list[str] = []
+    _block_lines(doc.get(CONTENT, type=XmlFragment), lines)
+    return "\n".join(lines)
+
+
+def _inline_text(node: XmlText) -> str:
+    return "".join(chunk for chunk, _ in node.diff() if isinstance(chunk, str))
+
+
+def _block_lines(node: XmlFragment | XmlElement, lines: list[str]) -> None:
+    children = list(node.children)
+    if isinstance(node, XmlElement) and any(isinstance(child, XmlText) for child in children):
+        lines.append("".join(_inline_text(c) if isinstance(c, XmlText) else "" for c in children))
+        return
+    for child in children:
+        if isinstance(child, XmlText):
+            lines.append(_inline_text(child))
+        else:
+            _block_lines(child, lines)
+
+
+def document_text(document_id: int, kind: str = DocumentKind.TEXT) -> str:
+    """The plain text of the document's shared ``content``."""
+    return state_text(document_state(document_id), kind)
+
+
+def state_restoring(current: bytes, target: bytes, kind: str) -> bytes:
+    """The update that turns the content of ``current`` into that of ``target`` as a new
+    edit on top of ``current``: collaborators' documents move forward to it, nobody's
+    history is rewound. Text: only the characters that differ change (a diff), so cursors
+    and comments on unchanged text stay where they were. Rich: the blocks are replaced by
+    copies of the target's."""
+    doc: Doc[Any] = Doc()
+    doc.apply_update(current)
+    before = doc.get_state()
+    old: Doc[Any] = Doc()
+    old.apply_update(target)
+    if kind == DocumentKind.TEXT:
+        text, wanted = doc.get(CONTENT, type=Text), str(old.get(CONTENT, type=Text))
+        have = str(text)
+        with doc.transaction():
+            opcodes = SequenceMatcher(None, have, wanted, autojunk=False).get_opcodes()
+            for tag, i1, i2, j1, j2 in reversed(opcodes):
+                if tag in ("replace", "delete"):
+                    del text[i1:i2]
+                if tag in ("replace", "insert"):
+                    text.insert(i1, wanted[j1:j2])
+    else:
+        fragment, source = doc.get(CONTENT, type=XmlFragment), old.get(CONTENT, type=XmlFragment)
+        with doc.transaction():
+            while len(fragment.children):
+                del fragment.children[0]
+            for child in source.children:
+                _copy_node(child, fragment)
+    return doc.get_update(before)
+
+
+def _copy_node(node: XmlElement | XmlText | XmlFragment, parent: XmlFragment | XmlElement) -> None:
+    if isinstance(node, XmlFragment):
+        return  # a fragment is only ever a root
+    if isinstance(node, XmlText):
+        copy = parent.children.append(XmlText())
+        at = 0
+        for chunk, attributes in node.diff():
+            if isinstance(chunk, str):
+                copy.insert(at, chunk, dict(attributes) if attributes else None)
+                at += len(chunk)
+        return
+    # pycrdt types its attribute view's __iter__ as returning an Iterable, not an Iterator.
+    element_attributes: dict[str, Any] = dict(cast(Any, node.attributes))
+    element = parent.children.append(XmlElement(node.tag, element_attributes))
+    for child in node.children:
+        _copy_node(child, element)
+
+
+def document_publish(document_id: int, data: bytes) -> None:
+    """Tell the document's open sockets, on every process, of an update the server stored
+    itself (a restore): once the transaction that stored it commits."""
+
+    def send() -> None:
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        message = {"type": "doc.message", "data": protocol.sync_update(data), "origin": ""}
+        async_to_sync(layer.group_send)(document_group(document_id), message)
+
+    transaction.on_commit(send)

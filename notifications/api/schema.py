@@ -171,6 +171,8 @@ PATH_PARAMETERS: dict[str, tuple[dict[str, Any], str]] = {
     "segment_id": (_ID, "Id of the segment"),
     "endpoint_id": (_ID, "Id of the webhook endpoint"),
     "item_id": (_ID, "Id of the inbox item"),
+    "number": ({"type": "integer", "minimum": 1, "maximum": 999_999_999}, "The version's number"),
+    "comment_id": (_ID, "Id of the comment"),
     "kind": ({"type": "string", "enum": list(SuppressionKind.values)}, "What the address is"),
     "address": (
         {"type": "string", "minLength": 1, "maxLength": 320, "pattern": r"^[^\x00]+$"},

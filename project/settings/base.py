@@ -374,6 +374,13 @@ COLLAB_UPDATE_MAX_BYTES = env_int("COLLAB_UPDATE_MAX_BYTES", 1_048_576, minimum=
 COLLAB_DOCUMENT_MAX_BYTES = env_int("COLLAB_DOCUMENT_MAX_BYTES", 16_777_216, minimum=4096)
 # Updates stored since the last compaction that make the next one due.
 COLLAB_COMPACT_AFTER_UPDATES = env_int("COLLAB_COMPACT_AFTER_UPDATES", 500, minimum=1)
+# Automatic versions (collaboration/services/versions.py): one per edited document at most
+# this often, the latest COLLAB_AUTO_VERSIONS_KEPT kept (named versions are all kept).
+COLLAB_AUTO_VERSION_SECONDS = env_float("COLLAB_AUTO_VERSION_SECONDS", 600.0)
+COLLAB_AUTO_VERSIONS_KEPT = env_int("COLLAB_AUTO_VERSIONS_KEPT", 50, minimum=1)
+# A socket's awareness states (cursors, names) the server forgets when the client has not
+# renewed them for this long (y-protocols clients renew every 15 s; its own timeout is 30 s).
+COLLAB_AWARENESS_TIMEOUT_SECONDS = env_float("COLLAB_AWARENESS_TIMEOUT_SECONDS", 30.0)
 MAX_EXPLICIT_RECIPIENTS = env_int("MAX_EXPLICIT_RECIPIENTS", 10_000, minimum=1)
 MAX_EVENT_DATA_BYTES = env_int("MAX_EVENT_DATA_BYTES", 65_536, minimum=256)
 
@@ -457,6 +464,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "presence.tasks.last_seen_flush_task",
         "schedule": PRESENCE_FLUSH_SECONDS,
         "options": {"queue": "periodic", "expires": PRESENCE_FLUSH_SECONDS * 2},
+    },
+    "collaboration-auto-versions": {
+        "task": "collaboration.tasks.versions_auto_task",
+        "schedule": min(COLLAB_AUTO_VERSION_SECONDS, 300.0),
+        "options": {"queue": "periodic", "expires": min(COLLAB_AUTO_VERSION_SECONDS, 300.0) * 2},
     },
 }
 
