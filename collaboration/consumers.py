@@ -11,23 +11,38 @@ of the document. A viewer receives everything; its updates are refused and it is
 with a y-protocols auth message (permission denied). A malformed message, an update over
 its size limit or one that would take the document over its limit closes that socket
 alone, with a close reason that says why. Awareness messages (cursors, names) are relayed
-as they come; when a socket goes, its clients' awareness states are cleared for every
-peer at once.
+as they come and kept in Redis (collaboration/services/awareness.py): a socket that joins
+or asks (query-awareness) is sent every client's current state; when a socket goes, its
+clients' states are cleared for every peer at once, and a client not heard of within the
+awareness timeout (its process died) is cleared by the first socket of the document that
+notices.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import random
 from typing import Any
 
+import redis
 from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 
 from collaboration import selectors
 from collaboration.models import WRITING_ROLES
 from collaboration.services import protocol
+from collaboration.services.awareness import (
+    awareness_current,
+    awareness_expire,
+    awareness_forget,
+    awareness_record,
+)
 from collaboration.services.updates import (
     EMPTY_UPDATE,
     UpdateRefused,
+    document_group,
     document_state,
     state_missing,
     state_vector,
@@ -57,6 +72,7 @@ class DocumentConsumer(AsyncWebsocketConsumer):
     # The awareness clients this socket spoke for, with their last clocks: cleared for
     # every peer when the socket goes, as a y-websocket server does.
     awareness_clocks: dict[int, int]
+    sweeper: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
         self.awareness_clocks = {}
@@ -77,23 +93,58 @@ class DocumentConsumer(AsyncWebsocketConsumer):
             return
         self.document_id, self.recipient_id = document.id, recipient_id
         self.writes = role in WRITING_ROLES
-        self.group = f"doc.{document.id}"
+        self.group = document_group(document.id)
         # Joined before accepting, so no update stored after the state read below is missed.
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
         state = await sync_to_async(document_state)(document.id)
         await self.send(bytes_data=protocol.sync_step1(state_vector(state)))
+        await self._send_awareness()
+        self.sweeper = asyncio.create_task(self._sweep_awareness())
 
     async def disconnect(self, code: int) -> None:
         if not self.group:
             return
+        if self.sweeper is not None:
+            self.sweeper.cancel()
         await self.channel_layer.group_discard(self.group, self.channel_name)
         if self.awareness_clocks:
+            assert self.document_id is not None
             gone = [
                 protocol.AwarenessEntry(client_id, clock + 1, None)
                 for client_id, clock in self.awareness_clocks.items()
             ]
+            with contextlib.suppress(redis.RedisError):
+                await awareness_forget(self.document_id, list(self.awareness_clocks))
             await self._relay(protocol.awareness_message(protocol.awareness_update(gone)))
+
+    async def _send_awareness(self) -> None:
+        """Every client's current awareness state, to this socket (on joining, or asked)."""
+        assert self.document_id is not None
+        try:
+            entries = await awareness_current(self.document_id)
+        except redis.RedisError:
+            return  # peers send theirs again within the timeout
+        if entries:
+            await self.send(bytes_data=protocol.awareness_message(protocol.awareness_update(entries)))
+
+    async def _sweep_awareness(self) -> None:
+        """Clear, for every peer, the clients of this document not heard of within the
+        timeout: those of a process that died, whose sockets said nothing when they went."""
+        assert self.document_id is not None
+        period = max(0.2, settings.COLLAB_AWARENESS_TIMEOUT_SECONDS / 3)
+        while True:
+            # Spread over the period, so a document's sockets do not all look at once.
+            await asyncio.sleep(period * random.uniform(0.75, 1.25))
+            try:
+                gone = await awareness_expire(self.document_id)
+            except redis.RedisError:
+                continue
+            if gone:
+                message = protocol.awareness_message(protocol.awareness_update(gone))
+                await self.channel_layer.group_send(
+                    self.group, {"type": "doc.message", "data": message, "origin": ""}
+                )
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if bytes_data is None:
@@ -107,14 +158,18 @@ class DocumentConsumer(AsyncWebsocketConsumer):
         if isinstance(message, protocol.Sync):
             await self._sync_message(message)
         elif isinstance(message, protocol.Awareness):
-            for entry in protocol.awareness_entries(message.payload):
+            entries = protocol.awareness_entries(message.payload)  # parse() has checked it
+            for entry in entries:
                 if entry.state is None:
                     self.awareness_clocks.pop(entry.client_id, None)
                 else:
                     self.awareness_clocks[entry.client_id] = entry.clock
+            assert self.document_id is not None
+            with contextlib.suppress(redis.RedisError):
+                await awareness_record(self.document_id, entries)
             await self._relay(protocol.awareness_message(message.payload))
-        # Query-awareness is not answered yet: the server keeps no awareness states, peers
-        # send theirs again within the awareness timeout.
+        else:
+            await self._send_awareness()  # query-awareness
 
     async def _sync_message(self, message: protocol.Sync) -> None:
         assert self.document_id is not None

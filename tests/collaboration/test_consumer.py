@@ -20,6 +20,7 @@ from pycrdt import Doc, Text
 
 from collaboration.models import Document, DocumentMember, DocumentUpdate
 from collaboration.services import protocol
+from collaboration.services.awareness import awareness_current, awareness_record
 from collaboration.services.updates import document_text
 from notifications.models import Recipient
 from project.asgi import application
@@ -62,6 +63,7 @@ class Peer:
         self.ws = communicator
         self.doc: Doc = Doc()
         self.text = self.doc.get("content", type=Text)
+        self.awareness: list[protocol.AwarenessEntry] = []
 
     async def open(self) -> None:
         connected, code = await self.ws.connect(timeout=TIMEOUT)
@@ -72,6 +74,9 @@ class Peer:
         await self.ws.send_to(bytes_data=protocol.sync_step2(self.doc.get_update(step1.payload)))
         await self.ws.send_to(bytes_data=protocol.sync_step1(self.doc.get_state()))
         step2 = protocol.parse(await self.ws.receive_from(timeout=TIMEOUT))
+        while isinstance(step2, protocol.Awareness):  # the states of those already here
+            self.awareness += protocol.awareness_entries(step2.payload)
+            step2 = protocol.parse(await self.ws.receive_from(timeout=TIMEOUT))
         assert isinstance(step2, protocol.Sync) and step2.step == protocol.SYNC_STEP2
         self.doc.apply_update(step2.payload)
 
@@ -219,6 +224,49 @@ def test_awareness_reaches_peers_and_a_departed_clients_state_is_cleared(documen
         cleared = protocol.parse(await b.ws.receive_from(timeout=TIMEOUT))
         assert isinstance(cleared, protocol.Awareness)
         assert protocol.awareness_entries(cleared.payload) == [protocol.AwarenessEntry(4242, 4, None)]
+        await b.ws.disconnect()
+
+    run(scenario)
+
+
+def test_a_joiner_and_a_query_get_every_clients_current_awareness(document):
+    ana, bob = member(document, "editor"), member(document, "editor")
+    here = protocol.AwarenessEntry(client_id=77, clock=1, state={"user": {"name": "Ana"}, "cursor": None})
+
+    async def scenario() -> None:
+        a = Peer(socket(document, ana))
+        await a.open()
+        await a.ws.send_to(bytes_data=protocol.awareness_message(protocol.awareness_update([here])))
+        b = Peer(socket(document, bob))
+        await b.open()
+        assert b.awareness == [here]
+        # y-protocols' query-awareness: the server answers with the states it knows
+        await b.ws.send_to(bytes_data=bytes([protocol.MESSAGE_QUERY_AWARENESS]))
+        answer = protocol.parse(await b.ws.receive_from(timeout=TIMEOUT))
+        assert isinstance(answer, protocol.Awareness)
+        assert protocol.awareness_entries(answer.payload) == [here]
+        await a.ws.disconnect()
+        await b.ws.disconnect()
+
+    run(scenario)
+
+
+def test_a_client_not_heard_of_within_the_timeout_is_cleared_for_every_peer(document, settings):
+    """A client whose web process died: its socket never said goodbye, its state stays in
+    Redis until a socket of the document notices it is stale."""
+    settings.COLLAB_AWARENESS_TIMEOUT_SECONDS = 0.6
+    bob = member(document, "editor")
+    ghost = protocol.AwarenessEntry(client_id=99, clock=5, state={"user": {"name": "Gone"}})
+
+    async def scenario() -> None:
+        await awareness_record(document.id, [ghost])  # as the dead process's socket did
+        b = Peer(socket(document, bob))
+        await b.open()
+        assert b.awareness == [ghost]
+        cleared = protocol.parse(await b.ws.receive_from(timeout=TIMEOUT))
+        assert isinstance(cleared, protocol.Awareness)
+        assert protocol.awareness_entries(cleared.payload) == [protocol.AwarenessEntry(99, 6, None)]
+        assert await awareness_current(document.id) == []
         await b.ws.disconnect()
 
     run(scenario)
