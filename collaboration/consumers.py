@@ -6,8 +6,10 @@ its user must be a member of the document: anyone else is refused before the upg
 completes. The server then sends its state vector (sync step 1); the client answers with
 what the server lacks (its offline edits) and asks for what it lacks (its own step 1).
 Every update is stored (collaboration/services/updates.py) before it is relayed to the
-document's other sockets, on this process or any other, through the channel layer's group
-of the document. A viewer receives everything; its updates are refused and it is told
+document's other sockets, on this process or any other, through the document's Redis
+stream (collaboration/services/relay.py). Everything a socket is sent goes through its own
+bounded queue, written by one task; a client that cannot keep up is closed with 4408 and
+its provider reconnects and syncs what it lacks. A viewer receives everything; its updates are refused and it is told
 with a y-protocols auth message (permission denied). A malformed message, an update over
 its size limit or one that would take the document over its limit closes that socket
 alone, with a close reason that says why. Awareness messages (cursors, names) are relayed
@@ -22,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
+import uuid
 from typing import Any
 
 import redis
@@ -39,10 +43,10 @@ from collaboration.services.awareness import (
     awareness_forget,
     awareness_record,
 )
+from collaboration.services.relay import CLOSE_REJOIN, relay, relay_publish
 from collaboration.services.updates import (
     EMPTY_UPDATE,
     UpdateRefused,
-    document_group,
     document_state,
     state_missing,
     state_vector,
@@ -50,6 +54,10 @@ from collaboration.services.updates import (
 )
 from notifications.selectors import recipient_for_user
 from realtime.auth import socket_authenticate
+from realtime.queues import EntryQueue
+from realtime.redis_client import redis_async
+
+log = logging.getLogger(__name__)
 
 # Close codes (the application's own range, as realtime/auth.py's).
 CLOSE_NOT_A_MEMBER = 4403
@@ -67,11 +75,16 @@ def _recipient_id_for_user(user: Any) -> int | None:
 class DocumentConsumer(AsyncWebsocketConsumer):
     document_id: int | None = None
     recipient_id: int | None = None
-    group: str = ""
     writes = False
+    joined = False
+    closing = False
+    # Messages of other sockets of the document skip this one's own (collaboration/services/relay.py).
+    origin = ""
     # The awareness clients this socket spoke for, with their last clocks: cleared for
     # every peer when the socket goes, as a y-websocket server does.
     awareness_clocks: dict[int, int]
+    outbox: EntryQueue
+    sender: asyncio.Task[None] | None = None
     sweeper: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
@@ -93,30 +106,68 @@ class DocumentConsumer(AsyncWebsocketConsumer):
             return
         self.document_id, self.recipient_id = document.id, recipient_id
         self.writes = role in WRITING_ROLES
-        self.group = document_group(document.id)
-        # Joined before accepting, so no update stored after the state read below is missed.
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        self.origin = uuid.uuid4().hex
+        self.outbox = EntryQueue(settings.COLLAB_SOCKET_QUEUE_MAX)
+        # Joined before the state is read, so nothing stored after that read is missed.
+        await relay().join(document.id, self)
+        self.joined = True
         await self.accept()
+        self.sender = asyncio.create_task(self._send_queued())
         state = await sync_to_async(document_state)(document.id)
-        await self.send(bytes_data=protocol.sync_step1(state_vector(state)))
+        self._queue(protocol.sync_step1(state_vector(state)))
         await self._send_awareness()
         self.sweeper = asyncio.create_task(self._sweep_awareness())
 
     async def disconnect(self, code: int) -> None:
-        if not self.group:
+        if not self.joined:
             return
-        if self.sweeper is not None:
-            self.sweeper.cancel()
-        await self.channel_layer.group_discard(self.group, self.channel_name)
+        assert self.document_id is not None
+        relay().leave(self.document_id, self)
+        for task in (self.sweeper, self.sender):
+            if task is not None:
+                task.cancel()
         if self.awareness_clocks:
-            assert self.document_id is not None
             gone = [
                 protocol.AwarenessEntry(client_id, clock + 1, None)
                 for client_id, clock in self.awareness_clocks.items()
             ]
             with contextlib.suppress(redis.RedisError):
                 await awareness_forget(self.document_id, list(self.awareness_clocks))
-            await self._relay(protocol.awareness_message(protocol.awareness_update(gone)))
+                await self._publish(protocol.awareness_message(protocol.awareness_update(gone)))
+
+    # --- what the relay hands over: queue and return, never await the socket -------------
+
+    def deliver(self, message: bytes) -> None:
+        self._queue(message)
+
+    def rejoin(self) -> None:
+        """Close so that the client reconnects and syncs: this socket missed messages, or
+        could not take them as fast as they came."""
+        if self.closing:
+            return
+        self.closing = True
+        asyncio.ensure_future(self.close(code=CLOSE_REJOIN, reason="reconnect to sync"))
+
+    def _queue(self, message: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            self.outbox.put_nowait(message)
+        except asyncio.QueueFull:
+            log.info("closing a document socket that cannot keep up (document %s)", self.document_id)
+            self.rejoin()
+
+    async def _send_queued(self) -> None:
+        """The one writer of the socket: everything it is sent, in order."""
+        while True:
+            message = await self.outbox.get()
+            await self.send(bytes_data=message)
+
+    async def _publish(self, message: bytes) -> None:
+        assert self.document_id is not None
+        await relay_publish(redis_async(), self.document_id, message, self.origin)
+
+    # --- awareness ---------------------------------------------------------------------------
 
     async def _send_awareness(self) -> None:
         """Every client's current awareness state, to this socket (on joining, or asked)."""
@@ -126,7 +177,7 @@ class DocumentConsumer(AsyncWebsocketConsumer):
         except redis.RedisError:
             return  # peers send theirs again within the timeout
         if entries:
-            await self.send(bytes_data=protocol.awareness_message(protocol.awareness_update(entries)))
+            self._queue(protocol.awareness_message(protocol.awareness_update(entries)))
 
     async def _sweep_awareness(self) -> None:
         """Clear, for every peer, the clients of this document not heard of within the
@@ -138,13 +189,13 @@ class DocumentConsumer(AsyncWebsocketConsumer):
             await asyncio.sleep(period * random.uniform(0.75, 1.25))
             try:
                 gone = await awareness_expire(self.document_id)
+                if gone:
+                    message = protocol.awareness_message(protocol.awareness_update(gone))
+                    await relay_publish(redis_async(), self.document_id, message, origin="")
             except redis.RedisError:
                 continue
-            if gone:
-                message = protocol.awareness_message(protocol.awareness_update(gone))
-                await self.channel_layer.group_send(
-                    self.group, {"type": "doc.message", "data": message, "origin": ""}
-                )
+
+    # --- what the client sends ---------------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if bytes_data is None:
@@ -167,7 +218,7 @@ class DocumentConsumer(AsyncWebsocketConsumer):
             assert self.document_id is not None
             with contextlib.suppress(redis.RedisError):
                 await awareness_record(self.document_id, entries)
-            await self._relay(protocol.awareness_message(message.payload))
+            await self._publish(protocol.awareness_message(message.payload))
         else:
             await self._send_awareness()  # query-awareness
 
@@ -180,12 +231,12 @@ class DocumentConsumer(AsyncWebsocketConsumer):
             except ValueError:
                 await self.close(code=CLOSE_MALFORMED, reason="sync step 1: not a Yjs state vector")
                 return
-            await self.send(bytes_data=protocol.sync_step2(missing))
+            self._queue(protocol.sync_step2(missing))
             return
         if message.payload == EMPTY_UPDATE:
             return  # a client with nothing the server lacks answers step 1 with this
         if not self.writes:
-            await self.send(bytes_data=protocol.permission_denied("viewers cannot edit this document"))
+            self._queue(protocol.permission_denied("viewers cannot edit this document"))
             return
         try:
             await sync_to_async(update_store)(
@@ -197,13 +248,4 @@ class DocumentConsumer(AsyncWebsocketConsumer):
             )
             await self.close(code=code, reason=refused.message[:120])
             return
-        await self._relay(protocol.sync_update(message.payload))
-
-    async def _relay(self, data: bytes) -> None:
-        await self.channel_layer.group_send(
-            self.group, {"type": "doc.message", "data": data, "origin": self.channel_name}
-        )
-
-    async def doc_message(self, event: dict[str, Any]) -> None:
-        if event.get("origin") != self.channel_name:
-            await self.send(bytes_data=event["data"])
+        await self._publish(protocol.sync_update(message.payload))

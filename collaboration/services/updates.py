@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 from typing import Any, cast
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
@@ -27,6 +25,7 @@ from pycrdt import Doc, Text, XmlElement, XmlFragment, XmlText, get_state, get_u
 
 from collaboration.models import Document, DocumentKind, DocumentSnapshot, DocumentUpdate
 from collaboration.services import protocol
+from collaboration.services.relay import relay_publish_sync
 from notifications.services.queues import enqueue
 
 # collaboration/tasks.py registers it under this name.
@@ -157,11 +156,6 @@ def document_compact(document_id: int) -> int:
     return merged_count
 
 
-def document_group(document_id: int) -> str:
-    """The channel-layer group of the document's sockets, on every process."""
-    return f"doc.{document_id}"
-
-
 def state_text(state: bytes, kind: str) -> str:
     """The plain text of a document state: the ``content`` Y.Text of a text document, the
     text of the ``content`` XmlFragment of a rich one (y-prosemirror's), a line per block."""
@@ -247,12 +241,4 @@ def _copy_node(node: XmlElement | XmlText | XmlFragment, parent: XmlFragment | X
 def document_publish(document_id: int, data: bytes) -> None:
     """Tell the document's open sockets, on every process, of an update the server stored
     itself (a restore): once the transaction that stored it commits."""
-
-    def send() -> None:
-        layer = get_channel_layer()
-        if layer is None:
-            return
-        message = {"type": "doc.message", "data": protocol.sync_update(data), "origin": ""}
-        async_to_sync(layer.group_send)(document_group(document_id), message)
-
-    transaction.on_commit(send)
+    transaction.on_commit(lambda: relay_publish_sync(document_id, protocol.sync_update(data)))

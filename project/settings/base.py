@@ -381,6 +381,11 @@ COLLAB_AUTO_VERSIONS_KEPT = env_int("COLLAB_AUTO_VERSIONS_KEPT", 50, minimum=1)
 # A socket's awareness states (cursors, names) the server forgets when the client has not
 # renewed them for this long (y-protocols clients renew every 15 s; its own timeout is 30 s).
 COLLAB_AWARENESS_TIMEOUT_SECONDS = env_float("COLLAB_AWARENESS_TIMEOUT_SECONDS", 30.0)
+# The entries a document's Redis stream keeps for the web processes reading it
+# (collaboration/services/relay.py), and the messages a document socket may have waiting
+# before it is closed as too slow (its client reconnects and syncs).
+COLLAB_STREAM_MAXLEN = env_int("COLLAB_STREAM_MAXLEN", 10_000, minimum=100)
+COLLAB_SOCKET_QUEUE_MAX = env_int("COLLAB_SOCKET_QUEUE_MAX", 2_000, minimum=10)
 MAX_EXPLICIT_RECIPIENTS = env_int("MAX_EXPLICIT_RECIPIENTS", 10_000, minimum=1)
 MAX_EVENT_DATA_BYTES = env_int("MAX_EVENT_DATA_BYTES", 65_536, minimum=256)
 
