@@ -86,7 +86,7 @@ def test_a_dropped_redis_connection_loses_no_message(document_id: int) -> None:
 
 
 def test_a_reader_behind_what_the_stream_keeps_tells_its_sockets_to_rejoin(
-    document_id: int, settings
+    document_id: int, settings: Any
 ) -> None:
     settings.COLLAB_STREAM_MAXLEN = 100
 
