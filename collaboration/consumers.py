@@ -50,7 +50,7 @@ from collaboration.services.updates import (
     document_state,
     state_missing,
     state_vector,
-    update_store,
+    updates_store,
 )
 from notifications.selectors import recipient_for_user
 from realtime.auth import socket_authenticate
@@ -65,6 +65,11 @@ CLOSE_NO_DOCUMENT = 4404
 CLOSE_MALFORMED = 4400
 CLOSE_DOCUMENT_FULL = 4413
 CLOSE_MESSAGE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+# Updates waiting to be stored past which the socket is read no further until they are.
+PENDING_MAX = 10_000
+# How long a closing socket waits for its received updates to be stored.
+WRITER_DRAIN_SECONDS = 10.0
 
 
 def _recipient_id_for_user(user: Any) -> int | None:
@@ -85,10 +90,15 @@ class DocumentConsumer(AsyncWebsocketConsumer):
     awareness_clocks: dict[int, int]
     outbox: EntryQueue
     sender: asyncio.Task[None] | None = None
+    # Updates received and not yet stored, and the task storing them (_store_pending).
+    pending: list[bytes]
+    pending_bytes = 0
+    writer: asyncio.Task[None] | None = None
     sweeper: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
         self.awareness_clocks = {}
+        self.pending = []
         recipient_id, close_code = await socket_authenticate(
             self.scope, user_to_recipient=sync_to_async(_recipient_id_for_user)
         )
@@ -122,6 +132,10 @@ class DocumentConsumer(AsyncWebsocketConsumer):
         if not self.joined:
             return
         assert self.document_id is not None
+        if self.writer is not None and not self.writer.done():
+            # What the client sent before it went is stored (and relayed) all the same.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self.writer), timeout=WRITER_DRAIN_SECONDS)
         relay().leave(self.document_id, self)
         for task in (self.sweeper, self.sender):
             if task is not None:
@@ -238,14 +252,40 @@ class DocumentConsumer(AsyncWebsocketConsumer):
         if not self.writes:
             self._queue(protocol.permission_denied("viewers cannot edit this document"))
             return
-        try:
-            await sync_to_async(update_store)(
-                document_id=self.document_id, data=message.payload, recipient_id=self.recipient_id
-            )
-        except UpdateRefused as refused:
-            code = {"too_large": CLOSE_MESSAGE_TOO_BIG, "document_full": CLOSE_DOCUMENT_FULL}.get(
-                refused.code, CLOSE_MALFORMED
-            )
-            await self.close(code=code, reason=refused.message[:120])
-            return
-        await self._publish(protocol.sync_update(message.payload))
+        self.pending.append(message.payload)
+        self.pending_bytes += len(message.payload)
+        if self.writer is None or self.writer.done():
+            self.writer = asyncio.create_task(self._store_pending())
+        if len(self.pending) >= PENDING_MAX or self.pending_bytes >= settings.COLLAB_UPDATE_MAX_BYTES:
+            # Read no further until what waits is stored: the client's socket backs up.
+            await asyncio.shield(self.writer)
+
+    async def _store_pending(self) -> None:
+        """Store what the client sent while the previous batch was being stored, as one
+        batch in one transaction (a group commit), then relay it: one editor typing fast
+        costs a transaction per batch, not per keystroke, and an update still reaches
+        peers only once it is stored."""
+        assert self.document_id is not None
+        while self.pending and not self.closing:
+            batch, self.pending, self.pending_bytes = self.pending, [], 0
+            try:
+                stored = await sync_to_async(updates_store)(
+                    document_id=self.document_id, updates=batch, recipient_id=self.recipient_id
+                )
+            except UpdateRefused as refused:
+                if refused.stored is not None:
+                    await self._publish(protocol.sync_update(refused.stored.data))
+                code = {"too_large": CLOSE_MESSAGE_TOO_BIG, "document_full": CLOSE_DOCUMENT_FULL}.get(
+                    refused.code, CLOSE_MALFORMED
+                )
+                self.closing = True
+                await self.close(code=code, reason=refused.message[:120])
+                return
+            except Exception:
+                # Not stored (the database went away): the client keeps its edits and sends
+                # what the server lacks when it reconnects.
+                log.exception("updates of document %s not stored; closing the socket", self.document_id)
+                self.closing = True
+                await self.close(code=CLOSE_INTERNAL)
+                return
+            await self._publish(protocol.sync_update(stored.data))

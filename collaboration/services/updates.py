@@ -44,12 +44,15 @@ class UpdateRefused(Exception):
         super().__init__(message)
         self.message = message
         self.code = code
+        # Of a batch (updates_store): what was stored of the updates before the refused one.
+        self.stored: Stored | None = None
 
 
 @dataclass(frozen=True)
 class Stored:
     update_id: int
     compaction_due: bool
+    data: bytes  # what was stored: the update, or a batch's updates merged into one
 
 
 def update_check(data: bytes) -> None:
@@ -68,7 +71,49 @@ def update_store(*, document_id: int, data: bytes, recipient_id: int | None = No
     stored then). ``compaction_due`` says enough updates wait to be merged: a compaction
     is then enqueued, once per COLLAB_COMPACT_AFTER_UPDATES stored (if the broker loses
     it, the next such count asks again)."""
-    update_check(data)
+    return updates_store(document_id=document_id, updates=[data], recipient_id=recipient_id)
+
+
+def _first_refused(updates: list[bytes]) -> tuple[int, UpdateRefused] | None:
+    """The first update of a batch that is refused, with why; None when all are good. One
+    merge checks them all at once; only a batch that fails it is checked one by one."""
+    limit = settings.COLLAB_UPDATE_MAX_BYTES
+    for index, data in enumerate(updates):
+        if len(data) > limit:
+            return index, UpdateRefused(
+                f"update of {len(data):,} bytes is over the {limit:,}-byte limit", "too_large"
+            )
+    try:
+        merge_updates(*updates, EMPTY_UPDATE)
+        return None
+    except ValueError:
+        pass
+    for index, data in enumerate(updates):
+        try:
+            update_check(data)
+        except UpdateRefused as refused:
+            return index, refused
+    return None
+
+
+def updates_store(*, document_id: int, updates: list[bytes], recipient_id: int | None = None) -> Stored:
+    """Store a batch of one editor's updates, as they came one after the other, merged into
+    one row in one transaction (``Stored.data``: the merged update, what peers are sent).
+    A refused update (``UpdateRefused``) is stored with none after it; those before it
+    are stored first. A document that would go over its size limit stores none of the
+    batch."""
+    refused = _first_refused(updates)
+    good = updates if refused is None else updates[: refused[0]]
+    stored = _store_merged(document_id, good, recipient_id) if good else None
+    if refused is not None:
+        refused[1].stored = stored
+        raise refused[1]
+    assert stored is not None
+    return stored
+
+
+def _store_merged(document_id: int, updates: list[bytes], recipient_id: int | None) -> Stored:
+    data = updates[0] if len(updates) == 1 else merge_updates(*updates)
     limit = settings.COLLAB_DOCUMENT_MAX_BYTES
     with transaction.atomic():
         with connection.cursor() as db:
@@ -89,7 +134,7 @@ def update_store(*, document_id: int, data: bytes, recipient_id: int | None = No
     due = row[0] >= every
     if due and row[0] % every == 0:
         enqueue(DOCUMENT_COMPACT, args=(document_id,))
-    return Stored(update.id, due)
+    return Stored(update.id, due, data)
 
 
 def _stored_parts(document_id: int) -> tuple[list[bytes], int]:

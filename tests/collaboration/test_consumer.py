@@ -270,3 +270,43 @@ def test_a_client_not_heard_of_within_the_timeout_is_cleared_for_every_peer(docu
         await b.ws.disconnect()
 
     run(scenario)
+
+
+def test_updates_sent_faster_than_stored_are_stored_in_batches_and_all_reach_peers(document):
+    ana, bob = member(document, "editor"), member(document, "editor")
+    keystrokes = 300
+
+    async def scenario() -> None:
+        a, b = Peer(socket(document, ana)), Peer(socket(document, bob))
+        await a.open()
+        await b.open()
+        for n in range(keystrokes):  # sent back to back, none waits for the server
+            await a.type(n, "abcdefghij"[n % 10])
+        while str(b.text) != str(a.text):
+            await b.take_update()
+        for peer in (a, b):
+            await peer.ws.disconnect()
+
+    run(scenario)
+    assert document_text(document.id) == ("abcdefghij" * 30)
+    # a transaction per batch, not per keystroke
+    assert DocumentUpdate.objects.filter(document=document).count() < keystrokes
+
+
+def test_the_updates_before_a_refused_one_are_stored_and_relayed(document, settings):
+    settings.COLLAB_UPDATE_MAX_BYTES = 4096
+    ana, bob = member(document, "editor"), member(document, "editor")
+
+    async def scenario() -> None:
+        a, b = Peer(socket(document, ana)), Peer(socket(document, bob))
+        await a.open()
+        await b.open()
+        await a.type(0, "kept")
+        await a.ws.send_to(bytes_data=protocol.sync_update(b"\x00" * 5000))
+        assert (await a.closed_with())["code"] == 1009
+        while str(b.text) != "kept":
+            await b.take_update()
+        await b.ws.disconnect()
+
+    run(scenario)
+    assert document_text(document.id) == "kept"
