@@ -54,7 +54,7 @@ from notifications.api.auth import (
     EndUserTokenAuthentication,
     ServicePrincipal,
 )
-from notifications.api.common import StrictSerializer, operation, text_field
+from notifications.api.common import StrictSerializer, errors_response, operation, text_field
 from notifications.models import KEY_VALIDATOR, Recipient
 from notifications.services.validation import EXTERNAL_ID_MAX
 from presence.services import presence_of
@@ -130,8 +130,18 @@ class DocumentCreateSerializer(StrictSerializer):
     members = serializers.ListField(child=MemberSerializer(), required=False, max_length=MEMBERS_MAX)
 
 
+def _something(attrs: dict[str, Any], fields: str) -> dict[str, Any]:
+    if not attrs:
+        raise serializers.ValidationError({"body": [f"nothing to change: give {fields}"]})
+    return attrs
+
+
 class DocumentChangeSerializer(StrictSerializer):
     schema_extra = {"minProperties": 1}
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        return _something(attrs, "title or members")
+
     title = text_field(max_length=TITLE_MAX, required=False, allow_blank=True)
     members = serializers.ListField(
         child=MemberSerializer(),
@@ -424,6 +434,10 @@ class CommentCreateSerializer(StrictSerializer):
 
 class CommentChangeSerializer(StrictSerializer):
     schema_extra = {"minProperties": 1}
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        return _something(attrs, "body or resolved")
+
     body = text_field(min_length=1, max_length=BODY_MAX, required=False)
     resolved = serializers.BooleanField(required=False)
 
@@ -483,8 +497,8 @@ def _comment_payload(
     return payload
 
 
-def _comment_refused(refused: CommentRefused) -> exceptions.APIException:
-    return exceptions.PermissionDenied(refused.message)
+def _comment_refused(refused: CommentRefused) -> Response:
+    return errors_response({refused.field: [refused.message]}, refused.status)
 
 
 class CommentListView(DocumentsApiView):
@@ -537,11 +551,11 @@ class CommentView(DocumentsApiView):
         summary="Edit a comment or resolve its thread",
         description=(
             "``body``: its author only (members newly mentioned are notified). ``resolved``: a "
-            "thread's author, an owner or an editor."
+            "thread's author, an owner or an editor; a reply is resolved with its thread (409)."
         ),
         request=CommentChangeSerializer,
         responses={200: CommentSerializer},
-        errors=[400, 403],
+        errors=[400, 403, 409],
     )
     def patch(self, request: Request, key: str, comment_id: int) -> Response:
         access = _access(request, key)
@@ -558,7 +572,7 @@ class CommentView(DocumentsApiView):
                 changes=dict(serializer.validated_data),
             )
         except CommentRefused as refused:
-            raise _comment_refused(refused) from None
+            return _comment_refused(refused)
         return Response(_comment_payload(changed))
 
     @operation(
@@ -575,5 +589,5 @@ class CommentView(DocumentsApiView):
         try:
             comment_delete(comment=comment, actor=access.recipient, role=access.role)
         except CommentRefused as refused:
-            raise _comment_refused(refused) from None
+            return _comment_refused(refused)
         return Response(status=status.HTTP_204_NO_CONTENT)

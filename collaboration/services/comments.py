@@ -61,12 +61,14 @@ MENTION_TYPE_SPEC: dict[str, Any] = {
 
 
 class CommentRefused(Exception):
-    """The caller may not do this to the comment (``status`` 403), or it is gone (404)."""
+    """The caller may not do this to the comment (``status`` 403), or the comment's state
+    does not allow it (409); ``field`` names what was refused."""
 
-    def __init__(self, message: str, status: int = 403) -> None:
+    def __init__(self, message: str, status: int = 403, field: str = "detail") -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self.field = field
 
 
 def mentioned(body: str, member_ids: Iterable[str]) -> list[str]:
@@ -214,7 +216,7 @@ def comment_update(
         raise CommentRefused("only its author may edit a comment")
     if "resolved" in changes:
         if comment.parent_id is not None:
-            raise ValidationFailed({"resolved": ["a reply is resolved with its thread: resolve the thread"]})
+            raise CommentRefused("a reply is resolved with its thread: resolve the thread", 409, "resolved")
         if not (service or is_author or role in (Role.OWNER, Role.EDITOR)):
             raise CommentRefused("only its author or an editor may resolve a thread")
     with transaction.atomic():

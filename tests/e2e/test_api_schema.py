@@ -51,6 +51,12 @@ def seed(stack: Stack) -> str:
         assert response.status_code == 201, response.text
     subscribed = api.post("/api/v1/topics/schema.news/subscribers/", json={"recipients": ["schema-alice"]})
     assert subscribed.status_code == 200, subscribed.text
+    document = {
+        "key": "schema.doc",
+        "kind": "text",
+        "members": [{"recipient": "schema-alice", "role": "owner"}],
+    }
+    assert api.post("/api/v1/documents/", json=document).status_code == 201
     return stack.token("schema-alice")
 
 
