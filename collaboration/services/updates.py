@@ -1,8 +1,9 @@
 """A document's updates: stored before any peer hears of them, merged on load, compacted.
 
-An update is checked (its size, and that Yjs can read it) and stored in one transaction
+An update is checked (its size, and that Yjs can read it) and stored by one statement
 that also adds its bytes to the document's count, so a document over its size limit is
-refused without reading it and a refused update leaves nothing behind. Nothing of a
+refused without reading it and a refused update leaves nothing behind; one round trip to
+PostgreSQL per stored batch (a socket's group commit, collaboration/consumers.py). Nothing of a
 document is kept in a process's memory: its state is its snapshot merged with the updates
 stored since, read in one statement (``document_state``), so any number of processes can
 serve one document and a restart loses nothing that was acknowledged.
@@ -113,28 +114,47 @@ def updates_store(*, document_id: int, updates: list[bytes], recipient_id: int |
 
 
 def _store_merged(document_id: int, updates: list[bytes], recipient_id: int | None) -> Stored:
+    """One statement, atomic on its own (no BEGIN and COMMIT around it): the document's
+    byte count grows only if it stays within its limit, and the update is inserted only
+    then. One round trip per batch."""
     data = updates[0] if len(updates) == 1 else merge_updates(*updates)
     limit = settings.COLLAB_DOCUMENT_MAX_BYTES
-    with transaction.atomic():
-        with connection.cursor() as db:
-            db.execute(
-                f"""UPDATE {Document._meta.db_table}
-                    SET stored_bytes = stored_bytes + %s, tail_updates = tail_updates + 1, updated_at = %s
-                    WHERE id = %s AND stored_bytes + %s <= %s
-                    RETURNING tail_updates""",
-                [len(data), timezone.now(), document_id, len(data), limit],
-            )
-            row = db.fetchone()
-        if row is None:
-            if not Document.objects.filter(id=document_id).exists():
-                raise Document.DoesNotExist(f"document {document_id}")
-            raise UpdateRefused(f"document is full: it may hold {limit:,} bytes", "document_full")
-        update = DocumentUpdate.objects.create(document_id=document_id, data=data, recipient_id=recipient_id)
+    documents, stored = Document._meta.db_table, DocumentUpdate._meta.db_table
+    now = timezone.now()
+    with connection.cursor() as db:
+        db.execute(
+            f"""WITH counted AS (
+                    UPDATE {documents}
+                    SET stored_bytes = stored_bytes + %(size)s, tail_updates = tail_updates + 1,
+                        updated_at = %(now)s
+                    WHERE id = %(document)s AND stored_bytes + %(size)s <= %(limit)s
+                    RETURNING id, tail_updates
+                ), added AS (
+                    INSERT INTO {stored} (document_id, data, recipient_id, created_at)
+                    SELECT id, %(data)s, %(recipient)s, %(now)s FROM counted
+                    RETURNING id
+                )
+                SELECT added.id, counted.tail_updates FROM added, counted""",
+            {
+                "size": len(data),
+                "now": now,
+                "document": document_id,
+                "limit": limit,
+                "data": data,
+                "recipient": recipient_id,
+            },
+        )
+        row = db.fetchone()
+    if row is None:
+        if not Document.objects.filter(id=document_id).exists():
+            raise Document.DoesNotExist(f"document {document_id}")
+        raise UpdateRefused(f"document is full: it may hold {limit:,} bytes", "document_full")
+    update_id, tail = int(row[0]), int(row[1])
     every = settings.COLLAB_COMPACT_AFTER_UPDATES
-    due = row[0] >= every
-    if due and row[0] % every == 0:
+    due = tail >= every
+    if due and tail % every == 0:
         enqueue(DOCUMENT_COMPACT, args=(document_id,))
-    return Stored(update.id, due, data)
+    return Stored(update_id, due, data)
 
 
 def _stored_parts(document_id: int) -> tuple[list[bytes], int]:
