@@ -1,9 +1,18 @@
 // Bundles the pinned third-party JavaScript into the static files (make assets). The
 // output is committed: make run serves it without Node.js.
+//
+// The editor bundle's banner carries a hash of its entry, this script and package-lock.json
+// (tests/collaboration/test_page.py recomputes it): a change to any of them that was not
+// rebuilt fails that test instead of shipping a stale bundle.
+import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { build } from "esbuild";
 
-const chartVersion = JSON.parse(readFileSync("node_modules/chart.js/package.json", "utf8")).version;
+function versionOf(name) {
+  return JSON.parse(readFileSync(`node_modules/${name}/package.json`, "utf8")).version;
+}
+
+const chartVersion = versionOf("chart.js");
 
 await build({
   entryPoints: ["assets/charts-entry.js"],
@@ -16,3 +25,64 @@ await build({
   outfile: "notifications/static/notifications/vendor/chart.js",
 });
 console.log(`notifications/static/notifications/vendor/chart.js: Chart.js ${chartVersion}`);
+
+// --- the collaborative editor (collaboration/templates/collaboration/document.html) ---
+
+const COLLAB_ENTRY = "assets/collab-entry.js";
+const COLLAB_OUT = "collaboration/static/collaboration/vendor/collab.js";
+const COLLAB_PACKAGES = [
+  "yjs",
+  "y-websocket",
+  "y-protocols",
+  "y-prosemirror",
+  "@tiptap/core",
+  "@tiptap/starter-kit",
+  "@tiptap/extension-collaboration",
+  "@tiptap/extension-collaboration-cursor",
+  "codemirror",
+  "@codemirror/state",
+  "@codemirror/view",
+  "y-codemirror.next",
+  "diff",
+];
+
+const sourcesHash = createHash("sha256")
+  .update(readFileSync(COLLAB_ENTRY))
+  .update(readFileSync("assets/build.mjs"))
+  .update(readFileSync("package-lock.json"))
+  .digest("hex");
+const versions = COLLAB_PACKAGES.map((name) => `${name} ${versionOf(name)}`).join(", ");
+
+const collab = await build({
+  entryPoints: [COLLAB_ENTRY],
+  bundle: true,
+  format: "esm",
+  minify: true,
+  target: ["es2020"],
+  legalComments: "eof",
+  metafile: true,
+  banner: {
+    js:
+      `/* Collaborative editor bundle: ${versions} (MIT; diff BSD-3-Clause). ` +
+      `Bundled by assets/build.mjs from ${COLLAB_ENTRY}; rebuild with make assets. ` +
+      `sources-sha256: ${sourcesHash} */`,
+  },
+  outfile: COLLAB_OUT,
+});
+
+// Two copies of Yjs (or of ProseMirror's model, or CodeMirror's state) in one page break
+// the editors in ways that are hard to see: "Unexpected content type", lost bindings.
+const inputs = Object.keys(collab.metafile.inputs);
+for (const name of ["yjs", "prosemirror-model", "prosemirror-state", "@codemirror/state", "lib0"]) {
+  const roots = new Set(
+    inputs
+      .map((path) => path.match(new RegExp(`^(.*node_modules/${name.replace("/", "\\/")})/`)))
+      .filter(Boolean)
+      .map((match) => match[1]),
+  );
+  if (roots.size > 1) {
+    throw new Error(`${COLLAB_OUT} holds ${roots.size} copies of ${name}: ${[...roots].join(", ")}`);
+  }
+}
+const bytes = collab.metafile.outputs[COLLAB_OUT].bytes;
+console.log(`${COLLAB_OUT}: ${(bytes / 1024).toFixed(0)} KiB; ${versions}`);

@@ -2,11 +2,12 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+import collaboration.views as collaboration_pages
 import notifications.observability as observability
-from collaboration import urls as collaboration_urls
 import notifications.preference_pages as preference_pages
 import notifications.provider_webhooks as provider_webhooks
 import notifications.views as pages
+from collaboration import urls as collaboration_urls
 from notifications.api import urls as api_urls
 
 urlpatterns = [
@@ -36,6 +37,7 @@ urlpatterns = [
     path("inbox/", pages.inbox_page, name="inbox"),
     path("inbox/token/", pages.inbox_token, name="inbox-token"),
     path("accounts/", include("django.contrib.auth.urls")),
+    path("docs/<str:key>/", collaboration_pages.document_page, name="document-page"),
     path("sse/inbox/", pages.sse_inbox, name="sse-inbox"),
     path("unsubscribe/<str:token>/", pages.unsubscribe, name="unsubscribe"),
     path("preferences/", preference_pages.preferences_page, name="preferences"),
