@@ -37,6 +37,7 @@ urlpatterns = [
     path("inbox/", pages.inbox_page, name="inbox"),
     path("inbox/token/", pages.inbox_token, name="inbox-token"),
     path("accounts/", include("django.contrib.auth.urls")),
+    path("docs/", collaboration_pages.documents_page, name="documents-page"),
     path("docs/<str:key>/", collaboration_pages.document_page, name="document-page"),
     path("sse/inbox/", pages.sse_inbox, name="sse-inbox"),
     path("unsubscribe/<str:token>/", pages.unsubscribe, name="unsubscribe"),

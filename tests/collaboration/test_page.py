@@ -15,6 +15,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from collaboration.models import Document
+from collaboration.selectors import document_by_key, member_role
 from collaboration.services.documents import document_create
 from notifications.models import Recipient
 from tests.notifications.factories import RecipientFactory
@@ -167,3 +168,27 @@ def test_the_editor_bundle_names_the_pinned_versions_it_holds() -> None:
     ):
         assert re.fullmatch(r"\d+\.\d+\.\d+", pins[name]), f"{name} is not pinned exactly: {pins[name]}"
         assert f"{name} {pins[name]}" in banner
+
+
+@pytest.mark.django_db
+def test_the_documents_page_lists_a_users_documents_and_creates_one_they_own(client: Any) -> None:
+    user = get_user_model().objects.create_user("lee", password="pw")
+    lee = RecipientFactory(external_id="lee", user=user)
+    other = RecipientFactory(external_id="other")
+    document_create(key="lees", title="Lee's notes", members=[{"recipient": "lee", "role": "editor"}])
+    document_create(
+        key="secret", title="Not Lee's", members=[{"recipient": other.external_id, "role": "owner"}]
+    )
+    client.force_login(user)
+
+    listed = client.get("/docs/")
+    created = client.post("/docs/", {"key": "plan", "title": "Plan", "kind": "text"})
+    refused = client.post("/docs/", {"key": "Bad Key", "title": "", "kind": "slides"})
+
+    assert listed.status_code == 200
+    assert "Lee&#x27;s notes" in listed.content.decode() and "Not Lee" not in listed.content.decode()
+    assert created.status_code == 302 and created["Location"] == "/docs/plan/"
+    plan = document_by_key("plan")
+    assert plan is not None and member_role(document_id=plan.id, recipient_id=lee.id) == "owner"
+    assert refused.status_code == 400
+    assert refused.context["errors"].keys() == {"key", "kind"}

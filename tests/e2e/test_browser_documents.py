@@ -412,3 +412,27 @@ def test_the_people_panel_shows_who_is_here_online_or_offline(
     inbox.close()
     presence("cy-park").filter(has_text="offline").wait_for(timeout=40_000)
     cy.close()
+
+
+def test_the_documents_page_lists_them_and_its_form_creates_one(demo: Any, stack: Stack) -> None:
+    listed = _document(stack, "text", "Listed on the documents page")
+    page = demo.new_page()
+    page.goto(f"{stack.web_url}/docs/")
+    assert page.locator(".docs-table").get_by_text("Listed on the documents page").is_visible()
+    page.fill("#new-key", "Not A Key")
+    page.click(".docs-new [type=submit]")
+    page.locator("#new-key-error").wait_for(timeout=TIMEOUT_MS)
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "documents-list.png"), full_page=True)
+    created = f"made-{uuid.uuid4().hex[:6]}"
+    page.fill("#new-key", created)
+    page.fill("#new-title-input", "Made from the form")
+    page.check("input[name=kind][value=text]")
+    page.click(".docs-new [type=submit]")
+    page.wait_for_url(f"{stack.web_url}/docs/{created}/", timeout=TIMEOUT_MS)
+    _wait_synced(page)
+    assert page.locator("#doc-role").inner_text().startswith("Owner")
+    page.goto(f"{stack.web_url}/docs/")
+    assert page.locator(".docs-table").get_by_text("Made from the form").is_visible()
+    assert listed
+    page.close()
