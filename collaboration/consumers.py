@@ -46,12 +46,13 @@ from collaboration.services.awareness import (
 from collaboration.services.relay import CLOSE_REJOIN, relay, relay_publish
 from collaboration.services.updates import (
     EMPTY_UPDATE,
+    Batch,
     UpdateRefused,
     document_state,
     state_missing,
     state_vector,
-    updates_store,
 )
+from collaboration.services.writer import writer
 from notifications.selectors import recipient_for_user
 from realtime.auth import socket_authenticate
 from realtime.queues import EntryQueue
@@ -262,16 +263,14 @@ class DocumentConsumer(AsyncWebsocketConsumer):
 
     async def _store_pending(self) -> None:
         """Store what the client sent while the previous batch was being stored, as one
-        batch in one transaction (a group commit), then relay it: one editor typing fast
-        costs a transaction per batch, not per keystroke, and an update still reaches
-        peers only once it is stored."""
+        batch (with other sockets' batches, in one transaction: collaboration/services/
+        writer.py), then relay it: one editor typing fast costs a row per batch, not per
+        keystroke, and an update still reaches peers only once it is stored."""
         assert self.document_id is not None
         while self.pending and not self.closing:
             batch, self.pending, self.pending_bytes = self.pending, [], 0
             try:
-                stored = await sync_to_async(updates_store)(
-                    document_id=self.document_id, updates=batch, recipient_id=self.recipient_id
-                )
+                stored = await writer().store(Batch(self.document_id, batch, self.recipient_id))
             except UpdateRefused as refused:
                 if refused.stored is not None:
                     await self._publish(protocol.sync_update(refused.stored.data))

@@ -113,6 +113,35 @@ def updates_store(*, document_id: int, updates: list[bytes], recipient_id: int |
     return stored
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One socket's updates to store (``updates_store_many``)."""
+
+    document_id: int
+    updates: list[bytes]
+    recipient_id: int | None = None
+
+
+def updates_store_many(batches: list[Batch]) -> list[Stored | UpdateRefused]:
+    """Store the batches of several sockets, of any documents, in one transaction: one
+    commit (one WAL flush) for all of them. Each batch gets what ``updates_store`` would
+    have returned or raised, in order. The documents' rows are locked in id order, so two
+    processes storing at once cannot deadlock. An error of the database fails them all
+    (nothing is stored; the sockets' clients send their edits again when they reconnect)."""
+    results: dict[int, Stored | UpdateRefused] = {}
+    order = sorted(range(len(batches)), key=lambda index: batches[index].document_id)
+    with transaction.atomic():
+        for index in order:
+            batch = batches[index]
+            try:
+                results[index] = updates_store(
+                    document_id=batch.document_id, updates=batch.updates, recipient_id=batch.recipient_id
+                )
+            except UpdateRefused as refused:
+                results[index] = refused
+    return [results[index] for index in range(len(batches))]
+
+
 def _store_merged(document_id: int, updates: list[bytes], recipient_id: int | None) -> Stored:
     """One statement, atomic on its own (no BEGIN and COMMIT around it): the document's
     byte count grows only if it stays within its limit, and the update is inserted only

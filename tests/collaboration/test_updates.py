@@ -3,16 +3,20 @@ load, compacted without losing an edit."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.db import connections
 from pycrdt import Doc, Text
 
 from collaboration.models import Document, DocumentSnapshot, DocumentUpdate
 from collaboration.services.updates import (
     EMPTY_UPDATE,
+    Batch,
+    Stored,
     UpdateRefused,
     document_compact,
     document_state,
@@ -20,7 +24,9 @@ from collaboration.services.updates import (
     state_missing,
     state_vector,
     update_store,
+    updates_store_many,
 )
+from collaboration.services.writer import writer
 
 pytestmark = pytest.mark.django_db
 
@@ -207,3 +213,43 @@ def test_edits_stored_while_compactions_run_are_all_kept_and_every_read_is_whole
     held = len(bytes(snapshot.data)) if snapshot else 0
     held += sum(len(bytes(u.data)) for u in DocumentUpdate.objects.filter(document=document))
     assert document.stored_bytes == held
+
+
+def test_several_sockets_batches_are_stored_in_one_transaction_each_with_its_result(document, settings):
+    settings.COLLAB_DOCUMENT_MAX_BYTES = 4096
+    other, full = Document.objects.create(key="other"), Document.objects.create(key="full", stored_bytes=4096)
+    ana, bob, cy = Editor(), Editor(), Editor()
+    batches = [
+        Batch(document.id, [ana.edit(0, "a"), ana.edit(1, "b")]),
+        Batch(full.id, [cy.edit(0, "no room")]),
+        Batch(other.id, [bob.edit(0, "x")]),
+        Batch(document.id, [b"not yjs"]),
+    ]
+
+    results = updates_store_many(batches)
+
+    assert isinstance(results[0], Stored) and isinstance(results[2], Stored)
+    assert isinstance(results[1], UpdateRefused) and results[1].code == "document_full"
+    assert isinstance(results[3], UpdateRefused) and results[3].code == "malformed"
+    assert (document_text(document.id), document_text(other.id), document_text(full.id)) == ("ab", "x", "")
+    # one row per socket's batch: its updates merged
+    assert DocumentUpdate.objects.filter(document=document).count() == 1
+
+
+def test_the_process_writer_hands_each_socket_its_own_result(document):
+    ana = Editor()
+
+    async def scenario() -> list[object]:
+        shared = writer()
+        return await asyncio.gather(
+            shared.store(Batch(document.id, [ana.edit(0, "one ")])),
+            shared.store(Batch(document.id, [ana.edit(4, "two")])),
+            shared.store(Batch(document.id, [b"junk"])),
+            return_exceptions=True,
+        )
+
+    first, second, third = async_to_sync(scenario)()
+
+    assert isinstance(first, Stored) and isinstance(second, Stored)
+    assert isinstance(third, UpdateRefused)
+    assert document_text(document.id) == "one two"
