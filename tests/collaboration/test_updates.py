@@ -239,7 +239,7 @@ def test_several_sockets_batches_are_stored_in_one_transaction_each_with_its_res
 def test_the_process_writer_hands_each_socket_its_own_result(document):
     ana = Editor()
 
-    async def scenario() -> list[object]:
+    async def scenario() -> tuple[Stored | BaseException, ...]:
         shared = writer()
         return await asyncio.gather(
             shared.store(Batch(document.id, [ana.edit(0, "one ")])),
