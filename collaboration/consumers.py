@@ -94,7 +94,7 @@ class DocumentConsumer(AsyncWebsocketConsumer):
     # Updates received and not yet stored, and the task storing them (_store_pending).
     pending: list[bytes]
     pending_bytes = 0
-    writer: asyncio.Task[None] | None = None
+    storing: asyncio.Task[None] | None = None
     sweeper: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
@@ -133,10 +133,10 @@ class DocumentConsumer(AsyncWebsocketConsumer):
         if not self.joined:
             return
         assert self.document_id is not None
-        if self.writer is not None and not self.writer.done():
+        if self.storing is not None and not self.storing.done():
             # What the client sent before it went is stored (and relayed) all the same.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self.writer), timeout=WRITER_DRAIN_SECONDS)
+                await asyncio.wait_for(asyncio.shield(self.storing), timeout=WRITER_DRAIN_SECONDS)
         relay().leave(self.document_id, self)
         for task in (self.sweeper, self.sender):
             if task is not None:
@@ -255,11 +255,11 @@ class DocumentConsumer(AsyncWebsocketConsumer):
             return
         self.pending.append(message.payload)
         self.pending_bytes += len(message.payload)
-        if self.writer is None or self.writer.done():
-            self.writer = asyncio.create_task(self._store_pending())
+        if self.storing is None or self.storing.done():
+            self.storing = asyncio.create_task(self._store_pending())
         if len(self.pending) >= PENDING_MAX or self.pending_bytes >= settings.COLLAB_UPDATE_MAX_BYTES:
             # Read no further until what waits is stored: the client's socket backs up.
-            await asyncio.shield(self.writer)
+            await asyncio.shield(self.storing)
 
     async def _store_pending(self) -> None:
         """Store what the client sent while the previous batch was being stored, as one
@@ -267,7 +267,7 @@ class DocumentConsumer(AsyncWebsocketConsumer):
         writer.py), then relay it: one editor typing fast costs a row per batch, not per
         keystroke, and an update still reaches peers only once it is stored."""
         assert self.document_id is not None
-        while self.pending and not self.closing:
+        while self.pending:  # stored even while closing: the client sent them
             batch, self.pending, self.pending_bytes = self.pending, [], 0
             try:
                 stored = await writer().store(Batch(self.document_id, batch, self.recipient_id))
