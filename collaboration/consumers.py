@@ -150,6 +150,17 @@ class DocumentConsumer(AsyncWebsocketConsumer):
                 await awareness_forget(self.document_id, list(self.awareness_clocks))
                 await self._publish(protocol.awareness_message(protocol.awareness_update(gone)))
 
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Channels closes stale database connections before every message it dispatches,
+        a hop to the process's database thread and back. A client's frames touch no
+        database here (storing is the writer's, which checks its connection itself), and
+        that hop waited behind the writer's commits: a fast typist's frames were read one
+        per commit and stored one per row. Connect and disconnect keep it."""
+        if message["type"] == "websocket.receive":
+            await self.websocket_receive(message)
+            return
+        await super().dispatch(message)
+
     # --- what the relay hands over: queue and return, never await the socket -------------
 
     def deliver(self, message: bytes) -> None:

@@ -20,7 +20,7 @@ from difflib import SequenceMatcher
 from typing import Any, cast
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 from pycrdt import Doc, Text, XmlElement, XmlFragment, XmlText, get_state, get_update, merge_updates
 
@@ -130,6 +130,11 @@ def updates_store_many(batches: list[Batch]) -> list[Stored | UpdateRefused]:
     (nothing is stored; the sockets' clients send their edits again when they reconnect)."""
     results: dict[int, Stored | UpdateRefused] = {}
     order = sorted(range(len(batches)), key=lambda index: batches[index].document_id)
+    # What Channels does before each message a consumer handles: a connection that broke
+    # or outlived CONN_MAX_AGE is replaced rather than failing every group from now on
+    # (never inside a caller's transaction: its connection must stay).
+    if not connection.in_atomic_block:
+        close_old_connections()
     with transaction.atomic():
         for index in order:
             batch = batches[index]
