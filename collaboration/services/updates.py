@@ -217,6 +217,20 @@ def _merged(parts: list[bytes]) -> bytes:
     return parts[0] if len(parts) == 1 else merge_updates(*parts)
 
 
+def _squashed(parts: list[bytes]) -> bytes:
+    """The parts applied to one document and encoded again: what a Yjs client would send
+    of the same state. ``merge_updates`` only concatenates structs, so a snapshot built
+    with it kept every keystroke's header and grew with the edits (3.4 MB against 365 KB
+    for the benchmark's trace, docs/benchmarks.md P7) and loaded slowly."""
+    doc: Doc[Any] = Doc()
+    for part in parts:
+        doc.apply_update(part)
+    # An update waiting for one it depends on is left out of the encoding. Only an update
+    # built on a refused one waits like that (what peers are sent is stored first), and no
+    # client can show it either: it would wait for ever.
+    return doc.get_update()
+
+
 def document_state(document_id: int) -> bytes:
     """The whole document as one Yjs update."""
     parts, _ = _stored_parts(document_id)
@@ -245,7 +259,7 @@ def document_compact(document_id: int) -> int:
         parts, last = _stored_parts(document_id)
         if last == 0:
             return 0
-        merged = _merged(parts)
+        merged = _squashed(parts)
         DocumentSnapshot.objects.update_or_create(
             document_id=document_id,
             defaults={"data": merged, "upto_update_id": last, "updated_at": timezone.now()},

@@ -253,3 +253,15 @@ def test_the_process_writer_hands_each_socket_its_own_result(document):
     assert isinstance(first, Stored) and isinstance(second, Stored)
     assert isinstance(third, UpdateRefused)
     assert document_text(document.id) == "one two"
+
+
+def test_a_compacted_snapshot_is_as_small_as_a_yjs_clients_own_encoding(document):
+    ana = Editor()
+    for n in range(300):
+        update_store(document_id=document.id, data=ana.edit(n, "x"))
+
+    document_compact(document.id)
+
+    snapshot = bytes(DocumentSnapshot.objects.get(document=document).data)
+    assert len(snapshot) == len(ana.doc.get_update())
+    assert document_text(document.id) == "x" * 300
