@@ -37,6 +37,7 @@ migrate: venv services
 
 run: venv services migrate
 	$(PYTHON) manage.py seed_demo
+	$(PYTHON) manage.py seed_demo_documents
 	exec $(PYTHON) manage.py run_platform
 
 lint: venv
@@ -51,6 +52,7 @@ typecheck: venv
 test: venv
 	@bash scripts/ensure_services.sh --rabbitmq
 	@bash scripts/ensure_browser.sh
+	@bash scripts/ensure_node_modules.sh
 	$(RUFF) check .
 	$(RUFF) format --check .
 	DJANGO_SETTINGS_MODULE=project.settings.test $(LINT_IMPORTS)

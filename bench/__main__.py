@@ -15,6 +15,7 @@ print their figures, and (unless ``--no-write``) record them in ``docs/benchmark
     python -m bench p1-against --against c0fea50     # P1 here and at another revision, in turns
     python -m bench bulk --events 50000              # POST /api/v1/events/bulk/, accepted and delivered
     python -m bench p2-curve --rates 25,100,200,400  # P2 at each rate, and the highest that holds p99
+    python -m bench p7 --p7-operations 259778        # collaborative documents: trace, editing load, OT
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 from bench import (
     bulk_events,
+    editing_trace,
     kill_sends,
     memory,
     p1_against,
@@ -35,6 +37,7 @@ from bench import (
     p3_presence,
     p4_push,
     p5_campaign,
+    p7_collab,
     provider_sends,
     report,
 )
@@ -62,6 +65,7 @@ BENCHMARKS = (
     "p1-against",
     "bulk",
     "p2-curve",
+    "p7",
 )
 # uvicorn's own websocket protocol, measured beside the platform's (realtime/uvicorn_websocket.py).
 STOCK_UVICORN_WS = "websockets-sansio"
@@ -185,6 +189,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="p2-curve: bisection steps for the highest rate (default 3)",
     )
     parser.add_argument("--events", type=int, default=50_000, help="bulk: events in all (default 50,000)")
+    parser.add_argument(
+        "--p7-operations",
+        type=int,
+        default=editing_trace.B4_OPERATIONS,
+        help="p7: operations of the editing trace (default 259,778: B4's size)",
+    )
+    parser.add_argument(
+        "--p7-documents", type=int, default=20, help="p7: documents of the editing load (default 20)"
+    )
+    parser.add_argument("--p7-editors", type=int, default=5, help="p7: editors per document (default 5)")
+    parser.add_argument(
+        "--p7-rate", type=float, default=5.0, help="p7: edits per second per editor (default 5)"
+    )
+    parser.add_argument(
+        "--p7-seconds", type=float, default=30.0, help="p7: seconds of editing load (default 30)"
+    )
+    parser.add_argument(
+        "--p7-one-at-a-time",
+        type=int,
+        default=2_000,
+        help="p7: operations sent one at a time in each mode (default 2,000; 0: skip)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print figures only; leave docs/ alone")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
@@ -432,6 +458,21 @@ def run_p2_curve(args: argparse.Namespace, template: str) -> dict[str, Any]:
     }
 
 
+def run_p7(args: argparse.Namespace, template: str) -> dict[str, Any]:
+    result = p7_collab.run(
+        template=template,
+        operations=args.p7_operations,
+        documents=args.p7_documents,
+        editors=args.p7_editors,
+        rate=args.p7_rate,
+        seconds=args.p7_seconds,
+        sequential=args.p7_one_at_a_time,
+        progress=not args.no_progress,
+    )
+    print(result.summary(), flush=True)
+    return {"p7": result.as_dict()}
+
+
 def run_bulk(args: argparse.Namespace, template: str) -> dict[str, Any]:
     result = bulk_events.run(template=template, events=args.events, progress=not args.no_progress)
     print(result.summary(), flush=True)
@@ -455,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
             ("sends", run_sends),
             ("p5", run_p5),
             ("kill-sends", run_kill_sends),
+            ("p7", run_p7),
             ("p1-against", run_p1_against),
         )
         if args.benchmark == name or (args.benchmark == "all" and name != "p1-against")
