@@ -87,7 +87,10 @@ class Access:
 
 def _caller(request: Request) -> Recipient | None:
     if isinstance(request.user, EndUserPrincipal):
-        return Recipient.objects.get(id=request.user.recipient_id)
+        recipient = Recipient.objects.filter(id=request.user.recipient_id).first()
+        if recipient is None:  # deleted since its token was issued
+            raise exceptions.AuthenticationFailed("this token's recipient no longer exists")
+        return recipient
     return None
 
 

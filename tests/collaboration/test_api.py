@@ -287,3 +287,13 @@ def test_deleting_a_document_takes_its_history_and_comments(
     assert not (
         Document.objects.exists() or DocumentVersion.objects.exists() or DocumentComment.objects.exists()
     )
+
+
+def test_a_token_whose_recipient_was_deleted_is_refused(team: dict[str, Any], user_client: Clients) -> None:
+    client = user_client(team["dee"].id)
+    team["dee"].delete()
+
+    response = client.get("/api/v1/documents/")
+
+    assert response.status_code == 401
+    assert "no longer exists" in response.json()["errors"]["authorization"][0]
