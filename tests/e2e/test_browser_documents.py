@@ -16,6 +16,7 @@ import pytest
 
 from project.processes.waiting import wait_until
 from tests.e2e.conftest import Stack, debian_chromium, log_in_as_demo, platform_stack
+from tests.e2e.test_collab_e2e import yjs_clients
 
 pytestmark = pytest.mark.xdist_group("browser-documents")
 
@@ -435,4 +436,40 @@ def test_the_documents_page_lists_them_and_its_form_creates_one(demo: Any, stack
     page.goto(f"{stack.web_url}/docs/")
     assert page.locator(".docs-table").get_by_text("Made from the form").is_visible()
     assert listed
+    page.close()
+
+
+def test_the_page_and_two_node_yjs_clients_edit_one_document_at_once_and_converge(
+    demo: Any, stack: Stack
+) -> None:
+    """The page's editor and two stock y-websocket clients in Node.js (tests/e2e/yjs_client.mjs)
+    type into one plain-text document at the same time."""
+    (one_id, one_token), (two_id, two_token) = (
+        stack.create_recipient("node-one"),
+        stack.create_recipient("node-two"),
+    )
+    key = _document(stack, "text", "Page and Node clients", more=(one_id, two_id))
+    page = _open(demo, stack, key)
+    _type_lines(page, "text", ["Page:"])
+    specs = [("node-one", stack.ws_url, key, one_token), ("node-two", stack.ws_url, key, two_token)]
+    with yjs_clients(*specs) as (one, two):
+        one.wait_synced()
+        two.wait_synced()
+        page.click(SURFACE["text"])
+        page.keyboard.press("Control+End")
+        for n in range(10):
+            page.keyboard.type(f" p{n}")
+            one.append(f" o{n}")
+            two.append(f" t{n}")
+
+        def agreed() -> str | None:
+            texts = {_text(page), one.text(), two.text(), _server_text(stack, key)}
+            return texts.pop() if len(texts) == 1 else None
+
+        final = wait_until(
+            agreed, 20, interval=0.2, message="the page, the Node clients and the server differ"
+        )
+    for n in range(10):
+        assert f" p{n}" in final and f" o{n}" in final and f" t{n}" in final
+    assert final.startswith("Page:")
     page.close()
