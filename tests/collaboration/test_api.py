@@ -4,17 +4,22 @@ mentions that reach the mentioned member's inbox."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 from pycrdt import Doc, Text, XmlElement, XmlFragment, XmlText
 from rest_framework.test import APIClient
 
 from collaboration.models import Document, DocumentComment, DocumentVersion
 from collaboration.services.documents import document_create
 from collaboration.services.updates import document_state, update_store
-from notifications.models import InboxItem
+from notifications.models import Delivery, InboxItem
+from notifications.services.planning import ACTIVE_IN_APP
+from realtime.redis_client import redis_async
+from realtime.registry import connection_activity, connection_register
 from tests.notifications.factories import RecipientFactory
 
 pytestmark = pytest.mark.django_db
@@ -297,3 +302,37 @@ def test_a_token_whose_recipient_was_deleted_is_refused(team: dict[str, Any], us
 
     assert response.status_code == 401
     assert "no longer exists" in response.json()["errors"]["authorization"][0]
+
+
+def test_a_mention_emails_only_a_member_who_is_not_active_in_the_app(
+    user_client: Clients, django_capture_on_commit_callbacks: Any
+) -> None:
+    author = RecipientFactory(external_id="writer", name="Writer")
+    online = RecipientFactory(id=random.randint(10**12, 2**62), external_id="online", email="on@example.com")
+    away = RecipientFactory(id=random.randint(10**12, 2**62), external_id="away", email="away@example.com")
+    members = [{"recipient": who, "role": "editor"} for who in ("writer", "online", "away")]
+    document_create(key="team.mentions", title="Mentions", members=members)
+    _tab(online.id)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = user_client(author.id).post(
+            "/api/v1/documents/team.mentions/comments/", {"body": "@online and @away, look"}, format="json"
+        )
+
+    assert response.status_code == 201, response.json()
+    email = {row.recipient_id: row for row in Delivery.objects.filter(channel="email")}
+    assert (email[online.id].status, email[online.id].reason) == ("suppressed", ACTIVE_IN_APP)
+    assert email[away.id].status != "suppressed"
+    assert InboxItem.objects.filter(recipient__in=[online, away]).count() == 2
+
+
+def _tab(recipient_id: int) -> None:
+    """An open, active tab of the recipient, as the inbox socket registers it."""
+
+    async def register() -> None:
+        client = redis_async()
+        tab = f"tab-{recipient_id}"
+        await connection_register(client, recipient_id=recipient_id, connection=tab)
+        await connection_activity(client, recipient_id=recipient_id, connection=tab, state="active")
+
+    async_to_sync(register)()
