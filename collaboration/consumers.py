@@ -34,9 +34,8 @@ from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from collaboration import selectors
-from collaboration.models import WRITING_ROLES
 from collaboration.services import protocol
+from collaboration.services.access import CLOSE_MALFORMED, socket_member
 from collaboration.services.awareness import (
     awareness_current,
     awareness_expire,
@@ -53,17 +52,12 @@ from collaboration.services.updates import (
     state_vector,
 )
 from collaboration.services.writer import writer
-from notifications.selectors import recipient_for_user
-from realtime.auth import socket_authenticate
 from realtime.queues import EntryQueue
 from realtime.redis_client import redis_async
 
 log = logging.getLogger(__name__)
 
-# Close codes (the application's own range, as realtime/auth.py's).
-CLOSE_NOT_A_MEMBER = 4403
-CLOSE_NO_DOCUMENT = 4404
-CLOSE_MALFORMED = 4400
+# Close codes besides collaboration/services/access.py's.
 CLOSE_DOCUMENT_FULL = 4413
 CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
@@ -71,11 +65,6 @@ CLOSE_INTERNAL = 1011
 PENDING_MAX = 10_000
 # How long a closing socket waits for its received updates to be stored.
 WRITER_DRAIN_SECONDS = 10.0
-
-
-def _recipient_id_for_user(user: Any) -> int | None:
-    recipient = recipient_for_user(user=user)
-    return recipient.id if recipient is not None else None
 
 
 class DocumentConsumer(AsyncWebsocketConsumer):
@@ -100,23 +89,13 @@ class DocumentConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         self.awareness_clocks = {}
         self.pending = []
-        recipient_id, close_code = await socket_authenticate(
-            self.scope, user_to_recipient=sync_to_async(_recipient_id_for_user)
-        )
-        if recipient_id is None:
-            await self.close(code=close_code)
+        member = await socket_member(self.scope)
+        if isinstance(member, int):
+            await self.close(code=member)
             return
-        key = self.scope["url_route"]["kwargs"]["key"]
-        document = await sync_to_async(selectors.document_by_key)(key)
-        if document is None:
-            await self.close(code=CLOSE_NO_DOCUMENT)
-            return
-        role = await sync_to_async(selectors.member_role)(document_id=document.id, recipient_id=recipient_id)
-        if role is None:
-            await self.close(code=CLOSE_NOT_A_MEMBER)
-            return
-        self.document_id, self.recipient_id = document.id, recipient_id
-        self.writes = role in WRITING_ROLES
+        document = member.document
+        self.document_id, self.recipient_id = document.id, member.recipient_id
+        self.writes = member.writes
         self.origin = uuid.uuid4().hex
         self.outbox = EntryQueue(settings.COLLAB_SOCKET_QUEUE_MAX)
         # Joined before the state is read, so nothing stored after that read is missed.

@@ -36,25 +36,16 @@ from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from collaboration import ot_selectors, selectors
-from collaboration.models import WRITING_ROLES, DocumentKind
+from collaboration import ot_selectors
+from collaboration.models import DocumentKind
+from collaboration.services.access import CLOSE_MALFORMED, CLOSE_NO_DOCUMENT, socket_member
 from collaboration.services.ot import OtRefused, ot_submit
-from notifications.selectors import recipient_for_user
-from realtime.auth import socket_authenticate
 
-CLOSE_MALFORMED = 4400
-CLOSE_NOT_A_MEMBER = 4403
-CLOSE_NO_DOCUMENT = 4404
 CLOSE_NOT_PLAIN_TEXT = 4409
 # Operations this socket must send were no longer kept: the client reloads the text.
 CLOSE_RELOAD = 4410
 
 OP_FIELDS = ("version", "op", "seq", "client")
-
-
-def _recipient_id_for_user(user: Any) -> int | None:
-    recipient = recipient_for_user(user=user)
-    return recipient.id if recipient is not None else None
 
 
 def _op_frame_problem(content: dict[str, Any]) -> tuple[str, str] | None:
@@ -84,26 +75,16 @@ class OtDocumentConsumer(AsyncJsonWebsocketConsumer):
     sent_version = 0
 
     async def connect(self) -> None:
-        recipient_id, close_code = await socket_authenticate(
-            self.scope, user_to_recipient=sync_to_async(_recipient_id_for_user)
-        )
-        if recipient_id is None:
-            await self.close(code=close_code)
+        member = await socket_member(self.scope)
+        if isinstance(member, int):
+            await self.close(code=member)
             return
-        key = self.scope["url_route"]["kwargs"]["key"]
-        document = await sync_to_async(selectors.document_by_key)(key)
-        if document is None:
-            await self.close(code=CLOSE_NO_DOCUMENT)
-            return
-        role = await sync_to_async(selectors.member_role)(document_id=document.id, recipient_id=recipient_id)
-        if role is None:
-            await self.close(code=CLOSE_NOT_A_MEMBER)
-            return
+        document = member.document
         if document.kind != DocumentKind.TEXT:
             await self.close(code=CLOSE_NOT_PLAIN_TEXT, reason="the OT mode edits plain-text documents only")
             return
-        self.document_id, self.recipient_id = document.id, recipient_id
-        self.writes = role in WRITING_ROLES
+        self.document_id, self.recipient_id = document.id, member.recipient_id
+        self.writes = member.writes
         self.group = f"ot.{document.id}"
         # Joined before the state is read: an operation accepted after the read is relayed
         # here, one accepted before is dropped by its version.
