@@ -450,13 +450,17 @@ def test_the_page_and_two_node_yjs_clients_edit_one_document_at_once_and_converg
     )
     key = _document(stack, "text", "Page and Node clients", more=(one_id, two_id))
     page = _open(demo, stack, key)
-    _type_lines(page, "text", ["Page:"])
+    # the page types at the end of the first line, the Node clients append to the end of the
+    # second: at one shared position a remote append would land between the page's keystrokes
+    _type_lines(page, "text", ["Page:", "Node:"])
+    _wait_server_text(stack, key, "Page:\nNode:")
     specs = [("node-one", stack.ws_url, key, one_token), ("node-two", stack.ws_url, key, two_token)]
     with yjs_clients(*specs) as (one, two):
         one.wait_synced()
         two.wait_synced()
         page.click(SURFACE["text"])
-        page.keyboard.press("Control+End")
+        page.keyboard.press("Control+Home")
+        page.keyboard.press("End")
         for n in range(10):
             page.keyboard.type(f" p{n}")
             one.append(f" o{n}")
@@ -469,7 +473,11 @@ def test_the_page_and_two_node_yjs_clients_edit_one_document_at_once_and_converg
         final = wait_until(
             agreed, 20, interval=0.2, message="the page, the Node clients and the server differ"
         )
-    for n in range(10):
-        assert f" p{n}" in final and f" o{n}" in final and f" t{n}" in final
-    assert final.startswith("Page:")
+    first, second = final.split("\n")
+    assert first == "Page:" + "".join(f" p{n}" for n in range(10))
+    assert second.startswith("Node:")
+    # each client's appends arrive whole and in its own order, interleaved with the other's
+    for name in ("o", "t"):
+        mine = [part for part in second.split() if part.startswith(name)]
+        assert mine == [f"{name}{n}" for n in range(10)]
     page.close()
