@@ -8,6 +8,8 @@ import notifications.preference_pages as preference_pages
 import notifications.provider_webhooks as provider_webhooks
 import notifications.views as pages
 from collaboration import urls as collaboration_urls
+from iot import page_urls as iot_page_urls
+from iot import urls as iot_urls
 from notifications.api import urls as api_urls
 
 urlpatterns = [
@@ -15,6 +17,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     # Before the v1 routes: their catch-all answers any other path under /api/v1/.
     path("api/v1/documents/", include(collaboration_urls)),
+    path("api/v1/iot/", include(iot_urls)),
     path("api/v1/", include(api_urls)),
     path(
         "api/schema/",
@@ -39,6 +42,7 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("docs/", collaboration_pages.documents_page, name="documents-page"),
     path("docs/<str:key>/", collaboration_pages.document_page, name="document-page"),
+    path("iot/", include(iot_page_urls)),
     path("sse/inbox/", pages.sse_inbox, name="sse-inbox"),
     path("unsubscribe/<str:token>/", pages.unsubscribe, name="unsubscribe"),
     path("preferences/", preference_pages.preferences_page, name="preferences"),

@@ -386,6 +386,30 @@ COLLAB_AWARENESS_TIMEOUT_SECONDS = env_float("COLLAB_AWARENESS_TIMEOUT_SECONDS",
 # before it is closed as too slow (its client reconnects and syncs).
 COLLAB_STREAM_MAXLEN = env_int("COLLAB_STREAM_MAXLEN", 10_000, minimum=100)
 COLLAB_SOCKET_QUEUE_MAX = env_int("COLLAB_SOCKET_QUEUE_MAX", 2_000, minimum=10)
+# IoT (iot/): the platform's own Mosquitto (iot/services/broker.py), started by make run on
+# MQTT_PORT beside any broker the machine runs (1883 is usually that one), its files under
+# MQTT_DIR; devices are told MQTT_PUBLIC_HOST/PORT when they sit behind a name or a proxy.
+MQTT_HOST = env_str("MQTT_HOST", "127.0.0.1")
+MQTT_PORT = env_int("MQTT_PORT", 1884, minimum=1)
+MQTT_PUBLIC_HOST = env_str("MQTT_PUBLIC_HOST", "")
+MQTT_PUBLIC_PORT = env_int("MQTT_PUBLIC_PORT", 0, minimum=0)
+MQTT_DIR = Path(env_str("MQTT_DIR", str(BASE_DIR / "var" / "mqtt")))
+# Ingestion (iot/services/ingest.py): a batch is written when it holds IOT_BATCH_MAX readings
+# or its oldest has waited IOT_BATCH_SECONDS.
+IOT_BATCH_MAX = env_int("IOT_BATCH_MAX", 5_000, minimum=1)
+IOT_BATCH_SECONDS = env_float("IOT_BATCH_SECONDS", 0.1)
+# A reading stamped further ahead than this is refused as malformed (clock gone wrong).
+IOT_FUTURE_SECONDS = env_float("IOT_FUTURE_SECONDS", 300.0)
+# Malformed payloads kept per device for staff to look at (the newest; the count goes on).
+IOT_QUARANTINE_PER_DEVICE = env_int("IOT_QUARANTINE_PER_DEVICE", 50, minimum=1)
+# Retention, by dropping whole partitions (iot/services/partitions.py): raw readings by the
+# day, minute rollups by the month; hourly rollups are kept for good.
+IOT_RAW_RETENTION_DAYS = env_int("IOT_RAW_RETENTION_DAYS", 7, minimum=1)
+IOT_MINUTE_RETENTION_DAYS = env_int("IOT_MINUTE_RETENTION_DAYS", 90, minimum=1)
+# An alert that closes and opens again within this long is one alert (iot/services/alerts.py).
+IOT_ALERT_FLAP_SECONDS = env_float("IOT_ALERT_FLAP_SECONDS", 300.0)
+# A command the device has not acknowledged within this long is marked timed out.
+IOT_COMMAND_TIMEOUT_SECONDS = env_float("IOT_COMMAND_TIMEOUT_SECONDS", 30.0)
 MAX_EXPLICIT_RECIPIENTS = env_int("MAX_EXPLICIT_RECIPIENTS", 10_000, minimum=1)
 MAX_EVENT_DATA_BYTES = env_int("MAX_EVENT_DATA_BYTES", 65_536, minimum=256)
 

@@ -1,0 +1,13 @@
+"""The ``/iot/`` page for staff and the JSON endpoints its script reads (iot/views.py)."""
+
+from django.urls import URLPattern, path
+
+from iot import views
+
+urlpatterns: list[URLPattern] = [
+    path("", views.devices_page, name="iot-page"),
+    path("alerts/", views.alerts, name="iot-alerts"),
+    path("devices/<str:key>/series/", views.series, name="iot-series"),
+    path("devices/<str:key>/commands/", views.command_create, name="iot-command-create"),
+    path("devices/<str:key>/commands/<int:command_id>/", views.command_detail, name="iot-command"),
+]

@@ -1,0 +1,1 @@
+"""The IoT services: broker, provisioning, ingestion, storage, rules, commands, firmware."""

@@ -1,0 +1,86 @@
+"""A simulated device for the tests: paho-mqtt with the device's own credentials, its last
+will on ``devices/{key}/status``, commands and firmware offers collected as they come."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+
+class SimulatedDevice:
+    def __init__(
+        self, host: str, port: int, key: str, password: str, *, client_id: str | None = None
+    ) -> None:
+        self.key = key
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or key, protocol=mqtt.MQTTv5
+        )
+        self.client.username_pw_set(key, password)
+        self.client.will_set(f"devices/{key}/status", b"offline", qos=1)
+        self.connected = threading.Event()
+        self.refused = threading.Event()
+        self.received: list[tuple[str, bytes]] = []
+        self.arrived = threading.Condition()
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.connect(host, port, keepalive=10)
+        self.client.loop_start()
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            self.refused.set()
+            return
+        client.publish(f"devices/{self.key}/status", b"online", qos=1)
+        client.subscribe(f"devices/{self.key}/#", qos=1)
+        self.connected.set()
+
+    def _on_message(self, client: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        with self.arrived:
+            self.received.append((message.topic, message.payload))
+            self.arrived.notify_all()
+
+    def wait_connected(self, timeout: float = 5.0) -> bool:
+        self.connected.wait(timeout)
+        return self.connected.is_set()
+
+    def publish(
+        self, suffix: str, payload: bytes | str | dict[str, Any], *, qos: int = 1, cbor: bool = False
+    ) -> None:
+        body = json.dumps(payload).encode() if isinstance(payload, dict) else payload
+        properties = None
+        if cbor:
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.ContentType = "application/cbor"
+        info = self.client.publish(f"devices/{self.key}/{suffix}", body, qos=qos, properties=properties)
+        info.wait_for_publish(5)
+
+    def telemetry(self, metrics: dict[str, float], *, ts: Any = None, qos: int = 1) -> None:
+        body: dict[str, Any] = {"metrics": metrics}
+        if ts is not None:
+            body["ts"] = ts
+        self.publish("telemetry", body, qos=qos)
+
+    def wait_for(self, suffix: str, timeout: float = 5.0) -> bytes:
+        topic = f"devices/{self.key}/{suffix}"
+        with self.arrived:
+            found = self.arrived.wait_for(lambda: any(t == topic for t, _ in self.received), timeout)
+            assert found, f"nothing arrived on {topic} within {timeout} s"
+            payload = next(p for t, p in self.received if t == topic)
+            self.received = [(t, p) for t, p in self.received if t != topic or p is not payload]
+            return payload
+
+    def drop(self) -> None:
+        """Vanish without a DISCONNECT (the broker publishes the last will)."""
+        sock = self.client.socket()
+        self.client.loop_stop()
+        if sock is not None:
+            sock.close()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
