@@ -5,7 +5,7 @@
 // (tests/collaboration/test_page.py recomputes it): a change to any of them that was not
 // rebuilt fails that test instead of shipping a stale bundle.
 import { createHash } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { build } from "esbuild";
 
 function versionOf(name) {
@@ -86,3 +86,39 @@ for (const name of ["yjs", "prosemirror-model", "prosemirror-state", "@codemirro
 }
 const bytes = collab.metafile.outputs[COLLAB_OUT].bytes;
 console.log(`${COLLAB_OUT}: ${(bytes / 1024).toFixed(0)} KiB; ${versions}`);
+
+// --- the IoT page's charts (iot/templates/iot/devices.html) ---
+//
+// Its banner carries the same kind of hash (tests/iot/test_page.py recomputes it).
+
+const IOT_ENTRY = "assets/iot-entry.js";
+const IOT_OUT = "iot/static/iot/vendor/iot.js";
+const IOT_CSS_OUT = "iot/static/iot/vendor/uPlot.min.css";
+const uplotVersion = versionOf("uplot");
+const iotHash = createHash("sha256")
+  .update(readFileSync(IOT_ENTRY))
+  .update(readFileSync("assets/build.mjs"))
+  .update(readFileSync("package-lock.json"))
+  .digest("hex");
+
+await build({
+  entryPoints: [IOT_ENTRY],
+  bundle: true,
+  format: "esm",
+  minify: true,
+  target: ["es2020"],
+  legalComments: "eof",
+  banner: {
+    js:
+      `/* IoT page bundle: uplot ${uplotVersion} (MIT). ` +
+      `Bundled by assets/build.mjs from ${IOT_ENTRY}; rebuild with make assets. ` +
+      `sources-sha256: ${iotHash} */`,
+  },
+  outfile: IOT_OUT,
+});
+writeFileSync(
+  IOT_CSS_OUT,
+  `/* uPlot ${uplotVersion} (MIT) stylesheet, copied by assets/build.mjs; rebuild with make assets. */\n` +
+    readFileSync("node_modules/uplot/dist/uPlot.min.css", "utf8"),
+);
+console.log(`${IOT_OUT}, ${IOT_CSS_OUT}: uplot ${uplotVersion}`);

@@ -207,8 +207,8 @@ class Alert(models.Model):
     peak = models.FloatField(null=True, blank=True)
     # Times it cleared and came back within the flap window without a new notification.
     flaps = models.PositiveIntegerField(default=0)
-    opened_event_id = models.BigIntegerField(null=True, blank=True)
-    resolved_event_id = models.BigIntegerField(null=True, blank=True)
+    opened_event_id = models.UUIDField(null=True, blank=True)
+    resolved_event_id = models.UUIDField(null=True, blank=True)
 
     class Meta:
         constraints = [

@@ -2,6 +2,7 @@ from django.urls import path, re_path
 
 from collaboration.consumers import DocumentConsumer
 from collaboration.ot_consumers import OtDocumentConsumer
+from iot.consumers import IotLiveConsumer
 from notifications.consumers import InboxConsumer
 
 websocket_urlpatterns = [
@@ -10,4 +11,6 @@ websocket_urlpatterns = [
     re_path(r"^ws/docs/(?P<key>[^/]+)/?$", DocumentConsumer.as_asgi()),
     # The server-ordered OT mode of a plain-text document (collaboration/ot_consumers.py).
     re_path(r"^ws/docs/(?P<key>[^/]+)/ot/?$", OtDocumentConsumer.as_asgi()),
+    # The /iot/ page's live readings, device status and alert changes (staff sessions).
+    path("ws/iot/", IotLiveConsumer.as_asgi()),
 ]

@@ -23,7 +23,6 @@ When the subscription drops and comes back, every connection the hub holds is to
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -31,11 +30,10 @@ import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-import redis
 import redis.asyncio as aioredis
-from django.conf import settings
 
 from realtime.redis_client import redis_key, redis_sync
+from realtime.subscription import read_channel_forever
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +44,6 @@ HUB_CLIENT_NAME = "realtime-hub"
 # Entries per PUBLISH at most, so that one message stays well inside Redis's output buffer
 # for a subscriber (client-output-buffer-limit pubsub) however large a page is.
 PUBLISH_ENTRIES_MAX = 2000
-# Waits between attempts to subscribe again after the subscription dropped.
-RESUBSCRIBE_BACKOFF_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 # One entry: (recipient ids, message). The message is the same object for each of them;
 # receivers must not change it, except to keep what they derive from it for the next
@@ -176,47 +172,17 @@ class _Hub:
                         log.exception("a live connection of recipient %s failed a hub message", recipient_id)
 
     async def _read_forever(self, ready: asyncio.Future[None]) -> None:
-        attempt = 0
-        while True:
-            # A client of its own: the subscription holds its connection for good.
-            client = aioredis.Redis.from_url(
-                settings.REDIS_URL, socket_connect_timeout=1, socket_keepalive=True, client_name=self.name
-            )
-            pubsub = client.pubsub()
-            try:
-                await pubsub.subscribe(_channel())
-                # The confirmation: from here on, every publish reaches this process.
-                while True:
-                    confirmation = await pubsub.get_message(timeout=5.0)
-                    if confirmation is not None and confirmation["type"] == "subscribe":
-                        break
-                if ready.done():
-                    log.info("hub subscription restored; %d live connections resume", self.count)
-                    self._resumed()
-                else:
-                    ready.set_result(None)
-                attempt = 0
-                while True:
-                    message = await pubsub.get_message(timeout=None)
-                    if message is not None and message["type"] == "message":
-                        self.dispatch(message["data"])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - Redis errors, and anything else: never a silent end
-                if not ready.done():
-                    # Whoever waits for the first subscription hears why it failed.
-                    ready.set_exception(exc)
-                    return
-                delay = RESUBSCRIBE_BACKOFF_SECONDS[min(attempt, len(RESUBSCRIBE_BACKOFF_SECONDS) - 1)]
-                attempt += 1
-                log.warning("hub subscription lost (%s); subscribing again in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-            finally:
-                with contextlib.suppress(redis.RedisError, OSError, asyncio.CancelledError):
-                    await asyncio.shield(pubsub.aclose())
-                    await asyncio.shield(client.aclose())
+        await read_channel_forever(
+            _channel(),
+            client_name=self.name,
+            ready=ready,
+            on_message=self.dispatch,
+            on_resumed=self._resumed,
+            what="hub",
+        )
 
     def _resumed(self) -> None:
+        log.info("hub subscription restored; %d live connections resume", self.count)
         for held in list(self.connections.values()):
             for connection in list(held):
                 try:

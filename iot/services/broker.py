@@ -329,10 +329,13 @@ class DynamicSecurity:
         return answers
 
     def device_add(self, key: str, password: str) -> None:
+        """Create the device's role and client. A client of that name left in the broker
+        (the database is the source of truth: the caller found the key free) is replaced."""
         role = device_role_name(key)
         self.run(
+            {"command": "deleteClient", "username": key},
             {"command": "createRole", "rolename": role, "acls": device_role_acls(key)},
-            ignore=("already exists",),
+            ignore=("already exists", "not found"),
         )
         self.run(
             {

@@ -25,6 +25,7 @@ from iot.services.broker import (
     dynamic_security,
     password_hash,
 )
+from iot.services.rules import rule_states_for_new_device
 from notifications.services.validation import ValidationFailed
 
 NAME_MAX = 200
@@ -95,6 +96,7 @@ def device_provision(*, key: Any, kind: Any, name: Any = "", group: Any = "") ->
             mqtt_salt=stored.salt,
             mqtt_iterations=stored.iterations,
         )
+        rule_states_for_new_device(device)
         dynamic_security().device_add(device.key, password)
     return Provisioned(device, password)
 

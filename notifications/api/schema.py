@@ -173,6 +173,13 @@ PATH_PARAMETERS: dict[str, tuple[dict[str, Any], str]] = {
     "item_id": (_ID, "Id of the inbox item"),
     "number": ({"type": "integer", "minimum": 1, "maximum": 999_999_999}, "The version's number"),
     "comment_id": (_ID, "Id of the comment"),
+    # iot/urls.py, iot/api_rules.py
+    "device_key": (
+        {"type": "string", "maxLength": 64, "pattern": r"^[a-z0-9][a-z0-9_-]{0,63}$"},
+        "The device's key: a-z, 0-9, _ and -",
+    ),
+    "command_id": (_ID, "Id of the command"),
+    "alert_id": (_ID, "Id of the alert"),
     "kind": ({"type": "string", "enum": list(SuppressionKind.values)}, "What the address is"),
     "address": (
         {"type": "string", "minLength": 1, "maxLength": 320, "pattern": r"^[^\x00]+$"},

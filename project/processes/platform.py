@@ -302,6 +302,50 @@ class PlatformProcesses:
             self.wait_for_sandbox()
         return process
 
+    @property
+    def mqtt_address(self) -> tuple[str, int]:
+        """The platform's own broker (settings MQTT_HOST, MQTT_PORT; iot/services/broker.py)."""
+        return (self.env.get("MQTT_HOST") or LOCALHOST, int(self.env.get("MQTT_PORT") or "1884"))
+
+    def start_mqtt(self, *, wait: bool = True) -> ManagedProcess:
+        """Start the platform's own Mosquitto (``manage.py mqtt_broker`` writes its config
+        under MQTT_DIR and becomes the broker) and (by default) wait until it listens."""
+        process = self._process("mqtt", [self.python, str(self.cwd / "manage.py"), "mqtt_broker"])
+        process.start()
+        if wait:
+            host, port = self.mqtt_address
+
+            def listening() -> bool:
+                self._raise_if_exited(process)
+                return port_is_open(host, port)
+
+            wait_until(listening, self.web_timeout, interval=0.1, message=f"mosquitto not listening on {port}")
+        return process
+
+    def start_ingest(self, name: str = "1", *, wait: bool = True) -> ManagedProcess:
+        """Start ``manage.py mqtt_ingest --name <name>`` and (by default) wait until it has
+        subscribed (its ready file)."""
+        ready = self.log_dir / f"ingest-{name}.ready"
+        ready.unlink(missing_ok=True)
+        argv = [
+            self.python, str(self.cwd / "manage.py"), "mqtt_ingest", "--name", name, "--ready-file", str(ready),
+        ]  # fmt: skip
+        process = self._process(f"ingest-{name}", argv)
+        process.start()
+        if wait:
+            self.wait_for_ingest(name)
+        return process
+
+    def wait_for_ingest(self, name: str = "1", timeout: float | None = None) -> None:
+        process = self.processes[f"ingest-{name}"]
+        ready = self.log_dir / f"ingest-{name}.ready"
+
+        def subscribed() -> bool:
+            self._raise_if_exited(process)
+            return ready.exists()
+
+        wait_until(subscribed, timeout or self.worker_timeout, interval=0.1, message=f"ingest {name} never subscribed")
+
     def wait_for_sandbox(self, timeout: float | None = None) -> None:
         process = self.processes["sandbox"]
         host, port = self.sandbox_address
@@ -320,7 +364,7 @@ class PlatformProcesses:
         except TimeoutError as error:
             raise TimeoutError(f"{error}; log {process.log_path}:\n{process.log_tail(60)}") from None
 
-    def start_all(self, *, sandbox: bool = False) -> None:
+    def start_all(self, *, sandbox: bool = False, iot: bool = False) -> None:
         """Start workers, beat, the web server and (with ``sandbox``) the provider sandbox,
         and wait until all are ready.
 
@@ -334,11 +378,16 @@ class PlatformProcesses:
             self.start_beat()
             if sandbox:
                 self.start_sandbox(wait=False)
+            if iot:
+                self.start_mqtt()
+                self.start_ingest(wait=False)
             self.start_web(wait=False)
             for name in self.worker_specs:
                 self.wait_for_worker(name)
             if sandbox:
                 self.wait_for_sandbox()
+            if iot:
+                self.wait_for_ingest()
             self.wait_for_web()
             # Beat has no readiness signal; it must at least still be running by now.
             self._raise_if_exited(self.processes["beat"])

@@ -236,6 +236,7 @@ CELERY_TASK_ROUTES = {
     "notifications.tasks.*_sweep_task": {"queue": "periodic"},
     "presence.tasks.*": {"queue": "periodic"},
     "collaboration.tasks.*": {"queue": "periodic"},
+    "iot.tasks.*": {"queue": "periodic"},
 }
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
@@ -498,6 +499,29 @@ CELERY_BEAT_SCHEDULE = {
         "task": "collaboration.tasks.versions_auto_task",
         "schedule": min(COLLAB_AUTO_VERSION_SECONDS, 300.0),
         "options": {"queue": "periodic", "expires": min(COLLAB_AUTO_VERSION_SECONDS, 300.0) * 2},
+    },
+    # IoT (iot/tasks.py): commands not answered in time, rollouts' silent devices and lost
+    # offers, the time series' partitions, and no-data rules (the ingest sweeps those every
+    # second itself; this covers a platform whose ingest is down).
+    "iot-commands-time-out": {
+        "task": "iot.tasks.commands_time_out_task",
+        "schedule": 5.0,
+        "options": {"queue": "periodic", "expires": 10.0},
+    },
+    "iot-rollouts-check": {
+        "task": "iot.tasks.rollouts_check_task",
+        "schedule": 60.0,
+        "options": {"queue": "periodic", "expires": 120.0},
+    },
+    "iot-partitions": {
+        "task": "iot.tasks.partitions_task",
+        "schedule": 3600.0,
+        "options": {"queue": "periodic", "expires": 1800.0},
+    },
+    "iot-no-data-sweep": {
+        "task": "iot.tasks.no_data_sweep_task",
+        "schedule": 10.0,
+        "options": {"queue": "periodic", "expires": 20.0},
     },
 }
 

@@ -189,9 +189,11 @@ def platform_stack(
     with_sandbox: bool = False,
     workers: tuple[WorkerSpec, ...] = DEFAULT_WORKERS,
     sandbox_dir: Any = None,
+    with_iot: bool = False,
 ) -> Iterator[Stack]:
     """Start Redis, a migrated temporary database and the platform (and, ``with_sandbox``,
-    a provider sandbox whose callbacks reach the platform); stop all on exit."""
+    a provider sandbox whose callbacks reach the platform; ``with_iot``, the platform's own
+    MQTT broker on a free port and one ingest, as make run starts them); stop all on exit."""
     with contextlib.ExitStack() as exit_stack:
         redis = exit_stack.enter_context(PrivateRedis())
         database = exit_stack.enter_context(
@@ -218,11 +220,16 @@ def platform_stack(
             **sandbox_env,
             **(extra_env or {}),
         }
+        if with_iot:
+            import tempfile
+
+            env["MQTT_PORT"] = str(free_port())
+            env["MQTT_DIR"] = tempfile.mkdtemp(prefix="mqtt-")
         processes = PlatformProcesses(env=env, port=port, workers=workers)
         # PORT is fixed by PlatformProcesses; manage.py commands must see the same settings.
         env = dict(processes.env)
         stack = Stack(redis=redis, database=database, processes=processes, env=env, sandbox=sandbox)
-        processes.start_all()
+        processes.start_all(iot=with_iot)
         exit_stack.callback(processes.stop_all)
         exit_stack.callback(stack.close_clients)
         ACTIVE_STACKS.append(stack)

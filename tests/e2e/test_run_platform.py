@@ -215,6 +215,8 @@ def platform_env(
             "PROVIDER_SANDBOX_SMTP_PORT": str(free_port()),
             "PROVIDER_SANDBOX_DIR": str(tmp_path / "sandbox"),
             "PLATFORM_LOG_DIR": str(tmp_path / "log"),
+            "MQTT_PORT": str(free_port()),
+            "MQTT_DIR": str(tmp_path / "mqtt"),
             # A killed run_platform cannot remove its lock file: it stays in the test's directory.
             "PLATFORM_RUN_DIR": str(tmp_path / "run"),
             "LOG_LEVEL": "WARNING",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -45,7 +46,10 @@ class SimulatedDevice:
             self.arrived.notify_all()
 
     def wait_connected(self, timeout: float = 5.0) -> bool:
-        self.connected.wait(timeout)
+        """True once connected, False as soon as the broker refuses (or after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while not (self.connected.is_set() or self.refused.is_set()) and time.monotonic() < deadline:
+            self.connected.wait(0.02)
         return self.connected.is_set()
 
     def publish(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -17,7 +18,7 @@ from iot.services.broker import DeviceCredential, PasswordHash, password_hash, p
 from iot.services.devices import device_credentials_rotate, device_provision, device_revoke
 from notifications.services.validation import ValidationFailed
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 
 class Client:
@@ -53,7 +54,10 @@ class Client:
         self.subscribed.set()
 
     def wait_connected(self) -> bool:
-        self.connected.wait(5)
+        """True once connected, False as soon as the broker refuses (or after 5 s)."""
+        deadline = time.monotonic() + 5
+        while not (self.connected.is_set() or self.disconnected.is_set()) and time.monotonic() < deadline:
+            self.connected.wait(0.02)
         return self.connected.is_set()
 
     def subscribe(self, topic: str) -> ReasonCode:

@@ -193,6 +193,11 @@ class Command(BaseCommand):
                     f"port {port} on 127.0.0.1 is already in use. Stop what holds it, "
                     f"or choose another port: PORT=8001 make run"
                 )
+            if not port_is_free(settings.MQTT_PORT):
+                raise CommandError(
+                    f"port {settings.MQTT_PORT} on 127.0.0.1 (the platform's own MQTT broker) is already "
+                    f"in use. Stop what holds it, or choose another port: MQTT_PORT=1885 make run"
+                )
             workers = [
                 WorkerSpec(spec.name, spec.queues, concurrency=concurrency) for spec in DEFAULT_WORKERS
             ]
@@ -223,7 +228,7 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Starting {platform.server} ({platform.web_processes} web process"
             f"{'es' if platform.web_processes > 1 else ''}) on port {platform.port}, {len(platform.worker_specs)} Celery "
-            f"workers and one beat; logs in {platform.log_dir}/"
+            f"workers, one beat, the MQTT broker on {settings.MQTT_PORT} and its ingest; logs in {platform.log_dir}/"
         )
         if with_sandbox:
             self.stdout.write(
@@ -237,7 +242,7 @@ class Command(BaseCommand):
         if stop.requested:
             return 0
         try:
-            platform.start_all(sandbox=with_sandbox)
+            platform.start_all(sandbox=with_sandbox, iot=True)
         except StartInterrupted:
             # start_all has stopped what it had started.
             self.stdout.write(f"\n{stop.first} while starting: stopped.")
@@ -256,7 +261,7 @@ class Command(BaseCommand):
                 )
             self.stop(platform, stop)
             return 1
-        self.stdout.write(f"\n{stop.first}: stopping web, workers, beat and sandbox...")
+        self.stdout.write(f"\n{stop.first}: stopping web, workers, beat, sandbox, broker and ingest...")
         return 0 if self.stop(platform, stop) else 1
 
     def stop(self, platform: PlatformProcesses, stop: StopSignals) -> bool:
@@ -289,6 +294,9 @@ class Command(BaseCommand):
             f"  inbox          {web}/inbox/",
             f"  preferences    {web}/preferences/",
             f"  documents      {web}/docs/",
+            f"  IoT            {web}/iot/  (devices: POST /api/v1/iot/devices/ or admin)",
+            f"  MQTT broker    mqtt://{settings.MQTT_HOST}:{settings.MQTT_PORT}  "
+            f"(mosquitto, dynamic security; files in {settings.MQTT_DIR}/)",
             f"  health         {web}/healthz",
             f"  metrics        {web}/metrics",
             f"  provider health {web}/admin/notifications/delivery/provider-health/",
