@@ -8,6 +8,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
+# Debian's Mosquitto with its dynamic-security plugin: the platform's own MQTT broker
+# (docker-compose.yml's mqtt service, manage.py mqtt_broker).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends mosquitto \
+    && rm -rf /var/lib/apt/lists/*
+
 # Dependencies first, so that code changes do not reinstall them.
 COPY requirements.txt ./
 RUN pip install -r requirements.txt

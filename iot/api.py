@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiParameter
+from drf_spectacular.utils import OpenApiParameter, extend_schema_field
 from rest_framework import exceptions, serializers, status
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
@@ -21,12 +21,25 @@ from rest_framework.views import APIView
 
 from iot import selectors
 from iot.models import DEVICE_KEY_VALIDATOR, Command, CommandStatus, Device, DeviceStatus
-from iot.selectors_commands import command_of, commands_of
+from iot.selectors_commands import command_of, command_payload, commands_of
 from iot.services.broker import BrokerUnavailable
 from iot.services.commands import command_send
-from iot.services.devices import device_credentials_rotate, device_provision, device_revoke, device_update
+from iot.services.devices import (
+    KIND_PATTERN,
+    device_credentials_rotate,
+    device_provision,
+    device_revoke,
+    device_update,
+)
 from notifications.api.auth import ApiKeyAuthentication, ServicePrincipal
-from notifications.api.common import StrictSerializer, errors_response, operation, query, text_field
+from notifications.api.common import (
+    JsonObjectField,
+    StrictSerializer,
+    errors_response,
+    operation,
+    query,
+    text_field,
+)
 
 DEVICES_LIMIT = 1000
 COMMANDS_LIMIT = 100
@@ -144,18 +157,29 @@ class DeviceListView(IotApiView):
         description=f"Devices in key order, at most {DEVICES_LIMIT}; revoked ones only with revoked=true.",
         responses={200: IotDeviceListSerializer},
         parameters=[
-            query("kind", {"type": "string", "maxLength": 64}, "Only devices of this kind", blank=True),
+            query(
+                "kind",
+                {"type": "string", "pattern": KIND_PATTERN.pattern},
+                "Only devices of this kind",
+                blank=True,
+            ),
             query("revoked", {"type": "string", "enum": ["true", "false"]}, "Include revoked devices"),
         ],
         errors=[400],
     )
     def get(self, request: Request) -> Response:
+        errors: dict[str, list[str]] = {}
         revoked = request.query_params.get("revoked", "false")
         if revoked not in ("true", "false"):
-            return errors_response({"revoked": ["true or false"]})
-        devices = selectors.devices_list(
-            kind=request.query_params.get("kind") or None, include_revoked=revoked == "true"
-        )[:DEVICES_LIMIT]
+            errors["revoked"] = ["true or false"]
+        kind = request.query_params.get("kind", "")
+        if len(request.query_params.getlist("kind")) > 1:
+            errors["kind"] = ["give one kind"]
+        elif kind and not KIND_PATTERN.fullmatch(kind):
+            errors["kind"] = ["a kind: lowercase letters, digits, _ . -, at most 64"]
+        if errors:
+            return errors_response(errors)
+        devices = selectors.devices_list(kind=kind or None, include_revoked=revoked == "true")[:DEVICES_LIMIT]
         return Response({"results": [_device_payload(d) for d in devices]})
 
     @operation(
@@ -242,9 +266,14 @@ class IotSeriesSerializer(serializers.Serializer):
     device = serializers.CharField()
     metric = serializers.CharField()
     bucket = serializers.ChoiceField(choices=["raw", "1m", "1h"])
-    start = serializers.DateTimeField(source="from")
-    end = serializers.DateTimeField(source="to")
     points = IotPointSerializer(many=True)
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        # "from" is a Python keyword: no class attribute can carry the name.
+        fields: dict[str, serializers.Field] = super().get_fields()
+        fields["from"] = serializers.DateTimeField(help_text="The range's start")
+        fields["to"] = serializers.DateTimeField(help_text="The range's end (excluded)")
+        return fields
 
 
 def _when(request: Request, name: str, default: datetime, errors: dict[str, list[str]]) -> datetime:
@@ -295,8 +324,8 @@ class ReadingsView(IotApiView):
         bucket = request.query_params.get("bucket", "auto")
         if bucket not in ("raw", "1m", "1h", "auto"):
             errors["bucket"] = ["raw, 1m, 1h or auto"]
-        if not errors and start >= end:
-            errors["from"] = ["must be before to"]
+        if not errors and start > end:
+            errors["from"] = ["must not be after to"]
         if errors:
             return errors_response(errors)
         chosen = selectors.bucket_for_span(start, end) if bucket == "auto" else bucket
@@ -363,7 +392,12 @@ class QuarantineView(IotApiView):
 
 class IotCommandCreateSerializer(StrictSerializer):
     name = text_field(max_length=100, help_text="What the device should do")
-    params = serializers.DictField(required=False, help_text="A JSON object for the device")
+    params = JsonObjectField(required=False, help_text="A JSON object for the device")
+
+
+@extend_schema_field({})
+class AnyJsonField(serializers.JSONField):
+    """Any JSON value, null included (a schema of ``{}``, not oneOf with null)."""
 
 
 class IotCommandSerializer(serializers.Serializer):
@@ -376,8 +410,9 @@ class IotCommandSerializer(serializers.Serializer):
     sent_at = serializers.DateTimeField(allow_null=True)
     acked_at = serializers.DateTimeField(allow_null=True)
     timeout_at = serializers.DateTimeField()
+    late = serializers.BooleanField(help_text="Answered after it had timed out (the answer is kept)")
     ok = serializers.BooleanField(allow_null=True)
-    result = serializers.JSONField(allow_null=True)
+    result = AnyJsonField(help_text="What the device answered (any JSON; null until it answers)")
     error = serializers.CharField(allow_blank=True)
 
 
@@ -386,20 +421,7 @@ class IotCommandListSerializer(serializers.Serializer):
 
 
 def _command_payload(command: Command, device_key: str) -> dict[str, Any]:
-    return {
-        "id": command.id,
-        "device": device_key,
-        "name": command.name,
-        "params": command.params,
-        "status": command.status,
-        "created_at": command.created_at,
-        "sent_at": command.sent_at,
-        "acked_at": command.acked_at,
-        "timeout_at": command.timeout_at,
-        "ok": command.ok,
-        "result": command.result,
-        "error": command.error,
-    }
+    return {**command_payload(command), "device": device_key}
 
 
 class CommandListView(IotApiView):

@@ -36,7 +36,7 @@ from iot.selectors import (
     readings_series,
 )
 from iot.selectors_alerts import alerts_open
-from iot.selectors_commands import command_of
+from iot.selectors_commands import command_of, command_payload
 from iot.services.commands import command_send
 from notifications.services.validation import ValidationFailed
 
@@ -259,17 +259,9 @@ def alerts(request: HttpRequest) -> JsonResponse:
 
 def command_json(command: Command) -> dict[str, Any]:
     return {
-        "id": command.id,
+        **command_payload(command),
         "device": command.device.key,
-        "name": command.name,
-        "params": command.params,
-        "status": command.status,
         "final": command.status in COMMAND_FINAL,
-        "ok": command.ok,
-        "result": command.result,
-        "error": command.error,
-        "created_at": command.created_at.isoformat(),
-        "acked_at": command.acked_at.isoformat() if command.acked_at else None,
     }
 
 

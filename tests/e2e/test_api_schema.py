@@ -57,6 +57,18 @@ def seed(stack: Stack) -> str:
         "members": [{"recipient": "schema-alice", "role": "owner"}],
     }
     assert api.post("/api/v1/documents/", json=document).status_code == 201
+    device = {"key": "schema-dev", "name": "Schema device", "kind": "schema"}
+    assert api.post("/api/v1/iot/devices/", json=device).status_code == 201
+    rule = {
+        "key": "schema.rule",
+        "devices": ["schema-dev"],
+        "metric": "temp",
+        "op": ">",
+        "threshold": 80,
+        "notify": {"recipients": ["schema-alice"]},
+    }
+    created = api.post("/api/v1/iot/rules/", json=rule)
+    assert created.status_code == 201, created.text
     return stack.token("schema-alice")
 
 
@@ -92,7 +104,9 @@ def schema_stack() -> Iterator[Stack]:
     # No workers: the API is under test, not the pipeline behind it. A long-poll with
     # nothing to answer holds for a second, not 25 (the schema's generated cursors are
     # mostly beyond the newest item).
-    with platform_stack({"INBOX_POLL_SECONDS": "1"}, workers=()) as running:
+    # The platform's own MQTT broker too: provisioning a device and sending it a command
+    # go through it (a missing broker is a documented 503, but a 5xx fails the check).
+    with platform_stack({"INBOX_POLL_SECONDS": "1"}, workers=(), with_iot=True) as running:
         yield running
 
 

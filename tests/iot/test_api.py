@@ -164,3 +164,13 @@ def test_a_broker_that_is_down_is_a_503_and_nothing_is_stored(
     )
     assert response.status_code == 503 and "broker" in response.json()["errors"]
     assert not Device.objects.filter(key="api-nobroker").exists()
+
+
+def test_a_bad_device_filter_names_the_parameter(service_client: APIClient) -> None:
+    for query, field in [
+        ("kind=" + "x" * 65, "kind"),
+        ("kind=a&kind=b", "kind"),
+        ("revoked=maybe", "revoked"),
+    ]:
+        response = service_client.get(f"/api/v1/iot/devices/?{query}")
+        assert response.status_code == 400 and field in response.json()["errors"], query

@@ -22,7 +22,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         broker = broker_settings()
-        config = broker_files_write(settings.MQTT_DIR, broker, device_credentials_active())
+        config = broker_files_write(
+            settings.MQTT_DIR, broker, device_credentials_active(), bind=settings.MQTT_BIND
+        )
         self.stdout.write(f"mqtt_broker: {config} (port {broker.port})")
         if options["write_only"]:
             return
