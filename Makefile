@@ -38,6 +38,7 @@ migrate: venv services
 run: venv services migrate
 	$(PYTHON) manage.py seed_demo
 	$(PYTHON) manage.py seed_demo_documents
+	$(PYTHON) manage.py seed_demo_iot
 	exec $(PYTHON) manage.py run_platform
 
 lint: venv

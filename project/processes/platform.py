@@ -319,7 +319,9 @@ class PlatformProcesses:
                 self._raise_if_exited(process)
                 return port_is_open(host, port)
 
-            wait_until(listening, self.web_timeout, interval=0.1, message=f"mosquitto not listening on {port}")
+            wait_until(
+                listening, self.web_timeout, interval=0.1, message=f"mosquitto not listening on {port}"
+            )
         return process
 
     def start_ingest(self, name: str = "1", *, wait: bool = True) -> ManagedProcess:
@@ -344,7 +346,20 @@ class PlatformProcesses:
             self._raise_if_exited(process)
             return ready.exists()
 
-        wait_until(subscribed, timeout or self.worker_timeout, interval=0.1, message=f"ingest {name} never subscribed")
+        wait_until(
+            subscribed,
+            timeout or self.worker_timeout,
+            interval=0.1,
+            message=f"ingest {name} never subscribed",
+        )
+
+    def start_iot_demo(self) -> ManagedProcess:
+        """Start ``manage.py iot_simulate`` (process ``iot-demo``): make run's demo devices
+        publishing to the platform's broker. Nothing to wait for: a device the broker
+        refuses is retried, and the simulator runs until it is stopped."""
+        process = self._process("iot-demo", [self.python, str(self.cwd / "manage.py"), "iot_simulate"])
+        process.start()
+        return process
 
     def wait_for_sandbox(self, timeout: float | None = None) -> None:
         process = self.processes["sandbox"]

@@ -392,6 +392,8 @@ COLLAB_SOCKET_QUEUE_MAX = env_int("COLLAB_SOCKET_QUEUE_MAX", 2_000, minimum=10)
 # MQTT_DIR; devices are told MQTT_PUBLIC_HOST/PORT when they sit behind a name or a proxy.
 MQTT_HOST = env_str("MQTT_HOST", "127.0.0.1")
 MQTT_PORT = env_int("MQTT_PORT", 1884, minimum=1)
+# The address the broker listens on (0.0.0.0 in a container that others reach).
+MQTT_BIND = env_str("MQTT_BIND", "127.0.0.1")
 MQTT_PUBLIC_HOST = env_str("MQTT_PUBLIC_HOST", "")
 MQTT_PUBLIC_PORT = env_int("MQTT_PUBLIC_PORT", 0, minimum=0)
 MQTT_DIR = Path(env_str("MQTT_DIR", str(BASE_DIR / "var" / "mqtt")))
@@ -411,6 +413,9 @@ IOT_MINUTE_RETENTION_DAYS = env_int("IOT_MINUTE_RETENTION_DAYS", 90, minimum=1)
 IOT_ALERT_FLAP_SECONDS = env_float("IOT_ALERT_FLAP_SECONDS", 300.0)
 # A command the device has not acknowledged within this long is marked timed out.
 IOT_COMMAND_TIMEOUT_SECONDS = env_float("IOT_COMMAND_TIMEOUT_SECONDS", 30.0)
+# make run's demo devices publishing (manage.py iot_simulate, started by run_platform as
+# its iot-demo process; seed_demo_iot makes them). Off in production.
+IOT_DEMO_DEVICES = env_bool("IOT_DEMO_DEVICES", True)
 MAX_EXPLICIT_RECIPIENTS = env_int("MAX_EXPLICIT_RECIPIENTS", 10_000, minimum=1)
 MAX_EVENT_DATA_BYTES = env_int("MAX_EVENT_DATA_BYTES", 65_536, minimum=256)
 

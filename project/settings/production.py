@@ -18,3 +18,7 @@ SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 # no sandbox, and a provider left without real credentials fails its sends where they are
 # counted, instead of being answered by a fake.
 INSTALLED_APPS = [app for app in INSTALLED_APPS if app != "sandbox"]
+
+# make run's simulated demo devices (manage.py iot_simulate) publish made-up readings as
+# real devices: never beside real ones.
+IOT_DEMO_DEVICES = False

@@ -1,29 +1,29 @@
 """The /iot/ page in headless Chromium (Debian's, driven by Playwright) against a whole
-platform: a staff user opens it, selects a device, and its chart moves when a reading
-arrives on the live channel; the range buttons and a drag across a chart reload the
-history at the resolution the server picks; a command is sent from the form and its
-refusal is shown beside the field.
+platform with its own MQTT broker and ingest (``platform_stack(with_iot=True)``): a staff
+user opens it, selects a device, and its chart moves when the device publishes a reading;
+a rule made over the API opens an alert the page shows when a breaching reading arrives;
+a command sent from the page's form reaches the device, which acknowledges it, and the
+page says so; the range buttons and a drag across a chart reload the history at the
+resolution the server picks; a refused command shows its error beside the field.
 
-How readings reach the page here: the test process publishes the ingest's live message
-with ``iot.services.live.live_publish`` on the stack's Redis and namespace (``_publish``),
-exactly what ``manage.py mqtt_ingest`` publishes after it stores a batch; the web
-process's socket (iot/consumers.py) forwards it to the page. The history is inserted in
-SQL in the stack's database."""
+The devices are provisioned through ``POST /api/v1/iot/devices/`` and publish with
+paho-mqtt under their own credentials (tests/iot/device_client.py), as real ones do; the
+ingest stores their readings and tells the web process, whose socket tells the page. The
+history (an hour of readings, a day of minute rollups) and the seeded alert are inserted
+in SQL in the stack's database."""
 
 from __future__ import annotations
 
-import contextlib
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.test import override_settings
 
-from iot.services.live import live_publish
-from realtime.redis_client import redis_sync
 from tests.e2e.conftest import Stack, debian_chromium, platform_stack
+from tests.iot.device_client import SimulatedDevice
 
 pytestmark = pytest.mark.xdist_group("browser-iot")
 
@@ -53,16 +53,16 @@ def seed():
         user.save()
     at = now()
     partitions_ensure(at)
-    boiler = Device.objects.create(
-        key={DEVICE!r}, name="Boiler room", kind="thermo", mqtt_password_hash="h", mqtt_salt="s",
+    # Provisioned over the API already; given a past here.
+    Device.objects.filter(key={DEVICE!r}).update(
         status="online", last_seen_at=at - timedelta(seconds=20),
         latest={{"temperature": {{"ts": at.isoformat(), "value": 21.4}}, "humidity": {{"ts": at.isoformat(), "value": 48.0}}}},
     )
-    pump = Device.objects.create(
-        key="pump-7", name="Cellar pump", kind="pump", mqtt_password_hash="h", mqtt_salt="s",
+    Device.objects.filter(key="pump-7").update(
         status="offline", last_seen_at=at - timedelta(hours=3), latest={{"pressure": {{"ts": at.isoformat(), "value": 2.1}}}},
     )
-    Device.objects.create(key="meter-2", name="Hall meter", kind="meter", mqtt_password_hash="h", mqtt_salt="s")
+    boiler = Device.objects.get(key={DEVICE!r})
+    pump = Device.objects.get(key="pump-7")
     rule = Rule.objects.create(key="pump-pressure-low", metric="pressure", op="<", threshold=2.5, notify={{}}, severity="critical")
     Alert.objects.create(rule=rule, device=pump, value=2.1, opened_at=at - timedelta(minutes=42))
     with connection.cursor() as cursor:
@@ -89,37 +89,52 @@ seed()
 """
 
 
+# Provisioned through the API: key -> (kind, name).
+DEVICES = {
+    DEVICE: ("thermo", "Boiler room"),
+    "pump-7": ("pump", "Cellar pump"),
+    "meter-2": ("meter", "Hall meter"),
+}
+
+
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    with platform_stack() as running:
-        running.manage("shell", "-c", SEED)
+    with platform_stack(with_iot=True) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def credentials(stack: Stack) -> dict[str, dict[str, Any]]:
+    """Each device's MQTT credentials, as ``POST /api/v1/iot/devices/`` hands them out once;
+    then the history seeded."""
+    handed_out = {}
+    for key, (kind, name) in DEVICES.items():
+        response = stack.api.post("/api/v1/iot/devices/", json={"key": key, "kind": kind, "name": name})
+        assert response.status_code == 201, response.text
+        handed_out[key] = response.json()["mqtt"]
+    stack.manage("shell", "-c", SEED)
+    return handed_out
+
+
+def _device(credentials: dict[str, dict[str, Any]], key: str) -> SimulatedDevice:
+    """``key`` connected to the stack's broker with its own credentials (closed by the caller)."""
+    mqtt = credentials[key]
+    device = SimulatedDevice(mqtt["host"], mqtt["port"], mqtt["username"], mqtt["password"])
+    assert device.wait_connected(), f"the broker refused {key}"
+    return device
+
+
+@pytest.fixture(scope="module")
+def boiler(credentials: dict[str, dict[str, Any]]) -> Iterator[SimulatedDevice]:
+    device = _device(credentials, DEVICE)
+    yield device
+    device.close()
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     with debian_chromium() as launched:
         yield launched
-
-
-@contextlib.contextmanager
-def _on_stack_redis(stack: Stack) -> Iterator[None]:
-    """The settings pointed at the stack's Redis and namespace (the stack's processes get
-    the test process's REDIS_NAMESPACE through their environment)."""
-    redis_sync.cache_clear()
-    try:
-        with override_settings(
-            REDIS_URL=stack.redis.url, REDIS_NAMESPACE=stack.env.get("REDIS_NAMESPACE", "")
-        ):
-            yield
-    finally:
-        redis_sync.cache_clear()
-
-
-def _publish(stack: Stack, message: dict[str, Any]) -> None:
-    """What the ingest publishes after storing a batch (iot/services/live.py)."""
-    with _on_stack_redis(stack):
-        live_publish(message)
 
 
 def _logged_in(browser: Any, stack: Stack, username: str, path: str) -> Any:
@@ -142,7 +157,9 @@ def _shot(page: Any, name: str) -> None:
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
-def test_a_staff_users_live_chart_moves_when_a_reading_arrives(browser: Any, stack: Stack) -> None:
+def test_a_staff_users_live_chart_moves_when_the_device_publishes_a_reading(
+    browser: Any, stack: Stack, credentials: dict[str, dict[str, Any]], boiler: SimulatedDevice
+) -> None:
     page = _logged_in(browser, stack, "ops", "/iot/")
     page.click(f'.device-row[data-key="{DEVICE}"]')
     page.wait_for_url(f"**/iot/?device={DEVICE}")
@@ -157,16 +174,12 @@ def test_a_staff_users_live_chart_moves_when_a_reading_arrives(browser: Any, sta
     _shot(page, "iot-live-before")
 
     ts = int(time.time() * 1000)
-    _publish(
-        stack,
-        {
-            "readings": {
-                DEVICE: {"temperature": [[ts - 500, 24.5], [ts, 25.25]]},
-                "pump-7": {"pressure": [[ts, 1.9]]},
-            },
-            "status": {"meter-2": "online"},
-        },
-    )
+    boiler.telemetry({"temperature": 24.5}, ts=ts - 500)
+    boiler.telemetry({"temperature": 25.25}, ts=ts)
+    pump = _device(credentials, "pump-7")
+    pump.telemetry({"pressure": 1.9}, ts=ts)
+    # Connecting, a device says online on devices/{key}/status (its last will says offline).
+    meter = _device(credentials, "meter-2")
 
     page.wait_for_function(
         f"document.querySelector('.chart[data-metric=\"temperature\"]').dataset.lastX === '{ts}'",
@@ -176,18 +189,25 @@ def test_a_staff_users_live_chart_moves_when_a_reading_arrives(browser: Any, sta
     assert page.text_content('.chart[data-metric="temperature"] .chart-value') == "25.25"
     page.wait_for_selector('.device-row[data-key="meter-2"] .dot[data-status="online"]', timeout=TIMEOUT_MS)
     assert page.text_content('.device-row[data-key="pump-7"] .latest-value[data-metric="pressure"]') == "1.9"
+    # Its reading stored, the offline pump is online again.
+    page.wait_for_selector('.device-row[data-key="pump-7"] .dot[data-status="online"]', timeout=TIMEOUT_MS)
     # A metric the device had not reported before gets a chart of its own.
-    _publish(stack, {"readings": {DEVICE: {"co2": [[ts + 1000, 612.0]]}}})
+    boiler.telemetry({"co2": 612.0}, ts=ts + 1000)
     page.wait_for_selector('.chart[data-metric="co2"][data-points="1"]', timeout=TIMEOUT_MS)
     _shot(page, "iot-live-after")
     page.set_viewport_size({"width": 420, "height": 900})
     page.wait_for_function("document.querySelector('.chart .u-over').getBoundingClientRect().width < 400")
+    # Nothing wider than the window, the top bar with its IoT link included.
+    assert page.evaluate("document.documentElement.scrollWidth") <= 420
+    assert page.evaluate("document.querySelector('.topbar').getBoundingClientRect().right") <= 420
     _shot(page, "iot-narrow")
     page.context.close()
+    pump.close()
+    meter.close()
 
 
 def test_ranges_and_a_drag_reload_the_history_at_the_resolution_the_server_picks(
-    browser: Any, stack: Stack
+    browser: Any, stack: Stack, credentials: dict[str, dict[str, Any]]
 ) -> None:
     page = _logged_in(browser, stack, "ops", f"/iot/?device={DEVICE}")
     page.wait_for_selector('.chart[data-metric="temperature"][data-state="ready"]', timeout=TIMEOUT_MS)
@@ -223,7 +243,74 @@ def test_ranges_and_a_drag_reload_the_history_at_the_resolution_the_server_picks
     page.context.close()
 
 
-def test_a_refused_command_shows_its_error_beside_the_field(browser: Any, stack: Stack) -> None:
+def test_a_rule_made_over_the_api_opens_an_alert_the_page_shows(
+    browser: Any, stack: Stack, credentials: dict[str, dict[str, Any]], boiler: SimulatedDevice
+) -> None:
+    page = _logged_in(browser, stack, "ops", f"/iot/?device={DEVICE}")
+    page.wait_for_selector('#iot-status[data-state="live"]', timeout=TIMEOUT_MS)
+    assert page.text_content("#alerts-count") == "1"
+    ops, _ = stack.create_recipient("ops")
+    rule = {
+        "key": "boiler-too-hot",
+        "name": "Boiler too hot",
+        "devices": [DEVICE],
+        "metric": "temperature",
+        "op": ">",
+        "threshold": 80,
+        "clear_threshold": 70,
+        "severity": "critical",
+        "notify": {"recipients": [ops]},
+    }
+    response = stack.api.post("/api/v1/iot/rules/", json=rule)
+    assert response.status_code == 201, response.text
+
+    # The ingest picks a new rule up within IOT_RULES_CACHE_SECONDS: the device goes on
+    # publishing too hot a temperature, once a second, until the page shows the alert.
+    alert = '.alert-item[data-rule="boiler-too-hot"]'
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while not page.query_selector(alert):
+        assert time.monotonic() < deadline, "the alert never showed"
+        boiler.telemetry({"temperature": 86.5}, ts=int(time.time() * 1000))
+        page.wait_for_timeout(1000)
+    assert page.text_content(f"{alert} .device-key") == DEVICE
+    assert page.text_content(f"{alert} .alert-reason") == "threshold · 86.5"
+    assert "severity-critical" in (page.get_attribute(alert, "class") or "")
+    assert page.text_content("#alerts-count") == "2"
+    _shot(page, "iot-alert-open")
+
+    # Back under the clear threshold: the alert resolves and leaves the panel.
+    boiler.telemetry({"temperature": 64.0}, ts=int(time.time() * 1000))
+    page.wait_for_selector(alert, state="detached", timeout=TIMEOUT_MS)
+    assert page.text_content("#alerts-count") == "1"
+    page.context.close()
+
+
+def test_a_command_from_the_page_reaches_the_device_and_its_acknowledgement_shows(
+    browser: Any, stack: Stack, credentials: dict[str, dict[str, Any]], boiler: SimulatedDevice
+) -> None:
+    page = _logged_in(browser, stack, "ops", f"/iot/?device={DEVICE}")
+    page.wait_for_selector('#iot-status[data-state="live"]', timeout=TIMEOUT_MS)
+
+    page.fill("#command-name", "reboot")
+    page.fill("#command-params", '{"delay": 5}')
+    page.click("#command-send")
+    received = json.loads(boiler.wait_for("commands", timeout=TIMEOUT_MS / 1000))
+    assert (received["name"], received["params"]) == ("reboot", {"delay": 5})
+    page.wait_for_selector(f'.command[data-id="{received["id"]}"]', timeout=TIMEOUT_MS)
+    _shot(page, "iot-command-sent")
+
+    boiler.publish("commands/ack", {"id": received["id"], "ok": True, "result": {"rebooted": True}})
+    entry = f'.command[data-id="{received["id"]}"]'
+    page.wait_for_selector(f'{entry}[data-status="acked"]', timeout=TIMEOUT_MS)
+    assert page.text_content(f"{entry} .command-status") == "acknowledged"
+    assert page.text_content(f"{entry} .command-result") == '{"rebooted":true}'
+    _shot(page, "iot-command-acked")
+    page.context.close()
+
+
+def test_a_refused_command_shows_its_error_beside_the_field(
+    browser: Any, stack: Stack, credentials: dict[str, dict[str, Any]]
+) -> None:
     page = _logged_in(browser, stack, "ops", f"/iot/?device={DEVICE}")
     page.wait_for_selector('#iot-status[data-state="live"]', timeout=TIMEOUT_MS)
 
@@ -243,7 +330,9 @@ def test_a_refused_command_shows_its_error_beside_the_field(browser: Any, stack:
     page.context.close()
 
 
-def test_a_user_who_is_not_staff_is_refused_the_page(browser: Any, stack: Stack) -> None:
+def test_a_user_who_is_not_staff_is_refused_the_page(
+    browser: Any, stack: Stack, credentials: dict[str, dict[str, Any]]
+) -> None:
     ctx = browser.new_context()
     page = ctx.new_page()
     page.goto(f"{stack.web_url}/accounts/login/?next=/iot/")

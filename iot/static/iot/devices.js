@@ -18,6 +18,12 @@ const RESOLUTION = {
 const BUCKET_MS = { raw: 0, "1m": 60_000, "1h": 3_600_000 };
 const STATUS_LABEL = { online: "Online", offline: "Offline", never: "Never connected", revoked: "Revoked" };
 const COMMAND_FINAL = new Set(["acked", "failed", "timed_out"]);
+const COMMAND_LABEL = { pending: "pending", sent: "sent", acked: "acknowledged", failed: "failed", timed_out: "timed out" };
+// The ingest's live messages do not name the alerts a batch changed: while readings arrive,
+// the open alerts are refetched at most this often (and every ALERTS_POLL_MS regardless,
+// for the no-data sweep and alerts resolved elsewhere).
+const ALERTS_AFTER_READINGS_MS = 3000;
+const ALERTS_POLL_MS = 30_000;
 const COMMAND_POLL_MS = 1000;
 const COMMAND_POLL_MAX_MS = 10 * 60_000;
 
@@ -82,7 +88,16 @@ function seen(key, tsMs) {
   }
 }
 
+// A device whose reading was stored is online unless revoked (iot/services/storage.py
+// marks it so with the reading; no status frame follows then).
+function markOnline(key) {
+  const dot = document.querySelector(`.device-row[data-key="${CSS.escape(key)}"] .dot`);
+  const current = dot ? dot.dataset.status : panel && panel.dataset.key === key ? document.getElementById("device-status-dot").dataset.status : null;
+  if (current && current !== "online" && current !== "revoked") setStatus(key, "online");
+}
+
 function showLatest(key, metrics) {
+  markOnline(key);
   const row = document.querySelector(`.device-row[data-key="${CSS.escape(key)}"]`);
   let newest = 0;
   for (const [metric, points] of Object.entries(metrics)) {
@@ -203,6 +218,7 @@ function draw(chart) {
     chart.plot.setScale("x", { min: view.from / 1000, max: view.to / 1000 });
   }
   chart.figure.dataset.points = String(xs.length);
+  chart.figure.classList.toggle("empty", xs.length === 0);
   chart.figure.dataset.lastX = xs.length ? String(Math.round(xs[xs.length - 1] * 1000)) : "";
   chart.figure.dataset.bucket = view.bucket;
   chart.valueEl.textContent = formatValue(lastValue(chart));
@@ -361,14 +377,28 @@ function setUpCharts() {
 // --- alerts ------------------------------------------------------------------------------
 
 let alertsTimer = null;
+let alertsFetchedAt = 0;
+let alertsAfterReadings = null;
 
 function refetchAlerts() {
   clearTimeout(alertsTimer);
   alertsTimer = setTimeout(async () => {
+    alertsFetchedAt = Date.now();
     const response = await fetch(root.dataset.alertsUrl, { headers: { Accept: "application/json" } });
     if (!response.ok) return;
     renderAlerts((await response.json()).alerts);
   }, 250);
+}
+
+// Readings may have opened or resolved an alert: refetch soon, but at most once every
+// ALERTS_AFTER_READINGS_MS however many devices publish.
+function alertsMayHaveChanged() {
+  if (alertsAfterReadings !== null) return;
+  const wait = Math.max(0, alertsFetchedAt + ALERTS_AFTER_READINGS_MS - Date.now());
+  alertsAfterReadings = setTimeout(() => {
+    alertsAfterReadings = null;
+    refetchAlerts();
+  }, wait);
 }
 
 function renderAlerts(alerts) {
@@ -378,6 +408,7 @@ function renderAlerts(alerts) {
       const li = document.createElement("li");
       li.className = `alert-item severity-${alert.severity}`;
       li.dataset.id = alert.id;
+      li.dataset.rule = alert.rule;
       const reason = alert.reason === "no_data" ? "no data" : alert.reason;
       const value = alert.value === null ? "" : ` · ${formatValue(alert.value)}`;
       li.innerHTML =
@@ -425,11 +456,13 @@ function connect() {
         setConnection("live", "Live");
         break;
       case "readings":
+        alertsMayHaveChanged();
         showLatest(frame.device, frame.metrics);
         if (panel && frame.device === panel.dataset.key) onReadings(frame.metrics);
         break;
       case "status":
         setStatus(frame.device, frame.status);
+        if (frame.status === "online") seen(frame.device, Date.now());
         break;
       case "alerts":
         refetchAlerts();
@@ -485,15 +518,20 @@ function commandEntry(command) {
   const li = document.createElement("li");
   li.className = "command";
   li.dataset.id = command.id;
-  li.innerHTML = '<span class="command-name"></span> <code class="command-params"></code> <span class="chip command-status"></span> <span class="command-result muted small"></span>';
+  li.innerHTML =
+    '<span class="command-name"></span> <code class="command-params"></code> <span class="chip command-status"></span> ' +
+    '<span class="command-result muted small"></span> <time class="command-time muted small" data-relative></time>';
   li.querySelector(".command-name").textContent = command.name;
+  const sent = li.querySelector(".command-time");
+  sent.setAttribute("datetime", command.created_at || new Date().toISOString());
+  sent.textContent = "just now";
   li.querySelector(".command-params").textContent = JSON.stringify(command.params);
   return li;
 }
 
 function showCommand(li, command) {
   const status = li.querySelector(".command-status");
-  status.textContent = command.status.replace("_", " ");
+  status.textContent = COMMAND_LABEL[command.status] || command.status.replace("_", " ");
   status.dataset.status = command.status;
   li.dataset.status = command.status;
   const result = li.querySelector(".command-result");
@@ -563,6 +601,7 @@ function setUpCommands() {
 
 refreshTimes();
 setInterval(refreshTimes, 15_000);
+setInterval(refetchAlerts, ALERTS_POLL_MS);
 setUpCharts();
 setUpCommands();
 connect();

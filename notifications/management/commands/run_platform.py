@@ -250,6 +250,8 @@ class Command(BaseCommand):
         except (RuntimeError, TimeoutError) as error:
             self.stderr.write(f"The platform did not start: {error}")
             return 1
+        if settings.IOT_DEMO_DEVICES:
+            platform.start_iot_demo()
         self.print_urls(platform)
         exited = platform.watch()
         if exited:
@@ -285,6 +287,14 @@ class Command(BaseCommand):
             if "sandbox" in platform.processes
             else []
         )
+        iot_demo = (
+            [
+                "  IoT demo       seed_demo_iot's devices publish every second and answer commands "
+                "(manage.py iot_simulate; IOT_DEMO_DEVICES=false turns it off)"
+            ]
+            if "iot-demo" in platform.processes
+            else []
+        )
         lines = [
             "",
             "The platform is running:",
@@ -297,6 +307,7 @@ class Command(BaseCommand):
             f"  IoT            {web}/iot/  (devices: POST /api/v1/iot/devices/ or admin)",
             f"  MQTT broker    mqtt://{settings.MQTT_HOST}:{settings.MQTT_PORT}  "
             f"(mosquitto, dynamic security; files in {settings.MQTT_DIR}/)",
+            *iot_demo,
             f"  health         {web}/healthz",
             f"  metrics        {web}/metrics",
             f"  provider health {web}/admin/notifications/delivery/provider-health/",
