@@ -1,4 +1,4 @@
-"""``python -m bench [all|p1|p2|memory|p3-broadcast|p3-heartbeats|p3-presence|p4|...] [options]``: run benchmarks,
+"""``python -m bench [all|p1|p2|memory|p3-broadcast|p3-heartbeats|p3-presence|p4|p6|...] [options]``: run benchmarks,
 print their figures, and (unless ``--no-write``) record them in ``docs/benchmarks.md``.
 
     python -m bench                                  # everything below
@@ -15,6 +15,7 @@ print their figures, and (unless ``--no-write``) record them in ``docs/benchmark
     python -m bench p1-against --against c0fea50     # P1 here and at another revision, in turns
     python -m bench bulk --events 50000              # POST /api/v1/events/bulk/, accepted and delivered
     python -m bench p2-curve --rates 25,100,200,400  # P2 at each rate, and the highest that holds p99
+    python -m bench p6 --p6-devices 1000 --p6-rate 10000   # MQTT readings ingested, alerts, a day queried
     python -m bench p7 --p7-operations 259778        # collaborative documents: trace, editing load, OT
 """
 
@@ -37,6 +38,7 @@ from bench import (
     p3_presence,
     p4_push,
     p5_campaign,
+    p6_iot,
     p7_collab,
     provider_sends,
     report,
@@ -65,6 +67,7 @@ BENCHMARKS = (
     "p1-against",
     "bulk",
     "p2-curve",
+    "p6",
     "p7",
 )
 # uvicorn's own websocket protocol, measured beside the platform's (realtime/uvicorn_websocket.py).
@@ -210,6 +213,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=2_000,
         help="p7: operations sent one at a time in each mode (default 2,000; 0: skip)",
+    )
+    parser.add_argument("--p6-devices", type=int, default=1_000, help="p6: simulated devices (default 1,000)")
+    parser.add_argument(
+        "--p6-rate",
+        type=float,
+        default=p6_iot.TARGET_RATE,
+        help="p6: readings per second in all (default 10,000)",
+    )
+    parser.add_argument("--p6-seconds", type=float, default=20.0, help="p6: seconds of load (default 20)")
+    parser.add_argument(
+        "--p6-ingests",
+        default="1,2",
+        help="p6: ingest processes, one run with each count (default 1,2; the first run with 1 is the headline)",
+    )
+    parser.add_argument(
+        "--p6-alerts", type=int, default=10, help="p6: alerting devices per run, one breach each (default 10)"
+    )
+    parser.add_argument(
+        "--p6-generator-processes", type=int, default=2, help="p6: processes holding the devices (default 2)"
+    )
+    parser.add_argument(
+        "--p6-no-baseline", action="store_true", help="p6: skip the bare broker → subscriber baseline"
+    )
+    parser.add_argument(
+        "--p6-day-readings",
+        type=int,
+        default=86_400,
+        help="p6: one-per-second readings seeded for the query of a day (default 86,400; 0: skip)",
+    )
+    parser.add_argument(
+        "--p6-query-calls", type=int, default=20, help="p6: calls per query, median (default 20)"
+    )
+    parser.add_argument(
+        "--p6-batch-max",
+        type=int,
+        default=0,
+        help="p6: IOT_BATCH_MAX for the ingest (default: the setting's)",
+    )
+    parser.add_argument(
+        "--p6-batch-seconds",
+        type=float,
+        default=None,
+        help="p6: IOT_BATCH_SECONDS for the ingest (default: the setting's)",
     )
     parser.add_argument("--no-write", action="store_true", help="print figures only; leave docs/ alone")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -458,6 +504,26 @@ def run_p2_curve(args: argparse.Namespace, template: str) -> dict[str, Any]:
     }
 
 
+def run_p6(args: argparse.Namespace, template: str) -> dict[str, Any]:
+    result = p6_iot.run(
+        template=template,
+        devices=args.p6_devices,
+        rate=args.p6_rate,
+        seconds=args.p6_seconds,
+        ingests=tuple(int(part) for part in args.p6_ingests.split(",") if part.strip()),
+        alerts=args.p6_alerts,
+        generator_processes=args.p6_generator_processes,
+        baseline=not args.p6_no_baseline,
+        day_readings=args.p6_day_readings,
+        query_calls=args.p6_query_calls,
+        batch_max=args.p6_batch_max or None,
+        batch_seconds=args.p6_batch_seconds,
+        progress=not args.no_progress,
+    )
+    print(result.summary(), flush=True)
+    return {"p6": result.as_dict()}
+
+
 def run_p7(args: argparse.Namespace, template: str) -> dict[str, Any]:
     result = p7_collab.run(
         template=template,
@@ -496,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
             ("sends", run_sends),
             ("p5", run_p5),
             ("kill-sends", run_kill_sends),
+            ("p6", run_p6),
             ("p7", run_p7),
             ("p1-against", run_p1_against),
         )

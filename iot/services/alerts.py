@@ -35,6 +35,7 @@ has no ``reopened_at`` to tell a lasting reopen from a flap).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
@@ -50,6 +51,24 @@ from notifications.services.lookups import notification_type_by_key
 from notifications.services.validation import ValidationFailed
 
 log = logging.getLogger(__name__)
+
+# Alerts opened, reopened or resolved on this thread since the caller last took them: the
+# ingest tells the live page which changed once its batch committed (iot/services/ingest.py).
+_changed = threading.local()
+
+
+def _note_changed(alert_id: int) -> None:
+    if not hasattr(_changed, "ids"):
+        _changed.ids = []
+    _changed.ids.append(alert_id)
+
+
+def alerts_changed_take() -> list[int]:
+    """The ids of the alerts this thread opened or resolved since the last call."""
+    ids: list[int] = getattr(_changed, "ids", [])
+    _changed.ids = []
+    return ids
+
 
 ALERT_TYPE = "iot.alert"
 ALERT_TYPE_CRITICAL = "iot.alert.critical"
@@ -211,6 +230,7 @@ def alert_open(*, rule: Rule, device_id: int, reason: str, value: float | None, 
             updated_at=now,
         )
         if reopened:
+            _note_changed(latest.id)
             latest.status, latest.resolved_at, latest.flaps = AlertStatus.OPEN, None, latest.flaps + 1
             latest.value, latest.peak, latest.updated_at = value, value, now
             return latest
@@ -229,6 +249,7 @@ def alert_open(*, rule: Rule, device_id: int, reason: str, value: float | None, 
     except IntegrityError:
         # One is open already (a caller that did not hold the state lock): that one stands.
         return Alert.objects.get(rule_id=rule.id, device_id=device_id, status=AlertStatus.OPEN)
+    _note_changed(alert.id)
     _notify(alert=alert, rule=rule, state="opened")
     return alert
 
@@ -267,6 +288,7 @@ def alert_resolve(alert: Alert, *, rule: Rule, value: float | None, now: datetim
     if not Alert.objects.filter(id=alert.id, status=AlertStatus.OPEN).update(**fields):
         return False
     alert.status, alert.resolved_at = AlertStatus.RESOLVED, now
+    _note_changed(alert.id)
     if alert.flaps == 0:
         _notify(alert=alert, rule=rule, state="resolved")
     return True

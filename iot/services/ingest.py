@@ -31,6 +31,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from iot.models import Device
+from iot.services.alerts import alerts_changed_take
 from iot.services.broker import PLATFORM_USERNAME, BrokerSettings
 from iot.services.live import live_publish
 from iot.services.partitions import partitions_ensure, raw_oldest
@@ -60,7 +61,7 @@ SWEEP_EVERY_SECONDS = 1.0
 CBOR = "application/cbor"
 
 
-@dataclass
+@dataclass(slots=True)
 class Message:
     topic: str
     payload: bytes
@@ -84,6 +85,58 @@ class Counters:
     retries: int = 0
     last_batch_seconds: float = 0.0
     started: float = field(default_factory=time.monotonic)
+
+
+class _BufferedSocket:
+    """The broker's socket, read 256 KB at a time. paho-mqtt reads each packet's header a
+    byte at a time, three system calls a message; this hands it those bytes from one read.
+    ``pending()`` is what paho's loop asks an SSL socket, so that it reads what is
+    buffered before it waits in select again."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buffer = bytearray()
+
+    def recv(self, size: int) -> bytes:
+        if not self._buffer:
+            data = self._sock.recv(262_144)
+            if not data:
+                return b""
+            self._buffer += data
+        if size >= len(self._buffer):
+            taken = bytes(self._buffer)
+            self._buffer.clear()
+            return taken
+        taken = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return taken
+
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class _IngestClient(mqtt.Client):
+    """paho-mqtt's client on a buffered socket (about a fifth less CPU per message, measured
+    with 50,000 QoS 1 messages: 98 µs to 76 µs)."""
+
+    def _create_socket(self) -> Any:
+        return _BufferedSocket(super()._create_socket())
+
+    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        result = super().loop_read(max_packets)
+        # paho reads one packet per call when nothing is in flight; drain what is buffered
+        # (bounded, so that the acknowledgements queued meanwhile are written soon).
+        rounds = 0
+        while result == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS and rounds < 5_000:
+            sock = self._sock
+            if not isinstance(sock, _BufferedSocket) or not sock.pending():
+                break
+            result = super().loop_read(max_packets)
+            rounds += 1
+        return result
 
 
 def _device_key(topic: str) -> tuple[str, str]:
@@ -119,7 +172,7 @@ class Ingest:
     # -- the MQTT side (paho's network thread) --
 
     def _make_client(self) -> mqtt.Client:
-        client = mqtt.Client(
+        client = _IngestClient(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=f"ingest-{self.name}",
             protocol=mqtt.MQTTv5,
@@ -206,15 +259,13 @@ class Ingest:
             if message.qos > 0 and message.connection == current:
                 self._client.ack(message.mid, message.qos)
 
-    def _device(self, key: str) -> tuple[int, bool] | None:
-        known = self._devices.get(key)
-        if known is None:
-            row = Device.objects.filter(key=key).values_list("id", "revoked_at").first()
-            if row is None:
-                return None
-            known = (row[0], row[1] is not None)
-            self._devices[key] = known
-        return known
+    def _learn_devices(self, batch: list[Message]) -> None:
+        """Look up, in one query, the devices of ``batch`` this process does not know yet."""
+        unknown = {_device_key(m.topic)[0] for m in batch if m.topic.count("/") >= 2} - self._devices.keys()
+        if unknown:
+            rows = Device.objects.filter(key__in=unknown).values_list("key", "id", "revoked_at")
+            for key, device_id, revoked_at in rows:
+                self._devices[key] = (device_id, revoked_at is not None)
 
     def handle(self, batch: list[Message]) -> None:
         """Store one batch (retrying while the database is away), then tell the rest."""
@@ -226,12 +277,13 @@ class Ingest:
         statuses: dict[int, str] = {}
         others: list[tuple[str, Message]] = []
         live: dict[str, dict[str, list[list[float]]]] = {}
+        self._with_database(lambda: self._learn_devices(batch))
         for message in batch:
             try:
                 key, rest = _device_key(message.topic)
             except ValueError:
                 continue
-            device = self._device(key)
+            device = self._devices.get(key)
             if device is None:
                 malformed.append(Malformed(None, message.topic, message.payload, f"no device {key!r}"))
                 continue
@@ -267,6 +319,7 @@ class Ingest:
                     )
             else:
                 others.append((rest, message))
+        alerts_changed_take()  # what an earlier, failed attempt noted
         stored = self._with_database(lambda: readings_store(rows, malformed, now=now))
         changed = self._with_database(lambda: statuses_store(statuses, at=now)) if statuses else []
         for rest, message in others:
@@ -276,13 +329,14 @@ class Ingest:
         self.counters.duplicates += stored.duplicates
         self.counters.malformed += stored.malformed
         self.counters.batches += 1
-        if stored.new or changed:
+        alerts = sorted(set(alerts_changed_take()))
+        if stored.new or changed or alerts:
             keys = {device_id: key for key, (device_id, _) in self._devices.items()}
             live_publish(
                 {
                     "readings": live if stored.new else {},
                     "status": {keys[i]: statuses[i] for i in changed if i in keys},
-                    "alerts": [],
+                    "alerts": alerts,
                 }
             )
 
