@@ -9,8 +9,9 @@ Evaluation (``rules_evaluate``) runs inside the ingest's transaction, about 10,0
 readings a second, so:
 
 - Which rules apply comes from a per-process map of the enabled rules by metric, built
-  from the database at most every ``IOT_RULES_CACHE_SECONDS`` (2 s) and at once after a
-  rule is saved in this process; a batch with no metric any rule watches costs no query.
+  from the database at most every ``IOT_RULES_CACHE_SECONDS`` (2 s), and at the next
+  batch after a rule is saved in any process (a version in Redis, ``RULES_VERSION_KEY``);
+  a batch with no metric any rule watches costs no database query.
   Device kinds are cached alongside (one query for the ids not seen yet).
 - Where a rule stands for a device is a RuleState row, shared by every ingest process.
   A batch takes its rules FOR KEY SHARE (a rule being deleted waits, or is skipped once
@@ -42,6 +43,7 @@ provisioned later gets its states from ``rule_states_for_new_device``.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import threading
@@ -52,6 +54,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
@@ -75,6 +78,9 @@ from notifications.models import Recipient, Topic
 from notifications.services.lookups import notification_type_by_key
 from notifications.services.template_variables import data_variables_errors, variables_example_data
 from notifications.services.validation import RuleViolation, ValidationFailed, key_check
+from realtime.redis_client import redis_key, redis_sync
+
+log = logging.getLogger(__name__)
 
 RULE_FIELDS = (
     "key",
@@ -448,6 +454,8 @@ def rule_states_for_new_device(device: Device) -> int:
 @dataclass
 class _RuleMap:
     loaded_at: float
+    # RULES_VERSION_KEY when it was loaded (None: Redis did not answer)
+    version: int | None = None
     rules: dict[int, Rule] = field(default_factory=dict)
     # metric -> rules watching it (a threshold, or a no-data rule on that metric)
     by_metric: dict[str, list[Rule]] = field(default_factory=dict)
@@ -464,11 +472,31 @@ _map_lock = threading.Lock()
 _map: _RuleMap | None = None
 
 
+# Bumped after every committed change of the rules, so that every ingest process rebuilds
+# its map at its next batch, not up to IOT_RULES_CACHE_SECONDS later (a rule saved through
+# the API then applies to the very next readings). One GET per batch; without Redis the
+# map still expires after IOT_RULES_CACHE_SECONDS.
+RULES_VERSION_KEY = "iot:rules:version"
+
+
+def _rules_version() -> int | None:
+    try:
+        raw = redis_sync().get(redis_key(RULES_VERSION_KEY))
+    except redis.RedisError:
+        return None
+    return int(raw or 0)
+
+
 def rules_cache_clear() -> None:
-    """Rebuild the rule map on next use (after a rule is saved in this process)."""
+    """Rebuild the rule map on next use, here and (through the version in Redis) in every
+    other process (after a rule is saved or deleted)."""
     global _map
     with _map_lock:
         _map = None
+    try:
+        redis_sync().incr(redis_key(RULES_VERSION_KEY))
+    except redis.RedisError as error:
+        log.warning("other processes will see the rule change within their cache time: %s", error)
 
 
 def _cache_seconds() -> float:
@@ -477,11 +505,16 @@ def _cache_seconds() -> float:
 
 def _rule_map() -> _RuleMap:
     global _map
+    version = _rules_version()
     with _map_lock:
         current = _map
-        if current is not None and time.monotonic() - current.loaded_at < _cache_seconds():
+        if (
+            current is not None
+            and time.monotonic() - current.loaded_at < _cache_seconds()
+            and (version is None or version == current.version)
+        ):
             return current
-    loaded = _RuleMap(loaded_at=time.monotonic())
+    loaded = _RuleMap(loaded_at=time.monotonic(), version=version)
     for rule in Rule.objects.filter(enabled=True).order_by("id"):
         loaded.rules[rule.id] = rule
         if rule.metric:

@@ -138,11 +138,11 @@ def test_an_alert_rule_fires_and_then_resolves_in_the_recipients_inbox(iot_stack
     # one that lasts two seconds opens the alert, once
     for n, value in enumerate([-8.0, -7.0, -6.0, -5.0]):
         device.telemetry({"temp": value}, ts=(start + timedelta(seconds=3 + n)).isoformat())
-    wait_until(lambda: any("opened" in t for t in titles()), 10, message="the alert never reached the inbox")
+    wait_until(lambda: any("opened" in t for t in titles()), 20, message="the alert never reached the inbox")
     # back below the clear threshold: resolved
     device.telemetry({"temp": -12.0}, ts=(start + timedelta(seconds=8)).isoformat())  # not yet: hysteresis
     device.telemetry({"temp": -16.0}, ts=(start + timedelta(seconds=9)).isoformat())
-    wait_until(lambda: any("resolved" in t for t in titles()), 10, message="never resolved in the inbox")
+    wait_until(lambda: any("resolved" in t for t in titles()), 20, message="never resolved in the inbox")
     assert sorted(titles()) == sorted(["Too warm on Freezer 3: opened", "Too warm on Freezer 3: resolved"])
     alerts = iot_stack.api.get("/api/v1/iot/alerts/", params={"device": key}).json()["results"]
     assert [a["status"] for a in alerts] == ["resolved"]
