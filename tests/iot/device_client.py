@@ -24,7 +24,7 @@ class SimulatedDevice:
         self.client.username_pw_set(key, password)
         self.client.will_set(f"devices/{key}/status", b"offline", qos=1)
         # Back within a second of a broker restart (paho's default backoff grows to 2 minutes).
-        self.client.reconnect_delay_set(min_delay=0.2, max_delay=1)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=1)
         self.connected = threading.Event()
         self.refused = threading.Event()
         self.received: list[tuple[str, bytes]] = []
