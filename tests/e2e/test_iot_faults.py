@@ -61,6 +61,7 @@ class Burst:
         self.pause = pause
         self.start = datetime.now(UTC) - timedelta(minutes=30)
         self.errors: list[BaseException] = []
+        self.sent = 0  # readings handed to the devices' clients so far
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -72,6 +73,7 @@ class Burst:
                     device.client.publish(
                         f"devices/{device.key}/telemetry", f'{{"ts": "{ts}", "metrics": {{"v": {n}}}}}', qos=1
                     )
+                    self.sent += 1
                 if self.pause:
                     stop.wait(self.pause)
         except BaseException as error:  # noqa: BLE001 - the test reports it
@@ -161,7 +163,11 @@ def test_readings_published_while_postgres_is_down_are_stored_when_it_returns(
     with Burst(devices, 300, pause=0.01) as burst:
         wait_until(lambda: counts(stack, prefix)[0] >= 100, 20, message="the burst never started landing")
         postgres.stop()
-        threading.Event().wait(3)  # the outage: readings keep coming meanwhile
+        # the outage lasts while the devices publish another 300 readings
+        during = burst.sent + 300
+        wait_until(
+            lambda: burst.sent >= during or not burst.thread.is_alive(), 30, message="the burst stalled"
+        )
         postgres.start()
     wait_until(
         lambda: counts(stack, prefix)[0] == burst.total,

@@ -3,6 +3,8 @@ per test process, the settings pointed at it for each test that asks for ``broke
 
 from __future__ import annotations
 
+import threading
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,3 +29,34 @@ def broker(_session_broker: PrivateBroker, settings: Any) -> Iterator[PrivateBro
     settings.MQTT_PORT = _session_broker.port
     yield _session_broker
     dynamic_security().close()
+
+
+@pytest.fixture
+def ingest(broker: PrivateBroker) -> Iterator[Any]:
+    """The ingest loop (iot/services/ingest.py) on a thread of the test process, subscribed
+    to the private broker under a session of its own; stopped (and its failure reported)
+    when the test ends. tests/e2e runs it as its own process instead."""
+    from django.db import connection
+
+    from iot.services.ingest import Ingest
+
+    running = Ingest(broker.settings, name=f"test-{uuid.uuid4().hex[:8]}", batch_seconds=0.05)
+    ready = threading.Event()
+    running.on_ready = ready.set
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            running.run()
+        except BaseException as error:  # noqa: BLE001 - reported by the test
+            failures.append(error)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(15), failures
+    yield running
+    running.stop()
+    thread.join(10)
+    assert not failures, failures

@@ -13,10 +13,7 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +21,6 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.core.management import call_command
-from django.db import connection
 from django.utils import timezone
 
 from harness.mqtt import PrivateBroker
@@ -106,30 +102,6 @@ def test_a_freezer_warm_up_trips_the_demo_rule_and_clears_it() -> None:
     assert above == list(range(above[0], above[-1] + 1))
     assert 45 <= len(above) <= 120
     assert values[-1] == base and min(values[above[-1] + 1 :]) <= -15
-
-
-@pytest.fixture
-def ingest(broker: PrivateBroker) -> Iterator[Ingest]:
-    running = Ingest(broker.settings, name=f"demo-{uuid.uuid4().hex[:8]}", batch_seconds=0.05)
-    ready = threading.Event()
-    running.on_ready = ready.set
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            running.run()
-        except BaseException as error:  # noqa: BLE001 - reported by the test
-            failures.append(error)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert ready.wait(15), failures
-    yield running
-    running.stop()
-    thread.join(10)
-    assert not failures, failures
 
 
 @pytest.fixture

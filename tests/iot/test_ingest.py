@@ -6,9 +6,6 @@ its own process, killed and restarted."""
 from __future__ import annotations
 
 import json
-import threading
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import cbor2
@@ -23,30 +20,6 @@ from project.processes.waiting import wait_until
 from tests.iot.device_client import SimulatedDevice
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def ingest(broker: PrivateBroker) -> Iterator[Ingest]:
-    running = Ingest(broker.settings, name=f"test-{uuid.uuid4().hex[:8]}", batch_seconds=0.05)
-    ready = threading.Event()
-    running.on_ready = ready.set
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            running.run()
-        except BaseException as error:  # noqa: BLE001 - reported by the test
-            failures.append(error)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert ready.wait(15), failures
-    yield running
-    running.stop()
-    thread.join(10)
-    assert not failures, failures
 
 
 def provisioned(broker: PrivateBroker, key: str) -> SimulatedDevice:
