@@ -42,6 +42,8 @@ from iot.services.storage import Row, readings_store, statuses_store
 logger = logging.getLogger(__name__)
 
 SHARE_GROUP = "ingest"
+RECONNECT_MIN_SECONDS = 0.25
+RECONNECT_MAX_SECONDS = 2.0
 SUBSCRIPTIONS = (
     "devices/+/telemetry",
     "devices/+/telemetry/cbor",
@@ -183,7 +185,11 @@ class Ingest:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = lambda *args: self._subscribed.set()
-        client.reconnect_delay_set(min_delay=1, max_delay=5)
+        # Back soon after the broker: Mosquitto 2.0 keeps this session's queued messages over a
+        # restart but not its shared subscriptions, so until _on_connect subscribes again a
+        # reading finds no subscriber (its PUBACK says so, reason 16: docs/iot.md). paho
+        # sleeps fractions of a second although its annotation says int.
+        client.reconnect_delay_set(min_delay=RECONNECT_MIN_SECONDS, max_delay=RECONNECT_MAX_SECONDS)  # type: ignore[arg-type]
         client.max_inflight_messages_set(1000)
         client.max_queued_messages_set(0)
         return client

@@ -1,5 +1,9 @@
 """A simulated device for the tests: paho-mqtt with the device's own credentials, its last
-will on ``devices/{key}/status``, commands and firmware offers collected as they come."""
+will on ``devices/{key}/status``, commands and firmware offers collected as they come.
+
+It keeps the device contract of docs/iot.md: a QoS 1 reading whose PUBACK says "no
+matching subscribers" (MQTT v5 reason code 16) reached no ingest (in the moment after a
+broker restart, before the ingest subscribed again) and is published again."""
 
 from __future__ import annotations
 
@@ -11,6 +15,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+NO_MATCHING_SUBSCRIBERS = 16
+RESEND_AFTER_SECONDS = 0.2
 
 
 class SimulatedDevice:
@@ -29,8 +36,12 @@ class SimulatedDevice:
         self.refused = threading.Event()
         self.received: list[tuple[str, bytes]] = []
         self.arrived = threading.Condition()
+        # QoS 1 publishes not yet acknowledged, by message id, to publish again on reason 16
+        self._unacked: dict[int, tuple[str, bytes | str, Properties | None]] = {}
+        self.resent = 0
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
         self.client.connect(host, port, keepalive=10)
         self.client.loop_start()
 
@@ -39,8 +50,33 @@ class SimulatedDevice:
             self.refused.set()
             return
         client.publish(f"devices/{self.key}/status", b"online", qos=1)
-        client.subscribe(f"devices/{self.key}/#", qos=1)
+        # What the platform sends it (not its own topics: a subscription matching its own
+        # telemetry would make the broker answer "delivered" when no ingest took it).
+        client.subscribe([(f"devices/{self.key}/{topic}", 1) for topic in ("commands", "firmware")])
         self.connected.set()
+
+    def send(
+        self, topic: str, payload: bytes | str, *, qos: int = 1, properties: Properties | None = None
+    ) -> Any:
+        """Publish, keeping a QoS 1 message until its PUBACK; returns paho's MessageInfo."""
+        # paho runs on_publish holding this (reentrant) lock of its own: holding it here too,
+        # the PUBACK's callback finds the message even when it comes before publish returns.
+        with self.client._out_message_mutex:
+            info = self.client.publish(topic, payload, qos=qos, properties=properties)
+            if qos:
+                self._unacked[info.mid] = (topic, payload, properties)
+        return info
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        sent = self._unacked.pop(mid, None)  # on paho's thread, under the lock send() holds
+        if sent is not None and getattr(reason, "value", 0) == NO_MATCHING_SUBSCRIBERS:
+            self.resent += 1
+            topic, payload, properties = sent
+            timer = threading.Timer(
+                RESEND_AFTER_SECONDS, lambda: self.send(topic, payload, properties=properties)
+            )
+            timer.daemon = True
+            timer.start()
 
     def _on_message(self, client: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
         with self.arrived:
@@ -62,7 +98,7 @@ class SimulatedDevice:
         if cbor:
             properties = Properties(PacketTypes.PUBLISH)
             properties.ContentType = "application/cbor"
-        info = self.client.publish(f"devices/{self.key}/{suffix}", body, qos=qos, properties=properties)
+        info = self.send(f"devices/{self.key}/{suffix}", body, qos=qos, properties=properties)
         info.wait_for_publish(5)
 
     def telemetry(self, metrics: dict[str, float], *, ts: Any = None, qos: int = 1) -> None:

@@ -8,6 +8,11 @@ const summary = document.getElementById("campaign-summary");
 const rows = document.querySelector("#campaign-counts tbody");
 const COLUMNS = ["audience", "sent", "delivered", "failed", "suppressed", "held"];
 const SETTLED = new Set(["completed", "cancelled", "draft"]);
+// Once a button of the page's form is pressed, its answer (a redirect with the message
+// saying what was done) brings the new page: a reload for the status that action itself
+// changed would cancel that answer and lose the message.
+let submitting = false;
+document.addEventListener("submit", () => { submitting = true; });
 
 function cell(tag, text) {
   const node = document.createElement(tag);
@@ -37,10 +42,12 @@ function show(campaign) {
 }
 
 async function poll() {
+  if (submitting) return;
   try {
     const response = await fetch(panel.dataset.url, { credentials: "same-origin" });
     if (response.ok) {
       const campaign = await response.json();
+      if (submitting) return;
       if (campaign.status !== rendered) {
         // The buttons and fields were for the status the page was rendered with.
         location.reload();
