@@ -16,6 +16,7 @@ same name picks up what the broker kept for it.
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 import time
 from collections import deque
@@ -120,9 +121,46 @@ class _BufferedSocket:
         return getattr(self._sock, name)
 
 
+_PUBACK = struct.Struct("!BBH")
+PUBACK = 0x40
+
+
 class _IngestClient(mqtt.Client):
     """paho-mqtt's client on a buffered socket (about a fifth less CPU per message, measured
-    with 50,000 QoS 1 messages: 98 µs to 76 µs)."""
+    with 50,000 QoS 1 messages: 98 µs to 76 µs), with a short way for the common PUBLISH.
+
+    A reading's PUBLISH carries no MQTT v5 properties; paho still builds and fills a
+    ``Properties`` object and an ``MQTTMessage`` for it and matches its topic against the
+    callbacks, which was most of its cost per message. Such a packet goes straight to
+    ``on_plain_publish``; one with properties (a content type) or anything unusual takes
+    paho's own way to ``on_message``. The acknowledgements of a stored batch leave as one
+    write (``ack_many``) instead of one queued packet and wake-up each."""
+
+    on_plain_publish: Callable[[str, bytes, int, int], None] | None = None
+
+    def _handle_publish(self) -> mqtt.MQTTErrorCode:
+        handler = self.on_plain_publish
+        packet = self._in_packet["packet"]
+        qos = (self._in_packet["command"] & 0x06) >> 1
+        if handler is not None and qos <= 1 and self._protocol == mqtt.MQTTv5 and len(packet) >= 3:
+            end = 2 + ((packet[0] << 8) | packet[1])
+            at = end + 2 if qos else end
+            # the property length, a variable byte integer: 0 is the single byte 0
+            if at < len(packet) and packet[at] == 0:
+                try:
+                    topic = bytes(packet[2:end]).decode()
+                except UnicodeDecodeError:
+                    return super()._handle_publish()
+                mid = (packet[end] << 8) | packet[end + 1] if qos else 0
+                handler(topic, bytes(packet[at + 1 :]), qos, mid)
+                return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        return super()._handle_publish()
+
+    def ack_many(self, mids: list[int]) -> None:
+        """Acknowledge these QoS 1 messages (manual acknowledgement) in one write."""
+        if mids:
+            packet = b"".join(_PUBACK.pack(PUBACK, 2, mid) for mid in mids)
+            self._packet_queue(PUBACK, packet, 0, 1)
 
     def _create_socket(self) -> Any:
         return _BufferedSocket(super()._create_socket())
@@ -173,7 +211,7 @@ class Ingest:
 
     # -- the MQTT side (paho's network thread) --
 
-    def _make_client(self) -> mqtt.Client:
+    def _make_client(self) -> _IngestClient:
         client = _IngestClient(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=f"ingest-{self.name}",
@@ -184,6 +222,7 @@ class Ingest:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_plain_publish = self._arrive
         client.on_subscribe = lambda *args: self._subscribed.set()
         # Back soon after the broker: Mosquitto 2.0 keeps this session's queued messages over a
         # restart but not its shared subscriptions, so until _on_connect subscribes again a
@@ -214,20 +253,15 @@ class Ingest:
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         props = getattr(message, "properties", None)
         content_type = getattr(props, "ContentType", "") or ""
+        self._arrive(message.topic, message.payload, message.qos, message.mid, content_type)
+
+    def _arrive(self, topic: str, payload: bytes, qos: int, mid: int, content_type: str = "") -> None:
         with self._arrived:
-            if message.qos == 0 and len(self._queue) >= QUEUE_MAX:
+            if qos == 0 and len(self._queue) >= QUEUE_MAX:
                 self.counters.dropped_qos0 += 1
                 return
             self._queue.append(
-                Message(
-                    message.topic,
-                    message.payload,
-                    message.qos,
-                    message.mid,
-                    content_type,
-                    datetime.now(UTC),
-                    self._connection,
-                )
+                Message(topic, payload, qos, mid, content_type, datetime.now(UTC), self._connection)
             )
             # Wake the loop for the first message of a batch and for a full one only: it
             # gathers the rest until the batch's deadline (a wake per message cost the GIL).
@@ -264,9 +298,7 @@ class Ingest:
 
     def _ack(self, messages: Iterable[Message]) -> None:
         current = self._connection
-        for message in messages:
-            if message.qos > 0 and message.connection == current:
-                self._client.ack(message.mid, message.qos)
+        self._client.ack_many([m.mid for m in messages if m.qos > 0 and m.connection == current])
 
     def _learn_devices(self, batch: list[Message]) -> None:
         """Look up, in one query, the devices of ``batch`` this process does not know yet."""
