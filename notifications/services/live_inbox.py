@@ -21,6 +21,7 @@ from django.conf import settings
 from notifications import selectors
 from notifications.services.inbox import inbox_item_payload
 from notifications.services.realtime import (
+    APP_FRAME_MESSAGE,
     ITEM_MESSAGE,
     NOTIFICATIONS_MESSAGE,
     READ_ALL_MESSAGE,
@@ -258,6 +259,8 @@ class LiveInbox(LiveConnection):
             # An item changed elsewhere (another tab or device, or a snooze ran out).
             self.send({"type": "item", "item": message["item"]})
             self.send({"type": "unread_count", "count": message["unread"]})
+        elif message.get("type") == APP_FRAME_MESSAGE:
+            self.send(message["frame"])
         elif message.get("type") == READ_ALL_MESSAGE:
             self.send({"type": "read_all", "up_to_seq": message["up_to_seq"], "read_at": message["read_at"]})
             self.send({"type": "unread_count", "count": message["unread"]})

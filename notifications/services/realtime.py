@@ -29,6 +29,9 @@ UNREAD_MESSAGE = "inbox.unread"
 # tabs and devices follow (services/inbox.py).
 ITEM_MESSAGE = "inbox.item"
 READ_ALL_MESSAGE = "inbox.read_all"
+# A frame of another app for the user's inbox sockets, sent as it is (a match found:
+# gaming/services/matchmaking.py).
+APP_FRAME_MESSAGE = "app.frame"
 
 
 def realtime_publish(messages: Sequence[tuple[int, dict[str, Any]]]) -> None:
@@ -45,3 +48,9 @@ def realtime_publish_entries(entries: Sequence[Entry]) -> None:
         hub_publish(entries)
     except (redis.RedisError, OSError) as exc:
         log.warning("realtime frames not published (clients will resume): %s", exc)
+
+
+def app_frames_publish(entries: Sequence[tuple[Sequence[int], dict[str, Any]]]) -> None:
+    """Frames of other apps (``{"type": ..., ...}``) for these recipients' inbox sockets,
+    delivered as they are. Call after commit; at-most-once like every live frame."""
+    realtime_publish_entries([(ids, {"type": APP_FRAME_MESSAGE, "frame": frame}) for ids, frame in entries])

@@ -416,6 +416,19 @@ IOT_COMMAND_TIMEOUT_SECONDS = env_float("IOT_COMMAND_TIMEOUT_SECONDS", 30.0)
 # make run's demo devices publishing (manage.py iot_simulate, started by run_platform as
 # its iot-demo process; seed_demo_iot makes them). Off in production.
 IOT_DEMO_DEVICES = env_bool("IOT_DEMO_DEVICES", True)
+
+# --- Gaming (gaming/) ---------------------------------------------------------------------------
+# The regions match servers run in; a ticket may carry its round trip to each, and a match
+# is placed where its worst-off player is best off (gaming/services/matchmaking.py).
+GAMING_REGIONS = env_list("GAMING_REGIONS", ["local"])
+# A match fills up to its mode's most players; after this long its oldest ticket takes
+# what is there (at least the mode's fewest).
+GAMING_FILL_SECONDS = env_float("GAMING_FILL_SECONDS", 5.0)
+# The rating window (OpenSkill ordinal points) a ticket accepts at first, how fast it
+# widens per second of waiting, and how wide it gets.
+GAMING_WINDOW_BASE = env_float("GAMING_WINDOW_BASE", 3.0)
+GAMING_WINDOW_PER_SECOND = env_float("GAMING_WINDOW_PER_SECOND", 1.0)
+GAMING_WINDOW_MAX = env_float("GAMING_WINDOW_MAX", 60.0)
 MAX_EXPLICIT_RECIPIENTS = env_int("MAX_EXPLICIT_RECIPIENTS", 10_000, minimum=1)
 MAX_EVENT_DATA_BYTES = env_int("MAX_EVENT_DATA_BYTES", 65_536, minimum=256)
 

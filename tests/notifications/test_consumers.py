@@ -26,7 +26,12 @@ from django.utils import timezone
 
 from notifications.models import Delivery, DeliveryStatus, Event, InboxItem, InboxSequence, Recipient
 from notifications.services.inbox import inbox_item_payload
-from notifications.services.realtime import NOTIFICATIONS_MESSAGE, realtime_publish, realtime_publish_entries
+from notifications.services.realtime import (
+    NOTIFICATIONS_MESSAGE,
+    app_frames_publish,
+    realtime_publish,
+    realtime_publish_entries,
+)
 from project.asgi import application
 from realtime.redis_client import redis_sync
 from realtime.registry import _key as connection_key
@@ -311,6 +316,20 @@ def test_it_passes_live_items_and_unread_counts_on_without_a_resume() -> None:
             "type": "unread_count",
             "count": 7,
         }
+        await communicator.disconnect()
+
+    run(scenario)
+
+
+def test_it_passes_another_apps_frame_on_as_it_is() -> None:
+    recipient = recipient_create()
+
+    async def scenario() -> None:
+        communicator = token_socket(token_for(recipient))
+        await open_socket(communicator)
+        frame = {"type": "match.found", "match": "m-1", "socket": "/ws/matches/m-1/"}
+        app_frames_publish([([recipient.id], frame)])
+        assert await communicator.receive_json_from(timeout=FRAME_TIMEOUT) == frame
         await communicator.disconnect()
 
     run(scenario)
