@@ -17,13 +17,17 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 
-class InputRefused(Exception):
-    """An input the server drops: ``field`` names what was wrong, ``reason`` says how."""
+class Refused(Exception):
+    """Something the game refuses: ``field`` names what was wrong, ``reason`` says how."""
 
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
+
+
+class InputRefused(Refused):
+    """An input the server drops (and counts)."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from django.utils import timezone
 from openskill.models import PlackettLuce
 
 from gaming.models import Match, MatchPlayer, MatchStatus, Rating
+from gaming.modes.base import Refused
 from gaming.services.leaderboard import leaderboard_update
 
 MODEL = PlackettLuce()
@@ -19,13 +20,8 @@ DEFAULT_MU = MODEL.mu
 DEFAULT_SIGMA = MODEL.sigma
 
 
-class ResultRefused(Exception):
-    """A result that cannot be recorded, naming the field and the problem."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-        self.problem = problem
+class ResultRefused(Refused):
+    """A result that does not fit its match, or a match that takes no result."""
 
 
 @dataclass(frozen=True)
