@@ -16,7 +16,6 @@ from typing import Any
 
 import redis
 from rest_framework import exceptions, serializers, status
-from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -50,9 +49,9 @@ from collaboration.services.updates import document_text, state_text
 from collaboration.services.versions import NAME_MAX, VersionNotFound, version_create, version_restore
 from notifications.api.auth import (
     ApiKeyAuthentication,
-    EndUserPrincipal,
     EndUserTokenAuthentication,
-    ServicePrincipal,
+    IsServiceOrEndUser,
+    end_user_recipient,
 )
 from notifications.api.common import StrictSerializer, errors_response, operation, text_field
 from notifications.models import KEY_VALIDATOR, Recipient
@@ -60,11 +59,6 @@ from notifications.services.validation import EXTERNAL_ID_MAX
 from presence.services import presence_of
 
 DOCUMENTS_LIMIT = 200
-
-
-class IsServiceOrEndUser(BasePermission):
-    def has_permission(self, request: Request, view: Any) -> bool:
-        return isinstance(request.user, ServicePrincipal | EndUserPrincipal)
 
 
 class DocumentsApiView(APIView):
@@ -85,20 +79,11 @@ class Access:
             raise exceptions.PermissionDenied(f"a {self.role} of this document may not {doing}")
 
 
-def _caller(request: Request) -> Recipient | None:
-    if isinstance(request.user, EndUserPrincipal):
-        recipient = Recipient.objects.filter(id=request.user.recipient_id).first()
-        if recipient is None:  # deleted since its token was issued
-            raise exceptions.AuthenticationFailed("this token's recipient no longer exists")
-        return recipient
-    return None
-
-
 def _access(request: Request, key: str) -> Access:
     document = selectors.document_by_key(key)
     if document is None:
         raise exceptions.NotFound(f"no document {key!r}")
-    recipient = _caller(request)
+    recipient = end_user_recipient(request)
     if recipient is None:
         return Access(document, None, None)
     role = selectors.member_role(document_id=document.id, recipient_id=recipient.id)
@@ -207,7 +192,7 @@ class DocumentListView(DocumentsApiView):
         responses={200: DocumentListSerializer},
     )
     def get(self, request: Request) -> Response:
-        caller = _caller(request)
+        caller = end_user_recipient(request)
         documents = selectors.documents_of(recipient_id=caller.id if caller else None, limit=DOCUMENTS_LIMIT)
         members = selectors.members_of([d.id for d in documents])
         results = []
@@ -233,7 +218,7 @@ class DocumentListView(DocumentsApiView):
         serializer.is_valid(raise_exception=True)
         data = dict(serializer.validated_data)
         members = [dict(m) for m in data.get("members", [])]
-        creator = _caller(request)
+        creator = end_user_recipient(request)
         if creator is not None and not any(m["recipient"] == creator.external_id for m in members):
             members.insert(0, {"recipient": creator.external_id, "role": Role.OWNER})
         document = document_create(

@@ -7,17 +7,11 @@ from django.urls import URLPattern, path, register_converter
 
 from iot import api
 from iot.api_rules import rule_urlpatterns
-from notifications.api.schema import IdConverter
+from notifications.api.schema import IdConverter, SegmentConverter
 
 
-class DeviceKeyConverter:
+class DeviceKeyConverter(SegmentConverter):
     regex = "[a-z0-9][a-z0-9_-]{0,63}"
-
-    def to_python(self, value: str) -> str:
-        return value
-
-    def to_url(self, value: str) -> str:
-        return value
 
 
 register_converter(DeviceKeyConverter, "device_key")

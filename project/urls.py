@@ -8,6 +8,7 @@ import notifications.preference_pages as preference_pages
 import notifications.provider_webhooks as provider_webhooks
 import notifications.views as pages
 from collaboration import urls as collaboration_urls
+from gaming import urls as gaming_urls
 from iot import page_urls as iot_page_urls
 from iot import urls as iot_urls
 from notifications.api import urls as api_urls
@@ -18,6 +19,7 @@ urlpatterns = [
     # Before the v1 routes: their catch-all answers any other path under /api/v1/.
     path("api/v1/documents/", include(collaboration_urls)),
     path("api/v1/iot/", include(iot_urls)),
+    path("api/v1/", include(gaming_urls)),
     path("api/v1/", include(api_urls)),
     path(
         "api/schema/",

@@ -92,6 +92,22 @@ class IsEndUser(permissions.BasePermission):
         return isinstance(request.user, EndUserPrincipal)
 
 
+class IsServiceOrEndUser(permissions.BasePermission):
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return isinstance(request.user, ServicePrincipal | EndUserPrincipal)
+
+
+def end_user_recipient(request: Request) -> Recipient | None:
+    """The recipient of an end user's request (None for a service); a token whose
+    recipient was deleted since it was issued is refused."""
+    if isinstance(request.user, EndUserPrincipal):
+        recipient = Recipient.objects.filter(id=request.user.recipient_id).first()
+        if recipient is None:
+            raise exceptions.AuthenticationFailed("this token's recipient no longer exists")
+        return recipient
+    return None
+
+
 class ApiKeyScheme(OpenApiAuthenticationExtension):
     target_class = "notifications.api.auth.ApiKeyAuthentication"
     name = "ApiKey"

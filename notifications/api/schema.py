@@ -180,6 +180,9 @@ PATH_PARAMETERS: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "command_id": (_ID, "Id of the command"),
     "alert_id": (_ID, "Id of the alert"),
+    # gaming/urls.py
+    "ticket_id": ({"type": "string", "format": "uuid"}, "The matchmaking ticket's id"),
+    "mode": ({"type": "string", "maxLength": 40, "pattern": r"^[a-z][a-z0-9_-]{0,39}$"}, "A game mode's key"),
     "kind": ({"type": "string", "enum": list(SuppressionKind.values)}, "What the address is"),
     "address": (
         {"type": "string", "minLength": 1, "maxLength": 320, "pattern": r"^[^\x00]+$"},

@@ -1,0 +1,43 @@
+"""Reads of gaming: tickets as their members see them, ratings, match history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gaming.models import Match, MatchPlayer, Rating, Ticket, TicketMember
+
+
+def ticket_for(*, ticket_id: Any, recipient_id: int | None) -> Ticket | None:
+    """The ticket, if ``recipient_id`` is on it (None: a service, which sees any)."""
+    ticket = Ticket.objects.select_related("match").filter(pk=ticket_id).first()
+    if ticket is None or recipient_id is None:
+        return ticket
+    on_it = TicketMember.objects.filter(ticket=ticket, recipient_id=recipient_id).exists()
+    return ticket if on_it else None
+
+
+def ticket_members(ticket: Ticket) -> list[str]:
+    return list(
+        TicketMember.objects.filter(ticket=ticket)
+        .order_by("id")
+        .values_list("recipient__external_id", flat=True)
+    )
+
+
+def ratings_of(*, recipient_id: int, mode: str | None = None) -> list[Rating]:
+    rows = Rating.objects.filter(recipient_id=recipient_id).order_by("mode")
+    return list(rows.filter(mode=mode) if mode else rows)
+
+
+def matches_of(*, recipient_id: int, limit: int = 50) -> list[tuple[Match, MatchPlayer]]:
+    """The player's matches, newest first, each with the player's own row."""
+    rows = (
+        MatchPlayer.objects.filter(recipient_id=recipient_id)
+        .select_related("match")
+        .order_by("-match__created_at")[:limit]
+    )
+    return [(row.match, row) for row in rows]
+
+
+def match_players(match: Match) -> list[str]:
+    return list(match.players.order_by("recipient_id").values_list("recipient__external_id", flat=True))
