@@ -63,19 +63,35 @@ class Peer:
         self.ws = communicator
         self.doc: Doc = Doc()
         self.text = self.doc.get("content", type=Text)
-        self.awareness: list[protocol.AwarenessEntry] = []
+        # the awareness states heard, by client id, the latest of each (as y-protocols keeps them)
+        self.states: dict[int, protocol.AwarenessEntry] = {}
+
+    @property
+    def awareness(self) -> list[protocol.AwarenessEntry]:
+        return list(self.states.values())
+
+    def hear(self, message: protocol.Awareness) -> None:
+        for entry in protocol.awareness_entries(message.payload):
+            known = self.states.get(entry.client_id)
+            if known is None or entry.clock >= known.clock:
+                self.states[entry.client_id] = entry
 
     async def open(self) -> None:
         connected, code = await self.ws.connect(timeout=TIMEOUT)
         assert connected, code
-        # the server's step 1: answer with what it lacks, and ask for what we lack
+        # the server's step 1: answer with what it lacks, and ask for what we lack. An
+        # awareness update another process relayed may come first: the socket joined the
+        # room before the server wrote step 1.
         step1 = protocol.parse(await self.ws.receive_from(timeout=TIMEOUT))
+        while isinstance(step1, protocol.Awareness):
+            self.hear(step1)
+            step1 = protocol.parse(await self.ws.receive_from(timeout=TIMEOUT))
         assert isinstance(step1, protocol.Sync) and step1.step == protocol.SYNC_STEP1
         await self.ws.send_to(bytes_data=protocol.sync_step2(self.doc.get_update(step1.payload)))
         await self.ws.send_to(bytes_data=protocol.sync_step1(self.doc.get_state()))
         step2 = protocol.parse(await self.ws.receive_from(timeout=TIMEOUT))
         while isinstance(step2, protocol.Awareness):  # the states of those already here
-            self.awareness += protocol.awareness_entries(step2.payload)
+            self.hear(step2)
             step2 = protocol.parse(await self.ws.receive_from(timeout=TIMEOUT))
         assert isinstance(step2, protocol.Sync) and step2.step == protocol.SYNC_STEP2
         self.doc.apply_update(step2.payload)
