@@ -237,6 +237,7 @@ CELERY_TASK_ROUTES = {
     "presence.tasks.*": {"queue": "periodic"},
     "collaboration.tasks.*": {"queue": "periodic"},
     "iot.tasks.*": {"queue": "periodic"},
+    "gaming.tasks.*": {"queue": "periodic"},
 }
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
@@ -540,6 +541,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "iot.tasks.no_data_sweep_task",
         "schedule": 10.0,
         "options": {"queue": "periodic", "expires": 20.0},
+    },
+    # Gaming (gaming/tasks.py): a matchmaking pass over the searching tickets.
+    "gaming-matchmaking": {
+        "task": "gaming.tasks.matchmaking_task",
+        "schedule": 1.0,
+        "options": {"queue": "periodic", "expires": 2.0},
     },
 }
 
