@@ -13,17 +13,7 @@ from django.http import HttpRequest
 from gaming.models import Match, MatchPlayer, Rating, Ticket, TicketMember
 from gaming.services.leaderboard import leaderboard_rebuild
 from gaming.services.ratings import match_abort
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+from notifications.admin.base import ReadOnlyAdmin
 
 
 @admin.register(Rating)

@@ -119,8 +119,8 @@ class BigTableAdmin(admin.ModelAdmin):
     list_per_page = 100
 
 
-class PipelineOwnedAdmin(BigTableAdmin):
-    """View-only: rows are written by the pipeline's services, never by a form."""
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """View-only: rows are written by services, never by a form."""
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -130,6 +130,10 @@ class PipelineOwnedAdmin(BigTableAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class PipelineOwnedAdmin(ReadOnlyAdmin, BigTableAdmin):
+    """View-only: rows are written by the pipeline's services, never by a form."""
 
 
 def status_badge_html(colour: str, label: str) -> str:
