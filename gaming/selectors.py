@@ -41,3 +41,17 @@ def matches_of(*, recipient_id: int, limit: int = 50) -> list[tuple[Match, Match
 
 def match_players(match: Match) -> list[str]:
     return list(match.players.order_by("recipient_id").values_list("recipient__external_id", flat=True))
+
+
+def match_player(*, match_id: Any, recipient_id: int) -> tuple[str, str | None] | None:
+    """(the match's status, the recipient's external id if they play in it), or None when
+    there is no such match."""
+    match = Match.objects.filter(pk=match_id).only("status").first()
+    if match is None:
+        return None
+    row = (
+        MatchPlayer.objects.filter(match_id=match_id, recipient_id=recipient_id)
+        .select_related("recipient")
+        .first()
+    )
+    return match.status, row.recipient.external_id if row is not None else None

@@ -2,6 +2,7 @@ from django.urls import path, re_path
 
 from collaboration.consumers import DocumentConsumer
 from collaboration.ot_consumers import OtDocumentConsumer
+from gaming.consumers import MatchConsumer
 from iot.consumers import IotLiveConsumer
 from notifications.consumers import InboxConsumer
 
@@ -13,4 +14,6 @@ websocket_urlpatterns = [
     re_path(r"^ws/docs/(?P<key>[^/]+)/ot/?$", OtDocumentConsumer.as_asgi()),
     # The /iot/ page's live readings, device status and alert changes (staff sessions).
     path("ws/iot/", IotLiveConsumer.as_asgi()),
+    # A player's match, whichever match server holds it (gaming/consumers.py).
+    path("ws/matches/<uuid:match_id>/", MatchConsumer.as_asgi()),
 ]

@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from gaming.models import Match, MatchPlayer, Ticket, TicketMember, TicketStatus
 from gaming.modes import mode_get
+from gaming.services.placement import server_choose
 from gaming.services.ratings import skills_of
 from notifications.services.realtime import app_frames_publish
 
@@ -124,9 +125,10 @@ def matchmaking_run(*, mode: str, now: datetime | None = None, limit: int = 10_0
 
 
 def _form(mode: str, group: list[Ticket], now: datetime) -> Match:
-    match = Match.objects.create(
-        mode=mode, region=region_choose(group), seed=random.randrange(2**62), created_at=now
-    )
+    region = region_choose(group)
+    match = Match(mode=mode, region=region, seed=random.randrange(2**62), created_at=now)
+    match.server = server_choose(region, match.id)
+    match.save(force_insert=True)
     members = list(TicketMember.objects.filter(ticket__in=group).select_related("recipient").order_by("id"))
     skills = skills_of([m.recipient_id for m in members], mode)
     MatchPlayer.objects.bulk_create(

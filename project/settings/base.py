@@ -430,6 +430,10 @@ GAMING_FILL_SECONDS = env_float("GAMING_FILL_SECONDS", 5.0)
 GAMING_WINDOW_BASE = env_float("GAMING_WINDOW_BASE", 3.0)
 GAMING_WINDOW_PER_SECOND = env_float("GAMING_WINDOW_PER_SECOND", 1.0)
 GAMING_WINDOW_MAX = env_float("GAMING_WINDOW_MAX", 60.0)
+# How long an arena round lasts (gaming/modes/arena.py).
+GAMING_ARENA_ROUND_SECONDS = env_float("GAMING_ARENA_ROUND_SECONDS", 120.0)
+# A player whose socket closed may come back within this long; then they forfeit.
+GAMING_GRACE_SECONDS = env_float("GAMING_GRACE_SECONDS", 20.0)
 MAX_EXPLICIT_RECIPIENTS = env_int("MAX_EXPLICIT_RECIPIENTS", 10_000, minimum=1)
 MAX_EVENT_DATA_BYTES = env_int("MAX_EVENT_DATA_BYTES", 65_536, minimum=256)
 
@@ -542,11 +546,17 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 10.0,
         "options": {"queue": "periodic", "expires": 20.0},
     },
-    # Gaming (gaming/tasks.py): a matchmaking pass over the searching tickets.
+    # Gaming (gaming/tasks.py): a matchmaking pass over the searching tickets; matches whose
+    # match server stopped beating end as aborted.
     "gaming-matchmaking": {
         "task": "gaming.tasks.matchmaking_task",
         "schedule": 1.0,
         "options": {"queue": "periodic", "expires": 2.0},
+    },
+    "gaming-orphans": {
+        "task": "gaming.tasks.orphans_task",
+        "schedule": 2.0,
+        "options": {"queue": "periodic", "expires": 4.0},
     },
 }
 

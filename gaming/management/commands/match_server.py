@@ -1,0 +1,45 @@
+"""``python manage.py match_server --name N --region R``: a match server process
+(gaming/services/server.py). make run starts one; more processes or hosts add capacity."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from gaming.services.server import MatchServer
+
+
+class Command(BaseCommand):
+    help = "Hold and tick matches at their mode's rate, placed here by matchmaking."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--name", default="1", help="this server's name, unique in the deployment")
+        parser.add_argument(
+            "--region", default=None, help="its region (one of GAMING_REGIONS; the first by default)"
+        )
+        parser.add_argument("--capacity", type=int, default=200, help="matches it holds at most")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        region = options["region"] or settings.GAMING_REGIONS[0]
+        if region not in settings.GAMING_REGIONS:
+            raise CommandError(
+                f"--region: {region!r} is not one of GAMING_REGIONS ({', '.join(settings.GAMING_REGIONS)})"
+            )
+        if options["capacity"] < 1:
+            raise CommandError("--capacity: must be at least 1")
+        asyncio.run(self._serve(f"match-{options['name']}", region, options["capacity"]))
+
+    async def _serve(self, name: str, region: str, capacity: int) -> None:
+        server = MatchServer(
+            name=name, region=region, capacity=capacity, grace_seconds=settings.GAMING_GRACE_SECONDS
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, server.stopping.set)
+        self.stdout.write(f"match server {name}: region {region}, up to {capacity} matches")
+        self.stdout.flush()
+        await server.run()

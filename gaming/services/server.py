@@ -1,0 +1,249 @@
+"""The match server: what ``python manage.py match_server`` runs, one asyncio loop holding
+any number of matches (gaming/services/runtime.py), each ticking on its own fixed-rate
+clock. It beats in Redis, claims the matches placed on it (gaming/services/placement.py),
+hears each match's joins, leaves and inputs on the match's inbound channel, and sends
+every tick to the players' match sockets through the process hub (realtime/hub.py):
+one publish per tick for all the players of a match. A finished match's result is
+recorded (ratings once) before its players hear ``end``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import connection
+
+from gaming.modes import mode_get
+from gaming.modes.base import InputRefused
+from gaming.services.placement import (
+    HEARTBEAT_SECONDS,
+    HEARTBEAT_TTL_SECONDS,
+    TICK_MESSAGE,
+    end_message,
+    inbound_channel,
+    match_players_of,
+    matches_claim,
+    region_key,
+    server_heartbeat_payload,
+    server_key,
+)
+from gaming.services.ratings import ResultRefused, match_abort, match_result_record
+from gaming.services.runtime import Lateness, MatchRuntime, TickClock
+from realtime.hub import hub_publish_async
+
+log = logging.getLogger(__name__)
+
+CLAIM_EVERY_SECONDS = 0.25
+INBOUND_MAX_BYTES = 4096
+
+
+def _close_database() -> None:
+    """Close the database connection of the thread this runs on (the one the services'
+    calls from the loop ran on)."""
+    connection.close()
+
+
+@dataclass
+class Running:
+    runtime: MatchRuntime
+    recipients: dict[str, int]  # external id -> recipient id
+    clock: TickClock
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class MatchServer:
+    name: str
+    region: str
+    capacity: int = 200
+    grace_seconds: float = 20.0
+    matches: dict[str, Running] = field(default_factory=dict)
+    finished: int = 0
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self, *, ready: asyncio.Event | None = None) -> None:
+        self.client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1)
+        self.pubsub = self.client.pubsub()
+        # a placeholder subscription, so that the reader has something to wait on
+        await self.pubsub.subscribe(inbound_channel("none"))
+        await self._beat()
+        tasks = [asyncio.create_task(self._beat_forever()), asyncio.create_task(self._read_inbound())]
+        if ready is not None:
+            ready.set()
+        try:
+            while not self.stopping.is_set():
+                await self._claim()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), CLAIM_EVERY_SECONDS)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await self._stop_matches()
+            with contextlib.suppress(redis.RedisError, OSError):
+                await self.client.delete(server_key(self.name))
+                await self.client.srem(region_key(self.region), self.name)
+            await self.pubsub.aclose()
+            await self.client.aclose()
+            await sync_to_async(_close_database)()
+
+    # -- presence in Redis --
+
+    async def _beat(self) -> None:
+        payload = server_heartbeat_payload(
+            region=self.region, matches=len(self.matches), capacity=self.capacity
+        )
+        await self.client.set(server_key(self.name), payload, ex=HEARTBEAT_TTL_SECONDS)
+        await self.client.sadd(region_key(self.region), self.name)
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            try:
+                await self._beat()
+            except (redis.RedisError, OSError) as error:
+                log.warning("match server %s: heartbeat failed: %s", self.name, error)
+
+    # -- matches --
+
+    async def _claim(self) -> None:
+        room = self.capacity - len(self.matches)
+        try:
+            claimed = await sync_to_async(matches_claim)(server=self.name, region=self.region, limit=room)
+        except Exception:  # noqa: BLE001 - the database may be away; try again next round
+            log.exception("match server %s: claiming matches failed", self.name)
+            return
+        for match in claimed:
+            players = await sync_to_async(match_players_of)(match.id)
+            mode = mode_get(match.mode)
+            runtime = MatchRuntime(
+                match_id=str(match.id),
+                mode=mode,
+                players=[ext for _, ext in players],
+                seed=match.seed,
+                now=time.monotonic(),
+                grace_seconds=self.grace_seconds,
+            )
+            match_id = str(match.id)
+            running = Running(
+                runtime, {ext: rid for rid, ext in players}, TickClock(mode.tick_rate, self._ticker(match_id))
+            )
+            self.matches[match_id] = running
+            await self.pubsub.subscribe(inbound_channel(match_id))
+            running.task = asyncio.create_task(running.clock.run())
+            log.info("match server %s: running match %s (%s players)", self.name, match_id, len(players))
+
+    def _ticker(self, match_id: str) -> Any:
+        async def on_tick(now: float) -> bool:
+            running = self.matches.get(match_id)
+            if running is None:
+                return False
+            output = running.runtime.step(now)
+            message: dict[str, Any] = {
+                "type": TICK_MESSAGE,
+                "match": match_id,
+                "tick": output.tick,
+                "acks": output.acks,
+                "delta": output.delta,
+                "full_for": output.full_for,
+            }
+            if output.full_for:
+                message["snapshot"] = output.snapshot
+            recipients = list(running.recipients.values())
+            with contextlib.suppress(redis.RedisError, OSError):
+                await hub_publish_async(self.client, [(recipients, message)])
+            if output.result is None:
+                return True
+            await self._finish(match_id, running, output.result.as_dict())
+            return False
+
+        return on_tick
+
+    async def _finish(self, match_id: str, running: Running, result: dict[str, Any]) -> None:
+        try:
+            await sync_to_async(match_result_record)(match_id=match_id, result=result)
+        except ResultRefused as refused:
+            log.warning("match %s: result not recorded: %s", match_id, refused)
+        except Exception:  # noqa: BLE001 - the players still hear the end
+            log.exception("match %s: recording the result failed", match_id)
+        with contextlib.suppress(redis.RedisError, OSError):
+            await hub_publish_async(
+                self.client, [(list(running.recipients.values()), end_message(match_id, result=result))]
+            )
+        self._drop(match_id)
+        self.finished += 1
+
+    def _drop(self, match_id: str) -> None:
+        running = self.matches.pop(match_id, None)
+        if running is not None:
+            asyncio.ensure_future(self.pubsub.unsubscribe(inbound_channel(match_id)))
+
+    async def _stop_matches(self) -> None:
+        """A server asked to stop ends what it holds as aborted and says so."""
+        for match_id, running in list(self.matches.items()):
+            if running.task is not None:
+                running.task.cancel()
+            reason = f"its match server {self.name} stopped"
+            with contextlib.suppress(Exception):
+                await sync_to_async(match_abort)(match_id=match_id, reason=reason)
+                await hub_publish_async(
+                    self.client, [(list(running.recipients.values()), end_message(match_id, reason=reason))]
+                )
+        self.matches.clear()
+
+    # -- what the sockets say --
+
+    async def _read_inbound(self) -> None:
+        while True:
+            try:
+                message = await self.pubsub.get_message(timeout=1.0)
+            except (redis.RedisError, OSError) as error:
+                log.warning("match server %s: inbound subscription failed: %s", self.name, error)
+                await asyncio.sleep(0.5)
+                continue
+            if message is None or message["type"] != "message":
+                continue
+            self.inbound(message["channel"], message["data"])
+
+    def inbound(self, channel: bytes | str, data: bytes | str) -> None:
+        if len(data) > INBOUND_MAX_BYTES:
+            return
+        name = channel.decode() if isinstance(channel, bytes) else channel
+        match_id = name.rsplit(":", 2)[-2]
+        running = self.matches.get(match_id)
+        if running is None:
+            return
+        try:
+            signal = json.loads(data)
+            kind, player = signal["kind"], signal["player"]
+        except (ValueError, KeyError, TypeError):
+            return
+        if player not in running.recipients:
+            return
+        now = time.monotonic()
+        if kind == "join":
+            running.runtime.join(player, now)
+        elif kind == "leave":
+            running.runtime.leave(player, now)
+        elif kind == "input" and isinstance(signal.get("frame"), dict):
+            with contextlib.suppress(InputRefused):
+                running.runtime.receive(player, signal["frame"], now)
+
+    # -- figures --
+
+    def lateness(self) -> Lateness:
+        """Every tick's lateness over the matches held now."""
+        merged = Lateness()
+        for running in self.matches.values():
+            merged.samples.extend(running.clock.lateness.samples)
+            merged.skipped += running.clock.lateness.skipped
+        return merged

@@ -1,0 +1,244 @@
+"""The match server (gaming/services/server.py) on a thread of its own, with players on
+real match sockets (gaming/consumers.py) through the process hub and Redis: matched
+players get the whole state and then deltas, see each other move, have their inputs
+acknowledged; bad frames are answered and change nothing for the others; a non-player is
+refused; the round ends with the result recorded and the ratings updated once; a match
+whose server stops beating ends as aborted."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.testing import WebsocketCommunicator
+from django.db import connection
+from django.utils import timezone
+
+from gaming.models import Match, Rating
+from gaming.modes.base import apply_delta
+from gaming.services.leaderboard import _key
+from gaming.services.matchmaking import matchmaking_run
+from gaming.services.placement import matches_orphaned_abort, servers_live
+from gaming.services.server import MatchServer
+from gaming.services.tickets import ticket_create
+from notifications.models import Recipient
+from project.asgi import application
+from project.processes.waiting import wait_until
+from realtime.redis_client import redis_sync
+from realtime.tokens import end_user_token_issue
+
+pytestmark = pytest.mark.django_db(transaction=True)
+TIMEOUT = 10
+
+
+class ServerThread:
+    def __init__(self, name: str) -> None:
+        self.server = MatchServer(name=name, region="local", grace_seconds=20.0)
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self.loop = asyncio.get_running_loop()
+            started = asyncio.Event()
+            waiter = asyncio.create_task(started.wait())
+            runner = asyncio.create_task(self.server.run(ready=started))
+            await waiter
+            self.ready.set()
+            await runner
+
+        try:
+            asyncio.run(main())
+        finally:
+            connection.close()
+
+    def __enter__(self) -> MatchServer:
+        self.thread.start()
+        assert self.ready.wait(10)
+        return self.server
+
+    def stop(self) -> None:
+        if self.loop is not None and self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.server.stopping.set)
+        self.thread.join(10)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+@pytest.fixture(autouse=True)
+def _clean_board() -> Iterator[None]:
+    redis_sync().delete(_key("arena"))
+    yield
+    redis_sync().delete(_key("arena"))
+
+
+def matched(count: int) -> tuple[Match, list[Recipient]]:
+    tag = uuid.uuid4().hex[:6]
+    players = [Recipient.objects.create(external_id=f"gamer{n}-{tag}") for n in range(count)]
+    for p in players:
+        ticket_create(owner=p, mode="arena")
+    (match,) = matchmaking_run(mode="arena", now=timezone.now() + timedelta(seconds=10))
+    return match, players
+
+
+def match_socket(match: Match, recipient: Recipient) -> WebsocketCommunicator:
+    token, _ = end_user_token_issue(recipient_id=recipient.id)
+    return WebsocketCommunicator(application, f"/ws/matches/{match.id}/?token={token}")
+
+
+async def frame_of(socket: WebsocketCommunicator, kind: str) -> dict[str, Any]:
+    """The next frame of ``kind`` (state frames before it are skipped)."""
+    while True:
+        frame = await socket.receive_json_from(timeout=TIMEOUT)
+        if frame["type"] == kind:
+            return frame
+
+
+class Follower:
+    """A client's copy of the match state, rebuilt from the frames."""
+
+    def __init__(self, socket: WebsocketCommunicator) -> None:
+        self.socket = socket
+        self.state: dict[str, Any] | None = None
+        self.ack = 0
+
+    async def next(self) -> dict[str, Any]:
+        frame = await self.socket.receive_json_from(timeout=TIMEOUT)
+        if frame["type"] == "state":
+            if "state" in frame:
+                self.state = frame["state"]
+            else:
+                assert self.state is not None, "a delta before any state"
+                self.state = apply_delta(self.state, frame["delta"])
+            self.ack = frame["ack"]
+        return frame
+
+    async def until(self, predicate: Any) -> dict[str, Any]:
+        for _ in range(400):
+            frame = await self.next()
+            if predicate(frame):
+                return frame
+        raise AssertionError("the condition never held")
+
+
+def test_two_players_see_each_other_move_and_their_inputs_acknowledged(settings: Any) -> None:
+    match, (ana, ben) = matched(2)
+    stranger = Recipient.objects.create(external_id=f"stranger-{uuid.uuid4().hex[:6]}")
+    with ServerThread("match-test-1") as server:
+        wait_until(lambda: str(match.id) in server.matches, 10, message="the server never claimed the match")
+        assert "match-test-1" in servers_live("local")
+
+        async def scenario() -> None:
+            refused = match_socket(match, stranger)
+            connected, code = await refused.connect(timeout=TIMEOUT)
+            assert (connected, code) == (False, 4403)
+
+            a, b = Follower(match_socket(match, ana)), Follower(match_socket(match, ben))
+            for side in (a, b):
+                connected, _ = await side.socket.connect(timeout=TIMEOUT)
+                assert connected
+            first = await a.until(lambda f: f["type"] == "state" and "state" in f)
+            await b.until(lambda f: f["type"] == "state" and "state" in f)
+            assert set(first["state"]["players"]) == {ana.external_id, ben.external_id}
+            assert b.state is not None
+            start_x = b.state["players"][ana.external_id]["x"]
+            start_y = b.state["players"][ana.external_id]["y"]
+
+            # ana moves; ben's copy shows it; ana's input is acknowledged
+            direction = 1 if start_x < 600 else -1
+            await a.socket.send_json_to({"type": "input", "seq": 1, "move": [direction, 0]})
+            await a.until(lambda f: f["type"] == "state" and f["ack"] == 1)
+            await b.until(
+                lambda f: b.state is not None and b.state["players"][ana.external_id]["x"] != start_x
+            )
+            assert b.state is not None and b.state["players"][ana.external_id]["y"] == start_y
+
+            # malformed and impossible frames: answered or dropped, the match goes on
+            await b.socket.send_to(text_data="not json")
+            error = await frame_of(b.socket, "error")
+            assert error["field"] == "frame"
+            await b.socket.send_json_to({"type": "teleport"})
+            assert (await frame_of(b.socket, "error"))["field"] == "type"
+            await b.socket.send_json_to({"type": "input", "seq": 1, "move": [50, 0]})
+            await b.socket.send_json_to({"type": "input", "seq": 2, "move": [0, 1]})
+            await b.until(lambda f: f["type"] == "state" and f["ack"] == 2)
+            for side in (a, b):
+                await side.socket.disconnect()
+
+        async_to_sync(scenario)()
+        dropped = server.matches[str(match.id)].runtime.dropped()
+        assert dropped == {"move.x": 1}
+
+
+def test_a_round_ends_with_the_result_recorded_once_and_the_players_told(settings: Any) -> None:
+    settings.GAMING_ARENA_ROUND_SECONDS = 1.0
+    match, players = matched(2)
+    with ServerThread("match-test-2"):
+
+        async def scenario() -> None:
+            sockets = [match_socket(match, p) for p in players]
+            for socket in sockets:
+                connected, _ = await socket.connect(timeout=TIMEOUT)
+                assert connected
+            for socket in sockets:
+                end = await frame_of(socket, "end")
+                assert end["aborted"] is False
+                ranks = {s["player"]: s["rank"] for s in end["result"]["standings"]}
+                assert set(ranks) == {p.external_id for p in players}
+                await socket.disconnect()
+
+        async_to_sync(scenario)()
+    match.refresh_from_db()
+    assert match.status == "finished" and match.ratings_applied_at is not None
+    assert Rating.objects.filter(recipient__in=players, matches=1).count() == 2
+
+
+def sweep() -> int:
+    """The beat task's sweep, on a thread that closes its database connection after."""
+    try:
+        return matches_orphaned_abort()
+    finally:
+        connection.close()
+
+
+def test_a_match_whose_server_stops_beating_ends_as_aborted(settings: Any) -> None:
+    match, (ana, ben) = matched(2)
+    Match.objects.filter(pk=match.pk).update(status="running", server="match-gone")
+    redis_sync().delete("match-gone")
+
+    async def scenario() -> None:
+        socket = match_socket(match, ana)
+        connected, _ = await socket.connect(timeout=TIMEOUT)
+        assert connected
+        await asyncio.sleep(0)  # the socket is in the hub before the sweep publishes
+        assert await asyncio.to_thread(sweep) == 1
+        end = await frame_of(socket, "end")
+        assert end["aborted"] is True and "match-gone stopped" in end["reason"]
+        await socket.disconnect()
+
+    async_to_sync(scenario)()
+    match.refresh_from_db()
+    assert match.status == "aborted"
+    assert not Rating.objects.filter(recipient__in=[ana, ben]).exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--region", "mars"], "--region: 'mars' is not one of GAMING_REGIONS"),
+        (["--capacity", "0"], "--capacity"),
+    ],
+)
+def test_the_command_refuses_a_bad_region_or_capacity(argv: list[str], message: str) -> None:
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match=message):
+        call_command("match_server", *argv)
