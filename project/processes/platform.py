@@ -361,6 +361,38 @@ class PlatformProcesses:
         process.start()
         return process
 
+    def start_match_server(self, name: str = "1", *, wait: bool = True) -> ManagedProcess:
+        """Start ``manage.py match_server --name <name>`` (process ``match-<name>``) and (by
+        default) wait until it beats in Redis and claims matches (its ready file)."""
+        ready = self.log_dir / f"match-{name}.ready"
+        ready.unlink(missing_ok=True)
+        argv = [
+            self.python,
+            str(self.cwd / "manage.py"),
+            "match_server",
+            "--name",
+            name,
+            "--ready-file",
+            str(ready),
+        ]
+        process = self._process(f"match-{name}", argv)
+        process.start()
+        if wait:
+            self.wait_for_match_server(name)
+        return process
+
+    def wait_for_match_server(self, name: str = "1", timeout: float | None = None) -> None:
+        process = self.processes[f"match-{name}"]
+        ready = self.log_dir / f"match-{name}.ready"
+
+        def started() -> bool:
+            self._raise_if_exited(process)
+            return ready.exists()
+
+        wait_until(
+            started, timeout or self.web_timeout, interval=0.1, message=f"match server {name} never started"
+        )
+
     def wait_for_sandbox(self, timeout: float | None = None) -> None:
         process = self.processes["sandbox"]
         host, port = self.sandbox_address
@@ -379,9 +411,10 @@ class PlatformProcesses:
         except TimeoutError as error:
             raise TimeoutError(f"{error}; log {process.log_path}:\n{process.log_tail(60)}") from None
 
-    def start_all(self, *, sandbox: bool = False, iot: bool = False) -> None:
+    def start_all(self, *, sandbox: bool = False, iot: bool = False, games: bool = False) -> None:
         """Start workers, beat, the web server and (with ``sandbox``) the provider sandbox,
-        and wait until all are ready.
+        (with ``iot``) the MQTT broker and its ingest, (with ``games``) a match server, and
+        wait until all are ready.
 
         Processes start concurrently (each spends seconds importing Django); if any fails,
         or a stop is requested meanwhile, everything started so far is stopped before the
@@ -396,6 +429,8 @@ class PlatformProcesses:
             if iot:
                 self.start_mqtt()
                 self.start_ingest(wait=False)
+            if games:
+                self.start_match_server(wait=False)
             self.start_web(wait=False)
             for name in self.worker_specs:
                 self.wait_for_worker(name)
@@ -403,6 +438,8 @@ class PlatformProcesses:
                 self.wait_for_sandbox()
             if iot:
                 self.wait_for_ingest()
+            if games:
+                self.wait_for_match_server()
             self.wait_for_web()
             # Beat has no readiness signal; it must at least still be running by now.
             self._raise_if_exited(self.processes["beat"])

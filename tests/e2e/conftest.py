@@ -190,10 +190,12 @@ def platform_stack(
     workers: tuple[WorkerSpec, ...] = DEFAULT_WORKERS,
     sandbox_dir: Any = None,
     with_iot: bool = False,
+    with_games: bool = False,
 ) -> Iterator[Stack]:
     """Start Redis, a migrated temporary database and the platform (and, ``with_sandbox``,
     a provider sandbox whose callbacks reach the platform; ``with_iot``, the platform's own
-    MQTT broker on a free port and one ingest, as make run starts them); stop all on exit."""
+    MQTT broker on a free port and one ingest, as make run starts them; ``with_games``, a
+    match server); stop all on exit."""
     with contextlib.ExitStack() as exit_stack:
         redis = exit_stack.enter_context(PrivateRedis())
         database = exit_stack.enter_context(
@@ -229,7 +231,7 @@ def platform_stack(
         # PORT is fixed by PlatformProcesses; manage.py commands must see the same settings.
         env = dict(processes.env)
         stack = Stack(redis=redis, database=database, processes=processes, env=env, sandbox=sandbox)
-        processes.start_all(iot=with_iot)
+        processes.start_all(iot=with_iot, games=with_games)
         exit_stack.callback(processes.stop_all)
         exit_stack.callback(stack.close_clients)
         ACTIVE_STACKS.append(stack)

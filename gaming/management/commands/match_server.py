@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -22,6 +23,7 @@ class Command(BaseCommand):
             "--region", default=None, help="its region (one of GAMING_REGIONS; the first by default)"
         )
         parser.add_argument("--capacity", type=int, default=200, help="matches it holds at most")
+        parser.add_argument("--ready-file", default=None, help="a file to write once it beats and claims")
 
     def handle(self, *args: Any, **options: Any) -> None:
         region = options["region"] or settings.GAMING_REGIONS[0]
@@ -31,15 +33,25 @@ class Command(BaseCommand):
             )
         if options["capacity"] < 1:
             raise CommandError("--capacity: must be at least 1")
-        asyncio.run(self._serve(f"match-{options['name']}", region, options["capacity"]))
+        ready = Path(options["ready_file"]) if options["ready_file"] else None
+        asyncio.run(self._serve(f"match-{options['name']}", region, options["capacity"], ready))
 
-    async def _serve(self, name: str, region: str, capacity: int) -> None:
+    async def _serve(self, name: str, region: str, capacity: int, ready_file: Path | None) -> None:
         server = MatchServer(
             name=name, region=region, capacity=capacity, grace_seconds=settings.GAMING_GRACE_SECONDS
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, server.stopping.set)
-        self.stdout.write(f"match server {name}: region {region}, up to {capacity} matches")
-        self.stdout.flush()
-        await server.run()
+        started = asyncio.Event()
+
+        async def announce() -> None:
+            await started.wait()
+            self.stdout.write(f"match server {name}: region {region}, up to {capacity} matches")
+            self.stdout.flush()
+            if ready_file is not None:
+                ready_file.write_text("ready\n")
+
+        announcing = asyncio.create_task(announce())
+        await server.run(ready=started)
+        announcing.cancel()

@@ -228,7 +228,8 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Starting {platform.server} ({platform.web_processes} web process"
             f"{'es' if platform.web_processes > 1 else ''}) on port {platform.port}, {len(platform.worker_specs)} Celery "
-            f"workers, one beat, the MQTT broker on {settings.MQTT_PORT} and its ingest; logs in {platform.log_dir}/"
+            f"workers, one beat, the MQTT broker on {settings.MQTT_PORT} and its ingest, a match server; logs in "
+            f"{platform.log_dir}/"
         )
         if with_sandbox:
             self.stdout.write(
@@ -242,7 +243,7 @@ class Command(BaseCommand):
         if stop.requested:
             return 0
         try:
-            platform.start_all(sandbox=with_sandbox, iot=True)
+            platform.start_all(sandbox=with_sandbox, iot=True, games=True)
         except StartInterrupted:
             # start_all has stopped what it had started.
             self.stdout.write(f"\n{stop.first} while starting: stopped.")
@@ -263,7 +264,9 @@ class Command(BaseCommand):
                 )
             self.stop(platform, stop)
             return 1
-        self.stdout.write(f"\n{stop.first}: stopping web, workers, beat, sandbox, broker and ingest...")
+        self.stdout.write(
+            f"\n{stop.first}: stopping web, workers, beat, sandbox, broker, ingest and match server..."
+        )
         return 0 if self.stop(platform, stop) else 1
 
     def stop(self, platform: PlatformProcesses, stop: StopSignals) -> bool:
