@@ -324,33 +324,37 @@ class PlatformProcesses:
             )
         return process
 
+    def _start_until_ready(self, process_name: str, command: list[str]) -> ManagedProcess:
+        """Start ``manage.py <command> --ready-file <log dir>/<process_name>.ready``."""
+        ready = self.log_dir / f"{process_name}.ready"
+        ready.unlink(missing_ok=True)
+        argv = [self.python, str(self.cwd / "manage.py"), *command, "--ready-file", str(ready)]
+        process = self._process(process_name, argv)
+        process.start()
+        return process
+
+    def _wait_until_ready(self, process_name: str, timeout: float, message: str) -> None:
+        """Wait for the ready file of a process started by ``_start_until_ready``."""
+        process = self.processes[process_name]
+        ready = self.log_dir / f"{process_name}.ready"
+
+        def written() -> bool:
+            self._raise_if_exited(process)
+            return ready.exists()
+
+        wait_until(written, timeout, interval=0.1, message=message)
+
     def start_ingest(self, name: str = "1", *, wait: bool = True) -> ManagedProcess:
         """Start ``manage.py mqtt_ingest --name <name>`` and (by default) wait until it has
         subscribed (its ready file)."""
-        ready = self.log_dir / f"ingest-{name}.ready"
-        ready.unlink(missing_ok=True)
-        argv = [
-            self.python, str(self.cwd / "manage.py"), "mqtt_ingest", "--name", name, "--ready-file", str(ready),
-        ]  # fmt: skip
-        process = self._process(f"ingest-{name}", argv)
-        process.start()
+        process = self._start_until_ready(f"ingest-{name}", ["mqtt_ingest", "--name", name])
         if wait:
             self.wait_for_ingest(name)
         return process
 
     def wait_for_ingest(self, name: str = "1", timeout: float | None = None) -> None:
-        process = self.processes[f"ingest-{name}"]
-        ready = self.log_dir / f"ingest-{name}.ready"
-
-        def subscribed() -> bool:
-            self._raise_if_exited(process)
-            return ready.exists()
-
-        wait_until(
-            subscribed,
-            timeout or self.worker_timeout,
-            interval=0.1,
-            message=f"ingest {name} never subscribed",
+        self._wait_until_ready(
+            f"ingest-{name}", timeout or self.worker_timeout, f"ingest {name} never subscribed"
         )
 
     def start_iot_demo(self) -> ManagedProcess:
@@ -364,33 +368,14 @@ class PlatformProcesses:
     def start_match_server(self, name: str = "1", *, wait: bool = True) -> ManagedProcess:
         """Start ``manage.py match_server --name <name>`` (process ``match-<name>``) and (by
         default) wait until it beats in Redis and claims matches (its ready file)."""
-        ready = self.log_dir / f"match-{name}.ready"
-        ready.unlink(missing_ok=True)
-        argv = [
-            self.python,
-            str(self.cwd / "manage.py"),
-            "match_server",
-            "--name",
-            name,
-            "--ready-file",
-            str(ready),
-        ]
-        process = self._process(f"match-{name}", argv)
-        process.start()
+        process = self._start_until_ready(f"match-{name}", ["match_server", "--name", name])
         if wait:
             self.wait_for_match_server(name)
         return process
 
     def wait_for_match_server(self, name: str = "1", timeout: float | None = None) -> None:
-        process = self.processes[f"match-{name}"]
-        ready = self.log_dir / f"match-{name}.ready"
-
-        def started() -> bool:
-            self._raise_if_exited(process)
-            return ready.exists()
-
-        wait_until(
-            started, timeout or self.web_timeout, interval=0.1, message=f"match server {name} never started"
+        self._wait_until_ready(
+            f"match-{name}", timeout or self.web_timeout, f"match server {name} never started"
         )
 
     def wait_for_sandbox(self, timeout: float | None = None) -> None:
