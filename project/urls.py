@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 import collaboration.views as collaboration_pages
+import gaming.views as gaming_pages
 import notifications.observability as observability
 import notifications.preference_pages as preference_pages
 import notifications.provider_webhooks as provider_webhooks
@@ -45,6 +46,7 @@ urlpatterns = [
     path("docs/", collaboration_pages.documents_page, name="documents-page"),
     path("docs/<str:key>/", collaboration_pages.document_page, name="document-page"),
     path("iot/", include(iot_page_urls)),
+    path("play/", gaming_pages.play_page, name="play"),
     path("sse/inbox/", pages.sse_inbox, name="sse-inbox"),
     path("unsubscribe/<str:token>/", pages.unsubscribe, name="unsubscribe"),
     path("preferences/", preference_pages.preferences_page, name="preferences"),

@@ -317,3 +317,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 if exits:
                     report.sections.append((f"unexpected exits (stack {number})", repr(exits)))
     return report
+
+
+def people_script(people: Mapping[str, tuple[str, str]], password: str) -> str:
+    """A ``manage.py shell -c`` script that makes each ``username: (external_id, name)`` a
+    user with ``password`` linked to a recipient of that external id and name."""
+    return f"""
+from django.contrib.auth import get_user_model
+from notifications.models import Recipient
+from notifications.services.recipients import recipient_upsert
+for username, (external_id, name) in {dict(people)!r}.items():
+    user, _ = get_user_model().objects.get_or_create(username=username)
+    user.set_password({password!r})
+    user.save()
+    recipient, _ = recipient_upsert(external_id=external_id, fields={{"name": name, "timezone": "UTC"}})
+    Recipient.objects.filter(id=recipient.id).update(user=user)
+"""

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from project.processes.waiting import wait_until
-from tests.e2e.conftest import Stack, debian_chromium, log_in_as_demo, platform_stack
+from tests.e2e.conftest import Stack, debian_chromium, log_in_as_demo, people_script, platform_stack
 from tests.e2e.test_collab_e2e import yjs_clients
 
 pytestmark = pytest.mark.xdist_group("browser-documents")
@@ -31,17 +31,7 @@ REMOTE_CURSOR = {"text": ".cm-ySelectionInfo", "rich": ".collaboration-cursor__l
 # one test only, so that no connection of an earlier test keeps her online.
 PEOPLE = {"ana": ("ana-lima", "Ana Lima"), "bob": ("bob-stone", "Bob Stone"), "cy": ("cy-park", "Cy Park")}
 PASSWORD = "a-long-test-password"
-MAKE_PEOPLE = f"""
-from django.contrib.auth import get_user_model
-from notifications.models import Recipient
-from notifications.services.recipients import recipient_upsert
-for username, (external_id, name) in {PEOPLE!r}.items():
-    user, _ = get_user_model().objects.get_or_create(username=username)
-    user.set_password({PASSWORD!r})
-    user.save()
-    recipient, _ = recipient_upsert(external_id=external_id, fields={{"name": name, "timezone": "UTC"}})
-    Recipient.objects.filter(id=recipient.id).update(user=user)
-"""
+MAKE_PEOPLE = people_script(PEOPLE, PASSWORD)
 
 
 @pytest.fixture(scope="module")
