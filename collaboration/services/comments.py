@@ -19,12 +19,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from collaboration.models import Document, DocumentComment, DocumentMember, Role
-from notifications.models import NotificationType, Recipient
-from notifications.services.catalog import notification_type_save
+from notifications.models import Recipient
+from notifications.services.catalog import notification_type_ensure
 from notifications.services.ingest import event_ingest
 from notifications.services.validation import ValidationFailed
 
@@ -116,14 +116,7 @@ def _members(document_id: int) -> dict[str, tuple[int, str]]:
 
 def _mention_type() -> None:
     """The mention type, created with its templates the first time it is needed."""
-    if NotificationType.objects.filter(key=MENTION_TYPE).exists():
-        return
-    try:
-        with transaction.atomic():
-            notification_type_save(key=MENTION_TYPE, **MENTION_TYPE_SPEC)
-    except (IntegrityError, ValidationFailed):
-        if not NotificationType.objects.filter(key=MENTION_TYPE).exists():
-            raise
+    notification_type_ensure(key=MENTION_TYPE, **MENTION_TYPE_SPEC)
 
 
 def _notify(document: Document, comment: DocumentComment, author: Recipient | None, who: list[str]) -> None:

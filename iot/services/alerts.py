@@ -45,10 +45,9 @@ from django.db import IntegrityError, transaction
 
 from iot.models import Alert, AlertStatus, Device, Op, Rule
 from notifications.models import Category, NotificationType
-from notifications.services.catalog import notification_type_save
+from notifications.services.catalog import notification_type_ensure
 from notifications.services.ingest import IdempotencyConflict, IngestError, event_ingest
 from notifications.services.lookups import notification_type_by_key
-from notifications.services.validation import ValidationFailed
 
 log = logging.getLogger(__name__)
 
@@ -125,25 +124,17 @@ def alert_type_ensure(key: str = ALERT_TYPE, *, critical: bool = False) -> Notif
     existing = notification_type_by_key(key)
     if existing is not None:
         return existing
-    try:
-        with transaction.atomic():
-            return notification_type_save(
-                key=key,
-                fields={
-                    "name": "IoT alert (critical)" if critical else "IoT alert",
-                    "category": Category.CRITICAL if critical else Category.TRANSACTIONAL,
-                    "channels": ["inapp", "email"],
-                },
-                templates=ALERT_TEMPLATES,
-                variables=ALERT_VARIABLES,
-                note="created for IoT alerts",
-            )
-    except (IntegrityError, ValidationFailed):
-        # Another process created it first.
-        created = NotificationType.objects.filter(key=key).first()
-        if created is None:
-            raise
-        return created
+    return notification_type_ensure(
+        key=key,
+        fields={
+            "name": "IoT alert (critical)" if critical else "IoT alert",
+            "category": Category.CRITICAL if critical else Category.TRANSACTIONAL,
+            "channels": ["inapp", "email"],
+        },
+        templates=ALERT_TEMPLATES,
+        variables=ALERT_VARIABLES,
+        note="created for IoT alerts",
+    )
 
 
 def worse(rule: Rule, a: float | None, b: float) -> float:

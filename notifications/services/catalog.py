@@ -6,7 +6,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -302,6 +302,33 @@ def type_channel_templates(
 
 
 # --- Types with templates in several locales (the admin's type and template pages) ----------
+
+
+def notification_type_ensure(
+    *,
+    key: str,
+    fields: dict[str, Any],
+    templates: dict[str, dict[str, str]],
+    variables: dict[str, Any] | None = None,
+    note: str = "",
+) -> NotificationType:
+    """The type ``key``, created the first time it is needed (an app's own notifications:
+    mentions, IoT alerts, matches found); an existing one is returned as staff left it.
+    Two processes that create it at once both get the one that was stored."""
+    existing = NotificationType.objects.filter(key=key).first()
+    if existing is not None:
+        return existing
+    try:
+        with transaction.atomic():
+            return notification_type_save(
+                key=key, fields=fields, templates=templates, variables=variables, note=note
+            )
+    except (IntegrityError, ValidationFailed):
+        created = NotificationType.objects.filter(key=key).first()
+        if created is None:
+            raise
+        return created
+
 
 # The stored fields of a type that notification_type_save takes in ``fields``.
 TYPE_FIELDS = (
