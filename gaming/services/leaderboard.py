@@ -22,14 +22,31 @@ class Place:
     ordinal: float
 
 
-def leaderboard_update(mode: str, ordinals: dict[str, float]) -> None:
-    """Set these players' places (after a rating change has committed)."""
-    if ordinals:
-        client = redis_sync()
-        if client.exists(_key(mode)):
-            client.zadd(_key(mode), ordinals)
-        else:
-            leaderboard_rebuild(mode)
+def leaderboard_update(mode: str, ordinals: dict[str, float]) -> dict[str, tuple[int | None, int]]:
+    """Set these players' ratings (after the change has committed); returns each one's
+    place (1 the best) before (None: unranked) and after. A board that was missing is
+    rebuilt from the database, and then nothing is returned: the places before are unknown."""
+    if not ordinals:
+        return {}
+    client = redis_sync()
+    key = _key(mode)
+    if not client.exists(key):
+        leaderboard_rebuild(mode)
+        return {}
+    players = list(ordinals)
+    pipe = client.pipeline(transaction=True)
+    for player in players:
+        pipe.zrevrank(key, player)
+    pipe.zadd(key, ordinals)
+    for player in players:
+        pipe.zrevrank(key, player)
+    answers: Any = pipe.execute()
+    before, after = answers[: len(players)], answers[len(players) + 1 :]
+    return {
+        player: (None if was is None else int(was) + 1, int(now) + 1)
+        for player, was, now in zip(players, before, after, strict=True)
+        if now is not None
+    }
 
 
 def leaderboard_rebuild(mode: str) -> int:

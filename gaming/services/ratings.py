@@ -12,8 +12,10 @@ from django.utils import timezone
 from openskill.models import PlackettLuce
 
 from gaming.models import Match, MatchPlayer, MatchStatus, Rating
+from gaming.modes import MODES
 from gaming.modes.base import Refused
 from gaming.services.leaderboard import leaderboard_update
+from gaming.services.notify import rank_changes_notify
 
 MODEL = PlackettLuce()
 DEFAULT_MU = MODEL.mu
@@ -138,8 +140,16 @@ def match_result_record(*, match_id: Any, result: dict[str, Any]) -> bool:
         )
         match.save(update_fields=["status", "result", "ended_at", "ratings_applied_at"])
         mode = match.mode
-        transaction.on_commit(lambda: leaderboard_update(mode, board))
+        transaction.on_commit(lambda: _board_and_ranks(mode, board))
     return True
+
+
+def _board_and_ranks(mode: str, board: dict[str, float]) -> None:
+    """After a result committed: the leaderboard, and the players who rose into its top
+    places told."""
+    places = leaderboard_update(mode, board)
+    changes = {player: (before, now, board[player]) for player, (before, now) in places.items()}
+    rank_changes_notify(mode=mode, mode_title=MODES[mode].title, changes=changes)
 
 
 def match_abort(*, match_id: Any, reason: str) -> bool:

@@ -25,6 +25,7 @@ from django.db import connection
 
 from gaming.modes import mode_get
 from gaming.modes.base import InputRefused
+from gaming.services.notify import match_found_notify
 from gaming.services.placement import (
     HEARTBEAT_SECONDS,
     HEARTBEAT_TTL_SECONDS,
@@ -44,6 +45,8 @@ from realtime.hub import hub_publish_async
 log = logging.getLogger(__name__)
 
 CLAIM_EVERY_SECONDS = 0.25
+# A player not on the match's socket this long after it began is notified through the pipeline.
+NOTIFY_ABSENT_SECONDS = 5.0
 INBOUND_MAX_BYTES = 4096
 
 
@@ -140,7 +143,26 @@ class MatchServer:
             self.matches[match_id] = running
             await self.pubsub.subscribe(inbound_channel(match_id))
             running.task = asyncio.create_task(running.clock.run())
+            asyncio.get_running_loop().call_later(NOTIFY_ABSENT_SECONDS, self._later_notify_absent, match_id)
             log.info("match server %s: running match %s (%s players)", self.name, match_id, len(players))
+
+    def _later_notify_absent(self, match_id: str) -> None:
+        asyncio.ensure_future(self._notify_absent(match_id))
+
+    async def _notify_absent(self, match_id: str) -> None:
+        """The players not on the page (not on the match's socket) a few seconds after it
+        began hear of it through the pipeline."""
+        running = self.matches.get(match_id)
+        if running is None:
+            return
+        seats = running.runtime.seats.values()
+        absent = [s.player for s in seats if not s.connected and not s.forfeited]
+        try:
+            await sync_to_async(match_found_notify)(
+                match_id=match_id, mode_title=running.runtime.mode.title, players=len(seats), absent=absent
+            )
+        except Exception:  # noqa: BLE001 - a notification lost is not a match lost
+            log.exception("match %s: notifying absent players failed", match_id)
 
     def _ticker(self, match_id: str) -> Any:
         async def on_tick(now: float) -> bool:

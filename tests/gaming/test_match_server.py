@@ -242,3 +242,37 @@ def test_the_command_refuses_a_bad_region_or_capacity(argv: list[str], message: 
 
     with pytest.raises(CommandError, match=message):
         call_command("match_server", *argv)
+
+
+def test_a_player_not_on_the_page_hears_of_the_match_through_the_pipeline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gaming.services import server as server_module
+    from notifications.models import Event
+
+    monkeypatch.setattr(server_module, "NOTIFY_ABSENT_SECONDS", 0.5)
+
+    def told() -> Event:
+        try:
+            return wait_until(
+                lambda: Event.objects.filter(notification_type__key="game.match_found").first(),
+                10,
+                message="nobody was told",
+            )
+        finally:
+            connection.close()
+
+    match, (ana, ben) = matched(2)
+    with ServerThread("match-test-3") as server:
+        wait_until(lambda: str(match.id) in server.matches, 10, message="the server never claimed the match")
+
+        async def scenario() -> None:
+            socket = match_socket(match, ana)
+            connected, _ = await socket.connect(timeout=TIMEOUT)
+            assert connected
+            await frame_of(socket, "state")
+            found = await asyncio.to_thread(told)
+            assert found.recipient_ids == [ben.id], "only the one who is not on the page"
+            await socket.disconnect()
+
+        async_to_sync(scenario)()
