@@ -5,7 +5,7 @@ leaderboard with "around me"; ratings and match history; what each refuses."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -14,21 +14,12 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from gaming.models import Match, MatchPlayer, Rating
-from gaming.services.leaderboard import _key
 from gaming.services.matchmaking import matchmaking_run
 from gaming.services.ratings import DEFAULT_MU, DEFAULT_SIGMA, match_result_record
 from notifications.models import Recipient
-from realtime.redis_client import redis_sync
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("empty_board")]
 Clients = Callable[[int], APIClient]
-
-
-@pytest.fixture(autouse=True)
-def _empty_board() -> Iterator[None]:
-    redis_sync().delete(_key("arena"))
-    yield
-    redis_sync().delete(_key("arena"))
 
 
 def people(count: int) -> list[Recipient]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -22,7 +21,6 @@ from django.utils import timezone
 
 from gaming.models import Match, Rating
 from gaming.modes.base import apply_delta
-from gaming.services.leaderboard import _key
 from gaming.services.matchmaking import matchmaking_run
 from gaming.services.placement import matches_orphaned_abort, servers_live
 from gaming.services.server import MatchServer
@@ -33,7 +31,7 @@ from project.processes.waiting import wait_until
 from realtime.redis_client import redis_sync
 from realtime.tokens import end_user_token_issue
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("empty_board")]
 TIMEOUT = 10
 
 
@@ -71,13 +69,6 @@ class ServerThread:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
-
-
-@pytest.fixture(autouse=True)
-def _clean_board() -> Iterator[None]:
-    redis_sync().delete(_key("arena"))
-    yield
-    redis_sync().delete(_key("arena"))
 
 
 def matched(count: int) -> tuple[Match, list[Recipient]]:

@@ -5,7 +5,6 @@ won by a result, to those who rose into it and to nobody else."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,14 +16,7 @@ from gaming.services.ratings import DEFAULT_MU, DEFAULT_SIGMA, match_result_reco
 from notifications.models import Event, Recipient
 from realtime.redis_client import redis_sync
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _empty_board() -> Iterator[None]:
-    redis_sync().delete(_key("arena"))
-    yield
-    redis_sync().delete(_key("arena"))
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("empty_board")]
 
 
 def people(count: int) -> list[Recipient]:

@@ -6,7 +6,6 @@ ratings table and is rebuilt from it when Redis lost it."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,14 +22,7 @@ from gaming.services.ratings import (
 from notifications.models import Recipient
 from realtime.redis_client import redis_sync
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _empty_board() -> Iterator[None]:
-    redis_sync().delete(_key("arena"))
-    yield
-    redis_sync().delete(_key("arena"))
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("empty_board")]
 
 
 @pytest.fixture
