@@ -1,7 +1,7 @@
 """Gaming end to end with real processes: the web server, Celery beat and workers (the
 matchmaking pass every second), and a match server (``manage.py match_server``).
 Simulated players are websocket clients: they ask for a match through the API, are
-matched by rating, find their match on the ticket and on the inbox socket, play a round
+matched by rating, find their match on the ticket, play a round
 over /ws/matches/{id}/, and the result, ratings and leaderboard are updated once."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from harness.processes import wait_until
 from tests.e2e.conftest import Stack, platform_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-gaming")]
-ROUND_SECONDS = 3
+ROUND_SECONDS = 6
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +140,44 @@ def test_a_non_player_is_refused_at_the_match_socket(stack: Stack) -> None:
             ws.recv(timeout=10)
     assert "403" in str(refused.value) or "4403" in str(refused.value)
     play_all(players, socket)
+
+
+def test_a_player_who_drops_comes_back_to_the_same_match_while_bad_frames_disturb_nobody(
+    stack: Stack,
+) -> None:
+    ana, ben = (Player(stack, f"back{n}-{uuid.uuid4().hex[:4]}") for n in range(2))
+    socket = matched([ana, ben])
+    url = f"{stack.ws_url}{socket}?token="
+    with connect(url + ben.token, open_timeout=10) as ben_socket:
+        with connect(url + ana.token, open_timeout=10) as first:
+            frame = json.loads(first.recv(timeout=10))
+            while frame["type"] != "state":
+                frame = json.loads(first.recv(timeout=10))
+            assert "state" in frame
+            first.send(json.dumps({"type": "input", "seq": 1, "move": [1, 0]}))
+        # ana is gone for a moment; ben floods the server with what it must drop
+        ben_socket.send("not json")
+        for seq in range(1, 200):
+            ben_socket.send(json.dumps({"type": "input", "seq": seq, "move": [9, 9]}))
+        with connect(url + ana.token, open_timeout=10) as again:
+            frames = []
+            while True:
+                frame = json.loads(again.recv(timeout=15))
+                frames.append(frame)
+                if frame["type"] == "state" and len(frames) == 1:
+                    assert "state" in frame, "back in the match from a whole snapshot"
+                    again.send(json.dumps({"type": "input", "seq": 2, "move": [0, 1]}))
+                if frame["type"] == "end":
+                    break
+        states = [f for f in frames if f["type"] == "state"]
+        assert max(f["ack"] for f in states) == 2, "inputs after the return are applied"
+        standings = {s["player"]: s for s in frame["result"]["standings"]}
+        assert not standings[ana.id]["forfeited"] and not standings[ben.id]["forfeited"]
+        # ben's socket kept getting the match all along, and heard the end too
+        seen = []
+        while True:
+            message = json.loads(ben_socket.recv(timeout=15))
+            seen.append(message["type"])
+            if message["type"] == "end":
+                break
+        assert "error" in seen and seen.count("state") > 10
