@@ -126,25 +126,33 @@ class MatchServer:
             log.exception("match server %s: claiming matches failed", self.name)
             return
         for match in claimed:
-            players = await sync_to_async(match_players_of)(match.id)
-            mode = mode_get(match.mode)
-            runtime = MatchRuntime(
-                match_id=str(match.id),
-                mode=mode,
-                players=[ext for _, ext in players],
-                seed=match.seed,
-                now=time.monotonic(),
-                grace_seconds=self.grace_seconds,
-            )
-            match_id = str(match.id)
-            running = Running(
-                runtime, {ext: rid for rid, ext in players}, TickClock(mode.tick_rate, self._ticker(match_id))
-            )
-            self.matches[match_id] = running
-            await self.pubsub.subscribe(inbound_channel(match_id))
-            running.task = asyncio.create_task(running.clock.run())
-            asyncio.get_running_loop().call_later(NOTIFY_ABSENT_SECONDS, self._later_notify_absent, match_id)
-            log.info("match server %s: running match %s (%s players)", self.name, match_id, len(players))
+            try:
+                await self._start(match)
+            except Exception:  # noqa: BLE001 - one match that cannot start must not stop the others
+                log.exception("match server %s: match %s could not start", self.name, match.id)
+                await self._abort(str(match.id), [], "it could not start")
+
+    async def _start(self, match: Any) -> None:
+        """Hold ``match`` and start its clock."""
+        players = await sync_to_async(match_players_of)(match.id)
+        mode = mode_get(match.mode)
+        runtime = MatchRuntime(
+            match_id=str(match.id),
+            mode=mode,
+            players=[ext for _, ext in players],
+            seed=match.seed,
+            now=time.monotonic(),
+            grace_seconds=self.grace_seconds,
+        )
+        match_id = str(match.id)
+        running = Running(
+            runtime, {ext: rid for rid, ext in players}, TickClock(mode.tick_rate, self._ticker(match_id))
+        )
+        self.matches[match_id] = running
+        await self.pubsub.subscribe(inbound_channel(match_id))
+        running.task = asyncio.create_task(running.clock.run())
+        asyncio.get_running_loop().call_later(NOTIFY_ABSENT_SECONDS, self._later_notify_absent, match_id)
+        log.info("match server %s: running match %s (%s players)", self.name, match_id, len(players))
 
     def _later_notify_absent(self, match_id: str) -> None:
         asyncio.ensure_future(self._notify_absent(match_id))
@@ -169,7 +177,13 @@ class MatchServer:
             running = self.matches.get(match_id)
             if running is None:
                 return False
-            output = running.runtime.step(now)
+            try:
+                output = running.runtime.step(now)
+            except Exception:  # noqa: BLE001 - a mode's bug ends its match, not the server
+                log.exception("match %s: its tick failed; aborting it", match_id)
+                self._drop(match_id)
+                await self._abort(match_id, list(running.recipients.values()), "the game failed")
+                return False
             message: dict[str, Any] = {
                 "type": TICK_MESSAGE,
                 "match": match_id,
@@ -209,17 +223,21 @@ class MatchServer:
         if running is not None:
             asyncio.ensure_future(self.pubsub.unsubscribe(inbound_channel(match_id)))
 
+    async def _abort(self, match_id: str, recipients: list[int], reason: str) -> None:
+        """End a match as aborted (no rating changes) and tell its players."""
+        with contextlib.suppress(Exception):
+            await sync_to_async(match_abort)(match_id=match_id, reason=reason)
+            if recipients:
+                await hub_publish_async(self.client, [(recipients, end_message(match_id, reason=reason))])
+
     async def _stop_matches(self) -> None:
         """A server asked to stop ends what it holds as aborted and says so."""
         for match_id, running in list(self.matches.items()):
             if running.task is not None:
                 running.task.cancel()
-            reason = f"its match server {self.name} stopped"
-            with contextlib.suppress(Exception):
-                await sync_to_async(match_abort)(match_id=match_id, reason=reason)
-                await hub_publish_async(
-                    self.client, [(list(running.recipients.values()), end_message(match_id, reason=reason))]
-                )
+            await self._abort(
+                match_id, list(running.recipients.values()), f"its match server {self.name} stopped"
+            )
         self.matches.clear()
 
     # -- what the sockets say --

@@ -267,3 +267,24 @@ def test_a_player_not_on_the_page_hears_of_the_match_through_the_pipeline(
             await socket.disconnect()
 
         async_to_sync(scenario)()
+
+
+def test_a_game_that_fails_on_its_tick_is_aborted_and_the_server_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gaming.modes.arena import Arena
+
+    def broken(self: Arena, state: Any, dt: float) -> None:
+        raise ZeroDivisionError("a bug in the mode")
+
+    monkeypatch.setattr(Arena, "step", broken)
+    match, _players = matched(2)
+    with ServerThread("match-test-4") as server:
+        wait_until(
+            lambda: Match.objects.get(pk=match.pk).status == "aborted",
+            10,
+            message="the failing match was not aborted",
+        )
+        assert Match.objects.get(pk=match.pk).reason == "the game failed"
+        assert server.matches == {} and "match-test-4" in servers_live("local")
+    assert not Rating.objects.exists()
