@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 CLOSE_NOT_A_PLAYER = 4403
 CLOSE_NO_MATCH = 4404
 CLOSE_ENDED = 4000
+CLOSE_UNAVAILABLE = 1013  # try again later
 FRAME_MAX_BYTES = 2048
 QUEUE_MAX = 40  # two seconds of ticks at 20 Hz
 REJOIN_EVERY_TICKS = 20
@@ -71,15 +72,24 @@ class MatchConsumer(AsyncWebsocketConsumer):
         self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.has_state = False
         self.ticks_without_state = 0
-        await self.accept()
         if status not in (MatchStatus.ASSIGNED, MatchStatus.RUNNING):
+            await self.accept()
             await self.send(json.dumps({"type": "end", "status": status}))
             await self.close(code=CLOSE_ENDED)
             return
-        await hub_add(self)
+        # In the hub before the socket opens: nothing published after the client saw it
+        # open is missed.
+        try:
+            await hub_add(self)
+        except (redis.RedisError, OSError) as error:
+            log.warning("match socket refused: no live subscription (%s)", error)
+            await self.close(code=CLOSE_UNAVAILABLE)
+            return
         self.joined = True
+        await self.accept()
         self.sender = asyncio.create_task(self._send_queued())
-        await self._signal("join")
+        with contextlib.suppress(redis.RedisError, OSError):
+            await self._signal("join")  # lost, it is asked again (_tick)
 
     async def disconnect(self, code: int) -> None:
         if not self.joined:

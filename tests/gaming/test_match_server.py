@@ -209,7 +209,6 @@ def test_a_match_whose_server_stops_beating_ends_as_aborted(settings: Any) -> No
         socket = match_socket(match, ana)
         connected, _ = await socket.connect(timeout=TIMEOUT)
         assert connected
-        await asyncio.sleep(0)  # the socket is in the hub before the sweep publishes
         assert await asyncio.to_thread(sweep) == 1
         end = await frame_of(socket, "end")
         assert end["aborted"] is True and "match-gone stopped" in end["reason"]
