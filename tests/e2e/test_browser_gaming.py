@@ -1,7 +1,8 @@
 """The /play/ page in headless Chromium against real processes (web, beat's matchmaking,
 a match server): two players find a match from their pages, one moves with the keyboard
 and the other's page shows it, both see the round end with the standings and the
-leaderboard. Screenshots in /tmp/play-screenshots/."""
+leaderboard; a reload in the middle of the match goes back into it. Screenshots in
+/tmp/play-screenshots/."""
 
 from __future__ import annotations
 
@@ -75,6 +76,12 @@ def test_two_pages_play_each_other_and_each_sees_the_other_move(stack: Stack) ->
         assert moved[1] == start[1], "only along x"
         assert ana.locator("#score tr.me").count() == 1
         ana.screenshot(path=str(SCREENSHOTS / "playing-ana.png"), full_page=True)
+        # bob reloads his page in the middle of the match: it takes him back into it
+        bob.reload()
+        bob.locator("#play[data-state=playing][data-tick]").wait_for()
+        assert bob.locator("#play").get_attribute("data-match") == ana.locator("#play").get_attribute(
+            "data-match"
+        )
         bob.screenshot(path=str(SCREENSHOTS / "playing-bob.png"), full_page=True)
         # the round ends for both with the standings, and both are on the leaderboard
         for page in (ana, bob):

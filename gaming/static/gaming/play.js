@@ -150,7 +150,7 @@ function join(found) {
   predicted = null;
   seq = 0;
   root.dataset.match = found.id;
-  setPhase("playing", `Match found: ${found.players.length} players. Connecting…`);
+  setPhase("playing", found.players.length ? `Match found: ${found.players.length} players. Connecting…` : "Back to your match. Connecting…");
   connect(0);
   canvas.focus();
 }
@@ -416,5 +416,15 @@ async function loadBoard() {
 findButton.addEventListener("click", () => find().catch((error) => setPhase("idle", `Something went wrong: ${error.message}`)));
 cancelButton.addEventListener("click", () => cancel());
 document.getElementById("again").addEventListener("click", () => find().catch((error) => setPhase("idle", `Something went wrong: ${error.message}`)));
-fetchToken().then(loadBoard).catch((error) => setPhase("idle", `Could not sign in to the game: ${error.message}`));
+// Back on the page (a reload, the link of a "match found" notification) while a match of
+// this player's is on: straight back into it.
+async function resume() {
+  const { status, data } = await api("GET", `/api/v1/players/${encodeURIComponent(ME)}/matches/`);
+  const current = status === 200 && data.results.find((m) => m.status === "running" || m.status === "assigned");
+  if (current) join({ id: current.match, socket: `/ws/matches/${current.match}/`, players: [] });
+}
+
+fetchToken()
+  .then(() => Promise.all([loadBoard(), resume()]))
+  .catch((error) => setPhase("idle", `Could not sign in to the game: ${error.message}`));
 requestAnimationFrame(draw);
