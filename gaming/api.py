@@ -34,6 +34,7 @@ from notifications.services.validation import EXTERNAL_ID_MAX
 LEADERBOARD_LIMIT_MAX = 100
 OFFSET_MAX = 10_000_000
 HISTORY_LIMIT = 50
+TICKETS_LIMIT = 200
 
 
 class GamingApiView(APIView):
@@ -102,7 +103,24 @@ def _ticket_payload(ticket: Ticket) -> dict[str, Any]:
     }
 
 
+class TicketListSerializer(serializers.Serializer):
+    results = TicketSerializer(many=True)
+
+
 class TicketListView(GamingApiView):
+    @operation(
+        summary="Searching tickets",
+        description=(
+            f"The caller's searching tickets (a player is on one at most; for a service, all of them, newest "
+            f"first, at most {TICKETS_LIMIT}): a page that lost its ticket's id finds it again."
+        ),
+        responses={200: TicketListSerializer},
+    )
+    def get(self, request: Request) -> Response:
+        caller = end_user_recipient(request)
+        tickets = selectors.tickets_searching(recipient_id=caller.id if caller else None, limit=TICKETS_LIMIT)
+        return Response({"results": [_ticket_payload(t) for t in tickets]})
+
     @operation(
         summary="Ask for a match",
         description=(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gaming.models import Match, MatchPlayer, Rating, Ticket, TicketMember
+from gaming.models import Match, MatchPlayer, Rating, Ticket, TicketMember, TicketStatus
 
 
 def ticket_for(*, ticket_id: Any, recipient_id: int | None) -> Ticket | None:
@@ -14,6 +14,15 @@ def ticket_for(*, ticket_id: Any, recipient_id: int | None) -> Ticket | None:
         return ticket
     on_it = TicketMember.objects.filter(ticket=ticket, recipient_id=recipient_id).exists()
     return ticket if on_it else None
+
+
+def tickets_searching(*, recipient_id: int | None, limit: int) -> list[Ticket]:
+    """The searching tickets ``recipient_id`` is on (None: a service, which sees all),
+    newest first."""
+    rows = Ticket.objects.select_related("match").filter(status=TicketStatus.SEARCHING)
+    if recipient_id is not None:
+        rows = rows.filter(members__recipient_id=recipient_id)
+    return list(rows.order_by("-created_at")[:limit])
 
 
 def ticket_members(ticket: Ticket) -> list[str]:

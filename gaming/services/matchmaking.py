@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -42,11 +43,11 @@ class _Pool:
         self.ratings = [t.rating for t in self.by_rating]
         self.taken: set[Any] = set()
 
-    def nearest(self, anchor: Ticket, window: float) -> list[Ticket]:
-        """Untaken tickets within ``window`` of the anchor's rating, nearest first."""
+    def nearest(self, anchor: Ticket, window: float) -> Iterator[Ticket]:
+        """Untaken tickets within ``window`` of the anchor's rating, nearest first, found as
+        they are asked for (a match takes a few and stops)."""
         at = bisect.bisect_left(self.ratings, anchor.rating)
         left, right = at - 1, at
-        found: list[Ticket] = []
         while left >= 0 or right < len(self.by_rating):
             left_gap = anchor.rating - self.ratings[left] if left >= 0 else None
             right_gap = self.ratings[right] - anchor.rating if right < len(self.by_rating) else None
@@ -64,8 +65,7 @@ class _Pool:
                 candidate = self.by_rating[left]
                 left -= 1
             if candidate.id != anchor.id and candidate.id not in self.taken:
-                found.append(candidate)
-        return found
+                yield candidate
 
 
 def _window(ticket: Ticket, now: datetime) -> float:

@@ -1,8 +1,8 @@
 """The /play/ page in headless Chromium against real processes (web, beat's matchmaking,
 a match server): two players find a match from their pages, one moves with the keyboard
 and the other's page shows it, both see the round end with the standings and the
-leaderboard; a reload in the middle of the match goes back into it. Screenshots in
-/tmp/play-screenshots/."""
+leaderboard; a reload while searching follows the same ticket, and one in the middle of
+the match goes back into it. Screenshots in /tmp/play-screenshots/."""
 
 from __future__ import annotations
 
@@ -55,6 +55,10 @@ def test_two_pages_play_each_other_and_each_sees_the_other_move(stack: Stack) ->
         ana.screenshot(path=str(SCREENSHOTS / "idle.png"), full_page=True)
         ana.click("#find")
         ana.locator("#play[data-state=searching]").wait_for()
+        # a reload while searching finds the same ticket again
+        ana.reload()
+        ana.locator("#play[data-state=searching]").wait_for()
+        ana.locator("#cancel:not([hidden])").wait_for()
         bob.click("#find")
         for page in (ana, bob):
             page.locator("#play[data-state=playing][data-tick]").wait_for()

@@ -153,3 +153,20 @@ def test_the_leaderboard_ratings_and_history_follow_a_finished_match(
         == 404
     )
     assert service_client.get(f"/api/v1/players/{players[0].external_id}/matches/").status_code == 200
+
+
+def test_a_player_finds_their_searching_ticket_again(user_client: Clients, service_client: APIClient) -> None:
+    alice, bob = people(2)
+    assert user_client(alice.id).get("/api/v1/matchmaking/tickets/").json() == {"results": []}
+    made = user_client(alice.id).post(
+        "/api/v1/matchmaking/tickets/", {"mode": "arena", "party": [bob.external_id]}, format="json"
+    )
+    ticket_id = made.json()["id"]
+    for client in (user_client(alice.id), user_client(bob.id)):
+        (found,) = client.get("/api/v1/matchmaking/tickets/").json()["results"]
+        assert found["id"] == ticket_id and found["status"] == "searching"
+    assert ticket_id in [
+        t["id"] for t in service_client.get("/api/v1/matchmaking/tickets/").json()["results"]
+    ]
+    user_client(alice.id).delete(f"/api/v1/matchmaking/tickets/{ticket_id}/")
+    assert user_client(bob.id).get("/api/v1/matchmaking/tickets/").json() == {"results": []}

@@ -116,10 +116,21 @@ async function find() {
   setPhase("searching", "Looking for players near your rating…");
   const { status, data } = await api("POST", root.dataset.tickets, { mode: "arena" });
   if (status !== 201) {
+    // Already searching (from another tab, or before a reload): follow that ticket.
+    const open = status === 400 ? await api("GET", root.dataset.tickets) : null;
+    if (open && open.status === 200 && open.data.results.length) {
+      await follow(open.data.results[0].id);
+      return;
+    }
     setPhase("idle", `Could not look for a match: ${problems(data) || status}`);
     return;
   }
-  ticket = data.id;
+  await follow(data.id);
+}
+
+async function follow(id) {
+  ticket = id;
+  setPhase("searching", "Looking for players near your rating…");
   const began = Date.now();
   while (ticket && root.dataset.state === "searching") {
     const seen = await api("GET", `${root.dataset.tickets}${ticket}/`);
@@ -421,7 +432,13 @@ document.getElementById("again").addEventListener("click", () => find().catch((e
 async function resume() {
   const { status, data } = await api("GET", `/api/v1/players/${encodeURIComponent(ME)}/matches/`);
   const current = status === 200 && data.results.find((m) => m.status === "running" || m.status === "assigned");
-  if (current) join({ id: current.match, socket: `/ws/matches/${current.match}/`, players: [] });
+  if (current) {
+    join({ id: current.match, socket: `/ws/matches/${current.match}/`, players: [] });
+    return;
+  }
+  // Or still searching: follow that ticket again (and it can be cancelled).
+  const open = await api("GET", root.dataset.tickets);
+  if (open.status === 200 && open.data.results.length) follow(open.data.results[0].id);
 }
 
 fetchToken()
