@@ -13,7 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 
-from project.processes.children import REPO_ROOT, ManagedProcess
+from project.processes.children import REPO_ROOT, ManagedProcess, process_group_members
 from project.processes.signals import StartInterrupted
 from project.processes.waiting import LOCALHOST, http_status, port_is_open, wait_until
 
@@ -72,6 +72,68 @@ UVICORN_WS_MAX_SIZE = 1024 * 1024
 # Of a stop's budget, what is kept back for SIGKILL and for the kernel to tear the
 # processes down (at most): the rest is the grace the processes get after SIGTERM.
 KILL_RESERVE_SECONDS = 2.0
+
+# What a server that could not bind its port logs before it exits: mosquitto "Error: Address
+# already in use", uvicorn "[Errno 98] error while attempting to bind ...: address already in use".
+ADDRESS_IN_USE = "address already in use"
+
+# Starts of the broker in all when each finds its port taken and another may be chosen
+# (``start_mqtt(pick_port=...)``).
+MQTT_START_ATTEMPTS = 3
+
+# /proc/net/tcp's "st" column for a listening socket (TCP_LISTEN in include/net/tcp_states.h).
+_TCP_LISTEN = "0A"
+
+
+class PortInUse(RuntimeError):
+    """A server exited while starting because another process holds its port."""
+
+    def __init__(self, message: str, *, port: int) -> None:
+        super().__init__(message)
+        self.port = port
+
+
+def _listening_socket_inodes(port: int) -> set[str] | None:
+    """Inodes of the TCP sockets listening on ``port`` (any address, IPv4 and IPv6), or
+    None where /proc/net/tcp cannot be read (not Linux)."""
+    inodes: set[str] = set()
+    readable = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        readable = True
+        for row in rows:
+            # sl local_address(hex ip:hex port) rem_address st ... uid timeout inode
+            fields = row.split()
+            if len(fields) > 9 and fields[3] == _TCP_LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes if readable else None
+
+
+def holds_listener(process: ManagedProcess, port: int) -> bool:
+    """True when a process of ``process``'s group holds a socket listening on TCP ``port``:
+    the server answering there is this one, not whoever took the port first. True where
+    that cannot be told (no /proc)."""
+    inodes = _listening_socket_inodes(port)
+    if inodes is None:
+        return True
+    if not inodes or process.pid is None:
+        return False
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    for pid in process_group_members(process.pid):
+        try:
+            descriptors = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for descriptor in descriptors:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{descriptor}") in wanted:
+                    return True
+            except OSError:
+                continue
+    return False
 
 
 class PlatformProcesses:
@@ -196,14 +258,23 @@ class PlatformProcesses:
             self.processes[key] = process
         return process
 
-    def _raise_if_exited(self, process: ManagedProcess) -> None:
+    def _raise_if_exited(self, process: ManagedProcess, port: int | None = None) -> None:
+        """StartInterrupted when a stop was requested; when ``process`` exited, RuntimeError
+        with its log's tail (``PortInUse`` when the log says ``port`` was taken)."""
         if self.stop_requested():
             raise StartInterrupted(f"stop requested while {process.name} was starting")
-        if not process.alive:
-            raise RuntimeError(
-                f"{process.name} exited with code {process.returncode} while starting; "
-                f"log {process.log_path}:\n{process.log_tail(60)}"
+        if process.alive:
+            return
+        if port is not None and ADDRESS_IN_USE in process.log_text().lower():
+            raise PortInUse(
+                f"{process.name} could not listen on port {port}: another process holds it; "
+                f"log {process.log_path}:\n{process.log_tail(20)}",
+                port=port,
             )
+        raise RuntimeError(
+            f"{process.name} exited with code {process.returncode} while starting; "
+            f"log {process.log_path}:\n{process.log_tail(60)}"
+        )
 
     # -- starting --
 
@@ -238,11 +309,14 @@ class PlatformProcesses:
         others = [self.processes[name] for name in self.web_names[1:]] if self.web_processes > 1 else []
 
         def answered() -> int:
-            self._raise_if_exited(process)
-            for other in others:
-                self._raise_if_exited(other)
+            for web in (process, *others):
+                self._raise_if_exited(web, self.port)
             ready = all((self.log_dir / f"{name}.ready").exists() for name in self.web_names)
             if self.web_processes > 1 and not ready:
+                return 0
+            # A server that took the port between free_port() and our bind would answer
+            # /healthz too; ours exits with "address already in use" meanwhile.
+            if not all(holds_listener(web, self.port) for web in (process, *others)):
                 return 0
             return http_status(f"{self.web_url}/healthz")
 
@@ -307,22 +381,54 @@ class PlatformProcesses:
         """The platform's own broker (settings MQTT_HOST, MQTT_PORT; iot/services/broker.py)."""
         return (self.env.get("MQTT_HOST") or LOCALHOST, int(self.env.get("MQTT_PORT") or "1884"))
 
-    def start_mqtt(self, *, wait: bool = True) -> ManagedProcess:
+    def start_mqtt(self, *, wait: bool = True, pick_port: Callable[[], int] | None = None) -> ManagedProcess:
         """Start the platform's own Mosquitto (``manage.py mqtt_broker`` writes its config
-        under MQTT_DIR and becomes the broker) and (by default) wait until it listens."""
+        under MQTT_DIR and becomes the broker) and (by default) wait until it listens
+        (``wait_for_mqtt``, which ``pick_port`` is passed to)."""
         process = self._process("mqtt", [self.python, str(self.cwd / "manage.py"), "mqtt_broker"])
         process.start()
         if wait:
-            host, port = self.mqtt_address
-
-            def listening() -> bool:
-                self._raise_if_exited(process)
-                return port_is_open(host, port)
-
-            wait_until(
-                listening, self.web_timeout, interval=0.1, message=f"mosquitto not listening on {port}"
-            )
+            self.wait_for_mqtt(pick_port=pick_port)
         return process
+
+    def wait_for_mqtt(
+        self, timeout: float | None = None, *, pick_port: Callable[[], int] | None = None
+    ) -> None:
+        """Wait until the broker started by ``start_mqtt`` is the listener on MQTT_PORT: it
+        runs and holds the listening socket (something else answering there is not enough).
+
+        When it exits because the port is taken: ``PortInUse`` naming the port; or, with
+        ``pick_port`` (for an MQTT_PORT that tests or benchmarks picked as free, never a
+        configured one), it starts again on ``pick_port()``'s port, up to
+        ``MQTT_START_ATTEMPTS`` starts in all, and MQTT_PORT in ``env`` becomes that port:
+        processes started after see it, those started before do not.
+        """
+        process = self.processes["mqtt"]
+        for attempt in range(1, MQTT_START_ATTEMPTS + 1):
+            try:
+                self._wait_until_listening(process, *self.mqtt_address, timeout or self.web_timeout)
+                return
+            except PortInUse:
+                if pick_port is None or attempt == MQTT_START_ATTEMPTS:
+                    raise
+            # ManagedProcess keeps the environment it was made with.
+            self.env["MQTT_PORT"] = process.env["MQTT_PORT"] = str(pick_port())
+            process.start()
+
+    def _wait_until_listening(self, process: ManagedProcess, host: str, port: int, timeout: float) -> None:
+        """Wait until ``process`` (its group) holds the socket listening on ``port`` and
+        ``host:port`` accepts connections; raise as ``_raise_if_exited`` if it exits."""
+
+        def listening() -> bool:
+            self._raise_if_exited(process, port)
+            return holds_listener(process, port) and port_is_open(host, port)
+
+        try:
+            wait_until(
+                listening, timeout, interval=0.1, message=f"{process.name} not listening on {host}:{port}"
+            )
+        except TimeoutError as error:
+            raise TimeoutError(f"{error}; log {process.log_path}:\n{process.log_tail(60)}") from None
 
     def _start_until_ready(self, process_name: str, command: list[str]) -> ManagedProcess:
         """Start ``manage.py <command> --ready-file <log dir>/<process_name>.ready``."""
@@ -396,23 +502,40 @@ class PlatformProcesses:
         except TimeoutError as error:
             raise TimeoutError(f"{error}; log {process.log_path}:\n{process.log_tail(60)}") from None
 
-    def start_all(self, *, sandbox: bool = False, iot: bool = False, games: bool = False) -> None:
+    def start_all(
+        self,
+        *,
+        sandbox: bool = False,
+        iot: bool = False,
+        games: bool = False,
+        mqtt_pick_port: Callable[[], int] | None = None,
+    ) -> None:
         """Start workers, beat, the web server and (with ``sandbox``) the provider sandbox,
         (with ``iot``) the MQTT broker and its ingest, (with ``games``) a match server, and
-        wait until all are ready.
+        wait until all are ready. ``mqtt_pick_port`` (tests and benchmarks whose MQTT_PORT
+        was picked as free) moves a broker whose port was taken meanwhile to another
+        (``wait_for_mqtt``) before the other processes start.
 
         Processes start concurrently (each spends seconds importing Django); if any fails,
         or a stop is requested meanwhile, everything started so far is stopped before the
         error (``StartInterrupted`` for a stop) propagates.
         """
         try:
+            if iot:
+                self.start_mqtt(wait=False)
+                if mqtt_pick_port is not None:
+                    # A move changes MQTT_PORT, which every Django process reads (workers and
+                    # the web publish and provision devices: iot/services/broker.py
+                    # broker_settings): settle it before they start.
+                    self.wait_for_mqtt(pick_port=mqtt_pick_port)
             for name in self.worker_specs:
                 self.start_worker(name, wait=False)
             self.start_beat()
             if sandbox:
                 self.start_sandbox(wait=False)
             if iot:
-                self.start_mqtt()
+                if mqtt_pick_port is None:
+                    self.wait_for_mqtt()
                 self.start_ingest(wait=False)
             if games:
                 self.start_match_server(wait=False)

@@ -228,11 +228,14 @@ def platform_stack(
             env["MQTT_PORT"] = str(free_port())
             env["MQTT_DIR"] = tempfile.mkdtemp(prefix="mqtt-")
         processes = PlatformProcesses(env=env, port=port, workers=workers)
-        # PORT is fixed by PlatformProcesses; manage.py commands must see the same settings.
+        # Another process may take the free MQTT_PORT before the broker binds it: the
+        # broker then moves to another free port (PlatformProcesses.wait_for_mqtt).
+        processes.start_all(iot=with_iot, games=with_games, mqtt_pick_port=free_port)
+        exit_stack.callback(processes.stop_all)
+        # Copied once started: PORT is fixed by PlatformProcesses and MQTT_PORT may have moved;
+        # manage.py commands and devices must see the same settings.
         env = dict(processes.env)
         stack = Stack(redis=redis, database=database, processes=processes, env=env, sandbox=sandbox)
-        processes.start_all(iot=with_iot, games=with_games)
-        exit_stack.callback(processes.stop_all)
         exit_stack.callback(stack.close_clients)
         ACTIVE_STACKS.append(stack)
         exit_stack.callback(ACTIVE_STACKS.remove, stack)
