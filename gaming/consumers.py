@@ -9,6 +9,14 @@ end as ``{"type": "end", "result" | "aborted"}``. A malformed frame is answered 
 error naming the field and changes nothing. A client that falls behind has its queued
 deltas dropped and gets a fresh snapshot instead: a state frame supersedes the ones
 before it.
+
+State may also travel over a WebRTC data channel (gaming/services/rtc.py), signalled on
+this socket with ``rtc.offer`` / ``rtc.answer`` / ``rtc.candidate``. While it is open, the
+state frames go there instead, each a whole state or a delta from a ``base`` tick the
+client said it has (``{"type": "seen", "tick"}`` on the channel), so a lost frame never
+breaks the ones after it. Frames that cannot be lost (``end``, errors) stay on the socket,
+and the socket carries state again, from a whole one, if the channel fails or the client
+stops saying what it has seen.
 """
 
 from __future__ import annotations
@@ -25,8 +33,10 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from gaming.models import MatchStatus
+from gaming.modes.base import apply_delta, delta
 from gaming.selectors import match_player
 from gaming.services.placement import END_MESSAGE, TICK_MESSAGE, inbound_channel
+from gaming.services.rtc import SDP_MAX_BYTES, RtcRefused, StateChannel, rtc_unavailable_reason
 from notifications.selectors import recipient_for_user
 from realtime.auth import socket_authenticate
 from realtime.hub import hub_add, hub_discard
@@ -39,8 +49,13 @@ CLOSE_NO_MATCH = 4404
 CLOSE_ENDED = 4000
 CLOSE_UNAVAILABLE = 1013  # try again later
 FRAME_MAX_BYTES = 2048
+RTC_FRAME_MAX_BYTES = SDP_MAX_BYTES + 256  # an offer's SDP and the frame around it
 QUEUE_MAX = 40  # two seconds of ticks at 20 Hz
 REJOIN_EVERY_TICKS = 20
+# The states sent on a data channel that a delta may start from (three seconds at 20 Hz).
+RTC_KEPT_STATES = 60
+# A channel whose client has said nothing for this many ticks is given up for the socket.
+RTC_SILENT_TICKS = 60
 
 
 def _recipient_id_for_user(user: Any) -> int | None:
@@ -51,6 +66,7 @@ def _recipient_id_for_user(user: Any) -> int | None:
 class MatchConsumer(AsyncWebsocketConsumer):
     joined = False
     sender: asyncio.Task[None] | None = None
+    rtc: StateChannel | None = None
 
     async def connect(self) -> None:
         recipient_id, close_code = await socket_authenticate(
@@ -96,6 +112,7 @@ class MatchConsumer(AsyncWebsocketConsumer):
             return
         self.joined = False
         hub_discard(self)
+        await self._rtc_close()
         if self.sender is not None:
             self.sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -117,8 +134,11 @@ class MatchConsumer(AsyncWebsocketConsumer):
         if text_data is None:
             self.error("frame", "send JSON text frames, not binary ones")
             return
-        if len(text_data) > FRAME_MAX_BYTES:
-            self.error("frame", f"a frame holds at most {FRAME_MAX_BYTES} bytes")
+        if len(text_data) > RTC_FRAME_MAX_BYTES:
+            self.error(
+                "frame",
+                f"a frame holds at most {FRAME_MAX_BYTES} bytes ({RTC_FRAME_MAX_BYTES} for rtc.offer)",
+            )
             return
         try:
             frame = json.loads(text_data)
@@ -129,6 +149,12 @@ class MatchConsumer(AsyncWebsocketConsumer):
             self.error("frame", f"expected a JSON object, got {type(frame).__name__}")
             return
         kind = frame.get("type")
+        if len(text_data) > FRAME_MAX_BYTES and kind != "rtc.offer":
+            self.error(
+                "frame",
+                f"a frame holds at most {FRAME_MAX_BYTES} bytes ({RTC_FRAME_MAX_BYTES} for rtc.offer)",
+            )
+            return
         if kind == "ping":
             self.queue({"type": "pong"})
         elif kind == "input":
@@ -138,11 +164,119 @@ class MatchConsumer(AsyncWebsocketConsumer):
                 await self._signal("input", frame)
             except (redis.RedisError, OSError):
                 self.error("service", "the match is unreachable for a moment; send again")
+        elif kind == "rtc.offer":
+            await self._rtc_offer(frame.get("sdp"))
+        elif kind == "rtc.candidate":
+            await self._rtc_candidate(frame)
+        elif kind == "rtc.close":
+            await self._rtc_close(fall_back=True)
         else:
-            self.error("type", f"unknown frame type {kind!r}; expected 'input' or 'ping'")
+            self.error(
+                "type",
+                f"unknown frame type {kind!r}; expected 'input', 'ping', 'rtc.offer', 'rtc.candidate' or 'rtc.close'",
+            )
 
     def error(self, field: str, message: str) -> None:
         self.queue({"type": "error", "field": field, "message": message})
+
+    # --- the data channel --------------------------------------------------------------------
+
+    async def _rtc_offer(self, sdp: Any) -> None:
+        unavailable = rtc_unavailable_reason()
+        if unavailable is not None:
+            self.queue({"type": "rtc.unavailable", "reason": unavailable})
+            return
+        await self._rtc_close()  # a new offer replaces a channel there was
+        channel = StateChannel(on_message=self._rtc_message, on_closed=self._rtc_failed)
+        try:
+            answer = await channel.answer(sdp)
+        except RtcRefused as refused:
+            await channel.close()
+            self.error(refused.field, refused.reason)
+            return
+        self.rtc = channel
+        # The channel needs whole states to start from: ask for one, and keep it up to date.
+        self.rtc_state: dict[str, Any] | None = None
+        self.rtc_sent: dict[int, dict[str, Any]] = {}
+        self.rtc_base = -1
+        self.rtc_silent = 0
+        self.has_state = False
+        asyncio.ensure_future(self._signal("join"))
+        self.queue({"type": "rtc.answer", "sdp": answer})
+
+    async def _rtc_candidate(self, frame: dict[str, Any]) -> None:
+        if self.rtc is None:
+            self.error("type", "rtc.candidate before rtc.offer")
+            return
+        try:
+            await self.rtc.add_candidate(frame)
+        except RtcRefused as refused:
+            self.error(refused.field, refused.reason)
+
+    def _rtc_message(self, text: str) -> None:
+        """The client's ``{"type": "seen", "tick"}``: a state it holds, to build deltas from."""
+        try:
+            frame = json.loads(text)
+            tick = int(frame["tick"]) if isinstance(frame, dict) and frame.get("type") == "seen" else -1
+        except (ValueError, KeyError, TypeError):
+            return
+        if tick in self.rtc_sent and tick > self.rtc_base:
+            self.rtc_base = tick
+        self.rtc_silent = 0
+
+    def _rtc_failed(self) -> None:
+        self.rtc = None
+        self._rtc_fall_back()
+
+    def _rtc_fall_back(self) -> None:
+        """The socket carries state again, starting from a whole one."""
+        self.queue({"type": "rtc.closed"})
+        if getattr(self, "rtc_state", None) is not None:
+            self.queue({"type": "state", "tick": self.rtc_tick, "ack": self.rtc_ack, "state": self.rtc_state})
+            self.has_state = True
+        else:
+            self.hub_resumed()
+        self.rtc_state = None
+
+    async def _rtc_close(self, *, fall_back: bool = False) -> None:
+        channel, self.rtc = self.rtc, None
+        if channel is not None:
+            await channel.close()
+            if fall_back:
+                self._rtc_fall_back()
+
+    def _rtc_tick(self, message: dict[str, Any], ack: int) -> bool:
+        """Send this tick on the data channel; False if it goes on the socket instead."""
+        channel = self.rtc
+        if channel is None:
+            return False
+        if self.player in message.get("full_for", ()) and "snapshot" in message:
+            self.rtc_state = message["snapshot"]
+        elif self.rtc_state is not None:
+            self.rtc_state = apply_delta(self.rtc_state, message["delta"])
+        else:
+            return False  # the whole state asked for has not come yet: the socket waits too
+        tick = int(message["tick"])
+        self.rtc_tick, self.rtc_ack = tick, ack
+        if not channel.open:
+            return False  # still connecting: the socket carries state meanwhile
+        self.rtc_silent += 1
+        if self.rtc_silent > RTC_SILENT_TICKS:
+            # Nothing heard for three seconds: the path is gone though ICE has not noticed.
+            asyncio.ensure_future(self._rtc_close(fall_back=True))
+            return True
+        frame: dict[str, Any] = {"type": "state", "tick": tick, "ack": ack}
+        base = self.rtc_sent.get(self.rtc_base)
+        if base is not None:
+            frame["base"] = self.rtc_base
+            frame["delta"] = delta(base, self.rtc_state)
+        else:
+            frame["state"] = self.rtc_state
+        self.rtc_sent[tick] = self.rtc_state
+        for old in [t for t in self.rtc_sent if t <= tick - RTC_KEPT_STATES]:
+            del self.rtc_sent[old]
+        channel.send(json.dumps(frame, separators=(",", ":")))
+        return True
 
     # --- from the hub: queue and return, never await --------------------------------------
 
@@ -163,11 +297,10 @@ class MatchConsumer(AsyncWebsocketConsumer):
             )
 
     def _tick(self, message: dict[str, Any]) -> None:
-        frame: dict[str, Any] = {
-            "type": "state",
-            "tick": message["tick"],
-            "ack": message["acks"].get(self.player, 0),
-        }
+        ack = message["acks"].get(self.player, 0)
+        if self.rtc is not None and self._rtc_tick(message, ack):
+            return
+        frame: dict[str, Any] = {"type": "state", "tick": message["tick"], "ack": ack}
         if self.player in message.get("full_for", ()) and "snapshot" in message:
             frame["state"] = message["snapshot"]
             self.has_state = True

@@ -4,12 +4,14 @@ REST API and the match socket, from gaming/static/gaming/play.js."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from gaming.modes import arena
+from gaming.services.rtc import ice_servers
 from notifications.selectors import recipient_for_user
 
 
@@ -24,6 +26,8 @@ def arena_layout() -> dict[str, object]:
         "walls": [list(w) for w in arena.WALLS],
         "tick_rate": arena.Arena.tick_rate,
         "max_health": arena.MAX_HEALTH,
+        # State over a WebRTC data channel beside the socket (gaming/services/rtc.py).
+        "rtc": {"enabled": settings.GAMING_RTC, "ice_servers": ice_servers()},
     }
 
 

@@ -434,6 +434,14 @@ GAMING_WINDOW_MAX = env_float("GAMING_WINDOW_MAX", 60.0)
 GAMING_ARENA_ROUND_SECONDS = env_float("GAMING_ARENA_ROUND_SECONDS", 120.0)
 # A player whose socket closed may come back within this long; then they forfeit.
 GAMING_GRACE_SECONDS = env_float("GAMING_GRACE_SECONDS", 20.0)
+# State also travels over an unreliable, unordered WebRTC data channel when the browser
+# asks for one on the match socket (gaming/services/rtc.py); off, the socket carries it all.
+GAMING_RTC = env_bool("GAMING_RTC", True)
+# STUN/TURN servers the web process and the browser gather candidates with (a server
+# behind NAT needs one); empty on a LAN or a host with a public address.
+GAMING_RTC_ICE_SERVERS = env_list("GAMING_RTC_ICE_SERVERS", [])
+# How many data channels one web process holds at most; past it, the socket carries state.
+GAMING_RTC_MAX_CHANNELS = env_int("GAMING_RTC_MAX_CHANNELS", 500, minimum=0)
 MAX_EXPLICIT_RECIPIENTS = env_int("MAX_EXPLICIT_RECIPIENTS", 10_000, minimum=1)
 MAX_EVENT_DATA_BYTES = env_int("MAX_EVENT_DATA_BYTES", 65_536, minimum=256)
 

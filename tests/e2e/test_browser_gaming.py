@@ -2,7 +2,8 @@
 a match server): two players find a match from their pages, one moves with the keyboard
 and the other's page shows it, both see the round end with the standings and the
 leaderboard; a reload while searching follows the same ticket, and one in the middle of
-the match goes back into it. Screenshots in /tmp/play-screenshots/."""
+the match goes back into it. State reaches both pages over their WebRTC data channels.
+Screenshots in /tmp/play-screenshots/."""
 
 from __future__ import annotations
 
@@ -65,6 +66,9 @@ def test_two_pages_play_each_other_and_each_sees_the_other_move(stack: Stack) ->
         assert ana.locator("#play").get_attribute("data-match") == bob.locator("#play").get_attribute(
             "data-match"
         )
+        # state comes over each page's WebRTC data channel (the socket signalled it)
+        for page in (ana, bob):
+            page.locator("#play[data-transport=rtc]").wait_for()
         ana_id = PEOPLE["ana"][0]
         start = positions(bob)[ana_id]
         # ana walks towards the middle; bob's page shows her there
@@ -76,6 +80,7 @@ def test_two_pages_play_each_other_and_each_sees_the_other_move(stack: Stack) ->
             f" return p[{ana_id!r}] && Math.abs(p[{ana_id!r}][0] - {start[0]}) > 60; }})()"
         )
         ana.keyboard.up(key)
+        assert bob.locator("#play").get_attribute("data-transport") == "rtc"
         moved = positions(bob)[ana_id]
         assert moved[1] == start[1], "only along x"
         assert ana.locator("#score tr.me").count() == 1
@@ -83,6 +88,7 @@ def test_two_pages_play_each_other_and_each_sees_the_other_move(stack: Stack) ->
         # bob reloads his page in the middle of the match: it takes him back into it
         bob.reload()
         bob.locator("#play[data-state=playing][data-tick]").wait_for()
+        bob.locator("#play[data-transport=rtc]").wait_for()
         assert bob.locator("#play").get_attribute("data-match") == ana.locator("#play").get_attribute(
             "data-match"
         )

@@ -4,6 +4,9 @@
 // gaming/modes/arena.py, with the layout the server put in the page) and puts it right
 // against every state's ``ack``; the other players are drawn 100 ms in the past,
 // interpolated between the states received, so they move smoothly between ticks.
+// Where the browser has WebRTC, state also comes over an unreliable, unordered data
+// channel signalled on the match socket (gaming/services/rtc.py): a lost frame is simply
+// superseded by the next one; the socket carries it when the channel is not there.
 const root = document.getElementById("play");
 const LAYOUT = JSON.parse(document.getElementById("arena-layout").textContent);
 const ME = root.dataset.me;
@@ -94,6 +97,7 @@ function applyDelta(before, changes) {
 // --- the match ----------------------------------------------------------------------------
 
 let state = null; // the latest state from the server
+let lastTick = -1; // its tick
 let history = []; // [{at, state}] for drawing the others in the past
 let pending = []; // inputs sent and not yet acknowledged: {seq, move, at}
 let predicted = null; // where this player is drawn: [x, y]
@@ -156,6 +160,7 @@ function join(found) {
   ticket = null;
   ended = false;
   state = null;
+  lastTick = -1;
   history = [];
   pending = [];
   predicted = null;
@@ -169,13 +174,17 @@ function join(found) {
 function connect(attempt) {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   socket = new WebSocket(`${scheme}://${location.host}${match.socket}?token=${encodeURIComponent(token)}`);
+  socket.onopen = () => rtcStart();
   socket.onmessage = (event) => {
     const frame = JSON.parse(event.data);
     if (frame.type === "state") onState(frame);
     else if (frame.type === "end") onEnd(frame);
+    else if (frame.type === "rtc.answer") rtcAnswer(frame.sdp);
+    else if (frame.type === "rtc.unavailable" || frame.type === "rtc.closed") rtcStop(false);
     else if (frame.type === "error") statusLine.textContent = `The server refused a message: ${frame.field}: ${frame.message}`;
   };
   socket.onclose = (event) => {
+    rtcStop(false);
     if (ended || event.code === 4000) return;
     if (event.code === 4403 || event.code === 4404) {
       setPhase("idle", "This match is not yours to join.");
@@ -187,10 +196,72 @@ function connect(attempt) {
   };
 }
 
+// --- state over a WebRTC data channel ------------------------------------------------------
+
+let rtc = null; // {pc, channel, states: Map of tick -> whole state}
+
+function gathered(pc, ms) {
+  return new Promise((resolve) => {
+    if (pc.iceGatheringState === "complete") return resolve();
+    const done = () => { if (pc.iceGatheringState === "complete") resolve(); };
+    pc.addEventListener("icegatheringstatechange", done);
+    setTimeout(resolve, ms);
+  });
+}
+
+function rtcStart() {
+  if (rtc || !LAYOUT.rtc || !LAYOUT.rtc.enabled || typeof RTCPeerConnection === "undefined") return;
+  const pc = new RTCPeerConnection({ iceServers: LAYOUT.rtc.ice_servers });
+  // Negotiated with id 0 on both ends; the server sends unordered, without retransmits.
+  const channel = pc.createDataChannel("state", { negotiated: true, id: 0, ordered: false, maxRetransmits: 0 });
+  const current = { pc, channel, states: new Map() };
+  rtc = current;
+  channel.onopen = () => { if (rtc === current) root.dataset.transport = "rtc"; };
+  channel.onmessage = (event) => {
+    const frame = JSON.parse(event.data);
+    if (rtc !== current || frame.type !== "state") return;
+    let whole = frame.state;
+    if (!whole) {
+      const base = current.states.get(frame.base);
+      if (!base) return; // a delta from a state this page never got: the next frame will do
+      whole = applyDelta(base, frame.delta);
+    }
+    current.states.set(frame.tick, whole);
+    for (const tick of current.states.keys()) if (tick < frame.tick - 60) current.states.delete(tick);
+    // Said for every state: the server builds its next delta from the newest one it hears of.
+    if (channel.readyState === "open") channel.send(JSON.stringify({ type: "seen", tick: frame.tick }));
+    onState({ tick: frame.tick, ack: frame.ack, state: whole });
+  };
+  pc.onconnectionstatechange = () => { if (pc.connectionState === "failed") rtcStop(true); };
+  (async () => {
+    await pc.setLocalDescription(await pc.createOffer());
+    await gathered(pc, 2000); // the offer carries the candidates: no trickling needed
+    if (rtc === current && socket && socket.readyState === WebSocket.OPEN) {
+      socket.send(JSON.stringify({ type: "rtc.offer", sdp: pc.localDescription.sdp }));
+    }
+  })().catch(() => rtcStop(false));
+}
+
+function rtcAnswer(sdp) {
+  if (rtc) rtc.pc.setRemoteDescription({ type: "answer", sdp }).catch(() => rtcStop(true));
+}
+
+function rtcStop(tellServer) {
+  if (!rtc) return;
+  const { pc } = rtc;
+  rtc = null;
+  root.dataset.transport = "socket";
+  if (tellServer && socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: "rtc.close" }));
+  pc.close();
+}
+
 function onState(frame) {
+  // The channel and the socket may both bring a tick while one takes over from the other.
+  if (frame.tick <= lastTick) return;
   if (frame.state) state = frame.state;
   else if (state) state = applyDelta(state, frame.delta);
   else return;
+  lastTick = frame.tick;
   const now = performance.now();
   history.push({ at: now, state });
   while (history.length > 2 && now - history[1].at > 1000) history.shift();
