@@ -67,6 +67,7 @@ class MatchConsumer(AsyncWebsocketConsumer):
     joined = False
     sender: asyncio.Task[None] | None = None
     rtc: StateChannel | None = None
+    rtc_state: dict[str, Any] | None = None
 
     async def connect(self) -> None:
         recipient_id, close_code = await socket_authenticate(
@@ -196,7 +197,8 @@ class MatchConsumer(AsyncWebsocketConsumer):
             return
         self.rtc = channel
         # The channel needs whole states to start from: ask for one, and keep it up to date.
-        self.rtc_state: dict[str, Any] | None = None
+        self.rtc_state = None
+        self.rtc_tick = self.rtc_ack = -1
         self.rtc_sent: dict[int, dict[str, Any]] = {}
         self.rtc_base = -1
         self.rtc_silent = 0
@@ -231,7 +233,7 @@ class MatchConsumer(AsyncWebsocketConsumer):
     def _rtc_fall_back(self) -> None:
         """The socket carries state again, starting from a whole one."""
         self.queue({"type": "rtc.closed"})
-        if getattr(self, "rtc_state", None) is not None:
+        if self.rtc_state is not None:
             self.queue({"type": "state", "tick": self.rtc_tick, "ack": self.rtc_ack, "state": self.rtc_state})
             self.has_state = True
         else:
@@ -250,13 +252,18 @@ class MatchConsumer(AsyncWebsocketConsumer):
         channel = self.rtc
         if channel is None:
             return False
+        tick = int(message["tick"])
         if self.player in message.get("full_for", ()) and "snapshot" in message:
             self.rtc_state = message["snapshot"]
-        elif self.rtc_state is not None:
+        elif self.rtc_state is not None and tick == self.rtc_tick + 1:
             self.rtc_state = apply_delta(self.rtc_state, message["delta"])
         else:
-            return False  # the whole state asked for has not come yet: the socket waits too
-        tick = int(message["tick"])
+            # No whole state yet, or a tick missed (a delta only follows its own previous
+            # tick): wait for the whole state asked for; the socket waits too.
+            if self.rtc_state is not None:
+                self.rtc_state = None
+                self.hub_resumed()
+            return False
         self.rtc_tick, self.rtc_ack = tick, ack
         if not channel.open:
             return False  # still connecting: the socket carries state meanwhile
@@ -317,6 +324,7 @@ class MatchConsumer(AsyncWebsocketConsumer):
     def hub_resumed(self) -> None:
         """Ticks may have been lost: start again from a whole snapshot."""
         self.has_state = False
+        self.rtc_state = None
         asyncio.ensure_future(self._signal("join"))
 
     def queue(self, frame: dict[str, Any]) -> None:
