@@ -174,7 +174,7 @@ function join(found) {
 function connect(attempt) {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   socket = new WebSocket(`${scheme}://${location.host}${match.socket}?token=${encodeURIComponent(token)}`);
-  socket.onopen = () => rtcStart();
+  socket.onopen = () => { showTransport("socket"); rtcStart(); };
   socket.onmessage = (event) => {
     const frame = JSON.parse(event.data);
     if (frame.type === "state") onState(frame);
@@ -209,6 +209,15 @@ function gathered(pc, ms) {
   });
 }
 
+const transportLine = document.getElementById("transport");
+
+function showTransport(via) {
+  root.dataset.transport = via;
+  transportLine.hidden = false;
+  transportLine.dataset.via = via;
+  transportLine.textContent = via === "rtc" ? "Live over a WebRTC data channel" : "Live over the WebSocket";
+}
+
 function rtcStart() {
   if (rtc || !LAYOUT.rtc || !LAYOUT.rtc.enabled || typeof RTCPeerConnection === "undefined") return;
   const pc = new RTCPeerConnection({ iceServers: LAYOUT.rtc.ice_servers });
@@ -216,7 +225,7 @@ function rtcStart() {
   const channel = pc.createDataChannel("state", { negotiated: true, id: 0, ordered: false, maxRetransmits: 0 });
   const current = { pc, channel, states: new Map() };
   rtc = current;
-  channel.onopen = () => { if (rtc === current) root.dataset.transport = "rtc"; };
+  channel.onopen = () => { if (rtc === current) showTransport("rtc"); };
   channel.onmessage = (event) => {
     const frame = JSON.parse(event.data);
     if (rtc !== current || frame.type !== "state") return;
@@ -250,7 +259,7 @@ function rtcStop(tellServer) {
   if (!rtc) return;
   const { pc } = rtc;
   rtc = null;
-  root.dataset.transport = "socket";
+  showTransport("socket");
   if (tellServer && socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: "rtc.close" }));
   pc.close();
 }
