@@ -35,12 +35,12 @@ from django.conf import settings
 from gaming.models import MatchStatus
 from gaming.modes.base import apply_delta, delta
 from gaming.selectors import match_player
-from gaming.services.placement import END_MESSAGE, TICK_MESSAGE, inbound_channel
+from gaming.services.inbound import signal_send
+from gaming.services.placement import END_MESSAGE, TICK_MESSAGE
 from gaming.services.rtc import SDP_MAX_BYTES, RtcRefused, StateChannel, rtc_unavailable_reason
 from notifications.selectors import recipient_for_user
 from realtime.auth import socket_authenticate
 from realtime.hub import hub_add, hub_discard
-from realtime.redis_client import redis_async
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,7 @@ class MatchConsumer(AsyncWebsocketConsumer):
         self.joined = True
         await self.accept()
         self.sender = asyncio.create_task(self._send_queued())
-        with contextlib.suppress(redis.RedisError, OSError):
-            await self._signal("join")  # lost, it is asked again (_tick)
+        self._signal("join")  # lost, it is asked again (_tick)
 
     async def disconnect(self, code: int) -> None:
         if not self.joined:
@@ -118,14 +117,11 @@ class MatchConsumer(AsyncWebsocketConsumer):
             self.sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.sender
-        with contextlib.suppress(redis.RedisError, OSError):
-            await self._signal("leave")
+        self._signal("leave")
 
-    async def _signal(self, kind: str, frame: dict[str, Any] | None = None) -> None:
-        body: dict[str, Any] = {"kind": kind, "player": self.player}
-        if frame is not None:
-            body["frame"] = frame
-        await redis_async().publish(inbound_channel(self.match_id), json.dumps(body, separators=(",", ":")))
+    def _signal(self, kind: str, frame: dict[str, Any] | None = None) -> None:
+        """To the match's server, in the process's next batch (gaming/services/inbound.py)."""
+        signal_send(self.match_id, kind, self.player, frame)
 
     # --- the player's frames ---------------------------------------------------------------
 
@@ -161,10 +157,7 @@ class MatchConsumer(AsyncWebsocketConsumer):
         elif kind == "input":
             if not self.joined:
                 return
-            try:
-                await self._signal("input", frame)
-            except (redis.RedisError, OSError):
-                self.error("service", "the match is unreachable for a moment; send again")
+            self._signal("input", frame)
         elif kind == "rtc.offer":
             await self._rtc_offer(frame.get("sdp"))
         elif kind == "rtc.candidate":
@@ -203,7 +196,7 @@ class MatchConsumer(AsyncWebsocketConsumer):
         self.rtc_base = -1
         self.rtc_silent = 0
         self.has_state = False
-        asyncio.ensure_future(self._signal("join"))
+        self._signal("join")
         self.queue({"type": "rtc.answer", "sdp": answer})
 
     async def _rtc_candidate(self, frame: dict[str, Any]) -> None:
@@ -317,7 +310,7 @@ class MatchConsumer(AsyncWebsocketConsumer):
             # Our join has not reached the server yet (or was lost): ask again now and then.
             self.ticks_without_state += 1
             if self.ticks_without_state % REJOIN_EVERY_TICKS == 1:
-                asyncio.ensure_future(self._signal("join"))
+                self._signal("join")
             return
         self.queue(frame)
 
@@ -325,7 +318,7 @@ class MatchConsumer(AsyncWebsocketConsumer):
         """Ticks may have been lost: start again from a whole snapshot."""
         self.has_state = False
         self.rtc_state = None
-        asyncio.ensure_future(self._signal("join"))
+        self._signal("join")
 
     def queue(self, frame: dict[str, Any]) -> None:
         if not hasattr(self, "outbox"):

@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 CLAIM_EVERY_SECONDS = 0.25
 # A player not on the match's socket this long after it began is notified through the pipeline.
 NOTIFY_ABSENT_SECONDS = 5.0
-INBOUND_MAX_BYTES = 4096
+# A web process's batch of signals for one match (gaming/services/inbound.py BATCH_MAX_BYTES).
+INBOUND_MAX_BYTES = 64 * 1024
 
 
 def _close_database() -> None:
@@ -73,9 +74,13 @@ class MatchServer:
     matches: dict[str, Running] = field(default_factory=dict)
     finished: int = 0
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    outgoing: list[tuple[list[int], dict[str, Any]]] = field(default_factory=list)
+    publisher: asyncio.Task[None] | None = None
 
     async def run(self, *, ready: asyncio.Event | None = None) -> None:
         self.client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1)
+        # Ticks go out on a connection of their own: a heartbeat never waits behind them.
+        self.publish_client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1)
         self.pubsub = self.client.pubsub()
         # a placeholder subscription, so that the reader has something to wait on
         await self.pubsub.subscribe(inbound_channel("none"))
@@ -97,6 +102,7 @@ class MatchServer:
                 await self.client.srem(region_key(self.region), self.name)
             await self.pubsub.aclose()
             await self.client.aclose()
+            await self.publish_client.aclose()
             await sync_to_async(_close_database)()
 
     # -- presence in Redis --
@@ -194,15 +200,31 @@ class MatchServer:
             }
             if output.full_for:
                 message["snapshot"] = output.snapshot
-            recipients = list(running.recipients.values())
-            with contextlib.suppress(redis.RedisError, OSError):
-                await hub_publish_async(self.client, [(recipients, message)])
+            self._publish(list(running.recipients.values()), message)
             if output.result is None:
                 return True
             await self._finish(match_id, running, output.result.as_dict())
             return False
 
         return on_tick
+
+    def _publish(self, recipients: list[int], message: dict[str, Any]) -> None:
+        """Queue a tick for the hub; one task sends what is queued, all of it in one PUBLISH
+        (``hub_publish_async`` packs entries), so the ticks of many matches that come due
+        together cost one round trip and one Redis connection, not one each."""
+        self.outgoing.append((recipients, message))
+        if self.publisher is None or self.publisher.done():
+            self.publisher = asyncio.get_running_loop().create_task(self._publish_queued())
+
+    async def _publish_queued(self) -> None:
+        while self.outgoing:
+            entries, self.outgoing = self.outgoing, []
+            try:
+                await hub_publish_async(self.publish_client, entries)
+            except (redis.RedisError, OSError) as error:
+                # Players whose ticks are lost catch up from the next delta's snapshot
+                # (the hub resumes them: realtime/hub.py).
+                log.warning("match server %s: %d ticks not published: %s", self.name, len(entries), error)
 
     async def _finish(self, match_id: str, running: Running, result: dict[str, Any]) -> None:
         try:
@@ -211,10 +233,8 @@ class MatchServer:
             log.warning("match %s: result not recorded: %s", match_id, refused)
         except Exception:  # noqa: BLE001 - the players still hear the end
             log.exception("match %s: recording the result failed", match_id)
-        with contextlib.suppress(redis.RedisError, OSError):
-            await hub_publish_async(
-                self.client, [(list(running.recipients.values()), end_message(match_id, result=result))]
-            )
+        # Behind the match's last tick, in the same queue.
+        self._publish(list(running.recipients.values()), end_message(match_id, result=result))
         self._drop(match_id)
         self.finished += 1
 
@@ -255,6 +275,8 @@ class MatchServer:
             self.inbound(message["channel"], message["data"])
 
     def inbound(self, channel: bytes | str, data: bytes | str) -> None:
+        """One message from the web processes: a signal, or ``{"kind": "batch", "signals"}``
+        (gaming/services/inbound.py), taken in order."""
         if len(data) > INBOUND_MAX_BYTES:
             return
         name = channel.decode() if isinstance(channel, bytes) else channel
@@ -264,8 +286,22 @@ class MatchServer:
             return
         try:
             signal = json.loads(data)
+        except ValueError:
+            return
+        if (
+            isinstance(signal, dict)
+            and signal.get("kind") == "batch"
+            and isinstance(signal.get("signals"), list)
+        ):
+            for one in signal["signals"]:
+                self._signal(running, one)
+        else:
+            self._signal(running, signal)
+
+    def _signal(self, running: Running, signal: Any) -> None:
+        try:
             kind, player = signal["kind"], signal["player"]
-        except (ValueError, KeyError, TypeError):
+        except (KeyError, TypeError):
             return
         if player not in running.recipients:
             return
