@@ -44,8 +44,15 @@ def inbound_channel(match_id: Any) -> str:
     return redis_key(f"gaming:match:{match_id}:in")
 
 
-def server_heartbeat_payload(*, region: str, matches: int, capacity: int) -> str:
-    return json.dumps({"region": region, "matches": matches, "capacity": capacity})
+def server_heartbeat_payload(
+    *, region: str, matches: int, capacity: int, ticks: dict[str, Any] | None = None
+) -> str:
+    """What a server's heartbeat says: its region, matches held, capacity and (``ticks``)
+    how its clocks kept time since the beat before (gaming/services/server.py)."""
+    body: dict[str, Any] = {"region": region, "matches": matches, "capacity": capacity}
+    if ticks is not None:
+        body["ticks"] = ticks
+    return json.dumps(body)
 
 
 def servers_live(region: str) -> dict[str, dict[str, Any]]:

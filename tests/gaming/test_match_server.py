@@ -167,6 +167,15 @@ def test_two_players_see_each_other_move_and_their_inputs_acknowledged(settings:
         async_to_sync(scenario)()
         dropped = server.matches[str(match.id)].runtime.dropped()
         assert dropped == {"move.x": 1}
+        # the heartbeat tells how the clocks kept time since the beat before
+        beat = wait_until(
+            lambda: servers_live("local")["match-test-1"].get("ticks", {}).get("count") or None,
+            10,
+            message="no heartbeat told of ticks",
+        )
+        assert beat <= 2 * 20 + 5, "at most two beats' worth of 20 Hz ticks in one beat"
+        ticks = servers_live("local")["match-test-1"]["ticks"]
+        assert 0 <= ticks["late_p50_ms"] <= ticks["late_p99_ms"] <= ticks["late_max_ms"]
 
 
 def test_a_round_ends_with_the_result_recorded_once_and_the_players_told(settings: Any) -> None:
