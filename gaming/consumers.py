@@ -29,6 +29,7 @@ from typing import Any
 
 import redis
 from asgiref.sync import sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
@@ -64,10 +65,31 @@ def _recipient_id_for_user(user: Any) -> int | None:
 
 
 class MatchConsumer(AsyncWebsocketConsumer):
+    """One player's match socket. It hears ticks from the hub, never the channel layer."""
+
     joined = False
     sender: asyncio.Task[None] | None = None
     rtc: StateChannel | None = None
     rtc_state: dict[str, Any] | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Channels' ``AsyncConsumer.__call__`` without a channel of the channel layer (a
+        pub/sub subscription per socket, unused here) and without its task per event: the
+        socket's events are dispatched in turn in this coroutine."""
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
+        with contextlib.suppress(StopConsumer):
+            while True:
+                await self.dispatch(await receive())
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # A frame touches no database: Channels' dispatch would first hop to a thread to
+        # close old database connections, for every frame (aclose_old_connections).
+        if message["type"] == "websocket.receive":
+            await self.websocket_receive(message)
+        else:
+            await super().dispatch(message)
 
     async def connect(self) -> None:
         recipient_id, close_code = await socket_authenticate(
@@ -86,7 +108,7 @@ class MatchConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_NOT_A_PLAYER)
             return
         self.recipient_id, self.player = recipient_id, player
-        self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.outbox: asyncio.Queue[dict[str, Any] | str] = asyncio.Queue()
         self.has_state = False
         self.ticks_without_state = 0
         if status not in (MatchStatus.ASSIGNED, MatchStatus.RUNNING):
@@ -305,7 +327,13 @@ class MatchConsumer(AsyncWebsocketConsumer):
             frame["state"] = message["snapshot"]
             self.has_state = True
         elif self.has_state:
-            frame["delta"] = message["delta"]
+            # Every player of the match gets the same delta: encoded once per process (the
+            # hub lets receivers keep what they derive under an underscore key).
+            encoded = message.get("_delta_json")
+            if encoded is None:
+                encoded = message["_delta_json"] = json.dumps(message["delta"], separators=(",", ":"))
+            self.queue(f'{{"type":"state","tick":{int(message["tick"])},"ack":{int(ack)},"delta":{encoded}}}')
+            return
         else:
             # Our join has not reached the server yet (or was lost): ask again now and then.
             self.ticks_without_state += 1
@@ -320,7 +348,8 @@ class MatchConsumer(AsyncWebsocketConsumer):
         self.rtc_state = None
         self._signal("join")
 
-    def queue(self, frame: dict[str, Any]) -> None:
+    def queue(self, frame: dict[str, Any] | str) -> None:
+        """Queue a frame for the socket: a dict, or one already encoded (a state delta)."""
         if not hasattr(self, "outbox"):
             return
         if self.outbox.qsize() >= QUEUE_MAX:
@@ -336,10 +365,12 @@ class MatchConsumer(AsyncWebsocketConsumer):
             frame = await self.outbox.get()
             try:
                 async with asyncio.timeout(timeout):
-                    await self.send(json.dumps(frame, separators=(",", ":")))
+                    await self.send(
+                        frame if isinstance(frame, str) else json.dumps(frame, separators=(",", ":"))
+                    )
             except TimeoutError:
                 await self.close(code=4008)
                 return
-            if frame["type"] == "end":
+            if isinstance(frame, dict) and frame["type"] == "end":
                 await self.close(code=CLOSE_ENDED)
                 return
