@@ -54,6 +54,7 @@ test: venv
 	@bash scripts/ensure_services.sh --rabbitmq
 	@bash scripts/ensure_browser.sh
 	@bash scripts/ensure_node_modules.sh
+	@bash scripts/ensure_nftables.sh
 	$(RUFF) check .
 	$(RUFF) format --check .
 	DJANGO_SETTINGS_MODULE=project.settings.test $(LINT_IMPORTS)
@@ -65,6 +66,7 @@ test: venv
 	exit $$status
 
 bench: venv services migrate
+	@bash scripts/ensure_nftables.sh
 	$(PYTHON) -m bench
 
 # The pinned packages of package-lock.json, bundled into notifications/static/ by esbuild.

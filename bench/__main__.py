@@ -17,6 +17,8 @@ print their figures, and (unless ``--no-write``) record them in ``docs/benchmark
     python -m bench p2-curve --rates 25,100,200,400  # P2 at each rate, and the highest that holds p99
     python -m bench p6 --p6-devices 1000 --p6-rate 10000   # MQTT readings ingested, alerts, a day queried
     python -m bench p7 --p7-operations 259778        # collaborative documents: trace, editing load, OT
+    python -m bench p8 --p8-matches 100 --p8-players 10 --p8-seconds 30   # authoritative matches, matchmaking
+    python -m bench rtc-loss --loss-rates 0,5,10     # match state over the socket and WebRTC under loss
 """
 
 from __future__ import annotations
@@ -40,8 +42,10 @@ from bench import (
     p5_campaign,
     p6_iot,
     p7_collab,
+    p8_games,
     provider_sends,
     report,
+    rtc_loss,
 )
 from bench.stack import template_database
 from harness.processes import Server
@@ -69,6 +73,8 @@ BENCHMARKS = (
     "p2-curve",
     "p6",
     "p7",
+    "p8",
+    "rtc-loss",
 )
 # uvicorn's own websocket protocol, measured beside the platform's (realtime/uvicorn_websocket.py).
 STOCK_UVICORN_WS = "websockets-sansio"
@@ -256,6 +262,60 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=None,
         help="p6: IOT_BATCH_SECONDS for the ingest (default: the setting's)",
+    )
+    parser.add_argument(
+        "--p8-matches", type=int, default=p8_games.MATCHES_TARGET, help="p8: matches (default 100)"
+    )
+    parser.add_argument(
+        "--p8-players", type=int, default=p8_games.MODE_MAX_PLAYERS, help="p8: players per match (default 10)"
+    )
+    parser.add_argument(
+        "--p8-seconds", type=float, default=30.0, help="p8: seconds of the measured window (default 30)"
+    )
+    parser.add_argument(
+        "--p8-input-rate",
+        type=float,
+        default=float(p8_games.TICK_RATE),
+        help="p8: inputs per second per player (default 20)",
+    )
+    parser.add_argument(
+        "--p8-other-rates",
+        default="0,5",
+        help="p8: inputs/s per player of the other windows, measured before the headline (default 0,5; '': none)",
+    )
+    parser.add_argument(
+        "--p8-other-seconds", type=float, default=15.0, help="p8: seconds of each other window (default 15)"
+    )
+    parser.add_argument(
+        "--p8-profile",
+        action="store_true",
+        help="p8: py-spy (PATH or PY_SPY) samples the match server and a web process in the headline window",
+    )
+    parser.add_argument(
+        "--p8-passes",
+        default="1000,10000",
+        help="p8: waiting tickets for the directly timed matchmaking pass, one run each (default 1000,10000)",
+    )
+    parser.add_argument(
+        "--p8-server-nice",
+        type=int,
+        default=0,
+        help="p8: the match server's scheduling priority (GAMING_SERVER_NICE; default 0, below 0 needs root)",
+    )
+    parser.add_argument(
+        "--p8-client-processes", type=int, default=2, help="p8: processes holding the players (default 2)"
+    )
+    parser.add_argument(
+        "--p8-baseline-seconds",
+        type=float,
+        default=10.0,
+        help="p8: seconds of the bare asyncio timer baseline on the quiet machine (default 10)",
+    )
+    parser.add_argument(
+        "--loss-rates", default="0,5,10", help="rtc-loss: packet loss rates in %% (default 0,5,10)"
+    )
+    parser.add_argument(
+        "--loss-seconds", type=float, default=20.0, help="rtc-loss: seconds per rate and path (default 20)"
     )
     parser.add_argument("--no-write", action="store_true", help="print figures only; leave docs/ alone")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -539,6 +599,31 @@ def run_p7(args: argparse.Namespace, template: str) -> dict[str, Any]:
     return {"p7": result.as_dict()}
 
 
+def run_p8(args: argparse.Namespace, template: str) -> dict[str, Any]:
+    result = p8_games.run(
+        template=template,
+        matches=args.p8_matches,
+        players=args.p8_players,
+        seconds=args.p8_seconds,
+        rate=args.p8_input_rate,
+        other_rates=[float(part) for part in args.p8_other_rates.split(",") if part.strip()],
+        other_seconds=args.p8_other_seconds,
+        profile=args.p8_profile,
+        passes=[int(part) for part in args.p8_passes.split(",") if part.strip()],
+        client_processes=args.p8_client_processes,
+        baseline_seconds=args.p8_baseline_seconds,
+        progress=not args.no_progress,
+        server_nice=args.p8_server_nice,
+    )
+    print(result.summary(), flush=True)
+    return {"p8": result.as_dict()}
+
+
+def run_rtc_loss(args: argparse.Namespace, template: str) -> dict[str, Any]:
+    losses = [float(part) for part in args.loss_rates.split(",") if part.strip()]
+    return {"rtc_loss": rtc_loss.run(template=template, losses=losses, seconds=args.loss_seconds)}
+
+
 def run_bulk(args: argparse.Namespace, template: str) -> dict[str, Any]:
     result = bulk_events.run(template=template, events=args.events, progress=not args.no_progress)
     print(result.summary(), flush=True)
@@ -564,6 +649,8 @@ def main(argv: list[str] | None = None) -> int:
             ("kill-sends", run_kill_sends),
             ("p6", run_p6),
             ("p7", run_p7),
+            ("p8", run_p8),
+            ("rtc-loss", run_rtc_loss),
             ("p1-against", run_p1_against),
         )
         if args.benchmark == name or (args.benchmark == "all" and name != "p1-against")

@@ -434,6 +434,9 @@ GAMING_WINDOW_MAX = env_float("GAMING_WINDOW_MAX", 60.0)
 GAMING_ARENA_ROUND_SECONDS = env_float("GAMING_ARENA_ROUND_SECONDS", 120.0)
 # A player whose socket closed may come back within this long; then they forfeit.
 GAMING_GRACE_SECONDS = env_float("GAMING_GRACE_SECONDS", 20.0)
+# The scheduling priority match servers run at (-20 first, 19 last; below 0 needs root): on
+# a host shared with web processes, ticks on time come before sockets served at once.
+GAMING_SERVER_NICE = env_int("GAMING_SERVER_NICE", 0, minimum=-20, maximum=19)
 # State also travels over an unreliable, unordered WebRTC data channel when the browser
 # asks for one on the match socket (gaming/services/rtc.py); off, the socket carries it all.
 GAMING_RTC = env_bool("GAMING_RTC", True)

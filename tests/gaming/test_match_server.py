@@ -234,6 +234,7 @@ def test_a_match_whose_server_stops_beating_ends_as_aborted(settings: Any) -> No
     [
         (["--region", "mars"], "--region: 'mars' is not one of GAMING_REGIONS"),
         (["--capacity", "0"], "--capacity"),
+        (["--nice", "30"], "--nice: 30 is not between -20 and 19"),
     ],
 )
 def test_the_command_refuses_a_bad_region_or_capacity(argv: list[str], message: str) -> None:
