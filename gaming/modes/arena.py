@@ -103,13 +103,21 @@ class ArenaInput:
     shoot: bool
 
 
+# Each wall as (left, top, right, bottom): the test below runs for every player and bullet
+# on every tick, the match server's hottest loop (docs/benchmarks.md, P8).
+_WALL_EDGES = tuple((wx, wy, wx + ww, wy + wh) for wx, wy, ww, wh in WALLS)
+
+
 def _blocked(x: float, y: float, radius: float) -> bool:
     if not (radius <= x <= WIDTH - radius and radius <= y <= HEIGHT - radius):
         return True
-    for wx, wy, ww, wh in WALLS:
-        nearest_x = min(max(x, wx), wx + ww)
-        nearest_y = min(max(y, wy), wy + wh)
-        if (x - nearest_x) ** 2 + (y - nearest_y) ** 2 < radius * radius:
+    for left, top, right, bottom in _WALL_EDGES:
+        # Beyond the wall's box grown by the radius: not touching it (most walls, most ticks).
+        if x <= left - radius or x >= right + radius or y <= top - radius or y >= bottom + radius:
+            continue
+        dx = x - (left if x < left else right if x > right else x)
+        dy = y - (top if y < top else bottom if y > bottom else y)
+        if dx * dx + dy * dy < radius * radius:
             return True
     return False
 
@@ -120,12 +128,14 @@ def move(x: float, y: float, move_x: float, move_y: float, dt: float) -> tuple[f
     length = math.hypot(move_x, move_y)
     if length > 1.0:
         move_x, move_y = move_x / length, move_y / length
-    nx = x + move_x * SPEED * dt
-    if not _blocked(nx, y, PLAYER_RADIUS):
-        x = nx
-    ny = y + move_y * SPEED * dt
-    if not _blocked(x, ny, PLAYER_RADIUS):
-        y = ny
+    if move_x:
+        nx = x + move_x * SPEED * dt
+        if not _blocked(nx, y, PLAYER_RADIUS):
+            x = nx
+    if move_y:
+        ny = y + move_y * SPEED * dt
+        if not _blocked(x, ny, PLAYER_RADIUS):
+            y = ny
     return x, y
 
 
