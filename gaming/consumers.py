@@ -110,6 +110,7 @@ class MatchConsumer(AsyncWebsocketConsumer):
         self.recipient_id, self.player = recipient_id, player
         self.outbox: asyncio.Queue[dict[str, Any] | str] = asyncio.Queue()
         self.has_state = False
+        self.sent_tick = -1  # the tick of the last state frame on the socket
         self.ticks_without_state = 0
         if status not in (MatchStatus.ASSIGNED, MatchStatus.RUNNING):
             await self.accept()
@@ -251,6 +252,7 @@ class MatchConsumer(AsyncWebsocketConsumer):
         if self.rtc_state is not None:
             self.queue({"type": "state", "tick": self.rtc_tick, "ack": self.rtc_ack, "state": self.rtc_state})
             self.has_state = True
+            self.sent_tick = self.rtc_tick
         else:
             self.hub_resumed()
         self.rtc_state = None
@@ -322,17 +324,23 @@ class MatchConsumer(AsyncWebsocketConsumer):
         ack = message["acks"].get(self.player, 0)
         if self.rtc is not None and self._rtc_tick(message, ack):
             return
-        frame: dict[str, Any] = {"type": "state", "tick": message["tick"], "ack": ack}
+        tick = int(message["tick"])
+        frame: dict[str, Any] = {"type": "state", "tick": tick, "ack": ack}
         if self.player in message.get("full_for", ()) and "snapshot" in message:
             frame["state"] = message["snapshot"]
             self.has_state = True
+        elif self.has_state and tick != self.sent_tick + 1:
+            # A tick never came (a publish lost): a delta only follows its own previous tick.
+            self.hub_resumed()
+            return
         elif self.has_state:
             # Every player of the match gets the same delta: encoded once per process (the
             # hub lets receivers keep what they derive under an underscore key).
             encoded = message.get("_delta_json")
             if encoded is None:
                 encoded = message["_delta_json"] = json.dumps(message["delta"], separators=(",", ":"))
-            self.queue(f'{{"type":"state","tick":{int(message["tick"])},"ack":{int(ack)},"delta":{encoded}}}')
+            self.queue(f'{{"type":"state","tick":{tick},"ack":{int(ack)},"delta":{encoded}}}')
+            self.sent_tick = tick
             return
         else:
             # Our join has not reached the server yet (or was lost): ask again now and then.
@@ -341,6 +349,7 @@ class MatchConsumer(AsyncWebsocketConsumer):
                 self._signal("join")
             return
         self.queue(frame)
+        self.sent_tick = tick
 
     def hub_resumed(self) -> None:
         """Ticks may have been lost: start again from a whole snapshot."""

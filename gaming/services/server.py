@@ -240,8 +240,8 @@ class MatchServer:
             try:
                 await hub_publish_async(self.publish_client, entries)
             except (redis.RedisError, OSError) as error:
-                # Players whose ticks are lost catch up from the next delta's snapshot
-                # (the hub resumes them: realtime/hub.py).
+                # A socket that misses a tick asks for a whole state again
+                # (gaming/consumers.py, a delta only follows its own previous tick).
                 log.warning("match server %s: %d ticks not published: %s", self.name, len(entries), error)
 
     async def _finish(self, match_id: str, running: Running, result: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ from django.utils import timezone
 from gaming.models import Match, Rating
 from gaming.modes.base import apply_delta
 from gaming.services.matchmaking import matchmaking_run
-from gaming.services.placement import matches_orphaned_abort, servers_live
+from gaming.services.placement import TICK_MESSAGE, matches_orphaned_abort, servers_live
 from gaming.services.server import MatchServer
 from gaming.services.tickets import ticket_create
 from notifications.models import Recipient
@@ -297,3 +297,38 @@ def test_a_game_that_fails_on_its_tick_is_aborted_and_the_server_goes_on(
         assert Match.objects.get(pk=match.pk).reason == "the game failed"
         assert server.matches == {} and "match-test-4" in servers_live("local")
     assert not Rating.objects.exists()
+
+
+def test_a_socket_that_misses_a_tick_starts_again_from_a_whole_state() -> None:
+    from realtime.hub import hub_publish
+
+    match, (ana, ben) = matched(2)
+    with ServerThread("match-test-gap") as server:
+        wait_until(lambda: str(match.id) in server.matches, 10, message="the server never claimed the match")
+
+        async def scenario() -> None:
+            a = Follower(match_socket(match, ana))
+            assert (await a.socket.connect(timeout=TIMEOUT))[0]
+            await a.until(lambda f: f["type"] == "state" and "state" in f)
+            await a.until(lambda f: f["type"] == "state" and "delta" in f)
+            # a tick out of sequence, as when one was lost on the way: no delta is built on it
+            hub_publish(
+                [
+                    (
+                        [ana.id],
+                        {
+                            "type": TICK_MESSAGE,
+                            "match": str(match.id),
+                            "tick": 10**6,
+                            "acks": {},
+                            "delta": {},
+                            "full_for": [],
+                        },
+                    )
+                ]
+            )
+            frame = await a.until(lambda f: f["type"] == "state" and ("state" in f or f["tick"] >= 10**6))
+            assert "state" in frame and frame["tick"] < 10**6, "a whole state, never the stray delta"
+            await a.socket.disconnect()
+
+        async_to_sync(scenario)()
