@@ -75,7 +75,7 @@ from bench.stack import (
     raise_fd_limit,
     wait_for,
 )
-from bench.wsclient import HandshakeFailed, LightSocket
+from bench.wsclient import LightSocket, open_sockets
 from harness.processes import REPO_ROOT, ManagedProcess
 from project.processes import DEFAULT_WEB_PROCESSES
 
@@ -701,30 +701,22 @@ class _ClientWorker:
     async def open(
         self, host: str, port: int, paths: Sequence[tuple[int, str]], concurrency: int
     ) -> list[Any]:
-        loop = asyncio.get_running_loop()
-        gate = asyncio.Semaphore(concurrency)
-        errors: list[str] = []
+        def seat(socket: _PlayerSocket) -> None:
+            player = _Player(socket.index, self.rng)
+            player.socket = socket
+            self.players[socket.index] = player
 
-        async def one(index: int, path: str) -> None:
-            async with gate:
-                try:
-                    _, socket = await loop.create_connection(
-                        lambda: _PlayerSocket(
-                            index, f"{host}:{port}", path, self.on_message, wait_first_message=True
-                        ),
-                        host,
-                        port,
-                    )
-                    await asyncio.wait_for(socket.ready, 60)
-                except (OSError, HandshakeFailed, TimeoutError, ConnectionError) as exc:
-                    errors.append(f"{type(exc).__name__}: {exc}")
-                    return
-                player = _Player(index, self.rng)
-                player.socket = socket
-                self.players[index] = player
-
-        await asyncio.gather(*(one(index, path) for index, path in paths))
-        return [len(self.players), errors[:5]]
+        errors = await open_sockets(
+            host,
+            port,
+            paths,
+            concurrency,
+            lambda index, path: _PlayerSocket(
+                index, f"{host}:{port}", path, self.on_message, wait_first_message=True
+            ),
+            seat,
+        )
+        return [len(self.players), errors]
 
     def _input(self, player: _Player) -> bytes:
         rng = self.rng

@@ -231,28 +231,17 @@ class _Worker:
     async def open(
         self, host: str, port: int, paths: Sequence[tuple[int, str]], concurrency: int, wait_first: bool
     ) -> tuple[int, list[str], float]:
-        loop = asyncio.get_running_loop()
-        gate = asyncio.Semaphore(concurrency)
-        errors: list[str] = []
         started = time.perf_counter()
-
-        async def one(index: int, path: str) -> None:
-            async with gate:
-                try:
-                    _, socket = await loop.create_connection(
-                        lambda: LightSocket(
-                            index, f"{host}:{port}", path, self.on_message, wait_first_message=wait_first
-                        ),
-                        host,
-                        port,
-                    )
-                    await asyncio.wait_for(socket.ready, 60)
-                except (OSError, HandshakeFailed, TimeoutError, ConnectionError) as exc:
-                    errors.append(f"{type(exc).__name__}: {exc}")
-                    return
-                self.sockets.append(socket)
-
-        await asyncio.gather(*(one(index, path) for index, path in paths))
+        errors = await open_sockets(
+            host,
+            port,
+            paths,
+            concurrency,
+            lambda index, path: LightSocket(
+                index, f"{host}:{port}", path, self.on_message, wait_first_message=wait_first
+            ),
+            self.sockets.append,
+        )
         self.sockets.sort(key=lambda s: s.index)
         return len(self.sockets), errors[:5], time.perf_counter() - started
 
@@ -495,6 +484,35 @@ class ClientPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+async def open_sockets(
+    host: str,
+    port: int,
+    paths: Sequence[tuple[int, str]],
+    concurrency: int,
+    make: Callable[[int, str], LightSocket],
+    opened: Callable[[Any], None],
+) -> list[str]:
+    """Open a socket for each (index, path), ``concurrency`` at a time, each the protocol
+    ``make(index, path)`` returns; ``opened(socket)`` for each one that is ready. Returns
+    the first five errors."""
+    loop = asyncio.get_running_loop()
+    gate = asyncio.Semaphore(concurrency)
+    errors: list[str] = []
+
+    async def one(index: int, path: str) -> None:
+        async with gate:
+            try:
+                _, socket = await loop.create_connection(lambda: make(index, path), host, port)
+                await asyncio.wait_for(socket.ready, 60)
+            except (OSError, HandshakeFailed, TimeoutError, ConnectionError) as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                return
+            opened(socket)
+
+    await asyncio.gather(*(one(index, path) for index, path in paths))
+    return errors[:5]
 
 
 if __name__ == "__main__":
