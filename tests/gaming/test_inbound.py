@@ -64,9 +64,19 @@ def test_a_large_batch_is_split_under_what_the_server_takes() -> None:
         for seq in range(100):
             inbound.signal_send(match_id, "input", "ana", {"type": "input", "seq": seq, "pad": pad})
 
-    messages = async_to_sync(heard)(match_id, send, 5)
+    bodies = [
+        json.dumps(
+            {"kind": "input", "player": "ana", "frame": {"type": "input", "seq": seq, "pad": pad}},
+            separators=(",", ":"),
+        )
+        for seq in range(100)
+    ]
+    expected = len(inbound._batches(bodies))
+    assert expected > 1
+
+    messages = async_to_sync(heard)(match_id, send, expected)
 
     assert all(m["kind"] == "batch" for m in messages)
-    assert all(len(json.dumps(m)) < INBOUND_MAX_BYTES for m in messages)
+    assert all(len(json.dumps(m)) <= inbound.BATCH_MAX_BYTES + 2048 < INBOUND_MAX_BYTES for m in messages)
     seqs = [s["frame"]["seq"] for m in messages for s in m["signals"]]
     assert seqs == list(range(100))
