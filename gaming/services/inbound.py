@@ -34,8 +34,6 @@ class _Outbox:
     def __init__(self) -> None:
         self.pending: dict[str, list[str]] = {}
         self.task: asyncio.Task[None] | None = None
-        self.sent = 0
-        self.failed = 0
 
     def add(self, match_id: str, body: str) -> None:
         self.pending.setdefault(match_id, []).append(body)
@@ -51,11 +49,9 @@ class _Outbox:
                     pipe.publish(inbound_channel(match_id), message)
             try:
                 await pipe.execute()
-                self.sent += sum(len(bodies) for bodies in pending.values())
             except (redis.RedisError, OSError) as error:
                 # Inputs are superseded by the next ones; a lost join is asked again by the
                 # socket that has no state (gaming/consumers.py REJOIN_EVERY_TICKS).
-                self.failed += sum(len(bodies) for bodies in pending.values())
                 log.warning("match signals lost: Redis unreachable (%s)", error)
 
 
@@ -98,9 +94,3 @@ def signal_send(match_id: str, kind: str, player: str, frame: dict[str, Any] | N
     if frame is not None:
         body["frame"] = frame
     _outbox().add(match_id, json.dumps(body, separators=(",", ":")))
-
-
-def signals_counts() -> tuple[int, int]:
-    """(sent, lost) signals of the running loop's outbox."""
-    outbox = _outbox()
-    return outbox.sent, outbox.failed

@@ -47,8 +47,9 @@ class Command(BaseCommand):
             raise CommandError(f"--nice: {nice} is not between -20 and 19")
         if nice != os.getpriority(os.PRIO_PROCESS, 0):
             try:
-                # On a host shared with web processes, the clocks come first when both are
-                # runnable (docs/gaming.md, "Match servers").
+                # On a host shared with web processes, the clocks go first when both are
+                # runnable (GAMING_SERVER_NICE; docs/gaming.md, "Performance (P8)", has
+                # what it did under P8's load).
                 os.setpriority(os.PRIO_PROCESS, 0, nice)
             except PermissionError:
                 raise CommandError(
