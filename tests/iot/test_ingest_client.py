@@ -91,11 +91,21 @@ def test_messages_acknowledged_together_are_not_sent_again_and_the_rest_are(
     wait_until(lambda: len(subscriber.plain) == 10, 5, message="messages not received")
     acknowledged = subscriber.plain[:6]
     subscriber.client.ack_many([mid for *_, mid in acknowledged])
-    # the PUBACKs are written before the DISCONNECT that follows them on the same socket
+    # The broker reads a connection's packets in order, so its answer to a QoS 1 publish sent
+    # after the PUBACKs means it has taken them. Without this, the reconnect below can take
+    # the session over before the broker has read the old socket, which it then closes with
+    # the PUBACKs unread: all ten would come again (at least once, as MQTT promises, but not
+    # what this test is about).
+    subscriber.client.publish(f"devices/sync-{group}/sync", b"", qos=1).wait_for_publish(5)
     subscriber.close()
 
     again = Subscriber(broker, name, group)
-    wait_until(lambda: len(again.plain) == 4, 5, message="the unacknowledged messages were not sent again")
+    wait_until(
+        lambda: len(again.plain) >= 4,
+        5,
+        message="the unacknowledged messages were not sent again",
+    )
     again.client.ack_many([mid for *_, mid in again.plain])
     again.close()
+    # (a resent acknowledged message would come first: the broker resends in order)
     assert sorted(payload for _, payload, *_ in again.plain) == [b"6", b"7", b"8", b"9"]
