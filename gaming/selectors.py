@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gaming.models import Match, MatchPlayer, Rating, Ticket, TicketMember, TicketStatus
+from django.db.models import Q
+
+from gaming.models import Match, MatchPlayer, MatchStatus, Rating, Ticket, TicketMember, TicketStatus
 
 
 def ticket_for(*, ticket_id: Any, recipient_id: int | None) -> Ticket | None:
@@ -46,6 +48,18 @@ def matches_of(*, recipient_id: int, limit: int = 50) -> list[tuple[Match, Match
         .order_by("-match__created_at")[:limit]
     )
     return [(row.match, row) for row in rows]
+
+
+def matches_taken_from(*, server: str, match_ids: list[str]) -> list[str]:
+    """Those of ``match_ids`` that ``server`` is no longer to run: ended as aborted (the
+    sweep does that to the matches of a server stalled past its heartbeat's life) or
+    running on another server. A match the server finished itself is its own business."""
+    if not match_ids:
+        return []
+    taken = Match.objects.filter(pk__in=match_ids).filter(
+        Q(status=MatchStatus.ABORTED) | (Q(status=MatchStatus.RUNNING) & ~Q(server=server))
+    )
+    return [str(pk) for pk in taken.values_list("pk", flat=True)]
 
 
 def match_players(match: Match) -> list[str]:

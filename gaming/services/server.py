@@ -25,6 +25,7 @@ from django.db import connection
 
 from gaming.modes import mode_get
 from gaming.modes.base import InputRefused
+from gaming.selectors import matches_taken_from
 from gaming.services.notify import match_found_notify
 from gaming.services.placement import (
     HEARTBEAT_SECONDS,
@@ -45,6 +46,8 @@ from realtime.hub import hub_publish_async
 log = logging.getLogger(__name__)
 
 CLAIM_EVERY_SECONDS = 0.25
+# How often the server asks whether the matches it holds are still its own to run.
+RELEASE_EVERY_SECONDS = 2.0
 # A player not on the match's socket this long after it began is notified through the pipeline.
 NOTIFY_ABSENT_SECONDS = 5.0
 # A web process's batch of signals for one match (gaming/services/inbound.py BATCH_MAX_BYTES).
@@ -92,8 +95,12 @@ class MatchServer:
         if ready is not None:
             ready.set()
         try:
+            released_at = time.monotonic()
             while not self.stopping.is_set():
                 await self._claim()
+                if time.monotonic() - released_at >= RELEASE_EVERY_SECONDS:
+                    released_at = time.monotonic()
+                    await self._release_ended()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), CLAIM_EVERY_SECONDS)
         finally:
@@ -157,6 +164,26 @@ class MatchServer:
             except Exception:  # noqa: BLE001 - one match that cannot start must not stop the others
                 log.exception("match server %s: match %s could not start", self.name, match.id)
                 await self._abort(str(match.id), [], "it could not start")
+
+    async def _release_ended(self) -> None:
+        """Let go of held matches that are no longer running here: a server stalled past
+        the heartbeat's life had them ended as aborted by the sweep
+        (gaming/services/placement.py, ``matches_orphaned_abort``), and its players told;
+        ticking them on would send states of a match that is over."""
+        held = list(self.matches)
+        try:
+            gone = await sync_to_async(matches_taken_from)(server=self.name, match_ids=held)
+        except Exception:  # noqa: BLE001 - the database may be away; ask again next round
+            log.exception("match server %s: checking its matches failed", self.name)
+            return
+        for match_id in gone:
+            running = self.matches.get(match_id)
+            if running is None:
+                continue
+            if running.task is not None:
+                running.task.cancel()
+            self._drop(match_id)
+            log.warning("match server %s: match %s ended elsewhere; let go of it", self.name, match_id)
 
     async def _start(self, match: Any) -> None:
         """Hold ``match`` and start its clock."""
