@@ -303,6 +303,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="p8: the match server's scheduling priority (GAMING_SERVER_NICE; default 0, below 0 needs root)",
     )
     parser.add_argument(
+        "--p8-server-realtime",
+        type=int,
+        default=p8_games.DEFAULT_SERVER_REALTIME,
+        help="p8: the match server on SCHED_FIFO at this priority (GAMING_SERVER_REALTIME; default 10 as root, "
+        "else 0: off)",
+    )
+    parser.add_argument(
         "--p8-client-processes", type=int, default=2, help="p8: processes holding the players (default 2)"
     )
     parser.add_argument(
@@ -614,6 +621,7 @@ def run_p8(args: argparse.Namespace, template: str) -> dict[str, Any]:
         baseline_seconds=args.p8_baseline_seconds,
         progress=not args.no_progress,
         server_nice=args.p8_server_nice,
+        server_realtime=args.p8_server_realtime,
     )
     print(result.summary(), flush=True)
     return {"p8": result.as_dict()}

@@ -92,6 +92,10 @@ READOUT_SECONDS = 1.0
 # (60 by default), so that no search window ever reaches another group.
 GROUP_RATING_GAP = 61.0
 DEFAULT_SIGMA = 25.0 / 3.0
+# The match server on the kernel's real-time policy (match_server --realtime): on two cores
+# shared with the web processes and the clients, its clocks otherwise wait their turn
+# behind them. Only root may ask for it.
+DEFAULT_SERVER_REALTIME = 10 if os.geteuid() == 0 else 0
 # The client's input scheduler wakes this often and sends for the sockets whose turn it is.
 SLOT_SECONDS = 0.01
 # Timer baseline: tasks, each at the arena's rate.
@@ -1438,6 +1442,7 @@ def run(
     profile: bool = False,
     progress: bool = True,
     server_nice: int = 0,
+    server_realtime: int = DEFAULT_SERVER_REALTIME,
 ) -> P8Result:
     """The headline window (``seconds`` with inputs at ``rate``) and a window of
     ``other_seconds`` at each of ``other_rates``, lightest first. Each input rate above 0
@@ -1473,6 +1478,9 @@ def run(
     if server_nice:
         # The match server's scheduling priority (match_server --nice, GAMING_SERVER_NICE).
         env["GAMING_SERVER_NICE"] = str(server_nice)
+    if server_realtime:
+        # SCHED_FIFO at this priority (match_server --realtime, GAMING_SERVER_REALTIME).
+        env["GAMING_SERVER_REALTIME"] = str(server_realtime)
     if players < MODE_MAX_PLAYERS:
         # A match of fewer than the mode's most forms once its tickets waited this long.
         env["GAMING_FILL_SECONDS"] = "1"

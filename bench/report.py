@@ -1933,11 +1933,19 @@ def _p8_section(results: dict[str, Any]) -> list[str]:
         return []
     phases, base, mm = p8.get("phases") or [], p8["baseline"], p8["matchmaking"]
     total = p8["matches"] * p8["players"]
+    realtime = (p8.get("env") or {}).get("GAMING_SERVER_REALTIME")
+    scheduling = (
+        f"; on Linux's real-time policy, SCHED_FIFO at priority {realtime}: `match_server --realtime`, "
+        "`GAMING_SERVER_REALTIME`, so a clock that comes due takes a core at once and what it takes the web "
+        "processes and clients lose"
+        if realtime
+        else "; on the normal scheduler"
+    )
     lines = [
         "## P8: authoritative matches",
         "",
         f"{p8['matches']} arena matches × {p8['players']} players ({total:,} players) on one match server process "
-        f"(`manage.py match_server`, one asyncio loop, every match on its own 20 Hz clock), the players on "
+        f"(`manage.py match_server`, one asyncio loop, every match on its own 20 Hz clock{scheduling}), the players on "
         f"`/ws/matches/{{id}}/` through {p8['web_processes']} web processes, each player sending inputs at "
         f"{p8['input_rate']:g} per second in the headline window and at other rates (0: none) in the others. "
         "Each input rate has a stack and matches of its own (a load that overwhelms one spoils nothing after "
@@ -2093,7 +2101,11 @@ def _p8_section(results: dict[str, Any]) -> list[str]:
         lines += ["", P8_PROFILE]
     for note in p8.get("notes") or []:
         lines += ["", f"- {note}"]
-    env = ", ".join(f"`{key}={value}`" for key, value in sorted((p8.get("env") or {}).items()))
+    env = ", ".join(
+        f"`{key}={value}`"
+        for key, value in sorted((p8.get("env") or {}).items())
+        if not key.startswith("GAMING_SERVER_")
+    )
     lines += [
         "",
         "How it runs (bench/p8_games.py): the stack is the layout of `make run` (two uvicorn processes sharing the "

@@ -437,6 +437,11 @@ GAMING_GRACE_SECONDS = env_float("GAMING_GRACE_SECONDS", 20.0)
 # The scheduling priority match servers run at (-20 first, 19 last; below 0 needs root): on
 # a host shared with web processes, ticks on time come before sockets served at once.
 GAMING_SERVER_NICE = env_int("GAMING_SERVER_NICE", 0, minimum=-20, maximum=19)
+# Real-time scheduling for match servers (Linux SCHED_FIFO at this priority, 1-99; 0: the
+# normal scheduler; needs root or CAP_SYS_NICE): a clock that comes due takes a core from
+# web processes at once instead of waiting for its turn. The kernel keeps 5% of each
+# second for everything else (kernel.sched_rt_runtime_us).
+GAMING_SERVER_REALTIME = env_int("GAMING_SERVER_REALTIME", 0, minimum=0, maximum=99)
 # State also travels over an unreliable, unordered WebRTC data channel when the browser
 # asks for one on the match socket (gaming/services/rtc.py); off, the socket carries it all.
 GAMING_RTC = env_bool("GAMING_RTC", True)

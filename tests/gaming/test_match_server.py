@@ -8,6 +8,8 @@ whose server stops beating ends as aborted."""
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
 import threading
 import uuid
 from datetime import timedelta
@@ -229,12 +231,34 @@ def test_a_match_whose_server_stops_beating_ends_as_aborted(settings: Any) -> No
     assert not Rating.objects.filter(recipient__in=[ana, ben]).exists()
 
 
+def test_a_server_lets_go_of_a_match_aborted_while_it_was_stalled(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gaming.services import server as server_module
+    from gaming.services.ratings import match_abort
+
+    monkeypatch.setattr(server_module, "RELEASE_EVERY_SECONDS", 0.2)
+    kept, _ = matched(2)
+    aborted, _ = matched(2)
+    with ServerThread("match-test-stalled") as server:
+        wait_until(
+            lambda: {str(kept.id), str(aborted.id)} <= set(server.matches), 10, message="matches not claimed"
+        )
+        # what the sweep does to the matches of a server whose heartbeat lapsed
+        assert match_abort(match_id=aborted.id, reason="its match server match-test-stalled stopped")
+        wait_until(
+            lambda: str(aborted.id) not in server.matches, 10, message="the aborted match is still held"
+        )
+        assert str(kept.id) in server.matches
+    aborted.refresh_from_db()
+    assert aborted.status == "aborted"
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--region", "mars"], "--region: 'mars' is not one of GAMING_REGIONS"),
         (["--capacity", "0"], "--capacity"),
         (["--nice", "30"], "--nice: 30 is not between -20 and 19"),
+        (["--realtime", "100"], r"--realtime: 100 is not between 0 \(off\) and 99"),
     ],
 )
 def test_the_command_refuses_a_bad_region_or_capacity(argv: list[str], message: str) -> None:
@@ -242,6 +266,27 @@ def test_the_command_refuses_a_bad_region_or_capacity(argv: list[str], message: 
 
     with pytest.raises(CommandError, match=message):
         call_command("match_server", *argv)
+
+
+def _scheduled_child(nice: int, realtime: int, answer: Any) -> None:
+    from gaming.management.commands.match_server import schedule
+
+    schedule(nice=nice, realtime=realtime)
+    answer.send(
+        (os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0), os.sched_getparam(0).sched_priority)
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a real-time policy needs root (CAP_SYS_NICE)")
+def test_a_server_asked_for_real_time_runs_on_sched_fifo_at_that_priority() -> None:
+    context = multiprocessing.get_context("fork")
+    ours, theirs = context.Pipe()
+    child = context.Process(target=_scheduled_child, args=(-5, 7, theirs))
+    child.start()
+    assert ours.poll(TIMEOUT), "the child did not answer"
+    assert ours.recv() == (-5, os.SCHED_FIFO, 7)
+    child.join(TIMEOUT)
+    assert child.exitcode == 0
 
 
 def test_a_player_not_on_the_page_hears_of_the_match_through_the_pipeline(

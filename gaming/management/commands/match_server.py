@@ -16,6 +16,32 @@ from django.core.management.base import BaseCommand, CommandError
 from gaming.services.server import MatchServer
 
 
+def schedule(*, nice: int, realtime: int) -> None:
+    """Put this process at scheduling priority ``nice`` and, when ``realtime`` is not 0, on
+    the kernel's real-time policy (SCHED_FIFO) at that priority; CommandError naming the
+    option when a value is out of range or not allowed."""
+    if not -20 <= nice <= 19:
+        raise CommandError(f"--nice: {nice} is not between -20 and 19")
+    if not 0 <= realtime <= 99:
+        raise CommandError(f"--realtime: {realtime} is not between 0 (off) and 99")
+    if nice != os.getpriority(os.PRIO_PROCESS, 0):
+        try:
+            # On a host shared with web processes, the clocks go first when both are
+            # runnable (GAMING_SERVER_NICE; docs/gaming.md, "Performance (P8)", has what it
+            # did under P8's load).
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+        except PermissionError:
+            raise CommandError(f"--nice: {nice} needs root (CAP_SYS_NICE) to raise the priority") from None
+    if realtime:
+        try:
+            # A clock that comes due preempts the web processes at once instead of waiting
+            # for its turn behind them (docs/gaming.md, "Performance (P8)"); the threads
+            # started later inherit the policy.
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(realtime))
+        except PermissionError:
+            raise CommandError(f"--realtime: {realtime} needs root (CAP_SYS_NICE)") from None
+
+
 class Command(BaseCommand):
     help = "Hold and tick matches at their mode's rate, placed here by matchmaking."
 
@@ -25,6 +51,12 @@ class Command(BaseCommand):
             "--region", default=None, help="its region (one of GAMING_REGIONS; the first by default)"
         )
         parser.add_argument("--capacity", type=int, default=200, help="matches it holds at most")
+        parser.add_argument(
+            "--realtime",
+            type=int,
+            default=None,
+            help="real-time scheduling (SCHED_FIFO) at this priority, 1-99; 0 off (default GAMING_SERVER_REALTIME); needs root",
+        )
         parser.add_argument("--ready-file", default=None, help="a file to write once it beats and claims")
         parser.add_argument(
             "--nice",
@@ -43,18 +75,8 @@ class Command(BaseCommand):
             raise CommandError("--capacity: must be at least 1")
         ready = Path(options["ready_file"]) if options["ready_file"] else None
         nice = settings.GAMING_SERVER_NICE if options["nice"] is None else options["nice"]
-        if not -20 <= nice <= 19:
-            raise CommandError(f"--nice: {nice} is not between -20 and 19")
-        if nice != os.getpriority(os.PRIO_PROCESS, 0):
-            try:
-                # On a host shared with web processes, the clocks go first when both are
-                # runnable (GAMING_SERVER_NICE; docs/gaming.md, "Performance (P8)", has
-                # what it did under P8's load).
-                os.setpriority(os.PRIO_PROCESS, 0, nice)
-            except PermissionError:
-                raise CommandError(
-                    f"--nice: {nice} needs root (CAP_SYS_NICE) to raise the priority"
-                ) from None
+        realtime = settings.GAMING_SERVER_REALTIME if options["realtime"] is None else options["realtime"]
+        schedule(nice=nice, realtime=realtime)
         # What Django and the modules made at start lives as long as the process: out of the
         # collector's way, so its passes over the young objects of the ticks stay short.
         gc.collect()
