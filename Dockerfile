@@ -9,9 +9,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Debian's Mosquitto with its dynamic-security plugin: the platform's own MQTT broker
-# (docker-compose.yml's mqtt service, manage.py mqtt_broker).
+# (docker-compose.yml's mqtt service, manage.py mqtt_broker); nginx with the RTMP module and
+# ffmpeg for live streams (manage.py stream_ingest, docs/streaming.md).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends mosquitto \
+    && apt-get install -y --no-install-recommends mosquitto nginx libnginx-mod-rtmp ffmpeg \
     && rm -rf /var/lib/apt/lists/*
 
 # Dependencies first, so that code changes do not reinstall them.

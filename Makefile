@@ -36,6 +36,7 @@ migrate: venv services
 	$(PYTHON) manage.py migrate --noinput
 
 run: venv services migrate
+	@bash scripts/ensure_streaming.sh || echo "make run: live streaming stays off (above: what to install)"
 	$(PYTHON) manage.py seed_demo
 	$(PYTHON) manage.py seed_demo_documents
 	$(PYTHON) manage.py seed_demo_iot
@@ -55,6 +56,7 @@ test: venv
 	@bash scripts/ensure_browser.sh
 	@bash scripts/ensure_node_modules.sh
 	@bash scripts/ensure_nftables.sh
+	@bash scripts/ensure_streaming.sh
 	$(RUFF) check .
 	$(RUFF) format --check .
 	DJANGO_SETTINGS_MODULE=project.settings.test $(LINT_IMPORTS)

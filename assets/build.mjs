@@ -122,3 +122,40 @@ writeFileSync(
     readFileSync("node_modules/uplot/dist/uPlot.min.css", "utf8"),
 );
 console.log(`${IOT_OUT}, ${IOT_CSS_OUT}: uplot ${uplotVersion}`);
+
+// --- the live page's player (streaming/templates/streaming/live.html) ---
+//
+// Its banner carries the same kind of hash; the worker that transmuxes off the main thread
+// is copied beside it (the page passes its address as hls.js's workerPath).
+
+const HLS_ENTRY = "assets/hls-entry.js";
+const HLS_OUT = "streaming/static/streaming/vendor/hls.js";
+const HLS_WORKER_OUT = "streaming/static/streaming/vendor/hls.worker.js";
+const hlsVersion = versionOf("hls.js");
+const hlsHash = createHash("sha256")
+  .update(readFileSync(HLS_ENTRY))
+  .update(readFileSync("assets/build.mjs"))
+  .update(readFileSync("package-lock.json"))
+  .digest("hex");
+
+await build({
+  entryPoints: [HLS_ENTRY],
+  bundle: true,
+  format: "esm",
+  minify: true,
+  target: ["es2020"],
+  legalComments: "eof",
+  banner: {
+    js:
+      `/* Live page player: hls.js ${hlsVersion} (Apache-2.0), light build. ` +
+      `Bundled by assets/build.mjs from ${HLS_ENTRY}; rebuild with make assets. ` +
+      `sources-sha256: ${hlsHash} */`,
+  },
+  outfile: HLS_OUT,
+});
+writeFileSync(
+  HLS_WORKER_OUT,
+  `/* hls.js ${hlsVersion} (Apache-2.0) transmuxing worker, copied by assets/build.mjs; rebuild with make assets. */\n` +
+    readFileSync("node_modules/hls.js/dist/hls.worker.js", "utf8"),
+);
+console.log(`${HLS_OUT}, ${HLS_WORKER_OUT}: hls.js ${hlsVersion}`);

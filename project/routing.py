@@ -5,6 +5,7 @@ from collaboration.ot_consumers import OtDocumentConsumer
 from gaming.consumers import MatchConsumer
 from iot.consumers import IotLiveConsumer
 from notifications.consumers import InboxConsumer
+from streaming.consumers import StreamChatConsumer
 
 websocket_urlpatterns = [
     path("ws/inbox/", InboxConsumer.as_asgi()),
@@ -16,4 +17,5 @@ websocket_urlpatterns = [
     path("ws/iot/", IotLiveConsumer.as_asgi()),
     # A player's match, whichever match server holds it (gaming/consumers.py).
     path("ws/matches/<uuid:match_id>/", MatchConsumer.as_asgi()),
+    re_path(r"^ws/streams/(?P<key>[^/]+)/chat/?$", StreamChatConsumer.as_asgi()),
 ]

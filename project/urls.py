@@ -8,11 +8,13 @@ import notifications.observability as observability
 import notifications.preference_pages as preference_pages
 import notifications.provider_webhooks as provider_webhooks
 import notifications.views as pages
+import streaming.views as streaming_pages
 from collaboration import urls as collaboration_urls
 from gaming import urls as gaming_urls
 from iot import page_urls as iot_page_urls
 from iot import urls as iot_urls
 from notifications.api import urls as api_urls
+from streaming import urls as streaming_urls
 
 urlpatterns = [
     path("", pages.home, name="home"),
@@ -21,6 +23,7 @@ urlpatterns = [
     path("api/v1/documents/", include(collaboration_urls)),
     path("api/v1/iot/", include(iot_urls)),
     path("api/v1/", include(gaming_urls)),
+    path("api/v1/streams/", include(streaming_urls)),
     path("api/v1/", include(api_urls)),
     path(
         "api/schema/",
@@ -47,6 +50,7 @@ urlpatterns = [
     path("docs/<str:key>/", collaboration_pages.document_page, name="document-page"),
     path("iot/", include(iot_page_urls)),
     path("play/", gaming_pages.play_page, name="play"),
+    path("live/<str:key>/", streaming_pages.live_page, name="live-page"),
     path("sse/inbox/", pages.sse_inbox, name="sse-inbox"),
     path("unsubscribe/<str:token>/", pages.unsubscribe, name="unsubscribe"),
     path("preferences/", preference_pages.preferences_page, name="preferences"),

@@ -133,10 +133,15 @@ class RealtimeConsumer(AsyncJsonWebsocketConsumer):
         # client's first request can fall between the two.
         await self.live.open()
         await self.accept()
-        # Frames go out in order through the connection's sender, a task that exists only
-        # while frames wait: ten thousand idle sockets hold no writer task each.
-        # The server may write several frames at once, and at once when the socket takes
-        # data (realtime/uvicorn_websocket.py).
+        self.start_sending()
+        await self.presence_changed()
+
+    def start_sending(self) -> None:
+        """Frames go out in order through the connection's sender, a task that exists only
+        while frames wait: ten thousand idle sockets hold no writer task each. The server
+        may write several frames at once, and at once when the socket takes data
+        (realtime/uvicorn_websocket.py)."""
+        assert self.live is not None, "start_sending after the connection is made"
         texts = self.scope.get("extensions", {}).get(SEND_TEXTS)
         self.live.send_with(
             self._send_frame,
@@ -144,7 +149,6 @@ class RealtimeConsumer(AsyncJsonWebsocketConsumer):
             send_many=self._send_frames if texts is not None else None,
             write_now=texts.get("write_now") if texts is not None else None,
         )
-        await self.presence_changed()
 
     async def disconnect(self, code: int) -> None:
         self.closing = True

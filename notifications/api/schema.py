@@ -183,6 +183,11 @@ PATH_PARAMETERS: dict[str, tuple[dict[str, Any], str]] = {
     # gaming/urls.py
     "ticket_id": ({"type": "string", "format": "uuid"}, "The matchmaking ticket's id"),
     "mode": ({"type": "string", "maxLength": 40, "pattern": r"^[a-z][a-z0-9_-]{0,39}$"}, "A game mode's key"),
+    # streaming/urls.py
+    "stream": (
+        {"type": "string", "minLength": 3, "maxLength": 64, "pattern": r"^[a-z0-9][a-z0-9-]{1,62}[a-z0-9]$"},
+        "The stream's public key",
+    ),
     "kind": ({"type": "string", "enum": list(SuppressionKind.values)}, "What the address is"),
     "address": (
         {"type": "string", "minLength": 1, "maxLength": 320, "pattern": r"^[^\x00]+$"},

@@ -484,6 +484,17 @@ class PlatformProcesses:
             f"match-{name}", timeout or self.web_timeout, f"match server {name} never started"
         )
 
+    def start_stream_ingest(self, *, wait: bool = True) -> ManagedProcess:
+        """Start ``manage.py stream_ingest`` (process ``streams``: nginx with the RTMP module
+        and the transcoders) and (by default) wait until nginx listens (its ready file)."""
+        process = self._start_until_ready("streams", ["stream_ingest"])
+        if wait:
+            self.wait_for_stream_ingest()
+        return process
+
+    def wait_for_stream_ingest(self, timeout: float | None = None) -> None:
+        self._wait_until_ready("streams", timeout or self.web_timeout, "the stream ingest never started")
+
     def wait_for_sandbox(self, timeout: float | None = None) -> None:
         process = self.processes["sandbox"]
         host, port = self.sandbox_address
@@ -508,11 +519,12 @@ class PlatformProcesses:
         sandbox: bool = False,
         iot: bool = False,
         games: bool = False,
+        streaming: bool = False,
         mqtt_pick_port: Callable[[], int] | None = None,
     ) -> None:
         """Start workers, beat, the web server and (with ``sandbox``) the provider sandbox,
-        (with ``iot``) the MQTT broker and its ingest, (with ``games``) a match server, and
-        wait until all are ready. ``mqtt_pick_port`` (tests and benchmarks whose MQTT_PORT
+        (with ``iot``) the MQTT broker and its ingest, (with ``games``) a match server, (with
+        ``streaming``) the stream ingest, and wait until all are ready. ``mqtt_pick_port`` (tests and benchmarks whose MQTT_PORT
         was picked as free) moves a broker whose port was taken meanwhile to another
         (``wait_for_mqtt``) before the other processes start.
 
@@ -539,6 +551,8 @@ class PlatformProcesses:
                 self.start_ingest(wait=False)
             if games:
                 self.start_match_server(wait=False)
+            if streaming:
+                self.start_stream_ingest(wait=False)
             self.start_web(wait=False)
             for name in self.worker_specs:
                 self.wait_for_worker(name)
@@ -548,6 +562,8 @@ class PlatformProcesses:
                 self.wait_for_ingest()
             if games:
                 self.wait_for_match_server()
+            if streaming:
+                self.wait_for_stream_ingest()
             self.wait_for_web()
             # Beat has no readiness signal; it must at least still be running by now.
             self._raise_if_exited(self.processes["beat"])

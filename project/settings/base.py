@@ -450,6 +450,35 @@ GAMING_RTC = env_bool("GAMING_RTC", True)
 GAMING_RTC_ICE_SERVERS = env_list("GAMING_RTC_ICE_SERVERS", [])
 # How many data channels one web process holds at most; past it, the socket carries state.
 GAMING_RTC_MAX_CHANNELS = env_int("GAMING_RTC_MAX_CHANNELS", 500, minimum=0)
+
+# --- Live streaming (streaming/; docs/streaming.md) ------------------------------------------
+# nginx with the RTMP module takes publishers on STREAMING_RTMP_PORT and serves the HLS
+# files on STREAMING_HTTP_PORT; its config, the HLS output and logs live under STREAMING_DIR.
+STREAMING_DIR = Path(env_str("STREAMING_DIR", str(BASE_DIR / "var" / "streaming")))
+STREAMING_BIND = env_str("STREAMING_BIND", "127.0.0.1")
+STREAMING_RTMP_PORT = env_int("STREAMING_RTMP_PORT", 1935, minimum=1)
+STREAMING_HTTP_PORT = env_int("STREAMING_HTTP_PORT", 8088, minimum=1)
+# nginx-rtmp asks the ingest supervisor (manage.py stream_ingest) here whether a publish
+# may go on (on_publish) and tells it when a publisher leaves (on_publish_done).
+STREAMING_CALLBACK_PORT = env_int("STREAMING_CALLBACK_PORT", 8089, minimum=1)
+# What publishers and viewers are told (empty: http(s)/rtmp on STREAMING_BIND's ports).
+STREAMING_PUBLIC_RTMP_URL = env_str("STREAMING_PUBLIC_RTMP_URL", "")
+STREAMING_PUBLIC_HLS_URL = env_str("STREAMING_PUBLIC_HLS_URL", "")
+# A publisher who drops and comes back within this long continues the same stream.
+STREAMING_GRACE_SECONDS = env_float("STREAMING_GRACE_SECONDS", 10.0)
+# HLS segment length of the ladder (seconds; the source's keyframes decide the passthrough's).
+STREAMING_SEGMENT_SECONDS = env_int("STREAMING_SEGMENT_SECONDS", 1, minimum=1, maximum=10)
+STREAMING_NGINX = env_str("STREAMING_NGINX", "nginx")
+STREAMING_FFMPEG = env_str("STREAMING_FFMPEG", "ffmpeg")
+STREAMING_RTMP_MODULE = env_str("STREAMING_RTMP_MODULE", "/usr/lib/nginx/modules/ngx_rtmp_module.so")
+
+# Stream chat (streaming/services/chat.py): at most COUNT messages per SECONDS per viewer and
+# stream ("3/2"; "off" for none), over a sliding window; the owner and moderators are exempt.
+STREAMING_CHAT_RATE = env_str("STREAMING_CHAT_RATE", "3/2")
+# A stream's viewer count is announced to its chat at most this often (changes in between
+# are coalesced into the next announcement).
+STREAMING_CHAT_VIEWERS_EVERY_SECONDS = env_float("STREAMING_CHAT_VIEWERS_EVERY_SECONDS", 1.0)
+
 MAX_EXPLICIT_RECIPIENTS = env_int("MAX_EXPLICIT_RECIPIENTS", 10_000, minimum=1)
 MAX_EVENT_DATA_BYTES = env_int("MAX_EVENT_DATA_BYTES", 65_536, minimum=256)
 

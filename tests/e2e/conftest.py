@@ -191,11 +191,13 @@ def platform_stack(
     sandbox_dir: Any = None,
     with_iot: bool = False,
     with_games: bool = False,
+    with_streaming: bool = False,
 ) -> Iterator[Stack]:
     """Start Redis, a migrated temporary database and the platform (and, ``with_sandbox``,
     a provider sandbox whose callbacks reach the platform; ``with_iot``, the platform's own
     MQTT broker on a free port and one ingest, as make run starts them; ``with_games``, a
-    match server); stop all on exit."""
+    match server; ``with_streaming``, the stream ingest (nginx-rtmp and the transcoders) on
+    free ports and a temporary directory); stop all on exit."""
     with contextlib.ExitStack() as exit_stack:
         redis = exit_stack.enter_context(PrivateRedis())
         database = exit_stack.enter_context(
@@ -227,10 +229,18 @@ def platform_stack(
 
             env["MQTT_PORT"] = str(free_port())
             env["MQTT_DIR"] = tempfile.mkdtemp(prefix="mqtt-")
+        if with_streaming:
+            import tempfile
+
+            env["STREAMING_DIR"] = tempfile.mkdtemp(prefix="streaming-")
+            for name in ("STREAMING_RTMP_PORT", "STREAMING_HTTP_PORT", "STREAMING_CALLBACK_PORT"):
+                env[name] = str(free_port())
         processes = PlatformProcesses(env=env, port=port, workers=workers)
         # Another process may take the free MQTT_PORT before the broker binds it: the
         # broker then moves to another free port (PlatformProcesses.wait_for_mqtt).
-        processes.start_all(iot=with_iot, games=with_games, mqtt_pick_port=free_port)
+        processes.start_all(
+            iot=with_iot, games=with_games, streaming=with_streaming, mqtt_pick_port=free_port
+        )
         exit_stack.callback(processes.stop_all)
         # Copied once started: PORT is fixed by PlatformProcesses and MQTT_PORT may have moved;
         # manage.py commands and devices must see the same settings.

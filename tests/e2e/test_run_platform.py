@@ -217,6 +217,10 @@ def platform_env(
             "PLATFORM_LOG_DIR": str(tmp_path / "log"),
             "MQTT_PORT": str(free_port()),
             "MQTT_DIR": str(tmp_path / "mqtt"),
+            "STREAMING_DIR": str(tmp_path / "streaming"),
+            "STREAMING_RTMP_PORT": str(free_port()),
+            "STREAMING_HTTP_PORT": str(free_port()),
+            "STREAMING_CALLBACK_PORT": str(free_port()),
             # A killed run_platform cannot remove its lock file: it stays in the test's directory.
             "PLATFORM_RUN_DIR": str(tmp_path / "run"),
             "LOG_LEVEL": "WARNING",

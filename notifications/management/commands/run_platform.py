@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -137,6 +138,18 @@ def web_processes_choice(given: int | None, server: Server) -> int:
     return count
 
 
+def streaming_tools_missing() -> list[str]:
+    """What live streaming needs and this host lacks (scripts/ensure_streaming.sh)."""
+    missing = [
+        name
+        for name, command in (("nginx", settings.STREAMING_NGINX), ("ffmpeg", settings.STREAMING_FFMPEG))
+        if shutil.which(command) is None
+    ]
+    if not Path(settings.STREAMING_RTMP_MODULE).exists():
+        missing.append("nginx's RTMP module (libnginx-mod-rtmp)")
+    return missing
+
+
 class Command(BaseCommand):
     help = (
         "Run the platform in the foreground: ASGI web server, Celery workers, one beat and the "
@@ -228,7 +241,7 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Starting {platform.server} ({platform.web_processes} web process"
             f"{'es' if platform.web_processes > 1 else ''}) on port {platform.port}, {len(platform.worker_specs)} Celery "
-            f"workers, one beat, the MQTT broker on {settings.MQTT_PORT} and its ingest, a match server; logs in "
+            f"workers, one beat, the MQTT broker on {settings.MQTT_PORT} and its ingest, a match server, the stream ingest; logs in "
             f"{platform.log_dir}/"
         )
         if with_sandbox:
@@ -240,10 +253,16 @@ class Command(BaseCommand):
                 "These providers have no real credentials and the provider sandbox is not installed, "
                 "so their sends will fail: " + ", ".join(sandboxed)
             )
+        streaming_missing = streaming_tools_missing()
+        if streaming_missing:
+            self.stderr.write(
+                "Live streaming is off: " + ", ".join(streaming_missing) + " missing "
+                "(bash scripts/ensure_streaming.sh installs them as root)"
+            )
         if stop.requested:
             return 0
         try:
-            platform.start_all(sandbox=with_sandbox, iot=True, games=True)
+            platform.start_all(sandbox=with_sandbox, iot=True, games=True, streaming=not streaming_missing)
         except StartInterrupted:
             # start_all has stopped what it had started.
             self.stdout.write(f"\n{stop.first} while starting: stopped.")
@@ -265,7 +284,7 @@ class Command(BaseCommand):
             self.stop(platform, stop)
             return 1
         self.stdout.write(
-            f"\n{stop.first}: stopping web, workers, beat, sandbox, broker, ingest and match server..."
+            f"\n{stop.first}: stopping web, workers, beat, sandbox, broker, ingest, match server and stream ingest..."
         )
         return 0 if self.stop(platform, stop) else 1
 
@@ -298,6 +317,15 @@ class Command(BaseCommand):
             if "iot-demo" in platform.processes
             else []
         )
+        streams = (
+            [
+                f"  live streams   {web}/live/<key>/  (publish: rtmp://{settings.STREAMING_BIND}:"
+                f"{settings.STREAMING_RTMP_PORT}/live with the stream key; HLS on "
+                f"http://{settings.STREAMING_BIND}:{settings.STREAMING_HTTP_PORT}/hls/)"
+            ]
+            if "streams" in platform.processes
+            else []
+        )
         lines = [
             "",
             "The platform is running:",
@@ -308,6 +336,7 @@ class Command(BaseCommand):
             f"  preferences    {web}/preferences/",
             f"  documents      {web}/docs/",
             f"  IoT            {web}/iot/  (devices: POST /api/v1/iot/devices/ or admin)",
+            *streams,
             f"  MQTT broker    mqtt://{settings.MQTT_HOST}:{settings.MQTT_PORT}  "
             f"(mosquitto, dynamic security; files in {settings.MQTT_DIR}/)",
             *iot_demo,
