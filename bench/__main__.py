@@ -1,4 +1,4 @@
-"""``python -m bench [all|p1|p2|memory|p3-broadcast|p3-heartbeats|p3-presence|p4|p6|...] [options]``: run benchmarks,
+"""``python -m bench [all|p1|p2|memory|p3-broadcast|p3-heartbeats|p3-presence|p4|p6|p8|p9|...] [options]``: run benchmarks,
 print their figures, and (unless ``--no-write``) record them in ``docs/benchmarks.md``.
 
     python -m bench                                  # everything below
@@ -18,6 +18,7 @@ print their figures, and (unless ``--no-write``) record them in ``docs/benchmark
     python -m bench p6 --p6-devices 1000 --p6-rate 10000   # MQTT readings ingested, alerts, a day queried
     python -m bench p7 --p7-operations 259778        # collaborative documents: trace, editing load, OT
     python -m bench p8 --p8-matches 100 --p8-players 10 --p8-seconds 30   # authoritative matches, matchmaking
+    python -m bench p9 --p9-viewers 500 --p9-seconds 20   # live streams: ladder CPU, glass-to-glass, chat
     python -m bench rtc-loss --loss-rates 0,5,10     # match state over the socket and WebRTC under loss
 """
 
@@ -43,6 +44,7 @@ from bench import (
     p6_iot,
     p7_collab,
     p8_games,
+    p9_streams,
     provider_sends,
     report,
     rtc_loss,
@@ -74,6 +76,7 @@ BENCHMARKS = (
     "p6",
     "p7",
     "p8",
+    "p9",
     "rtc-loss",
 )
 # uvicorn's own websocket protocol, measured beside the platform's (realtime/uvicorn_websocket.py).
@@ -317,6 +320,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=10.0,
         help="p8: seconds of the bare asyncio timer baseline on the quiet machine (default 10)",
+    )
+    parser.add_argument(
+        "--p9-seconds",
+        type=float,
+        default=20.0,
+        help="p9: seconds of each ladder CPU window, the platform's and ffmpeg alone (default 20)",
+    )
+    parser.add_argument(
+        "--p9-warmup",
+        type=float,
+        default=5.0,
+        help="p9: seconds after a stream is live (or ffmpeg alone started) before measuring (default 5)",
+    )
+    parser.add_argument(
+        "--p9-source-seconds",
+        type=float,
+        default=20.0,
+        help="p9: length of the 720p30 source file, published in a loop (default 20)",
+    )
+    parser.add_argument(
+        "--p9-latency-seconds",
+        type=float,
+        default=30.0,
+        help="p9: seconds of glass-to-glass reading per rendition (default 30)",
+    )
+    parser.add_argument(
+        "--p9-viewers", type=int, default=p9_streams.VIEWERS_TARGET, help="p9: chat viewers (default 500)"
+    )
+    parser.add_argument(
+        "--p9-chat-rate", type=float, default=2.0, help="p9: chat messages per second (default 2)"
+    )
+    parser.add_argument(
+        "--p9-chat-seconds", type=float, default=20.0, help="p9: seconds of chat messages (default 20)"
+    )
+    parser.add_argument(
+        "--p9-client-processes",
+        type=int,
+        default=2,
+        help="p9: processes holding the chat sockets (default 2)",
     )
     parser.add_argument(
         "--loss-rates", default="0,5,10", help="rtc-loss: packet loss rates in %% (default 0,5,10)"
@@ -627,6 +669,23 @@ def run_p8(args: argparse.Namespace, template: str) -> dict[str, Any]:
     return {"p8": result.as_dict()}
 
 
+def run_p9(args: argparse.Namespace, template: str) -> dict[str, Any]:
+    result = p9_streams.run(
+        template=template,
+        seconds=args.p9_seconds,
+        warmup=args.p9_warmup,
+        source_seconds=args.p9_source_seconds,
+        latency_seconds=args.p9_latency_seconds,
+        viewers=args.p9_viewers,
+        chat_rate=args.p9_chat_rate,
+        chat_seconds=args.p9_chat_seconds,
+        client_processes=args.p9_client_processes,
+        progress=not args.no_progress,
+    )
+    print(result.summary(), flush=True)
+    return {"p9": result.as_dict()}
+
+
 def run_rtc_loss(args: argparse.Namespace, template: str) -> dict[str, Any]:
     losses = [float(part) for part in args.loss_rates.split(",") if part.strip()]
     return {"rtc_loss": rtc_loss.run(template=template, losses=losses, seconds=args.loss_seconds)}
@@ -658,6 +717,7 @@ def main(argv: list[str] | None = None) -> int:
             ("p6", run_p6),
             ("p7", run_p7),
             ("p8", run_p8),
+            ("p9", run_p9),
             ("rtc-loss", run_rtc_loss),
             ("p1-against", run_p1_against),
         )

@@ -143,6 +143,7 @@ SECTION_OF = {
     "p6": "p6",
     "p7": "p7",
     "p8": "p8",
+    "p9": "p9",
     "rtc_loss": "rtc_loss",
 }
 
@@ -330,6 +331,7 @@ def _summary_rows(results: dict[str, Any]) -> list[str]:
     rows += _p6_summary_rows(results)
     rows += _p7_summary_rows(results)
     rows += _p8_summary_rows(results)
+    rows += _p9_summary_rows(results)
     kill = results.get("kill_sends")
     if kill:
         rows.append(
@@ -651,6 +653,7 @@ def render(results: dict[str, Any]) -> str:
     lines += _p6_section(results)
     lines += _p7_section(results)
     lines += _p8_section(results)
+    lines += _p9_section(results)
     lines += _rtc_loss_section(results)
 
     sources = sorted(
@@ -2163,6 +2166,214 @@ P8_PROFILE = (
     "`_announce` 19% (one more per match); the nearest-rating search itself under 1%. So 1,000-1,600 tickets/s, "
     "and 10,000 waiting tickets take one pass of about 10 s, in one transaction: ten beat periods."
 )
+
+
+# --- P9: live streams ------------------------------------------------------------------------------
+
+P9_LADDER_PARTS = (("transcoder", "transcoder (ffmpeg)"), ("nginx", "nginx"), ("ingest", "ingest supervisor"))
+P9_CHAT_CPU_PARTS = (
+    ("web", "web"),
+    ("bare server", "bare server"),
+    ("redis", "Redis"),
+    ("postgres", "PostgreSQL"),
+    ("streams", "stream ingest"),
+    ("clients", "clients"),
+    ("other processes", "other processes"),
+    ("machine", "machine"),
+)
+
+
+def _p9_share(window: dict[str, Any]) -> str:
+    return f"{_fmt(window['ladder_cores'], 2)} cores = {_fmt(window['ladder_share'] * 100, 0)}%"
+
+
+def _p9_summary_rows(results: dict[str, Any]) -> list[str]:
+    p9 = results.get("p9")
+    if not p9:
+        return []
+    rows = []
+    target = p9["target"]
+    ladder, alone = p9.get("ladder"), p9["baseline"]
+    if ladder:
+        rows.append(
+            f"| P9 ladder (passthrough + 480p + 360p) of a 720p30 stream, one live stream | transcoder + nginx + "
+            f"ingest supervisor {_p9_share(ladder)} of the machine's {ladder['cpu_count']} cores (ffmpeg alone on the "
+            f"same ladder, same run: {_p9_share(alone)}) | ≤ {target['ladder_share'] * 100:.0f}% of the machine | "
+            f"{_met(p9['ladder_meets_target'])} |"
+        )
+    latency = p9.get("latency") or []
+    if latency:
+        rows.append(
+            "| P9 glass-to-glass, a clock burned into the source read back from the decoded HLS | "
+            + "; ".join(
+                f"{r['rendition']}: decoded at the viewer p50 {_fmt(r['p50_s'], 2)} s, p95 {_fmt(r['p95_s'], 2)} s; "
+                f"a player {target['player_sync_segments']} segments behind (hls.js default) p50 "
+                f"{_fmt(r['player_p50_s'], 2)} s, p95 **{_fmt(r['player_p95_s'], 2)} s**"
+                for r in latency
+            )
+            + f" | ≤ {target['glass_to_glass_s']:g} s (a player's view, p95) | {_met(p9['latency_meets_target'])} |"
+        )
+    chat, bare = p9.get("chat"), p9.get("chat_baseline")
+    if chat:
+        rows.append(
+            f"| P9 chat fan-out to {chat['connected']:,} viewers, {chat['rate']:g} messages/s | p50 "
+            f"{_fmt(chat['p50_ms'])} ms, p95 {_fmt(chat['p95_ms'])} ms, p99 {_fmt(chat['p99_ms'])} ms, delivered "
+            f"{chat['delivered']:,}/{chat['expected']:,}; web {_fmt(chat['cpu_seconds'].get('web', 0.0) / (chat['seconds'] or 1), 2)} "
+            "cores"
+            + (
+                f" (bare Redis publish → {bare['connected']:,} bare websockets p95 {_fmt(bare['p95_ms'])} ms)"
+                if bare
+                else ""
+            )
+            + f" | p95 ≤ {target['chat_p95_ms']:.0f} ms to {target['viewers']} viewers | "
+            f"{_met(p9['chat_meets_target'])} |"
+        )
+    return rows
+
+
+def _p9_section(results: dict[str, Any]) -> list[str]:
+    p9 = results.get("p9")
+    if not p9:
+        return []
+    target = p9["target"]
+    segment = target["segment_seconds"]
+    lines = [
+        "## P9: live streams",
+        "",
+        f"One stack (the layout of `make run`: {p9['web_processes']} web processes, the workers and beat) with the "
+        "stream ingest (`manage.py stream_ingest`: nginx with the RTMP module, its callbacks, one ffmpeg ladder per "
+        f"live stream, {segment} s HLS segments) on a private directory and free ports. Streams are made with "
+        "`POST /api/v1/streams/` and published over RTMP with the secret key it answers. Load average when the run "
+        f"began: {p9.get('load_before', 'unknown')}.",
+        "",
+        f"**Ladder CPU.** The source: {p9['source']}, published with `ffmpeg -re -stream_loop -1 -i source -c copy "
+        "-f flv rtmp://…` (copying costs the publisher next to nothing, so the CPU goes to the ladder). Once the "
+        "stream is live and a warm-up has passed, CPU seconds per second (cores, from `/proc/<pid>/stat`) of each "
+        "process; the share is of the whole machine (all its cores). *ffmpeg alone* is the baseline of the same run: "
+        "the very `ladder_command()` argv (streaming/services/media.py) reading the source file with `-re`, its "
+        "output into a temporary directory, measured the same way on the quiet machine before the stack started. "
+        "*Segments/s*: the 360p rendition's new segments per second of the window (1.0 keeps up with real time).",
+        "",
+        "| run | seconds | "
+        + " | ".join(label for _, label in P9_LADDER_PARTS)
+        + " | ladder: cores / % of the machine (target ≤ "
+        f"{target['ladder_share'] * 100:.0f}%) | publisher | machine busy | segments/s |",
+        "|---|---|" + "---|" * len(P9_LADDER_PARTS) + "---|---|---|---|",
+    ]
+    for window in (p9["baseline"], p9.get("ladder")):
+        if not window:
+            continue
+        cores = window["cores"]
+        lines.append(
+            f"| {window['name']} | {_fmt(window['seconds'], 0)} | "
+            + " | ".join(_fmt(cores.get(name), 2) if name in cores else "–" for name, _ in P9_LADDER_PARTS)
+            + f" | **{_p9_share(window)}** | {_fmt(cores.get('publisher'), 2) if 'publisher' in cores else '–'} | "
+            f"{_fmt(cores.get('machine'), 2)} | {_fmt(window['segments_per_second'], 2)} |"
+        )
+    latency = p9.get("latency") or []
+    if latency:
+        lines += [
+            "",
+            "**Glass-to-glass.** A second stream whose every frame carries the wall-clock time it was made: 64 "
+            "black and white blocks of 80 px (a marker, the time in ms, a CRC-8; 40 px at 360p), raw gray 1280x720 "
+            "frames written 30 a second to an ffmpeg publisher's stdin (x264 ultrafast, zerolatency, a keyframe a "
+            "second, a sine for audio) → RTMP → the ladder. A viewer per rendition acts as a player: it polls the "
+            "rendition's playlist every 0.1 s, downloads each segment as soon as it is listed, decodes it with "
+            "ffmpeg (one thread) and reads the time back from every frame. *Decoded at the viewer* = the moment a "
+            "frame came out of its decoder − the time burned into it; *listed* = the playlist listing its segment "
+            "− that time (the server's share); *viewer* = listed → decoded (download, decoder start, decode). A "
+            f"player adds its buffer: hls.js starts `liveSyncDurationCount` = {target['player_sync_segments']} "
+            "target durations behind the live edge, so *a player's view* = the figure + "
+            f"{target['player_sync_segments']} × the target duration. It is an estimate: a player's delay is set "
+            "where it joins, anywhere within a segment, much as a frame waits from nothing to a whole segment for "
+            "its segment to close; so the p50 is a typical join and the p95 one near the worst. The target is "
+            "read against a player's view at p95.",
+            "",
+            "| rendition | segments | frames read / decoded | listed p50 | viewer p50 | decoded at the viewer p50 / "
+            "p95 / max | target duration | a player's view p50 / p95 (target ≤ "
+            f"{target['glass_to_glass_s']:g} s) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in latency:
+            lines.append(
+                f"| {r['rendition']} | {r['segments']} | {r['read']:,} / {r['frames']:,} | "
+                f"{_fmt(r['listed_p50_s'], 2)} s | {_fmt(r['viewer_p50_s'], 2)} s | {_fmt(r['p50_s'], 2)} / "
+                f"{_fmt(r['p95_s'], 2)} / {_fmt(r['max_s'], 2)} s | {_fmt(r['target_duration_s'], 1)} s | "
+                f"{_fmt(r['player_p50_s'], 2)} / **{_fmt(r['player_p95_s'], 2)} s** |"
+            )
+        if p9.get("late_frames"):
+            lines += [
+                "",
+                f"The clock generator wrote {p9['late_frames']:,} frames more than a frame after their deadline "
+                "(each is stamped when written, so a late frame is not counted as latency).",
+            ]
+    chats = [run for run in (p9.get("chat"), p9.get("chat_baseline")) if run]
+    if chats:
+        lines += [
+            "",
+            "**Chat fan-out**, on the first stream while its ladder runs: viewers (recipients seeded with SQL, "
+            "tokens minted in one `manage.py shell`) each hold `/ws/streams/{key}/chat/?token=` (bench/wsclient.py's "
+            f"light sockets in {p9['client_processes']} client processes; each counted once its `history` frame "
+            "came), and the stream's owner, exempt from the chat's rate limits, posts on a socket of its own at a "
+            "steady rate after warm-up messages reached everyone. Latency per message per viewer = arrival − send. "
+            "*Send → ts*: to the `ts` the server gave the message (taken as `chat_post` begins). The baseline, same "
+            "run, beside the same live ladder: the same messages at the same rate through a bare Redis PUBLISH to as "
+            "many bare websocket clients (bench/p2_baseline.py's server on uvloop, one process), each frame the "
+            "size of the chat's.",
+            "",
+            "| run | sockets | messages (rate) | delivered / expected | p50 | p95 (target ≤ "
+            f"{target['chat_p95_ms']:.0f} ms) | p99 | max | send → ts p50 | other frames |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for run in chats:
+            lines.append(
+                f"| {run['name']} | {run['connected']:,} / {run['sockets']:,} | {run['messages']} "
+                f"({run['rate']:g}/s) | {run['delivered']:,} / {run['expected']:,}"
+                + (f" ({run['duplicates']} duplicates)" if run.get("duplicates") else "")
+                + f" | {_fmt(run['p50_ms'], 1, ' ms')} | **{_fmt(run['p95_ms'], 1, ' ms')}** | "
+                f"{_fmt(run['p99_ms'], 1, ' ms')} | {_fmt(run['max_ms'], 1, ' ms')} | "
+                f"{_fmt(run['stored_p50_ms'], 1, ' ms')} | "
+                + (
+                    ", ".join(f"{kind} {count:,}" for kind, count in sorted(run["other_frames"].items()))
+                    or "–"
+                )
+                + " |"
+            )
+        lines += [
+            "",
+            "CPU, in cores over each run (CPU seconds per second; *other processes* is the rest of the machine, "
+            "another user's work included):",
+            "",
+            "| run | " + " | ".join(label for _, label in P9_CHAT_CPU_PARTS) + " |",
+            "|---|" + "---|" * len(P9_CHAT_CPU_PARTS),
+        ]
+        for run in chats:
+            cpu, seconds = run.get("cpu_seconds") or {}, run["seconds"] or 1.0
+            lines.append(
+                f"| {run['name']} | "
+                + " | ".join(
+                    _fmt(cpu[name] / seconds, 2) if name in cpu else "–" for name, _ in P9_CHAT_CPU_PARTS
+                )
+                + " |"
+            )
+        refused = (p9.get("chat") or {}).get("refused") or []
+        if refused:
+            lines += [
+                "",
+                "The poster's messages refused: " + "; ".join(f"`{text}`" for text in refused) + ".",
+            ]
+    for note in p9.get("notes") or []:
+        lines += ["", f"- {note}"]
+    lines += [
+        "",
+        "How it runs: `python -m bench p9` (bench/p9_streams.py): the source file and the baseline first, then one "
+        "stack for the ladder window, the chat and its baseline (the looped stream live throughout), then the clock "
+        "stream's glass-to-glass. The viewers, the clients and the publishers share the machine's cores with what "
+        "they measure.",
+        *_measured_on(results, "p9"),
+        "",
+    ]
+    return lines
 
 
 def _rtc_loss_section(results: dict[str, Any]) -> list[str]:
