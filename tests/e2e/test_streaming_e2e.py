@@ -2,7 +2,9 @@
 nginx-rtmp (``manage.py stream_ingest``); with a valid key the stream goes live and its HLS
 ladder (source, 480p, 360p) is served and decodes (ffprobe); an unknown key is refused; a
 transcoder that dies comes back; a publisher back within the grace period continues the
-same stream, and followers hear "went live" exactly once; stopping makes it offline."""
+same stream, and followers hear "went live" exactly once; stopping makes it offline (its
+segments gone, or kept as a recording when the stream asks for one); a stream cut off from
+the admin is dropped at once and its old key refused."""
 
 from __future__ import annotations
 
@@ -280,3 +282,36 @@ def test_a_stream_cut_off_from_the_admin_drops_its_publisher_and_goes_offline_at
         again.stop()
         pytest.fail("the rotated-out key was let publish again")
     assert status_of(stack, "pattern-three") == "offline"
+
+
+def test_a_stream_that_asks_for_a_recording_keeps_its_segments_when_it_ends(stack: Stack) -> None:
+    owner, _ = stack.create_recipient("creator")
+    response = stack.api.post(
+        "/api/v1/streams/", json={"key": "pattern-four", "title": "Kept", "owner": owner, "record": True}
+    )
+    assert response.status_code == 201, response.text
+    publisher = Publisher(stack, response.json()["stream_key"])
+    try:
+        wait_until(
+            lambda: status_of(stack, "pattern-four") == "live", 30, message="the stream never went live"
+        )
+        wait_until(
+            lambda: hls(stack, "pattern-four/360p/index.m3u8").text.count("#EXTINF") >= 3,
+            20,
+            message="fewer than three segments",
+        )
+    finally:
+        publisher.stop()
+    wait_until(lambda: status_of(stack, "pattern-four") == "offline", GRACE + 15, message="never offline")
+    with stack.db() as db:
+        (recording,) = db.execute(
+            "SELECT l.recording FROM streaming_livesession l JOIN streaming_stream s ON s.id = l.stream_id "
+            "WHERE s.key = 'pattern-four'"
+        ).fetchone()
+    kept = Path(stack.env["STREAMING_DIR"]) / recording
+    assert recording.startswith("recordings/pattern-four/") and (kept / "master.m3u8").exists()
+    playlist = (kept / "360p" / "index.m3u8").read_text()
+    assert "#EXT-X-PLAYLIST-TYPE:EVENT" in playlist and "#EXT-X-ENDLIST" in playlist
+    segments = [line for line in playlist.splitlines() if line.endswith(".ts")]
+    assert len(segments) >= 3 and all((kept / "360p" / name).exists() for name in segments)
+    assert hls(stack, "pattern-four/master.m3u8").status_code == 404  # no longer served as live
