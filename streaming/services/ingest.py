@@ -325,8 +325,15 @@ class IngestSupervisor:
     async def _until_playable(self, live: LiveStream, output: Path) -> None:
         while not live.announced:
             if _playable(output):
+                try:
+                    await sync_to_async(stream_went_live)(
+                        stream_id=live.stream_id, session_id=live.session_id
+                    )
+                except Exception:  # noqa: BLE001 - the database may be away: say it again soon
+                    log.exception("ingest: %s plays but could not be marked live; trying again", live.key)
+                    await asyncio.sleep(1.0)
+                    continue
                 live.announced = True
-                await sync_to_async(stream_went_live)(stream_id=live.stream_id, session_id=live.session_id)
                 log.info("ingest: %s is live", live.key)
                 return
             await asyncio.sleep(PLAYABLE_POLL_SECONDS)

@@ -133,9 +133,11 @@ def stream_went_live(*, stream_id: Any, session_id: int) -> bool:
         first = LiveSession.objects.filter(pk=session_id, notified_at__isnull=True).update(
             notified_at=timezone.now()
         )
-    if first:
-        stream = Stream.objects.select_related("owner").get(pk=stream_id)
-        went_live_notify(stream=stream, session_id=session_id, hls=hls_url(stream))
+        if first:
+            # In the same transaction: if the events cannot be stored, the session is not
+            # marked as told either, and the ingest's next try tells them.
+            stream = Stream.objects.select_related("owner").get(pk=stream_id)
+            went_live_notify(stream=stream, session_id=session_id, hls=hls_url(stream))
     return bool(first)
 
 

@@ -159,3 +159,28 @@ def test_a_cut_off_rotates_the_key_and_asks_the_ingest_to_drop_the_publisher() -
         pubsub.close()
     assert json.loads(message["data"]) == {"stream": str(stream.id)}
     assert new != old and publish_authorize(old) is None
+
+
+def test_followers_not_told_because_the_events_failed_are_told_on_the_next_try(
+    monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any
+) -> None:
+    from streaming.services import streams as streams_module
+
+    stream = stream_create(key=key(), title="Show", owner=f"owner-{uuid.uuid4().hex[:6]}")
+    fan = Recipient.objects.create(external_id=f"fan-{uuid.uuid4().hex[:6]}")
+    Follow.objects.create(follower=fan, creator=stream.owner)
+    publish = publish_authorize(stream.stream_key)
+    assert publish is not None
+    real = streams_module.went_live_notify
+
+    def failing(**kwargs: Any) -> int:
+        raise RuntimeError("the events could not be stored")
+
+    monkeypatch.setattr(streams_module, "went_live_notify", failing)
+    with pytest.raises(RuntimeError):
+        stream_went_live(stream_id=stream.id, session_id=publish.session_id)
+    assert LiveSession.objects.get(pk=publish.session_id).notified_at is None
+    monkeypatch.setattr(streams_module, "went_live_notify", real)
+    with django_capture_on_commit_callbacks(execute=False):
+        assert stream_went_live(stream_id=stream.id, session_id=publish.session_id) is True
+    assert Event.objects.filter(notification_type__key="stream.went_live").count() == 1
