@@ -40,6 +40,7 @@ run: venv services migrate
 	$(PYTHON) manage.py seed_demo
 	$(PYTHON) manage.py seed_demo_documents
 	$(PYTHON) manage.py seed_demo_iot
+	$(PYTHON) manage.py seed_demo_streams
 	exec $(PYTHON) manage.py run_platform
 
 lint: venv

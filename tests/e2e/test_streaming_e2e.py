@@ -304,10 +304,12 @@ def test_a_stream_that_asks_for_a_recording_keeps_its_segments_when_it_ends(stac
         publisher.stop()
     wait_until(lambda: status_of(stack, "pattern-four") == "offline", GRACE + 15, message="never offline")
     with stack.db() as db:
-        (recording,) = db.execute(
+        row = db.execute(
             "SELECT l.recording FROM streaming_livesession l JOIN streaming_stream s ON s.id = l.stream_id "
             "WHERE s.key = 'pattern-four'"
         ).fetchone()
+    assert row is not None
+    (recording,) = row
     kept = Path(stack.env["STREAMING_DIR"]) / recording
     assert recording.startswith("recordings/pattern-four/") and (kept / "master.m3u8").exists()
     playlist = (kept / "360p" / "index.m3u8").read_text()

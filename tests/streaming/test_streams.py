@@ -184,3 +184,19 @@ def test_followers_not_told_because_the_events_failed_are_told_on_the_next_try(
     with django_capture_on_commit_callbacks(execute=False):
         assert stream_went_live(stream_id=stream.id, session_id=publish.session_id) is True
     assert Event.objects.filter(notification_type__key="stream.went_live").count() == 1
+
+
+def test_the_demo_stream_is_seeded_once_with_its_key_saved(settings: Any, tmp_path: Any) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    settings.STREAMING_DIR = tmp_path / "streaming"
+    Recipient.objects.get_or_create(external_id="demo-user")
+    for _ in range(2):
+        out = StringIO()
+        call_command("seed_demo_streams", stdout=out)
+    stream = Stream.objects.get(key="demo")
+    assert stream.owner.external_id == "demo-user"
+    assert (tmp_path / "streaming" / "demo-stream-key").read_text().strip() == stream.stream_key
+    assert "/live/demo/" in out.getvalue() and stream.stream_key not in out.getvalue()

@@ -319,9 +319,9 @@ class Command(BaseCommand):
         )
         streams = (
             [
-                f"  live streams   {web}/live/<key>/  (publish: rtmp://{settings.STREAMING_BIND}:"
-                f"{settings.STREAMING_RTMP_PORT}/live with the stream key; HLS on "
-                f"http://{settings.STREAMING_BIND}:{settings.STREAMING_HTTP_PORT}/hls/)"
+                f"  live streams   {web}/live/demo/  (publish to rtmp://{settings.STREAMING_BIND}:"
+                f"{settings.STREAMING_RTMP_PORT}/live with the key in {settings.STREAMING_DIR}/demo-stream-key; "
+                f"HLS on http://{settings.STREAMING_BIND}:{settings.STREAMING_HTTP_PORT}/hls/)"
             ]
             if "streams" in platform.processes
             else []
