@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 from aiohttp import ClientSession, ClientTimeout, web
 from asgiref.sync import sync_to_async
@@ -341,20 +342,31 @@ class IngestSupervisor:
     # -- cut off from the admin --
 
     async def _read_drops(self, pubsub: Any) -> None:
-        async for message in pubsub.listen():
-            if message.get("type") != "message":
-                continue
+        while True:
             try:
-                stream_id = str(json.loads(message["data"])["stream"])
-            except (ValueError, KeyError, TypeError):
-                continue
-            live = self.streams.get(stream_id)
-            if live is None:
-                continue
-            live.cut_off = True
-            await self._drop_publisher(live.name)
-            if not live.connected:
-                await self._end(live, "cut off", force=True)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        await self._cut_off(message["data"])
+            except (redis.RedisError, OSError) as error:
+                # A cut-off published meanwhile is lost (pub/sub); its key was rotated all
+                # the same, so the publisher cannot come back once it leaves.
+                log.warning("ingest: listening for cut-offs failed (%s); again in 1 s", error)
+                await asyncio.sleep(1.0)
+                with contextlib.suppress(redis.RedisError, OSError):
+                    await pubsub.subscribe(DROP_CHANNEL)
+
+    async def _cut_off(self, data: Any) -> None:
+        try:
+            stream_id = str(json.loads(data)["stream"])
+        except (ValueError, KeyError, TypeError):
+            return
+        live = self.streams.get(stream_id)
+        if live is None:
+            return
+        live.cut_off = True
+        await self._drop_publisher(live.name)
+        if not live.connected:
+            await self._end(live, "cut off", force=True)
 
     async def _drop_publisher(self, name: str) -> None:
         url = f"http://127.0.0.1:{self.media.http_port}/control/drop/publisher"
