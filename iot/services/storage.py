@@ -113,9 +113,14 @@ def readings_store(rows: Sequence[Row], malformed: Sequence[Malformed] = (), *, 
             if rows:
                 cursor.execute(_STAGING)
                 raw = cursor.cursor  # psycopg's own cursor, for COPY
-                with raw.copy(
-                    "COPY iot_staging (device_id, metric, ts, value, received_at) FROM STDIN"
-                ) as copy:
+                # Its errors become Django's, as the cursor's own would (a server gone
+                # mid-COPY is an OperationalError the ingest waits out and retries).
+                with (
+                    connection.wrap_database_errors,
+                    raw.copy(
+                        "COPY iot_staging (device_id, metric, ts, value, received_at) FROM STDIN"
+                    ) as copy,
+                ):
                     for row in rows:
                         copy.write_row((row.device_id, row.metric, row.ts, row.value, row.received_at))
                 cursor.execute(_MOVE)

@@ -4,6 +4,7 @@ storage.py) against PostgreSQL."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import cbor2
@@ -144,3 +145,35 @@ def test_retention_drops_whole_partitions_and_keeps_the_rest(device: Device) -> 
     partitions_ensure(far)
     assert f"iot_rollup_minute_p{NOW:%Y%m}" in partitions_drop_expired(far)
     assert RollupHour.objects.filter(device=device).count() == 1
+
+
+class _KillingRows(list[Row]):
+    """Rows whose reading (inside the COPY) ends the storing connection's server process,
+    as a PostgreSQL that stops mid-batch does."""
+
+    def __iter__(self) -> Iterator[Row]:
+        import psycopg
+
+        pid = connection.connection.info.backend_pid
+        settings = connection.settings_dict
+        with psycopg.connect(
+            host=settings["HOST"], port=settings["PORT"] or 5432, user=settings["USER"],
+            password=settings["PASSWORD"], dbname=settings["NAME"], autocommit=True,
+        ) as other:  # fmt: skip
+            other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        yield from super().__iter__()
+
+
+def test_a_server_gone_mid_copy_is_the_operational_error_the_ingest_waits_out(
+    transactional_db: object,
+) -> None:
+    from django.db import OperationalError
+
+    partitions_ensure(NOW)
+    stored = Device.objects.create(key="store-kill", kind="thermo", mqtt_password_hash="x", mqtt_salt="x")
+    try:
+        with pytest.raises(OperationalError):
+            readings_store(_KillingRows([row(stored, "temp", 0, 1.0)]), now=NOW)
+    finally:
+        connection.close()
+    assert readings_store([row(stored, "temp", 0, 1.0)], now=NOW).new  # the next try stores it
