@@ -38,6 +38,7 @@ from aiohttp import ClientSession, ClientTimeout, web
 from asgiref.sync import sync_to_async
 
 from project.processes.children import die_with_parent
+from project.processes.waiting import port_is_open
 from streaming.services.media import RENDITIONS, MediaSettings, ladder_command, nginx_config
 from streaming.services.streams import (
     DROP_CHANNEL,
@@ -158,8 +159,8 @@ class IngestSupervisor:
                 raise RuntimeError(
                     f"nginx exited at start ({self.nginx.returncode}); see {config.parent}/logs"
                 )
-            if await _port_open(self.media.bind, self.media.rtmp_port) and await _port_open(
-                self.media.bind, self.media.http_port
+            if await asyncio.to_thread(port_is_open, self.media.bind, self.media.rtmp_port) and (
+                await asyncio.to_thread(port_is_open, self.media.bind, self.media.http_port)
             ):
                 log.info(
                     "ingest: nginx takes RTMP on %s and serves HLS on %s",
@@ -388,15 +389,4 @@ def _playable(output: Path) -> bool:
                 return False
         except OSError:
             return False
-    return True
-
-
-async def _port_open(host: str, port: int) -> bool:
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 0.5)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    with contextlib.suppress(Exception):
-        await writer.wait_closed()
     return True
