@@ -39,7 +39,13 @@ from asgiref.sync import sync_to_async
 
 from project.processes.children import die_with_parent
 from project.processes.waiting import port_is_open
-from streaming.services.media import RENDITIONS, MediaSettings, ladder_command, nginx_config
+from streaming.services.media import (
+    RENDITIONS,
+    MediaSettings,
+    finish_recording,
+    ladder_command,
+    nginx_config,
+)
 from streaming.services.streams import (
     DROP_CHANNEL,
     Publish,
@@ -54,6 +60,10 @@ log = logging.getLogger(__name__)
 RESTART_PAUSE_MIN = 0.5
 RESTART_PAUSE_MAX = 5.0
 PLAYABLE_POLL_SECONDS = 0.2
+# How long an ended stream's transcoder has to finish after its one SIGTERM: ffmpeg may sit
+# in a read of the RTMP until its -rw_timeout (5 s, streaming/services/media.py) before it
+# sees the signal and writes its last segment and playlists. Killed after that.
+TRANSCODER_STOP_SECONDS = 8.0
 
 
 @dataclass
@@ -68,6 +78,7 @@ class LiveStream:
     cut_off: bool = False
     transcoder: asyncio.Task[None] | None = None
     process: asyncio.subprocess.Process | None = None
+    signalled: asyncio.subprocess.Process | None = None  # the process sent its SIGTERM
     grace: asyncio.TimerHandle | None = None
     restarts: int = 0
     started_at: float = field(default_factory=time.time)
@@ -241,8 +252,7 @@ class IngestSupervisor:
         if not live.connected:
             return
         live.connected = False
-        if live.process is not None and live.process.returncode is None:
-            live.process.terminate()
+        _ask_transcoder_to_stop(live)
         if live.cut_off:
             asyncio.ensure_future(self._end(live, "cut off", force=True))
             return
@@ -261,14 +271,13 @@ class IngestSupervisor:
         if live.grace is not None:
             live.grace.cancel()
         live.connected = False
-        if live.process is not None and live.process.returncode is None:
-            live.process.terminate()
+        _ask_transcoder_to_stop(live)
         if live.transcoder is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(live.transcoder, 5)
+            await _transcoder_stopped(live)
         output = self.media.hls_dir / live.key
         recording = ""
         if live.record and output.exists():
+            finish_recording(output)
             kept = (
                 self.media.recordings_dir
                 / live.key
@@ -377,6 +386,36 @@ class IngestSupervisor:
                     await response.read()
         except Exception:  # noqa: BLE001 - the publish_done that follows ends it anyway
             log.exception("ingest: dropping a publisher through nginx failed")
+
+
+def _ask_transcoder_to_stop(live: LiveStream) -> None:
+    """SIGTERM, once per ffmpeg. ffmpeg takes a second signal as "stop now" and interrupts
+    its own writes: the playlists it writes as it ends would be left empty."""
+    process = live.process
+    if process is not None and process.returncode is None and live.signalled is not process:
+        live.signalled = process
+        process.terminate()
+
+
+async def _transcoder_stopped(live: LiveStream) -> None:
+    """Wait for the transcoder (asked to stop) to end; kill its ffmpeg after
+    ``TRANSCODER_STOP_SECONDS``, so nothing writes into the directory once it is moved."""
+    assert live.transcoder is not None
+    try:
+        await asyncio.wait_for(asyncio.shield(live.transcoder), TRANSCODER_STOP_SECONDS)
+    except TimeoutError:
+        process = live.process
+        if process is not None and process.returncode is None:
+            log.warning(
+                "ingest: %s's transcoder did not stop within %.0f s; killed",
+                live.key,
+                TRANSCODER_STOP_SECONDS,
+            )
+            process.kill()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(live.transcoder, 5)
+    except (asyncio.CancelledError, Exception):  # noqa: BLE001 - it ended, one way or another
+        pass
 
 
 def _playable(output: Path) -> bool:

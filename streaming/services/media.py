@@ -92,6 +92,7 @@ http {{
         root {d};
         location /hls/ {{
             add_header Access-Control-Allow-Origin * always;
+            location ~ \\.tmp$ {{ return 404; }}
             location ~ \\.m3u8$ {{
                 add_header Cache-Control "no-cache" always;
                 add_header Access-Control-Allow-Origin * always;
@@ -138,7 +139,9 @@ def ladder_command(
     for _ in RENDITIONS:
         argv += ["-map", "0:a:0"]
     argv += ["-c:a", "copy"]
-    flags = "independent_segments+program_date_time" + ("" if record else "+delete_segments")
+    # temp_file: a segment is written under .tmp (which nginx does not serve) and renamed
+    # when whole, so a player never gets half of one (ffmpeg writes playlists so anyway).
+    flags = "independent_segments+program_date_time+temp_file" + ("" if record else "+delete_segments")
     argv += [
         "-f", "hls", "-hls_time", str(segment_seconds), "-hls_flags", flags,
         "-hls_list_size", "0" if record else "6",
@@ -153,3 +156,19 @@ def ladder_command(
         argv[argv.index("-hls_list_size")] = "-hls_playlist_type"
         argv[argv.index("-hls_playlist_type") + 1] = "event"
     return argv
+
+
+def finish_recording(output: Path) -> None:
+    """Make a kept ladder a finished recording: every rendition's playlist ends with
+    ``#EXT-X-ENDLIST`` (ffmpeg writes it when it ends on its own; a transcoder that had to
+    be killed did not), and what ffmpeg left half-written (``*.tmp``) goes."""
+    for leftover in output.rglob("*.tmp"):
+        leftover.unlink(missing_ok=True)
+    for rendition in RENDITIONS:
+        playlist = output / rendition / "index.m3u8"
+        try:
+            text = playlist.read_text()
+        except OSError:
+            continue
+        if "#EXTINF" in text and "#EXT-X-ENDLIST" not in text:
+            playlist.write_text(text.rstrip("\n") + "\n#EXT-X-ENDLIST\n")

@@ -1,16 +1,21 @@
 """What the ingest runs (streaming/services/media.py) and how its command refuses a host
 without the programs: nginx's config keeps RTMP play to the transcoder on this host and
 serves playlists uncached and segments cached; the ladder passes the source through and
-encodes 480p and 360p with a keyframe every segment."""
+encodes 480p and 360p with a keyframe every segment; a transcoder asked to stop (more
+than once) still leaves whole playlists, and a kept ladder ends as a finished recording."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
 
-from streaming.services.media import MediaSettings, ladder_command, nginx_config
+from streaming.services.ingest import LiveStream, _ask_transcoder_to_stop
+from streaming.services.media import RENDITIONS, MediaSettings, finish_recording, ladder_command, nginx_config
 
 MEDIA = MediaSettings(
     directory=Path("/srv/streaming"),
@@ -31,6 +36,7 @@ def test_nginx_asks_the_supervisor_before_a_publish_and_lets_only_this_host_play
     assert "listen 127.0.0.1:1935;" in config and "listen 127.0.0.1:8088;" in config
     assert 'location ~ \\.m3u8$ {\n                add_header Cache-Control "no-cache" always;' in config
     assert 'add_header Cache-Control "public, max-age=86400" always;' in config
+    assert "location ~ \\.tmp$ { return 404; }" in config  # what ffmpeg is still writing
     assert "rtmp_control all;" in config and "deny all;" in config
 
 
@@ -54,6 +60,80 @@ def test_a_recorded_stream_keeps_every_segment_in_an_event_playlist() -> None:
     )
     joined = " ".join(argv)
     assert "delete_segments" not in joined and "-hls_playlist_type event" in joined
+    assert "temp_file" in joined  # a playlist is renamed into place whole, never left half-written
+
+
+def test_a_kept_ladder_is_finished_with_an_end_to_every_playlist_and_no_half_written_files(
+    tmp_path: Path,
+) -> None:
+    for rendition in RENDITIONS:
+        (tmp_path / rendition).mkdir()
+    cut_short = "#EXTM3U\n#EXT-X-PLAYLIST-TYPE:EVENT\n#EXTINF:1.0,\nseg_1.ts\n"
+    ended = cut_short + "#EXT-X-ENDLIST\n"
+    (tmp_path / "source" / "index.m3u8").write_text(cut_short)
+    (tmp_path / "480p" / "index.m3u8").write_text(ended)
+    (tmp_path / "360p" / "seg_2.ts.tmp").write_bytes(b"half")
+    finish_recording(tmp_path)
+    assert (tmp_path / "source" / "index.m3u8").read_text() == ended
+    assert (tmp_path / "480p" / "index.m3u8").read_text() == ended  # not ended twice
+    assert not (tmp_path / "360p" / "seg_2.ts.tmp").exists()
+    assert not (tmp_path / "360p" / "index.m3u8").exists()  # nothing made up where nothing was
+
+
+def test_a_transcoder_asked_to_stop_twice_still_writes_whole_playlists_with_their_end(tmp_path: Path) -> None:
+    # ffmpeg takes a second SIGTERM as "stop now" and interrupts its own reads and writes,
+    # which left a recording's playlist empty (CI, tests/e2e/test_streaming_e2e.py): the
+    # publisher left (one SIGTERM) while ffmpeg waited in a read of the RTMP, and the grace
+    # period ended (another). The ingest asks once. Here ffmpeg waits in a read of a TCP source.
+    clip = subprocess.run(
+        [
+            "ffmpeg", "-hide_banner", "-loglevel", "error",
+            "-f", "lavfi", "-i", "testsrc=size=640x360:rate=30:duration=12",
+            "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000:duration=12",
+            "-c:v", "libx264", "-preset", "ultrafast", "-g", "30", "-pix_fmt", "yuv420p", "-c:a", "aac",
+            "-f", "mpegts", "pipe:1",
+        ],
+        capture_output=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    for rendition in RENDITIONS:
+        (tmp_path / rendition).mkdir()
+
+    async def run() -> None:
+        connected: asyncio.Queue[asyncio.StreamWriter] = asyncio.Queue()
+
+        async def serve(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(clip)  # 12 s, past what ffmpeg probes; the connection stays open
+            await writer.drain()
+            await connected.put(writer)
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        argv = ladder_command(
+            "ffmpeg", source_url=f"tcp://127.0.0.1:{port}", output=tmp_path, segment_seconds=1, record=True
+        )
+        live = LiveStream("id", "k", "sk", record=True, session_id=1)
+        live.process = process = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        )
+        source = await asyncio.wait_for(connected.get(), 30)
+        deadline = time.monotonic() + 30
+        playlist = tmp_path / "360p" / "index.m3u8"
+        while not (playlist.exists() and playlist.read_text().count("#EXTINF") >= 10):
+            assert time.monotonic() < deadline, "ffmpeg did not get through the clip in 30 s"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)  # ffmpeg is through the clip's last second: it waits for more
+        _ask_transcoder_to_stop(live)  # the publisher left
+        await asyncio.sleep(0.5)  # apart, or the two would arrive as one signal
+        _ask_transcoder_to_stop(live)  # the grace period ended
+        await asyncio.sleep(0.5)
+        source.close()  # the read ends as the RTMP's would at its -rw_timeout
+        await asyncio.wait_for(process.wait(), 20)
+        server.close()
+
+    asyncio.run(run())
+    for rendition in RENDITIONS:
+        text = (tmp_path / rendition / "index.m3u8").read_text()
+        assert text.count("#EXTINF") >= 2 and text.rstrip().endswith("#EXT-X-ENDLIST"), rendition
 
 
 def test_the_ingest_refuses_to_start_without_nginx_naming_the_setting(settings: object) -> None:
