@@ -5,7 +5,6 @@ Nothing is written to docs/ (the functions are called directly, as ``--no-write`
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 
@@ -24,16 +23,10 @@ from bench import (
     provider_sends,
     report,
 )
-from bench.stack import Progress, bench_stack, progress_bar, template_database
+from bench.stack import Progress, bench_stack, progress_bar
 from harness.processes import Server
 
 pytestmark = [pytest.mark.bench_smoke, pytest.mark.xdist_group("bench")]
-
-
-@pytest.fixture(scope="module")
-def template() -> Iterator[str]:
-    with template_database() as name:
-        yield name
 
 
 def test_progress_bar_draws_fraction_and_counts() -> None:

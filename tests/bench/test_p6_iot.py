@@ -6,20 +6,12 @@ measured, the bare COPY and the day's queries run, and the report renders. Never
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 
 from bench import p6_iot, report
-from bench.stack import template_database
 
 pytestmark = [pytest.mark.bench_smoke, pytest.mark.xdist_group("bench")]
-
-
-@pytest.fixture(scope="module")
-def template() -> Iterator[str]:
-    with template_database() as name:
-        yield name
 
 
 def test_p6_stores_every_reading_and_measures_latency_alerts_and_queries(template: str) -> None:

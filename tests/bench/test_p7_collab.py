@@ -7,20 +7,12 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
 
 import pytest
 
 from bench import editing_trace, ot_text, p7_collab, report
-from bench.stack import template_database
 
 pytestmark = [pytest.mark.bench_smoke, pytest.mark.xdist_group("bench")]
-
-
-@pytest.fixture(scope="module")
-def template() -> Iterator[str]:
-    with template_database() as name:
-        yield name
 
 
 def test_the_trace_has_b4s_counts_and_final_length() -> None:

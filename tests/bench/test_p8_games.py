@@ -7,20 +7,12 @@ matchmaking pass give figures, and the report renders them. Never its speed."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 
 from bench import p8_games, report
-from bench.stack import template_database
 
 pytestmark = [pytest.mark.bench_smoke, pytest.mark.xdist_group("bench")]
-
-
-@pytest.fixture(scope="module")
-def template() -> Iterator[str]:
-    with template_database() as name:
-        yield name
 
 
 def test_the_bare_timers_record_every_deadline() -> None:

@@ -8,20 +8,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from bench import p9_streams, report
-from bench.stack import template_database
 
 pytestmark = [pytest.mark.bench_smoke, pytest.mark.xdist_group("bench")]
-
-
-@pytest.fixture(scope="module")
-def template() -> Iterator[str]:
-    with template_database() as name:
-        yield name
 
 
 def test_the_clock_burned_into_a_frame_reads_back_and_a_damaged_one_does_not() -> None:

@@ -7,20 +7,11 @@ the figures are drawn from the arrivals."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from bench import rtc_loss
-from bench.stack import template_database
 
 pytestmark = [pytest.mark.bench_smoke, pytest.mark.xdist_group("bench")]
-
-
-@pytest.fixture(scope="module")
-def template() -> Iterator[str]:
-    with template_database() as name:
-        yield name
 
 
 def test_the_figures_come_from_the_arrivals() -> None:
