@@ -16,12 +16,14 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
 import pytest
 
 from harness.processes import (
+    DEFAULT_DATABASE_URL,
     DEFAULT_WORKERS,
     REPO_ROOT,
     PlatformProcesses,
@@ -51,18 +53,29 @@ BASE_ENV = {
 
 SETTINGS_ENV = {"DJANGO_SETTINGS_MODULE": "project.settings"}
 _MIGRATED: list[TemporaryDatabase] = []
+# The suite's server, before any test points DATABASE_URL at a server of its own.
+SUITE_SERVER = urlsplit(os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL).netloc
 
 
-def migrated_template() -> str:
-    """The name of a database migrated once per test process, which each stack's database
-    clones (CREATE DATABASE ... TEMPLATE takes a fraction of a second; migrating takes
-    seconds, more on a loaded machine); dropped when the process exits."""
+def migrated_template() -> str | None:
+    """The name of a database migrated once per test process on the suite's server, which
+    each stack's database there clones (CREATE DATABASE ... TEMPLATE takes a
+    fraction of a second; migrating takes seconds, more on a loaded machine); dropped when
+    the process exits. None while DATABASE_URL names a server of a test's own (a
+    PrivatePostgres that lives for one module): the stack's database is migrated there."""
+    if urlsplit(os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL).netloc != SUITE_SERVER:
+        return None
     if not _MIGRATED:
         template = TemporaryDatabase(prefix="tmp_e2e_tpl", env=SETTINGS_ENV)
         template.__enter__()
-        atexit.register(template.drop)
+        atexit.register(_drop_quietly, template)
         _MIGRATED.append(template)
     return _MIGRATED[0].name
+
+
+def _drop_quietly(database: TemporaryDatabase) -> None:
+    with contextlib.suppress(Exception):  # the server may be gone by now: its data with it
+        database.drop()
 
 
 @dataclass
