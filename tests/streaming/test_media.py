@@ -7,13 +7,14 @@ than once) still leaves whole playlists, and a kept ladder ends as a finished re
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
 
+from project.processes.waiting import wait_until
 from streaming.services.ingest import LiveStream, _ask_transcoder_to_stop
 from streaming.services.media import RENDITIONS, MediaSettings, finish_recording, ladder_command, nginx_config
 
@@ -116,16 +117,29 @@ def test_a_transcoder_asked_to_stop_twice_still_writes_whole_playlists_with_thei
             *argv, stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
         )
         source = await asyncio.wait_for(connected.get(), 30)
-        deadline = time.monotonic() + 30
         playlist = tmp_path / "360p" / "index.m3u8"
-        while not (playlist.exists() and playlist.read_text().count("#EXTINF") >= 10):
-            assert time.monotonic() < deadline, "ffmpeg did not get through the clip in 30 s"
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(1.0)  # ffmpeg is through the clip's last second: it waits for more
+
+        def waits_for_more() -> bool:  # through the clip, its main thread in poll() on the source
+            listed = playlist.exists() and playlist.read_text().count("#EXTINF") >= 10
+            return listed and "poll" in Path(f"/proc/{process.pid}/wchan").read_text()
+
+        def took_its_signal() -> bool:  # SIGTERM no longer pending: its handler ran
+            try:
+                status = Path(f"/proc/{process.pid}/status").read_text().splitlines()
+            except FileNotFoundError:
+                return True  # it ended
+            pending = (int(line.split()[1], 16) for line in status if line.startswith(("SigPnd:", "ShdPnd:")))
+            return not any(mask & (1 << (signal.SIGTERM - 1)) for mask in pending)
+
+        await asyncio.to_thread(wait_until, waits_for_more, 30, message="ffmpeg did not get through the clip")
         _ask_transcoder_to_stop(live)  # the publisher left
-        await asyncio.sleep(0.5)  # apart, or the two would arrive as one signal
-        _ask_transcoder_to_stop(live)  # the grace period ended
-        await asyncio.sleep(0.5)
+        await asyncio.to_thread(
+            wait_until, took_its_signal, 10, message="ffmpeg never took the first SIGTERM"
+        )
+        _ask_transcoder_to_stop(live)  # the grace period ended (a second signal, were it sent)
+        await asyncio.to_thread(
+            wait_until, took_its_signal, 10, message="ffmpeg never took the second SIGTERM"
+        )
         source.close()  # the read ends as the RTMP's would at its -rw_timeout
         await asyncio.wait_for(process.wait(), 20)
         server.close()
